@@ -1,0 +1,3 @@
+from jbtrace.cli import main
+
+main()
