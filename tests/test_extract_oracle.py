@@ -1,0 +1,106 @@
+"""Extraction agrees with an independent computation: transformers' output_hidden_states + numpy."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from jbtrace import stats
+from jbtrace.extract import ExtractOptions, extract
+from jbtrace.models import load_model
+
+ALL_STATS = tuple(name for name, s in stats.REGISTRY.items() if s.source == "hidden")
+
+
+def reference_layers(lm, text: str) -> np.ndarray:
+    """(layers, tokens, hidden) for one prompt, unpadded, from output_hidden_states (float64 numpy)."""
+    enc = lm.tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        out = lm.model(**enc, output_hidden_states=True)
+    hs = [h[0].double().numpy() for h in out.hidden_states]
+    if lm.model.config.model_type == "mamba2":
+        # transformers' Mamba2 reports block outputs then the final norm, with no embedding entry
+        with torch.no_grad():
+            embedded = lm.model.get_input_embeddings()(enc["input_ids"])[0].double().numpy()
+        hs = [embedded] + hs[:-2] + [hs[-1]]
+    return np.stack(hs)
+
+
+def reference_stat(name: str, H: np.ndarray) -> np.ndarray:
+    """(layers, tokens) values of a statistic, in numpy; NaN where undefined."""
+    norm = np.linalg.norm(H, axis=-1)
+    if name == "cos_prev":
+        cos = (H[1:] * H[:-1]).sum(-1) / (norm[1:] * norm[:-1])
+        return np.concatenate([np.full((1, H.shape[1]), np.nan), cos])
+    return {
+        "log_norm": np.log(norm),
+        "norm": norm,
+        "mean": H.mean(-1),
+        "rms": np.sqrt((H**2).mean(-1)),
+        "max_abs": np.abs(H).max(-1),
+    }[name]
+
+
+def reference_moments(lm, texts, stat, align="start"):
+    """Per-(layer, position) count / mean / var (ddof=1), and per-prompt means, from per-prompt values."""
+    per_prompt = [reference_stat(stat, reference_layers(lm, t)) for t in texts]
+    n_layers, n_pos = per_prompt[0].shape[0], max(v.shape[1] for v in per_prompt)
+    grid = np.full((len(texts), n_layers, n_pos), np.nan)  # prompt, layer, position
+    for i, v in enumerate(per_prompt):
+        grid[i, :, : v.shape[1]] = v if align == "start" else v[:, ::-1]
+    count = np.isfinite(grid).sum(0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(grid, axis=0)
+        var = np.where(count > 1, np.nanvar(grid, axis=0, ddof=1), np.nan)
+        prompt_means = np.stack([np.nanmean(v, axis=1) for v in per_prompt], axis=-1)
+    return count, mean, var, prompt_means
+
+
+def check(lm, prompt_sets, align="start", batch_size=3, padding_side="right"):
+    options = ExtractOptions(stats=ALL_STATS, batch_size=batch_size, align=align, padding_side=padding_side)
+    trace = extract(lm, prompt_sets, options)
+    for prompt_set in prompt_sets:
+        st = trace.scenarios[prompt_set.name]
+        shape = (len(ALL_STATS), lm.n_layers, trace.n_positions)
+        mean = st.moments.mean.view(shape).numpy()
+        var = st.moments.variance().view(shape).numpy()
+        count = st.moments.count.view(shape).numpy()
+        for s, name in enumerate(ALL_STATS):
+            ref_count, ref_mean, ref_var, ref_prompt = reference_moments(lm, prompt_set.texts, name, align)
+            P = ref_count.shape[1]
+            assert ref_count.shape[0] == lm.n_layers
+            np.testing.assert_array_equal(count[s, :, :P], ref_count, err_msg=name)
+            assert count[s, :, P:].sum() == 0
+            seen = ref_count > 0
+            assert np.abs(mean[s, :, :P][seen] - ref_mean[seen]).max() <= 1e-5, name
+            both = ref_count > 1
+            scale = np.maximum(1.0, np.abs(ref_var[both]))
+            assert (np.abs(var[s, :, :P][both] - ref_var[both]) / scale).max() <= 1e-5, name
+            finite = np.isfinite(ref_prompt)
+            np.testing.assert_array_equal(np.isfinite(st.prompt_values[s]), finite)
+            assert np.abs(st.prompt_values[s][finite] - ref_prompt[finite]).max() <= 1e-5, name
+
+
+@pytest.mark.parametrize("arch", ["gptj", "llama", "mistral", "mamba2"])
+def test_agrees_with_output_hidden_states(arch, model_dirs, prompt_sets):
+    lm = load_model(str(model_dirs[arch]))
+    assert not lm.random_init  # loaded from a directory like any user model
+    check(lm, prompt_sets)
+
+
+def test_minilm_agrees_with_output_hidden_states(prompt_sets):
+    check(load_model("builtin:minilm"), prompt_sets)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mamba2"])
+def test_end_alignment_and_left_padding_agree(arch, model_dirs, prompt_sets):
+    lm = load_model(str(model_dirs[arch]))
+    check(lm, prompt_sets, align="end", batch_size=4, padding_side="left")
+
+
+def test_layer_counts_follow_the_paper_models():
+    assert [load_model(f"tiny:{a}").n_layers for a in ("gptj", "llama", "mistral")] == [29, 33, 33]
