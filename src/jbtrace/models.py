@@ -117,6 +117,27 @@ def hidden_state_points(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(chain[0], "input")] + [(block, "output") for block in chain[:-1]] + [(last, "output")]
 
 
+# What each block adds to the residual stream, by kind: paths inside a block, first match wins
+# (GPT-J attn/mlp, Llama/Mistral self_attn/mlp, BERT attention.output.dense/output.dense before
+# their residual add and LayerNorm, Mamba2 mixer).
+SUBLAYERS = {
+    "attn_out": ("self_attn", "attn", "attention.output.dense"),
+    "mlp_out": ("mlp", "feed_forward", "output.dense"),
+    "mixer": ("mixer",),
+}
+
+
+def sublayer_points(model: nn.Module, kind: str) -> list[tuple[nn.Module, str] | None]:
+    """Where sub-layer ``kind`` of block l is read, at layer index l (None: layer 0, or a block without it)."""
+    if kind not in SUBLAYERS:
+        raise UserError(f"unknown sub-layer {kind!r}: choose one of {', '.join(SUBLAYERS)}")
+    found = []
+    for block in blocks(model):
+        module = next((m for m in (_get_path(block, p) for p in SUBLAYERS[kind]) if m is not None), None)
+        found.append(None if module is None else (module, "output"))
+    return [None] + found
+
+
 @contextmanager
 def hooked(points: list[tuple[nn.Module, str]], callback):
     """Call ``callback(index, tensor)`` with each point's hidden states; hooks are removed on exit."""
