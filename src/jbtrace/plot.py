@@ -130,3 +130,163 @@ def save(fig: Figure, base: str | Path, svg: bool = False) -> list[Path]:
         fig.savefig(path, dpi=150 if path.suffix == ".png" else None)
     plt.close(fig)
     return paths
+
+
+def significance_grid(cells: xr.Dataset, stat: str | None = None, models: list[str] | None = None,
+                      positions: str | None = None, q: float = 0.05) -> Figure:
+    """Difference (B − A) per model, layers × positions; cells not significant at ``q`` washed out, untested grey.
+
+    ``cells`` is ``CompareResult.cells`` (or a store with ``diff`` and ``significant``).
+    """
+    stat = stat or str(cells.stat.values[0])
+    if stat not in cells.stat.values:
+        raise UserError(f"statistic {stat!r} is not in this comparison: it has {', '.join(map(str, cells.stat.values))}")
+    if models:
+        missing = [m for m in models if m not in cells.model.values]
+        if missing:
+            raise UserError(f"model {', '.join(missing)} is not in this run: it has {', '.join(cells.model.values)}")
+        cells = cells.sel(model=models)
+    crop = parse_range(positions, cells.position, "positions")
+    cells = cells.sel(stat=stat) if crop is None else cells.sel(stat=stat, position=crop)
+    n = cells.sizes["model"]
+    cols = min(n, 2)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 3.3 * rows + 0.9), squeeze=False, layout="constrained")
+    wash = np.array([1.0, 1.0, 1.0, 0.78])
+    for ax, model in zip(axes.flat, cells.model.values):
+        c = cells.sel(model=model)
+        has = np.isfinite(c["diff"].values)
+        n_layers = int(np.flatnonzero(has.any(axis=1)).max()) + 1 if has.any() else c.sizes["layer"]
+        diff = c["diff"].values[:n_layers]
+        sig = c["significant"].values[:n_layers].astype(bool)
+        lo, hi = _limits(diff, symmetric=True)
+        cmap = plt.get_cmap(DIVERGING).copy()
+        cmap.set_bad(MASK_COLOUR)
+        image = ax.imshow(np.ma.masked_invalid(diff), origin="lower", aspect="auto", cmap=cmap, vmin=lo, vmax=hi,
+                          interpolation="nearest")
+        overlay = np.zeros((*diff.shape, 4))
+        overlay[np.isfinite(diff) & ~sig] = wash
+        ax.imshow(overlay, origin="lower", aspect="auto", interpolation="nearest")
+        share = sig.sum() / max(int(np.isfinite(c["p"].values).sum()), 1) if "p" in c else np.nan
+        label = str(c["model_label"].values) if "model_label" in c.coords else str(model)
+        ax.set_title(f"{label} — {int(sig.sum())} cells significant ({share:.0%} of tested)", fontsize=10)
+        xt = ticks(c.sizes["position"], 64)
+        ax.set_xticks(xt, [str(c.position.values[i]) for i in xt])
+        ax.set_yticks(ticks(n_layers, 4))
+        ax.set_xlabel("Token Positions")
+        ax.set_ylabel("Layers")
+        fig.colorbar(image, ax=ax, label=f"Δ {stat}")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle(f"Difference of {stat} per (layer, position). Full colour: significant at q={q} (Welch, BH per model); "
+                 f"washed out: not significant; grey: not tested (too few prompts in a scenario).", fontsize=9)
+    return fig
+
+
+def profiles(layer_profile: xr.Dataset, position_profile: xr.Dataset, stat: str | None = None) -> Figure:
+    """Layer and position profiles of B − A with 95% CI bands, one line per model.
+
+    Left: per layer, difference of prompt means (bootstrap CI; filled dots significant).
+    Right: per position, mean over layers of the cell differences (conservative CI).
+    """
+    stat = stat or str(position_profile.stat.values[0])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2), layout="constrained")
+    colours = plt.get_cmap("tab10").colors
+    dashes = ("-", "--", ":", "-.")
+    bounds = []
+    for k, model in enumerate(position_profile.model.values):
+        colour = colours[k % len(colours)]
+        label = str(position_profile["model_label"].sel(model=model).values) if "model_label" in position_profile.coords else str(model)
+        if model in layer_profile.get("model", xr.DataArray([])).values:
+            lp = layer_profile.sel(model=model, stat=stat)
+            ok = np.isfinite(lp["diff"].values)
+            x = lp.layer.values[ok]
+            left.plot(x, lp["diff"].values[ok], dashes[k % 4], color=colour, lw=1.3, label=label)
+            left.fill_between(x, lp["ci_low"].values[ok], lp["ci_high"].values[ok], color=colour, alpha=0.18, lw=0)
+            sig = lp["significant"].values[ok].astype(bool)
+            left.plot(x[sig], lp["diff"].values[ok][sig], "o", color=colour, ms=3.5)
+            left.plot(x[~sig], lp["diff"].values[ok][~sig], "o", mfc="white", color=colour, ms=3.5)
+        pp = position_profile.sel(model=model, stat=stat)
+        ok = np.isfinite(pp["diff"].values)
+        x = pp.position.values[ok]
+        right.plot(x, pp["diff"].values[ok], dashes[k % 4], color=colour, lw=1, label=label)
+        right.fill_between(x, pp["ci_low"].values[ok], pp["ci_high"].values[ok], color=colour, alpha=0.18, lw=0)
+        bounds += [pp["ci_low"].values[ok], pp["ci_high"].values[ok]]
+    if bounds:  # the few deepest positions (few prompts) have huge CIs: keep the axis on the bulk
+        lo, hi = np.nanpercentile(np.concatenate(bounds), [2, 98])
+        pad = 0.1 * (hi - lo) or 1e-3
+        right.set_ylim(lo - pad, hi + pad)
+    for ax in (left, right):
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.grid(alpha=0.3)
+        ax.set_ylabel(f"Δ {stat}")
+    left.set_xlabel("Layer")
+    left.set_title("Layer profile: difference of prompt means (95% bootstrap CI; filled = significant)", fontsize=9)
+    right.set_xlabel("Token Positions")
+    right.set_title("Position profile: mean over layers of cell differences (95% CI, conservative; axis clipped)", fontsize=9)
+    left.legend(fontsize=7)
+    return fig
+
+
+def attention_grid(
+    ds: xr.Dataset,
+    models: list[str] | None = None,
+    positions: str | None = None,
+    floor: float = 1e-10,
+    min_count: int = 1,
+) -> Figure:
+    """Query × key attention: one row per (model, layer); columns A, B (log10 mean probability), log difference B − A."""
+    if "attn_mean" not in ds:
+        raise UserError("this run has no attention maps: run `jbtrace attention` first")
+    if not 0 < floor < 1:
+        raise UserError(f"--floor {floor}: choose a probability between 0 and 1, e.g. 1e-10")
+    if models:
+        missing = [m for m in models if m not in ds.model.values]
+        if missing:
+            raise UserError(f"model {', '.join(missing)} is not in this run: it has {', '.join(ds.model.values)}")
+        ds = ds.sel(model=models)
+    crop = parse_range(positions, ds["query"], "positions")
+    if crop is not None:
+        ds = ds.sel(query=crop, key=crop)
+    mean = ds["attn_mean"].mean("head") if "head" in ds["attn_mean"].dims else ds["attn_mean"]
+    logp = np.log10(np.maximum(mean.where(ds["attn_count"] >= min_count), floor))
+    a, b = (str(s) for s in ds.scenario.values[:2])
+    rows = [(m, int(layer)) for m in ds.model.values for layer in ds.attn_layer.values
+            if int(ds["attn_count"].sel(model=m, attn_layer=layer).sum()) > 0]
+    if not rows:
+        raise UserError("no attention cells to draw in this range")
+    fig, axes = plt.subplots(len(rows), 3, figsize=(15, 4.2 * len(rows) + 0.8), squeeze=False, layout="constrained")
+    low = float(np.log10(floor))
+    for row, (model, layer) in enumerate(rows):
+        sel = logp.sel(model=model, attn_layer=layer)
+        reached = np.flatnonzero((ds["attn_count"].sel(model=model, attn_layer=layer) > 0).any(["scenario", "key"]).values)
+        n = int(reached.max()) + 1 if crop is None else sel.sizes["query"]
+        grids = [sel.sel(scenario=s).values[:n, :n] for s in (a, b)]
+        grids.append(grids[1] - grids[0])
+        label = str(ds["model_label"].sel(model=model).values) if "model_label" in ds else str(model)
+        values = ds["query"].values[:n]
+        for col, (grid, title) in enumerate(zip(grids, [a.capitalize(), b.capitalize(), "Difference"])):
+            ax = axes[row, col]
+            vmin, vmax = _limits(grid, symmetric=True) if col == 2 else (low, 0.0)
+            cmap = plt.get_cmap(DIVERGING if col == 2 else SEQUENTIAL).copy()
+            cmap.set_bad(MASK_COLOUR)
+            image = ax.imshow(np.ma.masked_invalid(grid), origin="upper", aspect="equal", cmap=cmap,
+                              vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_title(f"{label} — Layer {layer}: {title}", fontsize=10)
+            tick = ticks(n, 64)
+            ax.set_xticks(tick, [str(values[i]) for i in tick])
+            ax.set_yticks(tick, [str(values[i]) for i in tick])
+            ax.set_xlabel("Key Token")
+            ax.set_ylabel("Query Token")
+            if col == 1:
+                fig.colorbar(image, ax=axes[row, :2].tolist(), label="log10 mean attention probability")
+            elif col == 2:
+                fig.colorbar(image, ax=ax, label=f"Δ log10 probability ({b} − {a})")
+    heads = ds["attn_mean"].attrs.get("heads", "mean")
+    fig.suptitle(
+        f"Attention probability averaged over prompts (heads: {heads}), log10 with floor {floor:g}. Grey: fewer than "
+        f"{min_count} prompt(s) with both tokens, or a key after the query (causal mask). "
+        f"Difference = log10 {b} − log10 {a}.",
+        fontsize=9,
+    )
+    return fig

@@ -1,0 +1,258 @@
+"""Words and files from a comparison: observations, compare.json, summary.md.
+
+Every sentence carries its number and its uncertainty, and says only what a test in
+``compare`` supports; where nothing is significant, it says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import jbtrace
+
+MAX_BANDS = 3
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def _p(x: float | None) -> str:
+    return "n/a" if x is None else (f"{x:.2g}" if x >= 0.001 else "< 0.001")
+
+
+def _layers(span: list[int]) -> str:
+    return f"layer {span[0]}" if span[0] == span[1] else f"layers {span[0]}–{span[1]}"
+
+
+def _cells_sentence(stat: str, c: dict, q: float, b: str, min_count: int) -> str:
+    left_out = c["one_scenario_only"] + c["below_min_count"]
+    tail = f"; {left_out} cells left out (fewer than {min_count} prompts in a scenario)" if left_out else ""
+    tail += f"; {c['constant']} cells constant across prompts (not tested)" if c["constant"] else ""
+    if not c["tested"]:
+        return f"{stat}: no cell has enough prompts in both scenarios to test{tail}."
+    if not c["significant"]:
+        return f"{stat}: no cell differs significantly at q={q} ({c['tested']} cells tested, smallest q = {_p(c['min_q'])}){tail}."
+    return (f"{stat}: {c['significant']} of {c['tested']} tested cells ({c['significant_share']:.0%}) differ at q={q} "
+            f"({c['significant_positive']} higher, {c['significant_negative']} lower under {b}; mean |g| over tested "
+            f"cells {_f(c['mean_abs_g'], 2)}){tail}.")
+
+
+def _band_sentences(stat: str, s: dict, q: float, b: str, n_perm: int) -> list[str]:
+    bands = s["bands"]
+    if not bands:
+        return [f"No layer's prompt-level mean of {stat} differs significantly ({n_perm} label permutations per layer, "
+                f"BH over layers at q={q})."]
+    top = sorted(bands, key=lambda x: -(abs(x["mean_diff"]) * (x["layers"][1] - x["layers"][0] + 1)))[:MAX_BANDS]
+    out = []
+    for band in sorted(top, key=lambda x: x["layers"][0]):
+        verb = "raises" if band["sign"] > 0 else "lowers"
+        share = band["cells_significant_share"]
+        cells = f"; {share:.0%} of the cells in these layers significant" if share is not None else ""
+        out.append(f"{b} {verb} {stat} in {_layers(band['layers'])} (mean Δ {band['mean_diff']:+.3g}, 95% CI "
+                   f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}]; permutation q ≤ {_p(band['max_q'])}{cells}).")
+    if len(bands) > MAX_BANDS:
+        out.append(f"{len(bands) - MAX_BANDS} further, smaller significant layer bands are listed in compare.json.")
+    return out
+
+
+def _trend_sentences(s: dict, q: float) -> list[str]:
+    none, out = [], []
+    for t in s["trends"]:
+        if t["rho"] is None:
+            none.append(f"{_layers(t['layers'])}: too few positions ({t['n_positions']}) to test")
+        elif t["trend"]:
+            direction = "increases" if t["slope"] > 0 else "decreases"
+            lo, hi = t["slope_ci"]
+            out.append(f"In {_layers(t['layers'])} B − A {direction} with position (ρ = {t['rho']:.2f}, permutation "
+                       f"p = {_p(t['p'])}; slope {100 * t['slope']:+.3g} per 100 positions, 95% CI "
+                       f"[{100 * lo:.3g}, {100 * hi:.3g}]).")
+        else:
+            lo, hi = t["slope_ci"]
+            why = "" if t["q"] >= q and not t["slope_excludes_zero"] else (
+                f", slope 95% CI [{100 * lo:.3g}, {100 * hi:.3g}] per 100 positions")
+            none.append(f"{_layers(t['layers'])} (ρ = {t['rho']:.2f}, p = {_p(t['p'])}{why})")
+    if none:
+        out.append("No detectable position trend in " + "; ".join(none) + ".")
+    return out
+
+
+def _index_sentence(stat: str, idx: dict) -> str:
+    return (f"Sensitivity index for {stat} (mean |g| of prompt-level values over layers) {idx['value']:.2f}, 95% CI "
+            f"[{idx['ci_low']:.2f}, {idx['ci_high']:.2f}]; chance level {idx['null_mean']:.2f} "
+            f"(permutation p = {_p(idx['p'])}).")
+
+
+def _length_sentences(entry: dict, a: str, b: str) -> list[str]:
+    la, lb = entry["lengths"][a]["quantiles"], entry["lengths"][b]["quantiles"]
+    if not la or not lb:
+        return []
+    out = [f"Prompt lengths (tokens): {a} median {la['0.5']:.0f} (IQR {la['0.25']:.0f}–{la['0.75']:.0f}), "
+           f"{b} median {lb['0.5']:.0f} (IQR {lb['0.25']:.0f}–{lb['0.75']:.0f})."]
+    for stat, s in entry["stats"].items():
+        m = s.get("length_matched")
+        if not m:
+            continue
+        kept = m["prompts_kept"]
+        if m["survival"] is None:
+            out.append(f"Length matching kept {kept['a']}+{kept['b']} prompts: {m.get('note', 'no difference to compare')}.")
+            continue
+        out.append(f"After length matching ({kept['a']} {a} + {kept['b']} {b} prompts kept), {m['survival']:.0%} of the "
+                   f"layer-profile difference in {stat} survives; {m['layers_significant']} of {len(m['layers'])} layers "
+                   f"still significant (permutation, BH).")
+    return out
+
+
+def observations(result) -> dict[str, list[str]]:
+    """A few sentences per model, each with its number and uncertainty."""
+    a, b = result.scenarios
+    q, n_perm, min_count = result.params["q"], result.params["n_permutations"], result.params["min_count"]
+    out = {}
+    for model, entry in result.models.items():
+        lines = []
+        for stat, s in entry["stats"].items():
+            lines.append(_cells_sentence(stat, s["cells"], q, b, min_count))
+            if s.get("index") is None:
+                lines.append(f"{stat}: {s.get('note', 'no prompt-level values')}; no prompt-level tests.")
+                continue
+            lines += _band_sentences(stat, s, q, b, n_perm)
+            lines += _trend_sentences(s, q)
+            lines.append(_index_sentence(stat, s["index"]))
+        lines += _length_sentences(entry, a, b)
+        if entry.get("random_init"):
+            lines.append("Random-init stand-in: these differences come from the prompts' tokens passing through random "
+                         "weights, not from learned behaviour.")
+        out[model] = lines
+    return out
+
+
+def ranking_sentences(result) -> list[str]:
+    out = []
+    n_boot = result.params["n_bootstrap"]
+    for stat, r in result.ranking.items():
+        if len(r["order"]) < 2:
+            continue
+        ci = {m: result.models[m]["stats"][stat]["index"] for m in r["order"]}
+        chain = " > ".join(f"{m} {ci[m]['value']:.2f} [{ci[m]['ci_low']:.2f}, {ci[m]['ci_high']:.2f}]" for m in r["order"])
+        adjacent = {(x["higher"], x["lower"]): x for x in r["pairwise"]}
+
+        def holds(hi, lo):
+            x = adjacent[(hi, lo)]
+            return f"{hi} and {lo} tied in {x['ties']:.0%}" if x["ties"] > 0.5 else f"{hi} > {lo} in {x['holds']:.0%}"
+
+        holds = ", ".join(holds(hi, lo) for hi, lo in zip(r["order"], r["order"][1:]))
+        out.append(f"Ranking by {stat} sensitivity index: {chain}; the order holds in {n_boot} paired bootstrap "
+                   f"replicates over prompts as: {holds}.")
+    return out
+
+
+# ---------------------------------------------------------------- compare.json and summary.md
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def _rows(ds, dim: str, names: tuple[str, ...]) -> list[dict]:
+    keep = np.isfinite(ds["diff"].values)
+    return [{dim: int(v), **{k: ds[k].values[i].item() for k in names}}
+            for i, v in enumerate(ds[dim].values) if keep[i]]
+
+
+def to_json(result) -> dict:
+    """The machine-readable comparison; keys are documented in the README (section Compare)."""
+    a, b = result.scenarios
+    models = {}
+    for model, entry in result.models.items():
+        stats = {}
+        for stat, s in entry["stats"].items():
+            rows = dict(s)
+            if s.get("index") is not None:
+                lp = result.layer_profile.sel(model=model, stat=stat)
+                rows["layer_profile"] = _rows(lp, "layer", ("diff", "ci_low", "ci_high", "g", "p", "q", "significant"))
+            pp = result.position_profile.sel(model=model, stat=stat)
+            rows["position_profile"] = _rows(pp, "position", ("diff", "ci_low", "ci_high", "p"))
+            stats[stat] = rows
+        models[model] = {**{k: v for k, v in entry.items() if k != "stats"}, "stats": stats,
+                         "observations": result.observations.get(model, [])}
+    return _clean({
+        "jbtrace_version": jbtrace.__version__,
+        "scenarios": {"a": a, "b": b},
+        "difference": f"{b} - {a}",
+        "params": result.params,
+        "models": models,
+        "ranking": result.ranking,
+        "ranking_observations": ranking_sentences(result),
+    })
+
+
+def summary_markdown(result) -> str:
+    """Tables and observations, for people."""
+    a, b = result.scenarios
+    p = result.params
+    lines = [f"# Compare: {b} − {a}", "",
+             f"q = {p['q']} (Benjamini–Hochberg per model and statistic), min count {p['min_count']}, "
+             f"{p['n_permutations']} permutations, {p['n_bootstrap']} bootstrap replicates, seed {p['seed']}"
+             + (", length-matched layer profiles" if p["match_length"] else "") + ".", ""]
+    lines += ["## Cells", "", "| model | stat | tested | significant | share | + | − | left out | constant | mean abs g |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for model, entry in result.models.items():
+        for stat, s in entry["stats"].items():
+            c = s["cells"]
+            share = "n/a" if c["significant_share"] is None else f"{c['significant_share']:.1%}"
+            lines.append(f"| {model} | {stat} | {c['tested']} | {c['significant']} | {share} | {c['significant_positive']} "
+                         f"| {c['significant_negative']} | {c['one_scenario_only'] + c['below_min_count']} | {c['constant']} "
+                         f"| {_f(c['mean_abs_g'], 2)} |")
+    lines += ["", "## Significant layer bands (prompt-level permutation test)", "",
+              "| model | stat | layers | mean Δ | 95% CI | max q | cells significant |", "|---|---|---|---|---|---|---|"]
+    for model, entry in result.models.items():
+        for stat, s in entry["stats"].items():
+            for band in s.get("bands", []):
+                share = "n/a" if band["cells_significant_share"] is None else f"{band['cells_significant_share']:.0%}"
+                lines.append(f"| {model} | {stat} | {band['layers'][0]}–{band['layers'][1]} | {band['mean_diff']:+.3g} | "
+                             f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}] | {_p(band['max_q'])} | {share} |")
+    lines += ["", "## Position trends", "", "| model | stat | layers | positions | ρ | p | slope per 100 | 95% CI | trend |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for model, entry in result.models.items():
+        for stat, s in entry["stats"].items():
+            for t in s.get("trends", []):
+                if t["rho"] is None:
+                    continue
+                lo, hi = t["slope_ci"]
+                lines.append(f"| {model} | {stat} | {t['layers'][0]}–{t['layers'][1]} | {t['n_positions']} | {t['rho']:.2f} | "
+                             f"{_p(t['p'])} | {100 * t['slope']:+.3g} | [{100 * lo:.3g}, {100 * hi:.3g}] | "
+                             f"{'yes' if t['trend'] else 'no'} |")
+    lines += ["", "## Sensitivity index (mean |g| over layers, prompt level)", "",
+              "| model | stat | index | 95% CI | chance | p |", "|---|---|---|---|---|---|"]
+    for model, entry in result.models.items():
+        for stat, s in entry["stats"].items():
+            if s.get("index"):
+                i = s["index"]
+                lines.append(f"| {model} | {stat} | {i['value']:.3f} | [{i['ci_low']:.3f}, {i['ci_high']:.3f}] | "
+                             f"{i['null_mean']:.3f} | {_p(i['p'])} |")
+    ranking = ranking_sentences(result)
+    if ranking:
+        lines += ["", "## Ranking", "", *ranking]
+    lines += ["", "## Prompt lengths (tokens)", "", f"| model | scenario | n | 10% | 25% | median | 75% | 90% | max |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for model, entry in result.models.items():
+        for scenario, d in entry["lengths"].items():
+            qs = d["quantiles"]
+            if qs:
+                lines.append(f"| {model} | {scenario} | {d['n']} | " + " | ".join(f"{qs[k]:.0f}" for k in ("0.1", "0.25", "0.5", "0.75", "0.9", "1")) + " |")
+    lines += ["", "## Observations", ""]
+    for model, sentences in result.observations.items():
+        lines += [f"### {result.models[model]['label']}", "", *[f"- {s}" for s in sentences], ""]
+    return "\n".join(lines) + "\n"
