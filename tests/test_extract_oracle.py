@@ -12,7 +12,7 @@ from jbtrace import stats
 from jbtrace.extract import ExtractOptions, extract
 from jbtrace.models import load_model
 
-ALL_STATS = tuple(name for name, s in stats.REGISTRY.items() if s.source == "hidden")
+ALL_STATS = tuple(stats.REGISTRY)
 
 
 def reference_layers(lm, text: str) -> np.ndarray:
@@ -27,6 +27,40 @@ def reference_layers(lm, text: str) -> np.ndarray:
             embedded = lm.model.get_input_embeddings()(enc["input_ids"])[0].double().numpy()
         hs = [embedded] + hs[:-2] + [hs[-1]]
     return np.stack(hs)
+
+
+def reference_attention(lm, text: str) -> list[np.ndarray] | None:
+    """Per block (heads, query, key) probabilities of one prompt from eager output_attentions; None without attention."""
+    if not lm.has_attention:
+        return None
+    enc = lm.tokenizer(text, return_tensors="pt")
+    implementation = lm.model.config._attn_implementation
+    lm.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = lm.model(**enc, output_attentions=True)
+    finally:
+        lm.model.set_attn_implementation(implementation)
+    return [a[0].double().numpy() for a in out.attentions]
+
+
+def reference_attention_stat(name: str, A: list[np.ndarray] | None, n_layers: int, n_tokens: int) -> np.ndarray:
+    """(layers, tokens): layer l >= 1 from block l's attention, mean over heads; NaN at layer 0 and without attention."""
+    out = np.full((n_layers, n_tokens), np.nan)
+    for layer, P in enumerate(A or [], start=1):
+        if name == "attn_entropy":
+            logp = np.log(np.where(P > 0, P, 1.0))
+            out[layer] = -(P * logp).sum(-1).mean(0)
+        else:  # attn_sink: attention on the first token
+            out[layer] = P[:, :, 0].mean(0)
+    return out
+
+
+def reference_values(lm, name: str, text: str) -> np.ndarray:
+    H = reference_layers(lm, text)
+    if stats.REGISTRY[name].source == "attention":
+        return reference_attention_stat(name, reference_attention(lm, text), H.shape[0], H.shape[1])
+    return reference_stat(name, H)
 
 
 def reference_stat(name: str, H: np.ndarray) -> np.ndarray:
@@ -46,7 +80,7 @@ def reference_stat(name: str, H: np.ndarray) -> np.ndarray:
 
 def reference_moments(lm, texts, stat, align="start"):
     """Per-(layer, position) count / mean / var (ddof=1), and per-prompt means, from per-prompt values."""
-    per_prompt = [reference_stat(stat, reference_layers(lm, t)) for t in texts]
+    per_prompt = [reference_values(lm, stat, t) for t in texts]
     n_layers, n_pos = per_prompt[0].shape[0], max(v.shape[1] for v in per_prompt)
     grid = np.full((len(texts), n_layers, n_pos), np.nan)  # prompt, layer, position
     for i, v in enumerate(per_prompt):

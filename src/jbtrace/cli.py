@@ -303,3 +303,68 @@ def models_cmd():
     for row in list_models():
         table.add_row(row["spec"], "" if row["layers"] is None else str(row["layers"]), row["description"])
     out.print(table)
+
+
+@app.command("attention")
+def attention_cmd(
+    model: Model = None,
+    prompts: Prompts = None,
+    out_dir: Out = Path("runs/run"),
+    layer: Annotated[Optional[list[str]], typer.Option("--layer", help="Layer whose attention to map, repeatable (1..L: the attention of the block whose output is layer L), or auto: per model, the layer where the two sets differ most (ranking printed).")] = None,
+    heads: Annotated[str, typer.Option(help="mean (average heads), N (one head, from 0) or all (keep a head dimension).")] = "mean",
+    eager: Annotated[bool, typer.Option(help="Load models with eager attention (default: their fused kernel, probabilities computed for the mapped layers only).")] = False,
+    floor: Annotated[float, typer.Option(help="Smallest probability drawn on the log scale.")] = 1e-10,
+    text_field: TextField = None,
+    limit: Limit = None,
+    seed: Seed = 0,
+    model_name: ModelName = None,
+    dtype: Dtype = "float32",
+    device: Device = "cpu",
+    revision: Revision = None,
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: RemoteCode = False,
+    max_tokens: MaxTokens = 512,
+    batch_size: BatchSize = 8,
+    padding_side: PaddingSide = "right",
+    chat_template: ChatTemplate = False,
+    positions: Positions = None,
+    min_count: MinCount = 1,
+    svg: Annotated[bool, typer.Option(help="Also write attention.svg.")] = False,
+    quiet: Quiet = False,
+):
+    """Query × key attention maps (Benign, Jailbreak, Difference of logs) into RUN/trace.zarr and RUN/attention.png|pdf."""
+    from jbtrace import attention, plot, store
+    from jbtrace.extract import ExtractOptions
+    from jbtrace.models import load_model
+
+    if not model:
+        raise UserError("give at least one --model (see `jbtrace models`)")
+    layers, head = attention.parse_layers(layer), attention.parse_heads(heads)
+    if not 0 < floor < 1:
+        raise UserError(f"--floor {floor}: choose a probability between 0 and 1, e.g. 1e-10")
+    options = ExtractOptions(max_tokens=max_tokens, batch_size=batch_size, padding_side=padding_side,
+                             chat_template=chat_template)
+    if positions:  # fail before any model runs
+        import numpy as np
+        import xarray as xr
+
+        plot.parse_range(positions, xr.DataArray(np.arange(max_tokens)), "positions")
+    specs = list(zip(model, model_labels(model, model_name)))
+    sets = load_prompt_sets(prompts, text_field, limit, seed)
+
+    def load(spec, label):
+        return load_model(spec, name=label, dtype=dtype, device=device, revision=revision, allow_pickle=allow_pickle,
+                          trust_remote_code=trust_remote_code, seed=seed, attn_implementation="eager" if eager else None)
+
+    with progress_bar(quiet) as start:
+        results = attention.run(out_dir, load, specs, sets, layers=layers, heads=head, options=options, progress=start,
+                                info={"command": _command_line(), "eager": eager, "limit": limit, "seed": seed})
+    for maps in results:
+        if maps.divergence:
+            ranking = ", ".join(f"{layer} ({value:.3g})" for layer, value in maps.ranking())
+            out.print(f"{maps.model.name}: layers by JS divergence (bits), largest first: {ranking}", highlight=False)
+        out.print(f"{maps.model.name}: attention of layer {', '.join(map(str, maps.layers))}", highlight=False)
+    fig = plot.attention_grid(store.open_run(out_dir), models=[m.model.name for m in results], positions=positions,
+                              floor=floor, min_count=min_count)
+    for path in plot.save(fig, Path(out_dir) / "attention", svg=svg):
+        out.print(f"wrote {path}", highlight=False)

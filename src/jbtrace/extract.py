@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from jbtrace import models, stats
+from jbtrace import capture, models, stats
 from jbtrace.accumulate import Moments
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
@@ -136,22 +136,36 @@ class _Reducer:
     """Hook callback: turns each layer's hidden states into statistic values, keeping only (B, T) tensors."""
 
     def __init__(self, statistics: list[stats.Statistic], n_layers: int):
-        self.statistics = [s for s in statistics if s.source == "hidden"]
+        self.statistics = list(statistics)
         self.n_layers = n_layers
         self.values: torch.Tensor | None = None
         self.prev: torch.Tensor | None = None
+        self.key_mask: torch.Tensor | None = None  # (B, T) real tokens of the batch, for attention statistics
+
+    def _buffer(self, like: torch.Tensor, batch_tokens) -> torch.Tensor:
+        if self.values is None:
+            n_stats = len(self.statistics)
+            self.values = torch.full((n_stats, self.n_layers, *batch_tokens), float("nan"), dtype=like.dtype, device=like.device)
+        return self.values
 
     def __call__(self, layer: int, hidden: torch.Tensor) -> None:
         h = hidden.float()
-        if self.values is None:
-            n_stats = len(self.statistics)
-            self.values = torch.full((n_stats, self.n_layers, *h.shape[:2]), float("nan"), device=h.device)
+        self._buffer(h, h.shape[:2])
         for s, stat in enumerate(self.statistics):
+            if stat.source != "hidden":
+                continue
             if not stat.needs_prev:
                 self.values[s, layer] = stat.fn(h)
             elif self.prev is not None:
                 self.values[s, layer] = stat.fn(h, self.prev)
         self.prev = h
+
+    def attention(self, layer: int, probs: torch.Tensor) -> None:
+        """Capture callback: one layer's attention probabilities (B, heads, T, T) → attention statistics."""
+        values = self._buffer(probs, (probs.shape[0], probs.shape[2]))
+        for s, stat in enumerate(self.statistics):
+            if stat.source == "attention":
+                values[s, layer] = stat.fn(probs, self.key_mask)
 
     def take(self) -> torch.Tensor:
         values, self.values, self.prev = self.values, None, None
@@ -166,14 +180,13 @@ def extract(
 ) -> ModelTrace:
     """Fold every prompt of every set through ``lm`` into per-cell moments."""
     statistics = stats.get(options.stats)
-    unsupported = [s.name for s in statistics if s.source != "hidden"]
-    if unsupported:
-        raise UserError(f"statistic {', '.join(unsupported)} is not computed by this extractor")
     n_positions = options.bins if options.align == "relative" else min(options.max_tokens, lm.max_positions or options.max_tokens)
     trace = ModelTrace(model=lm, options=options, n_positions=n_positions)
     reducer = _Reducer(statistics, lm.n_layers)
     points = models.hidden_state_points(lm.model)
-    with models.hooked(points, reducer), torch.inference_mode():
+    attention = models.attention_layers(lm.model) if any(s.source == "attention" for s in statistics) else {}
+    with models.hooked(points, reducer), capture.probabilities_hooked(lm.model, attention, reducer.attention), \
+            torch.inference_mode():
         for prompt_set in prompt_sets:
             trace.scenarios[prompt_set.name] = _extract_set(lm, prompt_set, options, trace, reducer, progress)
     return trace
@@ -194,8 +207,11 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioT
     pad_id = lm.tokenizer.pad_token_id
     cell_base = (torch.arange(n_stats * n_layers, device=device) * n_pos).view(n_stats, n_layers, 1, 1)
     has_layer = torch.ones(n_stats, n_layers, dtype=torch.bool, device=device)
+    with_attention = torch.tensor([layer in models.attention_layers(lm.model) for layer in range(n_layers)], device=device)
     for s, stat in enumerate(reducer.statistics):
         has_layer[s, 0] = not stat.needs_prev
+        if stat.source == "attention":  # layer l >= 1: the attention of block l; none at layer 0 or in Mamba2
+            has_layer[s] = with_attention
     for batch in plan_batches(lengths, options):
         width = int(lengths[batch].max())
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -205,6 +221,7 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioT
             input_ids[row, span] = torch.tensor(ids[i])
             mask[row, span] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
+        reducer.key_mask = mask.bool()
         backbone(**models.forward_kwargs(lm.model, input_ids, mask))
         values = reducer.take()  # (stat, layer, B, T)
         pos = positions(mask, options.align, n_pos)

@@ -110,6 +110,11 @@ def attention_modules(model: nn.Module) -> list[nn.Module | None]:
     return found
 
 
+def attention_layers(model: nn.Module) -> dict[int, nn.Module]:
+    """Layer index l (>= 1) → the attention module of the block whose output is layer l."""
+    return {layer: m for layer, m in enumerate(attention_modules(model), start=1) if m is not None}
+
+
 def hidden_state_points(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """Where each layer index is read: (module, "input" or "output"), one entry per layer."""
     chain = blocks(model)

@@ -65,3 +65,24 @@ for _stat in (
     ),
 ):
     register(_stat)
+
+
+def _attn_entropy(probs: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each query's attention row over keys, averaged over heads."""
+    return -torch.special.xlogy(probs, probs).sum(-1).mean(1)
+
+
+def _attn_sink(probs: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """Share of each query's attention on the prompt's first real token, averaged over heads."""
+    first = key_mask.long().argmax(-1)  # first real token of each row (left padding moves it)
+    index = first.view(-1, 1, 1, 1).expand(*probs.shape[:3], 1)
+    return probs.gather(-1, index).squeeze(-1).mean(1)
+
+
+for _stat in (
+    Statistic("attn_entropy", "entropy (nats) of the query token's attention over keys, mean over heads",
+              _attn_entropy, source="attention"),
+    Statistic("attn_sink", "share of the query token's attention on the first real token, mean over heads",
+              _attn_sink, source="attention"),
+):
+    register(_stat)
