@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.jbtrace-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-setup clean
 
 setup: $(STAMP)
 
@@ -24,9 +24,26 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/extract.py
+	# the comparison tools are in .venv-bench (make bench-setup); without it they are skipped, one line each
+	$(if $(wildcard $(BENCH_VENV)/bin/python),$(BENCH_VENV)/bin/python,$(PY)) bench/extract.py
 	$(PY) bench/scale.py
 	$(PY) bench/detect.py
+
+# Comparison tools (TransformerLens, nnsight) live in their own venv so their pins never
+# touch .venv; torch is installed first and pinned so nothing can swap it.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.jbtrace-bench-installed
+
+bench-setup: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install torch==2.13.0
+	$(BENCH_VENV)/bin/python -m pip install -e ".[test]"
+	$(BENCH_VENV)/bin/python -m pip install --no-deps garak pyrit
+	$(BENCH_VENV)/bin/python -m pip install torch==2.13.0 transformer-lens==4.3.0 nnsight==0.8.1
+	touch $(BENCH_STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
