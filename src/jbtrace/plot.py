@@ -132,6 +132,51 @@ def save(fig: Figure, base: str | Path, svg: bool = False) -> list[Path]:
     return paths
 
 
+def detect_curves(reports: list[dict]) -> Figure:
+    """Cross-validated F1 against layer: one panel per model, one line per (source, feature kind).
+
+    Each point is the best classifier at that layer for that feature (band: ± std over folds);
+    the dashed grey line is the best length-only baseline (log token count).
+    """
+    if not reports:
+        raise UserError("no detector results to draw")
+    n = len(reports)
+    cols = min(n, 2)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 3.8 * rows), squeeze=False, layout="constrained")
+    features = list(dict.fromkeys(r["feature"] for rep in reports for r in rep["rows"]))
+    order = ("resid", "attn_out", "mlp_out", "mixer")
+    sources = sorted({r["source"] for rep in reports for r in rep["rows"]}, key=lambda s: (s not in order, order.index(s) if s in order else 0, s))
+    colours = dict(zip(features, plt.get_cmap("tab10").colors))
+    styles = dict(zip(sources, ("-", "--", ":", "-.")))
+    for ax, rep in zip(axes.flat, reports):
+        for source in sources:
+            for feature in features:
+                best = {}
+                for r in rep["rows"]:
+                    if r["source"] == source and r["feature"] == feature and (r["layer"] not in best or r["f1"] > best[r["layer"]]["f1"]):
+                        best[r["layer"]] = r
+                if not best:
+                    continue
+                layers = sorted(best)
+                f1 = np.array([best[k]["f1"] for k in layers])
+                std = np.array([best[k]["f1_std"] for k in layers])
+                label = feature if len(sources) == 1 else f"{source} {feature}"
+                ax.plot(layers, f1, styles[source], marker="o", ms=3, color=colours[feature], label=label)
+                ax.fill_between(layers, f1 - std, np.minimum(f1 + std, 1), color=colours[feature], alpha=0.08, lw=0)
+        length = max(rep["baseline"], key=lambda r: r["f1"])
+        ax.axhline(length["f1"], color="0.4", ls=(0, (4, 3)), lw=1.2, label=f"length only ({length['classifier']})")
+        ax.set_title(rep["label"], fontsize=10)
+        ax.set_xlabel("Layer")
+        ax.set_ylabel("CV F1 (best classifier)")
+        ax.set_ylim(min(0.4, ax.get_ylim()[0]), 1.01)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right", ncols=2)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    return fig
+
+
 def significance_grid(cells: xr.Dataset, stat: str | None = None, models: list[str] | None = None,
                       positions: str | None = None, q: float = 0.05) -> Figure:
     """Difference (B − A) per model, layers × positions; cells not significant at ``q`` washed out, untested grey.

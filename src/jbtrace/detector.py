@@ -1,0 +1,191 @@
+"""Saved per-layer detectors: one writer and one reader (JSON config + safetensors, no pickle), and scoring.
+
+A saved detector holds, for each (source, layer, feature), the CP position and hidden factors
+(for ``cp`` features), the standardiser's mean and scale, the linear classifier's weights and
+intercept, the threshold chosen on out-of-fold scores, and for linear SVMs the sigmoid that
+turns margins into probabilities. Only linear classifiers (logreg, linsvm) are saved: they
+are exactly a few arrays.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from jbtrace import features as F
+from jbtrace.decompose import CPFeatures
+from jbtrace.errors import UserError
+from jbtrace.models import LoadedModel
+from jbtrace.prompts import PromptSet
+
+FORMAT = "jbtrace-detector"
+VERSION = 1
+SAVEABLE = ("logreg", "linsvm")
+CONFIG, TENSORS = "detector.json", "detector.safetensors"
+
+
+@dataclass
+class Linear:
+    """One layer's detector as arrays: CP projection (optional) → standardise → linear score."""
+
+    source: str
+    layer: int
+    feature: str
+    kind: str
+    classifier: str
+    threshold: float  # on the native score: probability (logreg) or margin (linsvm)
+    platt: tuple[float, float] | None
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    position_factors: np.ndarray | None = None
+    hidden_factors: np.ndarray | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}.{self.layer}.{self.feature}"
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        if self.kind != "cp":
+            return X
+        cp = CPFeatures(rank=self.position_factors.shape[1])
+        cp.position_factors_, cp.hidden_factors_, cp.projection_ = self.position_factors, self.hidden_factors, None
+        return cp.transform(X)
+
+    def margin(self, X: np.ndarray) -> np.ndarray:
+        """Linear score in the same operations as StandardScaler + decision_function."""
+        Z = np.array(self.transform(X), copy=True)
+        Z -= self.mean
+        Z /= self.scale
+        return Z @ self.coef + self.intercept[0]
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Native score (the one the threshold applies to)."""
+        z = self.margin(X)
+        return _sigmoid(z) if self.classifier == "logreg" else z
+
+    def probability(self, X: np.ndarray) -> np.ndarray:
+        s = self.score(X)
+        return s if self.platt is None else _sigmoid(self.platt[0] * s + self.platt[1])
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    from scipy.special import expit
+
+    return expit(z)
+
+
+def from_fitted(source: str, layer: int, fitted) -> Linear:
+    """Arrays of a fitted ``detect.Fitted`` (logreg or linsvm)."""
+    if fitted.classifier not in SAVEABLE:
+        raise UserError(f"only linear detectors can be saved ({', '.join(SAVEABLE)}), not {fitted.classifier}")
+    scaler, clf = fitted.pipeline[0], fitted.pipeline[-1]
+    cp = fitted.cp
+    return Linear(source, layer, fitted.feature, fitted.kind, fitted.classifier, fitted.threshold, fitted.platt,
+                  scaler.mean_.copy(), scaler.scale_.copy(), clf.coef_[0].copy(), np.asarray(clf.intercept_, float).copy(),
+                  None if cp is None else cp.position_factors_.copy(), None if cp is None else cp.hidden_factors_.copy())
+
+
+@dataclass
+class Detector:
+    """A model's saved per-layer detectors and what is needed to recompute their features."""
+
+    config: dict  # model spec / name / seed / dtype, max_tokens, cp_positions, training summary
+    layers: list[Linear]
+    projection: np.ndarray | None = None
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors, entries = {}, []
+        for d in self.layers:
+            entries.append({"key": d.key, "source": d.source, "layer": d.layer, "feature": d.feature, "kind": d.kind,
+                            "classifier": d.classifier, "threshold": d.threshold,
+                            "platt": list(d.platt) if d.platt else None})
+            for name in ("mean", "scale", "coef", "intercept", "position_factors", "hidden_factors"):
+                value = getattr(d, name)
+                if value is not None:
+                    tensors[f"{d.key}/{name}"] = np.ascontiguousarray(value)
+        if self.projection is not None:
+            tensors["projection"] = np.ascontiguousarray(self.projection)
+        save_file(tensors, str(path / TENSORS))
+        config = {"format": FORMAT, "version": VERSION, **self.config, "detectors": entries}
+        (path / CONFIG).write_text(json.dumps(config, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Detector":
+        path = Path(path)
+        if not (path / CONFIG).is_file() or not (path / TENSORS).is_file():
+            raise UserError(f"{path}: not a saved detector (needs {CONFIG} and {TENSORS})")
+        try:
+            config = json.loads((path / CONFIG).read_text())
+            tensors = load_file(str(path / TENSORS))
+        except (ValueError, OSError) as error:
+            raise UserError(f"{path}: cannot read the detector: {str(error).splitlines()[0]}") from None
+        if config.get("format") != FORMAT or config.get("version") != VERSION:
+            raise UserError(f"{path}: not a {FORMAT} version {VERSION} file")
+        layers = []
+        for e in config.pop("detectors"):
+            arrays = {n: tensors.get(f"{e['key']}/{n}") for n in
+                      ("mean", "scale", "coef", "intercept", "position_factors", "hidden_factors")}
+            layers.append(Linear(e["source"], e["layer"], e["feature"], e["kind"], e["classifier"], e["threshold"],
+                                 tuple(e["platt"]) if e["platt"] else None, **arrays))
+        for key in ("format", "version"):
+            config.pop(key)
+        return cls(config, layers, tensors.get("projection"))
+
+    def score(self, lm: LoadedModel, prompt_sets: list[PromptSet],
+              progress: Callable[[int], None] | None = None) -> list[dict]:
+        """Per prompt and layer detector: jailbreak probability, native score and flag."""
+        texts = [t for s in prompt_sets for t in s.texts]
+        enc = F.tokenize(lm, texts, self.config["max_tokens"])
+        requests = list(dict.fromkeys((d.source, d.layer) for d in self.layers))
+        kinds = tuple(dict.fromkeys(d.kind for d in self.layers))
+        captured = F.capture(lm, enc, requests, kinds, self.config["cp_positions"], self.projection,
+                             self.config.get("batch_size", 8), progress=progress)
+        where = [(s.name, i) for s in prompt_sets for i in range(len(s))]
+        rows = []
+        for d in self.layers:
+            X = captured[(d.source, d.layer)][d.kind]
+            score, prob = d.score(X), d.probability(X)
+            rows += [{"set": name, "prompt": i, "tokens": int(enc.lengths[k]), "source": d.source, "layer": d.layer,
+                      "feature": d.feature, "classifier": d.classifier, "probability": float(prob[k]),
+                      "score": float(score[k]), "flag": bool(score[k] >= d.threshold)}
+                     for k, (name, i) in enumerate(where)]
+        return rows
+
+
+def from_report(report, options, classifier: str, model_config: dict) -> Detector:
+    """The linear detectors of ``classifier`` that ``detect_model`` refitted (needs keep_fitted)."""
+    if classifier not in SAVEABLE:
+        raise UserError(f"--save-classifier {classifier!r}: only {', '.join(SAVEABLE)} can be saved as arrays")
+    layers = [from_fitted(source, layer, fitted) for (source, layer, _, clf), fitted in report.fitted.items()
+              if clf == classifier]
+    config = {"model": model_config, "max_tokens": options.max_tokens, "cp_positions": options.cp_positions,
+              "project_dim": options.project_dim, "batch_size": options.batch_size, "seed": options.seed,
+              "training": report.data}
+    return Detector(config, layers, report.projection)
+
+
+def write_scores(rows: list[dict], path: str | Path) -> Path:
+    """CSV (one row per prompt and detector) or, for a .json path, a JSON list."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".json":
+        tmp.write_text(json.dumps(rows, indent=1))
+    else:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    tmp.replace(path)
+    return path
