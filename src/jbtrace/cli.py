@@ -252,6 +252,39 @@ def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extra
     extract_run(**extract_options, bucket=True, shard="0/1", out_dir=out_dir, command=_command_line())
     for path in draw(out_dir, min_count=min_count, positions=positions, svg=svg):
         out.print(f"wrote {path}", highlight=False)
+    compare_run(out_dir, min_count=max(min_count, 2), seed=extract_options.get("seed", 0), svg=svg)
+
+
+@app.command("compare")
+def compare_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    q: Annotated[float, typer.Option("--q", help="False discovery rate (Benjamini–Hochberg per model and statistic).")] = 0.05,
+    min_count: Annotated[int, typer.Option(help="Test only cells with at least this many prompts in both scenarios (at least 2).")] = 2,
+    permutations: Annotated[int, typer.Option(help="Label permutations per permutation test.")] = 1000,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates over prompts.")] = 500,
+    seed: Seed = 0,
+    match_length: Annotated[bool, typer.Option(help="Also compare length-matched prompts (coarsened exact matching; layer profile).")] = False,
+    svg: Annotated[bool, typer.Option(help="Also write the figures as SVG.")] = False,
+):
+    """Which differences are real: Welch + FDR per cell, profiles, trends, ranking; RUN/compare.json, summary.md, figures."""
+    compare_run(run, q=q, min_count=min_count, n_permutations=permutations, n_bootstrap=bootstrap, seed=seed,
+                match_length=match_length, svg=svg)
+
+
+def compare_run(run: Path, svg: bool = False, **options) -> None:
+    """Compare a run's two scenarios, write the outputs into the run, print the observations."""
+    from jbtrace import compare, store
+    from jbtrace.observe import ranking_sentences
+
+    result = compare.compare(store.open_run(run), **options)
+    for path in compare.write_compare(result, run, svg=svg):
+        out.print(f"wrote {path}", highlight=False)
+    for model, lines in result.observations.items():
+        out.print(f"{result.models[model]['label']}:", highlight=False)
+        for line in lines:
+            out.print(f"  - {line}", highlight=False, soft_wrap=True)
+    for line in ranking_sentences(result):
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command("demo")
