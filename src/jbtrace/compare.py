@@ -380,7 +380,8 @@ def _trends(cells: xr.Dataset, layers: np.ndarray, n_permutations: int, seed: in
         pos = prof.position.values[ok.values]
         row = {"band": name, "layers": [int(band[0]), int(band[-1])], "n_positions": int(pos.size)}
         if pos.size < 5:
-            out.append({**row, "rho": None, "p": None, "slope": None, "slope_ci": None, "trend": False})
+            out.append({**row, "rho": None, "p": None, "q": None, "slope": None, "slope_ci": None,
+                        "slope_excludes_zero": None, "trend": False})
             continue
         d, se = prof["diff"].values[ok.values], prof["se"].values[ok.values]
         rho, p = spearman_trend(pos, d, n_permutations, rng)
