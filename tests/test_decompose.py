@@ -143,6 +143,17 @@ def test_random_init_is_seeded_and_torch_input_works():
     np.testing.assert_array_equal(a.train_factors_, b.train_factors_)
 
 
+def test_transform_from_restored_factors():
+    """A detector restores the fitted factors (any float dtype) onto a fresh estimator."""
+    X, _ = labelled()
+    cp = CPFeatures(rank=3).fit(X)
+    restored = CPFeatures(rank=3)
+    restored.projection_ = None
+    restored.position_factors_ = cp.position_factors_.astype(np.float64)
+    restored.hidden_factors_ = cp.hidden_factors_.astype(np.float64)
+    np.testing.assert_allclose(restored.transform(X), cp.train_factors_, rtol=1e-4, atol=1e-4)
+
+
 def test_bad_shapes_raise():
     X, _ = labelled()
     with pytest.raises(ValueError):

@@ -174,8 +174,8 @@ class CPFeatures(BaseEstimator, TransformerMixin):
 
     def _project_hidden(self, X: torch.Tensor) -> torch.Tensor:
         """Apply the fitted random projection of the hidden mode, if any."""
-        return X if self.projection_ is None else X @ torch.as_tensor(self.projection_,
-                                                                       device=X.device)
+        return X if self.projection_ is None else X @ torch.as_tensor(
+            self.projection_, dtype=X.dtype, device=X.device)
 
     @torch.no_grad()
     def fit(self, X, y=None):
@@ -209,7 +209,7 @@ class CPFeatures(BaseEstimator, TransformerMixin):
             raise ValueError(f"X has (positions, hidden) = {tuple(X.shape[1:])}; "
                              f"fitted on {fitted}")
         X = self._project_hidden(X)
-        P, H = (torch.as_tensor(M, device=X.device)
+        P, H = (torch.as_tensor(M, dtype=X.dtype, device=X.device)
                 for M in (self.position_factors_, self.hidden_factors_))
         return _project(X, P, H).cpu().numpy()
 
