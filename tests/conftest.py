@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from jbtrace.models import load_model
 from jbtrace.prompts import PromptSet, texts_sha256
 
 ARCHS = ("gptj", "llama", "mistral", "mamba2")
+
+# The test models are tiny (width 64): a second intra-op thread only adds synchronisation, and on a
+# busy 2-core machine OpenMP spin-waiting makes each matmul several times slower.
+torch.set_num_threads(1)
 
 
 def make_set(name: str, texts: list[str]) -> PromptSet:

@@ -82,27 +82,27 @@ def test_positions_ignore_padding():
 
 
 def test_nonfinite_values_are_counted_not_averaged(prompt_sets):
-    lm = load_model("tiny:llama")
     from jbtrace import models
 
-    block = models.blocks(lm.model)[4]
+    lm = load_model("tiny:llama")
+    clean = run(lm, prompt_sets, batch_size=1)
 
-    def poison(module, args, output):
+    def poison(module, args, output):  # an fp16-style overflow at the first token of every prompt
         hidden = output[0] if isinstance(output, tuple) else output
-        hidden[0, 0, 0] = float("inf")
+        hidden[:, 0, 0] = float("inf")
         return output
 
-    handle = block.register_forward_hook(poison)
+    handle = models.blocks(lm.model)[4].register_forward_hook(poison)  # block 5 = layer 5
     try:
-        ds = run(lm, prompt_sets, batch_size=1, stats=None) if False else store.build(
-            [extract(lm, prompt_sets, ExtractOptions(stats=("log_norm",), batch_size=1))], prompt_sets)
+        poisoned = run(lm, prompt_sets, batch_size=1)
     finally:
         handle.remove()
-    bad = ds["nonfinite"].sel(stat="log_norm", model=lm.name)
-    # layer 5 (output of block 5, index 4) at position 0: every prompt poisoned once
-    assert int(bad.sel(layer=5, position=0).sum()) == len(prompt_sets[0]) + len(prompt_sets[1])
-    assert np.isfinite(ds["mean"].sel(layer=4, stat="log_norm")).all() or True
-    clean = ds["mean"].sel(stat="log_norm", layer=5, position=0)
-    assert np.isnan(clean).all()  # no finite value left in that cell: NaN, not an average with inf
-    assert int(ds["count"].sel(stat="log_norm", layer=5, position=0).sum()) == 0
-    assert int(bad.sum()) == int(bad.sel(layer=5, position=0).sum())
+    bad, count = poisoned["nonfinite"], poisoned["count"]
+    n_prompts = len(prompt_sets[0]) + len(prompt_sets[1])
+    assert int(bad.sel(stat="log_norm", layer=5, position=0).sum()) == n_prompts
+    assert int(bad.sel(layer=slice(0, 4)).sum()) == 0  # nothing before the overflow
+    # every value is either averaged or counted as non-finite, never both, never dropped
+    np.testing.assert_array_equal((count + bad).values, clean["count"].values)
+    # a cell whose every value overflowed has no mean, not an average that includes inf
+    assert poisoned["mean"].sel(stat="log_norm", layer=5, position=0).isnull().all()
+    assert np.isfinite(poisoned["mean"].values[count.values > 0]).all()

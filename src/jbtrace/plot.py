@@ -57,6 +57,11 @@ def cell_panels(ds: xr.Dataset, stat: str, min_count: int) -> xr.Dataset:
     ).assign_attrs(a=str(a), b=str(b))
 
 
+def masked_cmap(name: str):
+    """A colour map that draws masked (NaN) cells in the mask grey."""
+    return plt.get_cmap(name).with_extremes(bad=MASK_COLOUR)
+
+
 def _limits(values: np.ndarray, symmetric: bool) -> tuple[float, float]:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -99,8 +104,7 @@ def heatmap_grid(
         for col, (grid, title) in enumerate(zip(grids, columns)):
             ax = axes[row, col]
             vmin, vmax = _limits(grid, symmetric=True) if col == 2 else shared
-            cmap = plt.get_cmap(DIVERGING if col == 2 else SEQUENTIAL).copy()
-            cmap.set_bad(MASK_COLOUR)
+            cmap = masked_cmap(DIVERGING if col == 2 else SEQUENTIAL)
             image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap,
                               vmin=vmin, vmax=vmax, interpolation="nearest")
             ax.set_title(f"{label} — {title}", fontsize=10)
@@ -205,8 +209,7 @@ def significance_grid(cells: xr.Dataset, stat: str | None = None, models: list[s
         diff = c["diff"].values[:n_layers]
         sig = c["significant"].values[:n_layers].astype(bool)
         lo, hi = _limits(diff, symmetric=True)
-        cmap = plt.get_cmap(DIVERGING).copy()
-        cmap.set_bad(MASK_COLOUR)
+        cmap = masked_cmap(DIVERGING)
         image = ax.imshow(np.ma.masked_invalid(diff), origin="lower", aspect="auto", cmap=cmap, vmin=lo, vmax=hi,
                           interpolation="nearest")
         overlay = np.zeros((*diff.shape, 4))
@@ -313,72 +316,7 @@ def attention_grid(
         for col, (grid, title) in enumerate(zip(grids, [a.capitalize(), b.capitalize(), "Difference"])):
             ax = axes[row, col]
             vmin, vmax = _limits(grid, symmetric=True) if col == 2 else (low, 0.0)
-            cmap = plt.get_cmap(DIVERGING if col == 2 else SEQUENTIAL).copy()
-            cmap.set_bad(MASK_COLOUR)
-            image = ax.imshow(np.ma.masked_invalid(grid), origin="upper", aspect="equal", cmap=cmap,
-                              vmin=vmin, vmax=vmax, interpolation="nearest")
-            ax.set_title(f"{label} — Layer {layer}: {title}", fontsize=10)
-            tick = ticks(n, 64)
-            ax.set_xticks(tick, [str(values[i]) for i in tick])
-            ax.set_yticks(tick, [str(values[i]) for i in tick])
-            ax.set_xlabel("Key Token")
-            ax.set_ylabel("Query Token")
-            if col == 1:
-                fig.colorbar(image, ax=axes[row, :2].tolist(), label="log10 mean attention probability")
-            elif col == 2:
-                fig.colorbar(image, ax=ax, label=f"Δ log10 probability ({b} − {a})")
-    heads = ds["attn_mean"].attrs.get("heads", "mean")
-    fig.suptitle(
-        f"Attention probability averaged over prompts (heads: {heads}), log10 with floor {floor:g}. Grey: fewer than "
-        f"{min_count} prompt(s) with both tokens, or a key after the query (causal mask). "
-        f"Difference = log10 {b} − log10 {a}.",
-        fontsize=9,
-    )
-    return fig
-
-
-def attention_grid(
-    ds: xr.Dataset,
-    models: list[str] | None = None,
-    positions: str | None = None,
-    floor: float = 1e-10,
-    min_count: int = 1,
-) -> Figure:
-    """Query × key attention: one row per (model, layer); columns A, B (log10 mean probability), log difference B − A."""
-    if "attn_mean" not in ds:
-        raise UserError("this run has no attention maps: run `jbtrace attention` first")
-    if not 0 < floor < 1:
-        raise UserError(f"--floor {floor}: choose a probability between 0 and 1, e.g. 1e-10")
-    if models:
-        missing = [m for m in models if m not in ds.model.values]
-        if missing:
-            raise UserError(f"model {', '.join(missing)} is not in this run: it has {', '.join(ds.model.values)}")
-        ds = ds.sel(model=models)
-    crop = parse_range(positions, ds["query"], "positions")
-    if crop is not None:
-        ds = ds.sel(query=crop, key=crop)
-    mean = ds["attn_mean"].mean("head") if "head" in ds["attn_mean"].dims else ds["attn_mean"]
-    logp = np.log10(np.maximum(mean.where(ds["attn_count"] >= min_count), floor))
-    a, b = (str(s) for s in ds.scenario.values[:2])
-    rows = [(m, int(layer)) for m in ds.model.values for layer in ds.attn_layer.values
-            if int(ds["attn_count"].sel(model=m, attn_layer=layer).sum()) > 0]
-    if not rows:
-        raise UserError("no attention cells to draw in this range")
-    fig, axes = plt.subplots(len(rows), 3, figsize=(15, 4.2 * len(rows) + 0.8), squeeze=False, layout="constrained")
-    low = float(np.log10(floor))
-    for row, (model, layer) in enumerate(rows):
-        sel = logp.sel(model=model, attn_layer=layer)
-        reached = np.flatnonzero((ds["attn_count"].sel(model=model, attn_layer=layer) > 0).any(["scenario", "key"]).values)
-        n = int(reached.max()) + 1 if crop is None else sel.sizes["query"]
-        grids = [sel.sel(scenario=s).values[:n, :n] for s in (a, b)]
-        grids.append(grids[1] - grids[0])
-        label = str(ds["model_label"].sel(model=model).values) if "model_label" in ds else str(model)
-        values = ds["query"].values[:n]
-        for col, (grid, title) in enumerate(zip(grids, [a.capitalize(), b.capitalize(), "Difference"])):
-            ax = axes[row, col]
-            vmin, vmax = _limits(grid, symmetric=True) if col == 2 else (low, 0.0)
-            cmap = plt.get_cmap(DIVERGING if col == 2 else SEQUENTIAL).copy()
-            cmap.set_bad(MASK_COLOUR)
+            cmap = masked_cmap(DIVERGING if col == 2 else SEQUENTIAL)
             image = ax.imshow(np.ma.masked_invalid(grid), origin="upper", aspect="equal", cmap=cmap,
                               vmin=vmin, vmax=vmax, interpolation="nearest")
             ax.set_title(f"{label} — Layer {layer}: {title}", fontsize=10)
