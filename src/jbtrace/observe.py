@@ -23,6 +23,11 @@ def _p(x: float | None) -> str:
     return "n/a" if x is None else (f"{x:.2g}" if x >= 0.001 else "< 0.001")
 
 
+def _eq(name: str, x: float | None, op: str = "=") -> str:
+    """``p = 0.04`` or ``p < 0.001``."""
+    return f"{name} < 0.001" if x is not None and x < 0.001 else f"{name} {op} {_p(x)}"
+
+
 def _layers(span: list[int]) -> str:
     return f"layer {span[0]}" if span[0] == span[1] else f"layers {span[0]}–{span[1]}"
 
@@ -52,7 +57,7 @@ def _band_sentences(stat: str, s: dict, q: float, b: str, n_perm: int) -> list[s
         share = band["cells_significant_share"]
         cells = f"; {share:.0%} of the cells in these layers significant" if share is not None else ""
         out.append(f"{b} {verb} {stat} in {_layers(band['layers'])} (mean Δ {band['mean_diff']:+.3g}, 95% CI "
-                   f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}]; permutation q ≤ {_p(band['max_q'])}{cells}).")
+                   f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}]; permutation {_eq('q', band['max_q'], '≤')}{cells}).")
     if len(bands) > MAX_BANDS:
         out.append(f"{len(bands) - MAX_BANDS} further, smaller significant layer bands are listed in compare.json.")
     return out
@@ -66,14 +71,14 @@ def _trend_sentences(s: dict, q: float) -> list[str]:
         elif t["trend"]:
             direction = "increases" if t["slope"] > 0 else "decreases"
             lo, hi = t["slope_ci"]
-            out.append(f"In {_layers(t['layers'])} B − A {direction} with position (ρ = {t['rho']:.2f}, permutation "
-                       f"p = {_p(t['p'])}; slope {100 * t['slope']:+.3g} per 100 positions, 95% CI "
+            out.append(f"In {_layers(t['layers'])} B − A {direction} with position (ρ = {t['rho']:.2f}, block-permutation "
+                       f"{_eq('p', t['p'])}; slope {100 * t['slope']:+.3g} per 100 positions, 95% CI "
                        f"[{100 * lo:.3g}, {100 * hi:.3g}]).")
         else:
             lo, hi = t["slope_ci"]
             why = "" if t["q"] >= q and not t["slope_excludes_zero"] else (
                 f", slope 95% CI [{100 * lo:.3g}, {100 * hi:.3g}] per 100 positions")
-            none.append(f"{_layers(t['layers'])} (ρ = {t['rho']:.2f}, p = {_p(t['p'])}{why})")
+            none.append(f"{_layers(t['layers'])} (ρ = {t['rho']:.2f}, {_eq('p', t['p'])}{why})")
     if none:
         out.append("No detectable position trend in " + "; ".join(none) + ".")
     return out
@@ -82,7 +87,7 @@ def _trend_sentences(s: dict, q: float) -> list[str]:
 def _index_sentence(stat: str, idx: dict) -> str:
     return (f"Sensitivity index for {stat} (mean |g| of prompt-level values over layers) {idx['value']:.2f}, 95% CI "
             f"[{idx['ci_low']:.2f}, {idx['ci_high']:.2f}]; chance level {idx['null_mean']:.2f} "
-            f"(permutation p = {_p(idx['p'])}).")
+            f"(permutation {_eq('p', idx['p'])}).")
 
 
 def _length_sentences(entry: dict, a: str, b: str) -> list[str]:
