@@ -103,17 +103,25 @@ def encode(lm: LoadedModel, texts: tuple[str, ...] | list[str], options: Extract
     return full, truncated
 
 
+# A batch closes before its padding would exceed this share of its positions (and the slack):
+# small prompt samples have few close lengths, and the padded positions cost a full forward pass.
+MAX_PADDING, PADDING_SLACK = 0.1, 16
+
+
 def plan_batches(lengths: np.ndarray, options: ExtractOptions) -> list[np.ndarray]:
-    """Prompt indices per batch: sorted by length when bucketing, capped by size and padded tokens."""
+    """Prompt indices per batch: sorted by length when bucketing, capped by size, padded tokens and padding share."""
     order = np.argsort(-lengths, kind="stable") if options.bucket else np.arange(len(lengths))
-    batches, current, longest = [], [], 0
+    batches, current, longest, real = [], [], 0, 0
     for i in order:
         grow = max(longest, int(lengths[i]))
-        if current and (len(current) == options.batch_size or grow * (len(current) + 1) > options.max_batch_tokens):
+        size = grow * (len(current) + 1)
+        padding = size - real - int(lengths[i])
+        if current and (len(current) == options.batch_size or size > options.max_batch_tokens
+                        or padding > max(MAX_PADDING * size, PADDING_SLACK)):
             batches.append(np.array(current))
-            current, grow = [], int(lengths[i])
+            current, grow, real = [], int(lengths[i]), 0
         current.append(i)
-        longest = grow
+        longest, real = grow, real + int(lengths[i])
     if current:
         batches.append(np.array(current))
     return batches
