@@ -157,7 +157,7 @@ class _Reducer:
         return self.values
 
     def __call__(self, layer: int, hidden: torch.Tensor) -> None:
-        h = hidden.float()
+        h = hidden if hidden.dtype == torch.float64 else hidden.float()
         self._buffer(h, h.shape[:2])
         for s, stat in enumerate(self.statistics):
             if stat.source != "hidden":

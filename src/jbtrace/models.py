@@ -25,7 +25,7 @@ from jbtrace.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 # Attribute names of the final norm, by family (GPT-J, Llama/Mistral, Mamba2, OPT/Falcon-like).
 _FINAL_NORMS = ("ln_f", "norm", "norm_f", "final_layernorm", "final_layer_norm")
@@ -322,7 +322,7 @@ def _tiny(arch: str, seed: int, attn_implementation: str | None) -> nn.Module:
         "mamba2": lambda: T.Mamba2Config(hidden_size=w, num_hidden_layers=n, num_heads=8, head_dim=16, expand=2,
                                          state_size=16, n_groups=1, chunk_size=64, **ids),
     }[arch]()
-    torch.manual_seed(seed)
+    torch.manual_seed(seed * 100 + list(TINY_SPECS).index(arch))  # Llama and Mistral configs coincide: weights must not
     kwargs = {} if arch == "mamba2" else {"attn_implementation": attn_implementation or "sdpa"}
     return T.AutoModelForCausalLM.from_config(config, **kwargs)
 

@@ -69,7 +69,7 @@ def _limits(values: np.ndarray, symmetric: bool) -> tuple[float, float]:
     if symmetric:
         top = float(np.percentile(np.abs(finite), 99)) or 1e-12
         return -top, top
-    lo, hi = np.percentile(finite, [1, 99])
+    lo, hi = np.percentile(finite, [2, 98])
     return (float(lo), float(hi)) if hi > lo else (float(lo) - 0.5, float(hi) + 0.5)
 
 
@@ -115,12 +115,13 @@ def heatmap_grid(
             ax.set_xlabel(POSITION_LABELS.get(align, "Token Positions"))
             ax.set_ylabel("Layers")
             if col == 1:
-                fig.colorbar(image, ax=axes[row, :2].tolist(), label=stat)
+                fig.colorbar(image, ax=axes[row, :2].tolist(), label=stat, extend="both")
             elif col == 2:
-                fig.colorbar(image, ax=ax, label=f"Δ {stat} ({panels.attrs['b']} − {panels.attrs['a']})")
+                fig.colorbar(image, ax=ax, label=f"Δ {stat} ({panels.attrs['b']} − {panels.attrs['a']})", extend="both")
     fig.suptitle(
         f"{stat}: mean over prompts per (layer, position). Grey cells: fewer than {min_count} prompt(s) reach that "
-        f"position in a scenario (masked, not zero). Difference = {panels.attrs['b']} − {panels.attrs['a']}.",
+        f"position in a scenario (masked, not zero). Difference = {panels.attrs['b']} − {panels.attrs['a']}. "
+        "Colour scales clip at the 2nd–98th percentile (arrows on the colour bars).",
         fontsize=9,
     )
     return fig
