@@ -106,3 +106,33 @@ def test_nonfinite_values_are_counted_not_averaged(prompt_sets):
     # a cell whose every value overflowed has no mean, not an average that includes inf
     assert poisoned["mean"].sel(stat="log_norm", layer=5, position=0).isnull().all()
     assert np.isfinite(poisoned["mean"].values[count.values > 0]).all()
+
+
+def test_chat_template_wraps_every_prompt(prompt_sets):
+    from jbtrace.errors import UserError
+    from jbtrace.extract import encode
+
+    lm = load_model("tiny:llama")
+    options = ExtractOptions(chat_template=True)
+    with pytest.raises(UserError, match="chat template"):
+        encode(lm, ["hi"], options)
+    lm.tokenizer.chat_template = (
+        "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %} [assistant]{% endif %}"
+    )
+    ids, truncated = encode(lm, ["hi there"], options)
+    expected = lm.tokenizer("[user] hi there [assistant]")["input_ids"]  # adds the BOS itself
+    assert ids[0] == expected and not truncated.any()
+    trace = extract(lm, prompt_sets[:1], options)
+    longest = max(len(encode(lm, [t], options)[0][0]) for t in prompt_sets[0].texts)
+    assert trace.scenarios["benign"].prompt_tokens.max() == longest
+
+
+def test_truncation_is_counted(prompt_sets):
+    lm = load_model("tiny:gptj")
+    trace = extract(lm, prompt_sets, ExtractOptions(max_tokens=8))
+    st = trace.scenarios["jailbreak"]
+    assert st.prompt_tokens.max() == 8
+    full = [len(lm.tokenizer(t)["input_ids"]) for t in prompt_sets[1].texts]
+    np.testing.assert_array_equal(st.truncated, np.array(full) > 8)
+    assert trace.n_positions == 8
