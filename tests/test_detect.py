@@ -32,7 +32,7 @@ def plantedcapture(lm, texts, block: int, layers, kinds):
 
     def add(module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        hidden = hidden + 0.5 * scale * direction / direction.norm()
+        hidden = hidden + 1.0 * scale * direction / direction.norm()
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     handle = models.blocks(lm.model)[block].register_forward_hook(add)
