@@ -119,8 +119,8 @@ def heatmap_grid(
             elif col == 2:
                 fig.colorbar(image, ax=ax, label=f"Δ {stat} ({panels.attrs['b']} − {panels.attrs['a']})", extend="both")
     fig.suptitle(
-        f"{stat}: mean over prompts per (layer, position). Grey cells: fewer than {min_count} prompt(s) reach that "
-        f"position in a scenario (masked, not zero). Difference = {panels.attrs['b']} − {panels.attrs['a']}. "
+        f"{stat}: mean over prompts per (layer, position); Difference = {panels.attrs['b']} − {panels.attrs['a']}.\n"
+        f"Grey cells: fewer than {min_count} prompt(s) reach that position in a scenario (masked, not zero). "
         "Colour scales clip at the 2nd–98th percentile (arrows on the colour bars).",
         fontsize=9,
     )
