@@ -152,7 +152,8 @@ def open_run(run_dir: str | Path) -> xr.Dataset:
 def update(run_dir: str | Path, variables: xr.Dataset) -> None:
     """Add or replace variables in a run's store (e.g. comparison results), rewriting it atomically."""
     ds = open_run(run_dir)
-    write(ds.drop_vars([v for v in variables.data_vars if v in ds], errors="ignore").merge(variables), run_dir)
+    kept = ds.drop_vars([v for v in variables.data_vars if v in ds], errors="ignore")
+    write(kept.merge(variables, compat="override", join="outer"), run_dir)
 
 
 def merge(shards: list[xr.Dataset]) -> xr.Dataset:
