@@ -57,6 +57,17 @@ def cell_panels(ds: xr.Dataset, stat: str, min_count: int) -> xr.Dataset:
     ).assign_attrs(a=str(a), b=str(b))
 
 
+def select(ds: xr.Dataset, models: list[str] | None, positions: str | None) -> xr.Dataset:
+    """The models asked for (all by default) and the positions START:END; unknown ones are user errors."""
+    if models:
+        missing = [m for m in models if m not in ds.model.values]
+        if missing:
+            raise UserError(f"model {', '.join(missing)} is not in this run: it has {', '.join(ds.model.values)}")
+        ds = ds.sel(model=models)
+    crop = parse_range(positions, ds.position, "positions")
+    return ds if crop is None else ds.sel(position=crop)
+
+
 def masked_cmap(name: str):
     """A colour map that draws masked (NaN) cells in the mask grey."""
     return plt.get_cmap(name).with_extremes(bad=MASK_COLOUR)
@@ -82,14 +93,7 @@ def heatmap_grid(
 ) -> Figure:
     """The seed figure: one row per model; columns A (benign), B (jailbreak), B − A; layers × positions."""
     stat = stat or str(ds.stat.values[0])
-    if models:
-        missing = [m for m in models if m not in ds.model.values]
-        if missing:
-            raise UserError(f"model {', '.join(missing)} is not in this run: it has {', '.join(ds.model.values)}")
-        ds = ds.sel(model=models)
-    crop = parse_range(positions, ds.position, "positions")
-    if crop is not None:
-        ds = ds.sel(position=crop)
+    ds = select(ds, models, positions)
     panels = cell_panels(ds, stat, min_count)
     n_rows = ds.sizes["model"]
     fig, axes = plt.subplots(n_rows, 3, figsize=(15, 3.4 * n_rows + 0.8), squeeze=False, layout="constrained")
@@ -191,13 +195,7 @@ def significance_grid(cells: xr.Dataset, stat: str | None = None, models: list[s
     stat = stat or str(cells.stat.values[0])
     if stat not in cells.stat.values:
         raise UserError(f"statistic {stat!r} is not in this comparison: it has {', '.join(map(str, cells.stat.values))}")
-    if models:
-        missing = [m for m in models if m not in cells.model.values]
-        if missing:
-            raise UserError(f"model {', '.join(missing)} is not in this run: it has {', '.join(cells.model.values)}")
-        cells = cells.sel(model=models)
-    crop = parse_range(positions, cells.position, "positions")
-    cells = cells.sel(stat=stat) if crop is None else cells.sel(stat=stat, position=crop)
+    cells = select(cells, models, positions).sel(stat=stat)
     n = cells.sizes["model"]
     cols = min(n, 2)
     rows = -(-n // cols)
