@@ -13,6 +13,8 @@ jbtrace plans (so padding is equal), for every method:
 Every method except `bare` must reproduce jbtrace's log_norm mean heatmap (max abs
 difference <= --tolerance) on its warm-up run, or its time is not reported. Timing runs
 alternate between methods in one process (rotating order) and the median is kept.
+Ratios to bare: of median wall times, the median of same-round pairs, and of median
+process CPU times (robust to a shared machine's load; meaningless on a GPU).
 Memory is measured in a fresh subprocess per method: peak RSS growth above the loaded
 model (VmHWM reset via /proc/self/clear_refs), and peak CUDA memory on a GPU.
 
@@ -236,11 +238,11 @@ def timed(run, cuda: bool):
 
     if cuda:
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = run()
     if cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, out
+    return (time.perf_counter() - t0, time.process_time() - c0), out
 
 
 def unavailable(method: str) -> str | None:
@@ -273,7 +275,7 @@ def bench_case(spec: str, mix: str, args) -> dict:
         if why is None:
             try:
                 run = make_method(method, work)
-                seconds, grid = timed(run, cuda)  # warm-up, and the heatmap check
+                (seconds, _), grid = timed(run, cuda)  # warm-up, and the heatmap check
             except Exception as err:  # noqa: BLE001 - a tool that fails is reported, never faked
                 why = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         if why is not None:
@@ -295,17 +297,23 @@ def bench_case(spec: str, mix: str, args) -> dict:
                 entry["skipped"] = f"heatmap differs from jbtrace's by {diff:.2e} > {args.tolerance:g}"
                 continue
         runs[method] = run
-    times = {m: [] for m in runs}
+    times, cpu = {m: [] for m in runs}, {m: [] for m in runs}
     order = list(runs)
     for r in range(args.repeats):  # alternate: each round runs every method, rotating who goes first
         for method in order[r % len(order):] + order[: r % len(order)]:
-            times[method].append(timed(runs[method], cuda)[0])
+            (wall, used), _ = timed(runs[method], cuda)
+            times[method].append(wall)
+            cpu[method].append(used)
     bare = common.median(times["bare"]) if "bare" in times else None
     for method, ts in times.items():
         entry = row["methods"][method]
-        entry.update(seconds=ts, median_s=common.median(ts), tokens_per_s=work.real_tokens / common.median(ts))
+        entry.update(seconds=ts, median_s=common.median(ts), tokens_per_s=work.real_tokens / common.median(ts),
+                     cpu_seconds=cpu[method], median_cpu_s=common.median(cpu[method]))
         if bare:
             entry["throughput_vs_bare"] = bare / entry["median_s"]
+            # same round, adjacent in time: robust to the machine's load drifting between rounds
+            entry["paired_vs_bare"] = common.median([b / t for b, t in zip(times["bare"], ts)])
+            entry["cpu_vs_bare"] = common.median(cpu["bare"]) / entry["median_cpu_s"]
     if args.memory:
         for method in runs:
             mem = common.run_child(__file__, ["--child", method, "--model", spec, "--mix", mix, *child_args(args)])
@@ -339,7 +347,8 @@ def child(args) -> None:
 def print_row(row: dict) -> None:
     print(f"\n{row['model']} / {row['mix']}: {row['prompts']} prompts, {row['batches']} batches, "
           f"{row['real_tokens']} real tokens, padding waste {row['padding_waste']:.1%}")
-    print(f"  {'method':<17}{'median s':>10}{'tokens/s':>11}{'vs bare':>9}{'peak RSS MiB':>14}{'peak CUDA MiB':>15}  heatmap")
+    print(f"  {'method':<17}{'median s':>10}{'tokens/s':>11}{'vs bare':>9}{'paired':>8}{'CPU-time':>9}"
+          f"{'peak RSS MiB':>14}{'peak CUDA MiB':>15}  heatmap")
     for method, e in row["methods"].items():
         if "median_s" not in e:
             print(f"  {method:<17}  skipped: {e['skipped']}")
@@ -347,23 +356,24 @@ def print_row(row: dict) -> None:
         check = "reference" if method == "jbtrace" else ("-" if method == "bare" else f"max diff {e['max_abs_diff_vs_jbtrace']:.1e}")
         cuda = f"{e['peak_cuda_mib']:>15.1f}" if "peak_cuda_mib" in e else f"{'-':>15}"
         rss = f"{e['peak_rss_mib']:>14.1f}" if "peak_rss_mib" in e else f"{'-':>14}"
-        print(f"  {method:<17}{e['median_s']:>10.3f}{e['tokens_per_s']:>11.0f}{e.get('throughput_vs_bare', float('nan')):>9.2f}"
-              f"{rss}{cuda}  {check}")
+        ratios = "".join(f"{e.get(k, float('nan')):>{w}.2f}" for k, w in
+                         (("throughput_vs_bare", 9), ("paired_vs_bare", 8), ("cpu_vs_bare", 9)))
+        print(f"  {method:<17}{e['median_s']:>10.3f}{e['tokens_per_s']:>11.0f}{ratios}{rss}{cuda}  {check}")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", default=["tiny:llama", "tiny:gptj"],
+    parser.add_argument("--model", nargs="+", default=["tiny:llama"],
                         help="model specs; llama8b-random = Llama-3.1-8B shapes, random bf16 weights (CUDA only)")
     parser.add_argument("--mix", nargs="+", default=list(MIXES), choices=MIXES)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--prompts", type=int, default=24, help="prompts per scenario (real and synthetic mixes)")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per scenario (real and synthetic mixes)")
     parser.add_argument("--long-prompts", type=int, default=64, help="prompts in all of the long mix (at max-tokens each)")
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batch-tokens", type=int, default=8192)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference of log_norm means vs jbtrace")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the per-method memory subprocesses")

@@ -215,7 +215,8 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioT
     pad_id = lm.tokenizer.pad_token_id
     cell_base = (torch.arange(n_stats * n_layers, device=device) * n_pos).view(n_stats, n_layers, 1, 1)
     has_layer = torch.ones(n_stats, n_layers, dtype=torch.bool, device=device)
-    with_attention = torch.tensor([layer in models.attention_layers(lm.model) for layer in range(n_layers)], device=device)
+    attention_layers = models.attention_layers(lm.model)  # once: each call walks every module of the model
+    with_attention = torch.tensor([layer in attention_layers for layer in range(n_layers)], device=device)
     for s, stat in enumerate(reducer.statistics):
         has_layer[s, 0] = not stat.needs_prev
         if stat.source == "attention":  # layer l >= 1: the attention of block l; none at layer 0 or in Mamba2
