@@ -128,8 +128,9 @@ def test_chat_template_wraps_every_prompt(prompt_sets):
     assert trace.scenarios["benign"].prompt_tokens.max() == longest
 
 
-def test_truncation_is_counted(prompt_sets):
-    lm = load_model("tiny:gptj")
+@pytest.mark.parametrize("spec", ["tiny:gptj", "builtin:minilm"])  # minilm keeps [SEP] at the end when cutting
+def test_truncation_is_counted(prompt_sets, spec):
+    lm = load_model(spec)
     trace = extract(lm, prompt_sets, ExtractOptions(max_tokens=8))
     st = trace.scenarios["jailbreak"]
     assert st.prompt_tokens.max() == 8

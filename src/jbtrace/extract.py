@@ -93,7 +93,8 @@ def encode(lm: LoadedModel, texts: tuple[str, ...] | list[str], options: Extract
         ]
     limit = min(options.max_tokens, lm.max_positions or options.max_tokens)
     special = not options.chat_template
-    full = tok(list(texts), add_special_tokens=special)["input_ids"]
+    # one token over the limit is enough to see truncation, and keeps memory bounded by max_tokens per prompt
+    full = tok(list(texts), add_special_tokens=special, truncation=True, max_length=limit + 1)["input_ids"]
     truncated = np.array([len(ids) > limit for ids in full], dtype=bool)
     if truncated.any():
         idx = np.flatnonzero(truncated)
