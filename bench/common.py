@@ -54,31 +54,32 @@ def _status_mib(field: str) -> float:
     return int(line.split()[1]) / 1024
 
 
-def reset_peak() -> float:
-    """Reset this process's peak RSS (VmHWM) to its current RSS and return that baseline in MiB.
+def reset_peak() -> dict:
+    """Reset this process's peak RSS (VmHWM) to its current RSS, and the CUDA peak; return the baselines.
 
-    Also resets the CUDA peak. ru_maxrss cannot be reset and is inherited across exec, so
-    it is not used.
+    ru_maxrss cannot be reset and is inherited across exec, so it is not used.
     """
     import torch
 
+    baseline = {}
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        baseline["cuda_baseline_mib"] = torch.cuda.memory_allocated() / 2**20
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    return _status_mib("VmRSS")
+    baseline["rss_baseline_mib"] = _status_mib("VmRSS")
+    return baseline
 
 
-def peak_since(baseline_mib: float) -> dict:
-    """Growth of peak RSS above the baseline (MiB), and peak CUDA memory above what was allocated."""
+def peak_since(baseline: dict) -> dict:
+    """Growth of the peak RSS, and of the peak CUDA allocation, above the baselines (MiB)."""
     import torch
 
-    out = {"peak_rss_mib": _status_mib("VmHWM") - baseline_mib, "rss_baseline_mib": baseline_mib}
-    if torch.cuda.is_available():
+    out = dict(baseline, peak_rss_mib=_status_mib("VmHWM") - baseline["rss_baseline_mib"])
+    if "cuda_baseline_mib" in baseline:
         torch.cuda.synchronize()
-        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        out["cuda_baseline_mib"] = torch.cuda.memory_allocated() / 2**20
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20 - baseline["cuda_baseline_mib"]
     return out
 
 
@@ -145,7 +146,7 @@ def llama8b_random(device: str = "cuda"):
     )
     torch.manual_seed(0)
     with torch.device(device):
-        model = T.LlamaForCausalLM._from_config(config, torch_dtype=torch.bfloat16, attn_implementation="sdpa")
+        model = T.LlamaForCausalLM._from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
     model.eval()
     tok = models.tiny_tokenizer()
     return models.LoadedModel(

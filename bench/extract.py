@@ -120,12 +120,11 @@ class NumpyGrid:
     def add(self, s: int, layers, mask) -> None:
         import torch
 
-        H = np.stack([h.to(torch.float32).cpu().numpy() for h in layers]).astype(np.float64)  # (L, B, T, D)
         m = mask.cpu().numpy().astype(bool)  # right padding, align=start: position = column
-        norm = np.linalg.norm(H, axis=-1)
-        values = np.where(m[None], np.log(np.where(m[None], norm, 1.0)), 0.0)
         T = m.shape[1]
-        self.sums[s, :, :T] += values.sum(1)
+        for layer, h in enumerate(layers):  # one layer at a time on the host: (B, T, D) float64
+            norm = np.linalg.norm(h.to(torch.float32).cpu().numpy().astype(np.float64), axis=-1)
+            self.sums[s, layer, :T] += np.where(m, np.log(np.where(m, norm, 1.0)), 0.0).sum(0)
         self.counts[s, :T] += m.sum(0)
 
     def mean(self) -> np.ndarray:
