@@ -81,6 +81,9 @@ class ModelTrace:
         return self.tokens_padded / max(self.tokens_processed, 1)
 
 
+ENCODE_CHUNK = 256  # prompts tokenized per tokenizer call
+
+
 def encode(lm: LoadedModel, texts: tuple[str, ...] | list[str], options: ExtractOptions):
     """Token ids per prompt (truncated to max_tokens) and which prompts were truncated."""
     tok = lm.tokenizer
@@ -94,7 +97,13 @@ def encode(lm: LoadedModel, texts: tuple[str, ...] | list[str], options: Extract
     limit = min(options.max_tokens, lm.max_positions or options.max_tokens)
     special = not options.chat_template
     # one token over the limit is enough to see truncation, and keeps memory bounded by max_tokens per prompt
-    full = tok(list(texts), add_special_tokens=special, truncation=True, max_length=limit + 1)["input_ids"]
+    # in chunks: the tokenizer's per-token objects never exist for all prompts at once
+    full = [
+        ids
+        for start in range(0, len(texts), ENCODE_CHUNK)
+        for ids in tok(list(texts[start:start + ENCODE_CHUNK]), add_special_tokens=special, truncation=True,
+                       max_length=limit + 1, return_attention_mask=False)["input_ids"]
+    ]
     truncated = np.array([len(ids) > limit for ids in full], dtype=bool)
     if truncated.any():
         idx = np.flatnonzero(truncated)
