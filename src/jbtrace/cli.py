@@ -207,15 +207,19 @@ def draw(run: Path, *, stat=None, models=None, positions=None, min_count=1, svg=
     return plot.save(fig, Path(run) / "figure", svg=svg)
 
 
-def with_extract_options(command):
-    """Give a command every option of `extract` (sharding aside) before its own keyword-only ones."""
+def with_extract_options(without: tuple[str, ...] = ("shard",)):
+    """Give a command every option of `extract` (less ``without``) before its own keyword-only ones."""
+
     def resolved(fn):  # annotations are strings here (postponed evaluation); typer needs the types
         hints = get_type_hints(fn, include_extras=True)
         return [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in inspect.signature(fn).parameters.values()
-                if p.name in hints and p.name != "shard"]
+                if p.name in hints and p.name not in without]
 
-    command.__signature__ = inspect.Signature(resolved(extract_cmd) + resolved(command))
-    return command
+    def decorate(command):
+        command.__signature__ = inspect.Signature(resolved(extract_cmd) + resolved(command))
+        return command
+
+    return decorate
 
 
 def extract_defaults() -> dict:
@@ -223,7 +227,7 @@ def extract_defaults() -> dict:
 
 
 @app.command("run")
-@with_extract_options
+@with_extract_options()
 def run_cmd(
     *,
     min_count: MinCount = 1,
@@ -235,15 +239,20 @@ def run_cmd(
     run_pipeline(min_count=min_count, positions=positions, svg=svg, **extract_options)
 
 
-def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extract_options) -> None:
-    """extract → plot → downstream analyses; the shared body of `run` and `demo`."""
-    from jbtrace.plot import parse_range
-
-    if positions:  # fail before any model runs
+def check_positions(positions: str | None, max_tokens: int) -> None:
+    """Fail on a --positions range no run with this --max-tokens can have, before any model runs."""
+    if positions:
         import numpy as np
         import xarray as xr
 
-        parse_range(positions, xr.DataArray(np.arange(extract_options["max_tokens"])), "positions")
+        from jbtrace.plot import parse_range
+
+        parse_range(positions, xr.DataArray(np.arange(max_tokens)), "positions")
+
+
+def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extract_options) -> None:
+    """extract → plot → downstream analyses; the shared body of `run` and `demo`."""
+    check_positions(positions, extract_options["max_tokens"])
     extract_run(**extract_options, shard="0/1", out_dir=out_dir, command=_command_line())
     for path in draw(out_dir, min_count=min_count, positions=positions, svg=svg):
         out.print(f"wrote {path}", highlight=False)
@@ -450,59 +459,43 @@ def models_cmd():
 
 
 @app.command("attention")
+@with_extract_options(without=("shard", "stat", "align", "bins", "bucket"))
 def attention_cmd(
-    model: Model = None,
-    prompts: Prompts = None,
-    out_dir: Out = Path("runs/run"),
+    *,
     layer: Annotated[Optional[list[str]], typer.Option("--layer", help="Layer whose attention to map, repeatable (1..L: the attention of the block whose output is layer L), or auto: per model, the layer where the two sets differ most (ranking printed).")] = None,
     heads: Annotated[str, typer.Option(help="mean (average heads), N (one head, from 0) or all (keep a head dimension).")] = "mean",
     eager: Annotated[bool, typer.Option(help="Load models with eager attention (default: their fused kernel, probabilities computed for the mapped layers only).")] = False,
     floor: Annotated[float, typer.Option(help="Smallest probability drawn on the log scale.")] = 1e-10,
-    text_field: TextField = None,
-    limit: Limit = None,
-    seed: Seed = 0,
-    model_name: ModelName = None,
-    dtype: Dtype = "float32",
-    device: Device = "cpu",
-    revision: Revision = None,
-    allow_pickle: AllowPickle = False,
-    trust_remote_code: RemoteCode = False,
-    max_tokens: MaxTokens = 512,
-    batch_size: BatchSize = 8,
-    padding_side: PaddingSide = "right",
-    chat_template: ChatTemplate = False,
     positions: Positions = None,
     min_count: MinCount = 1,
     svg: Annotated[bool, typer.Option(help="Also write attention.svg.")] = False,
-    quiet: Quiet = False,
+    **common,
 ):
     """Query × key attention maps (Benign, Jailbreak, Difference of logs) into RUN/trace.zarr and RUN/attention.png|pdf."""
     from jbtrace import attention, plot, store
     from jbtrace.extract import ExtractOptions
     from jbtrace.models import load_model
 
-    if not model:
+    if not common["model"]:
         raise UserError("give at least one --model (see `jbtrace models`)")
     layers, head = attention.parse_layers(layer), attention.parse_heads(heads)
     if not 0 < floor < 1:
         raise UserError(f"--floor {floor}: choose a probability between 0 and 1, e.g. 1e-10")
-    options = ExtractOptions(max_tokens=max_tokens, batch_size=batch_size, padding_side=padding_side,
-                             chat_template=chat_template)
-    if positions:  # fail before any model runs
-        import numpy as np
-        import xarray as xr
-
-        plot.parse_range(positions, xr.DataArray(np.arange(max_tokens)), "positions")
-    specs = list(zip(model, model_labels(model, model_name)))
-    sets = load_prompt_sets(prompts, text_field, limit, seed)
+    options = ExtractOptions(max_tokens=common["max_tokens"], batch_size=common["batch_size"], padding_side=common["padding_side"],
+                             chat_template=common["chat_template"])
+    check_positions(positions, common["max_tokens"])
+    model, seed, out_dir = common["model"], common["seed"], common["out_dir"]
+    specs = list(zip(model, model_labels(model, common["model_name"])))
+    sets = load_prompt_sets(common["prompts"], common["text_field"], common["limit"], seed)
 
     def load(spec, label):
-        return load_model(spec, name=label, dtype=dtype, device=device, revision=revision, allow_pickle=allow_pickle,
-                          trust_remote_code=trust_remote_code, seed=seed, attn_implementation="eager" if eager else None)
+        return load_model(spec, name=label, dtype=common["dtype"], device=common["device"], revision=common["revision"],
+                          allow_pickle=common["allow_pickle"], trust_remote_code=common["trust_remote_code"], seed=seed,
+                          attn_implementation="eager" if eager else None)
 
-    with progress_bar(quiet) as start:
+    with progress_bar(common["quiet"]) as start:
         results = attention.run(out_dir, load, specs, sets, layers=layers, heads=head, options=options, progress=start,
-                                info={"command": _command_line(), "eager": eager, "limit": limit, "seed": seed})
+                                info={"command": _command_line(), "eager": eager, "limit": common["limit"], "seed": seed})
     for maps in results:
         if maps.divergence:
             ranking = ", ".join(f"{layer} ({value:.3g})" for layer, value in maps.ranking())
