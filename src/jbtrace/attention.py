@@ -32,7 +32,7 @@ import xarray as xr
 import jbtrace
 from jbtrace import capture, models, store
 from jbtrace.errors import UserError
-from jbtrace.extract import ExtractOptions, encode, plan_batches, positions
+from jbtrace.extract import ExtractOptions, encode, pad_batch, plan_batches, positions
 from jbtrace.models import LoadedModel
 from jbtrace.prompts import PromptSet
 
@@ -179,8 +179,7 @@ def _run(lm, prompt_sets, layers, heads, n_heads, options, progress) -> Attentio
             raise UserError(f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens for {lm.name}")
         with capture.probabilities_hooked(lm.model, maps.layers, reducer), torch.inference_mode():
             for batch in plan_batches(lengths, options):
-                input_ids, mask = _pad(ids, lengths, batch, lm.tokenizer.pad_token_id, options.padding_side)
-                input_ids, mask = input_ids.to(device), mask.to(device)
+                input_ids, mask = pad_batch(ids, lengths, batch, lm.tokenizer.pad_token_id, options.padding_side, device)
                 reducer.begin(mask)
                 backbone(**models.forward_kwargs(lm.model, input_ids, mask))
                 if progress:
@@ -189,17 +188,6 @@ def _run(lm, prompt_sets, layers, heads, n_heads, options, progress) -> Attentio
         maps.sums[prompt_set.name] = reducer.sums.view(shape)
         maps.counts[prompt_set.name] = reducer.counts.view(n_pos, n_pos)
     return maps
-
-
-def _pad(ids, lengths, batch, pad_id, side):
-    width = int(lengths[batch].max())
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, i in enumerate(batch):
-        span = slice(width - lengths[i], width) if side == "left" else slice(0, lengths[i])
-        input_ids[row, span] = torch.tensor(ids[i])
-        mask[row, span] = 1
-    return input_ids, mask
 
 
 def _n_heads(lm: LoadedModel) -> int:

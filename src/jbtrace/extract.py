@@ -137,6 +137,18 @@ def plan_batches(lengths: np.ndarray, options: ExtractOptions) -> list[np.ndarra
     return batches
 
 
+def pad_batch(ids, lengths, batch, pad_id: int, side: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask (B, longest) of the prompts in ``batch``, padded on ``side``."""
+    width = int(lengths[batch].max())
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, i in enumerate(batch):
+        span = slice(width - lengths[i], width) if side == "left" else slice(0, lengths[i])
+        input_ids[row, span] = torch.tensor(ids[i])
+        mask[row, span] = 1
+    return input_ids.to(device), mask.to(device)
+
+
 def positions(mask: torch.Tensor, align: str, n_positions: int) -> torch.Tensor:
     """Position index of each real token (B, T): start, end or relative bins; padding gives -1."""
     rank = mask.long().cumsum(-1) - 1
@@ -232,14 +244,7 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioT
         if stat.source == "attention":  # layer l >= 1: the attention of block l; none at layer 0 or in Mamba2
             has_layer[s] = with_attention
     for batch in plan_batches(lengths, options):
-        width = int(lengths[batch].max())
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            span = slice(width - lengths[i], width) if options.padding_side == "left" else slice(0, lengths[i])
-            input_ids[row, span] = torch.tensor(ids[i])
-            mask[row, span] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
+        input_ids, mask = pad_batch(ids, lengths, batch, pad_id, options.padding_side, device)
         reducer.key_mask = mask.bool()
         backbone(**models.forward_kwargs(lm.model, input_ids, mask))
         values = reducer.take()  # (stat, layer, B, T)

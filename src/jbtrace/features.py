@@ -21,7 +21,7 @@ import torch
 
 from jbtrace import models
 from jbtrace.errors import UserError
-from jbtrace.extract import ExtractOptions, encode, plan_batches
+from jbtrace.extract import ExtractOptions, encode, pad_batch, plan_batches
 from jbtrace.models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -152,13 +152,8 @@ def capture(
     options = ExtractOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens)
     with models.hooked(hook_points, hook), torch.inference_mode():
         for batch in plan_batches(encoded.lengths, options):
-            width = int(encoded.lengths[batch].max())
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # right padding: real tokens at positions 0..length-1
-                input_ids[row, : encoded.lengths[i]] = torch.tensor(encoded.ids[i])
-                mask[row, : encoded.lengths[i]] = 1
-            input_ids, mask = input_ids.to(device), mask.to(device)
+            # right padding: real tokens at positions 0..length-1
+            input_ids, mask = pad_batch(encoded.ids, encoded.lengths, batch, pad_id, "right", device)
             state.update(rows=batch, lengths=mask.sum(-1), mask=mask.float(), fired=0)
             try:
                 backbone(**models.forward_kwargs(lm.model, input_ids, mask))

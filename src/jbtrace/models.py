@@ -168,10 +168,16 @@ def hooked(points: list[tuple[nn.Module, str]], callback):
             handle.remove()
 
 
+@lru_cache(maxsize=None)
+def _forward_parameters(cls: type) -> frozenset[str]:
+    """Argument names of a module class's forward (looked up once, not once per batch)."""
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
 def forward_kwargs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
     """Arguments for the backbone's forward: masks, and position ids that skip padding where accepted."""
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-    params = inspect.signature(backbone(model).forward).parameters
+    params = _forward_parameters(type(backbone(model)))
     if "position_ids" in params:
         kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     if "use_cache" in params:
