@@ -216,7 +216,9 @@ def with_extract_options(without: tuple[str, ...] = ("shard",)):
                 if p.name in hints and p.name not in without]
 
     def decorate(command):
-        command.__signature__ = inspect.Signature(resolved(extract_cmd) + resolved(command))
+        own = resolved(command)  # a command's own option replaces extract's of the same name
+        shared = [p for p in resolved(extract_cmd) if p.name not in {q.name for q in own}]
+        command.__signature__ = inspect.Signature(shared + own)
         return command
 
     return decorate
@@ -315,9 +317,9 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
 
 
 @app.command("detect")
+@with_extract_options(without=("shard", "stat", "align", "bins", "bucket", "padding_side", "chat_template"))
 def detect_cmd(
-    model: Model = None,
-    prompts: Prompts = None,
+    *,
     out_dir: Out = Path("runs/detect"),
     test_prompts: Annotated[Optional[list[str]], typer.Option("--test-prompts", "-t", help="NAME=SOURCE, repeatable: score the fitted detectors on other prompt sets (TPR on jailbreak sets, FPR on benign sets); prompts in the training sets are removed first, then --limit applies.")] = None,
     label: Annotated[Optional[list[str]], typer.Option("--label", "--test-label", help="NAME=benign|jailbreak for a set whose name does not start with benign/jailbreak.")] = None,
@@ -337,24 +339,17 @@ def detect_cmd(
     memory_gb: Annotated[float, typer.Option(help="Feature memory per pass over the prompts; layers are grouped to fit.")] = 2.0,
     save: Annotated[Optional[Path], typer.Option(help="Write the fitted per-layer detectors here (safetensors + JSON).")] = None,
     save_classifier: Annotated[str, typer.Option(help="Classifier of the saved detectors: logreg or linsvm.")] = "logreg",
-    text_field: TextField = None,
     limit: Annotated[Optional[int], typer.Option(help="Seeded random sample of at most N prompts per set.")] = 200,
-    seed: Seed = 0,
-    model_name: ModelName = None,
-    dtype: Dtype = "float32",
-    device: Device = "cpu",
-    revision: Revision = None,
-    allow_pickle: AllowPickle = False,
-    trust_remote_code: RemoteCode = False,
-    max_tokens: MaxTokens = 512,
-    batch_size: BatchSize = 8,
-    quiet: Quiet = False,
+    **common,
 ):
     """Per-layer jailbreak detectors (CP factors, last / mean states) cross-validated: RUN/detect.json|md|png|pdf."""
     from jbtrace import detect, detect_report, detector
     from jbtrace.models import load_model
     from jbtrace.prompts import load_prompts, parse_prompt_specs
 
+    model, prompts, text_field, seed, quiet = (common[k] for k in ("model", "prompts", "text_field", "seed", "quiet"))
+    dtype, device, revision = common["dtype"], common["device"], common["revision"]
+    max_tokens, batch_size = common["max_tokens"], common["batch_size"]
     kw = {"sources": source, "kinds": kind, "ranks": rank, "classifiers": classifier}
     options = detect.DetectOptions(
         **{k: tuple(v) for k, v in kw.items() if v}, layers=detect.parse_layers(layers), folds=folds,
@@ -373,9 +368,9 @@ def detect_cmd(
     tests = [load_prompts(n, s, text_field=text_field, seed=seed) for n, s in parse_prompt_specs(test_prompts or [])]
     reports = []
     with progress_bar(quiet) as start:
-        for spec, name in zip(model, model_labels(model, model_name)):
-            lm = load_model(spec, name=name, dtype=dtype, device=device, revision=revision, allow_pickle=allow_pickle,
-                            trust_remote_code=trust_remote_code, seed=seed)
+        for spec, name in zip(model, model_labels(model, common["model_name"])):
+            lm = load_model(spec, name=name, dtype=dtype, device=device, revision=revision,
+                            allow_pickle=common["allow_pickle"], trust_remote_code=common["trust_remote_code"], seed=seed)
             note = (lambda m: None) if quiet else (lambda m: err.print(m, highlight=False))
             reports.append(detect.detect_model(lm, train, tests, options, labels, note, start))
     paths = detect_report.write(reports, out_dir, options, _command_line())

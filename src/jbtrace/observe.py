@@ -250,7 +250,7 @@ def summary_markdown(result) -> str:
     ranking = ranking_sentences(result)
     if ranking:
         lines += ["", "## Ranking", "", *ranking]
-    lines += ["", "## Prompt lengths (tokens)", "", f"| model | scenario | n | 10% | 25% | median | 75% | 90% | max |",
+    lines += ["", "## Prompt lengths (tokens)", "", "| model | scenario | n | 10% | 25% | median | 75% | 90% | max |",
               "|---|---|---|---|---|---|---|---|---|"]
     for model, entry in result.models.items():
         for scenario, d in entry["lengths"].items():
