@@ -255,7 +255,7 @@ def load_model(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     has_attention = any(m is not None for m in attention_modules(model))
-    is_causal = not getattr(model.config, "is_encoder_decoder", False) and model.config.model_type != "bert"
+    is_causal = model.can_generate()  # causal LMs generate; encoders (MiniLM) do not
     n_blocks = _num_layers(model.config)
     label = name or (spec.split(":", 1)[1] if spec.startswith(("tiny:", "builtin:")) else Path(spec).name or spec)
     return LoadedModel(
