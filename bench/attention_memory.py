@@ -47,10 +47,10 @@ def _prompts(n: int, tokens: int, seed: int = 0) -> list[str]:
 def child(n: int, mode: str, tokens: int, layer: int, device: str) -> dict:
     import torch
 
-    from jbtrace import attention
-    from jbtrace.extract import ExtractOptions, encode
     from jbtrace.models import load_model
     from jbtrace.prompts import PromptSet, texts_sha256
+    from jbtrace.trace import attention
+    from jbtrace.trace.extract import ExtractOptions, encode
 
     def make_set(name, texts):
         return PromptSet(name=name, texts=tuple(texts), source="bench", sha256=texts_sha256(texts), info={})

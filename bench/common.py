@@ -137,7 +137,8 @@ def llama8b_random(device: str = "cuda"):
     import torch
     import transformers as T
 
-    from jbtrace import models
+    from jbtrace.models import LoadedModel, surgery
+    from jbtrace.models.builtin import tiny_tokenizer
 
     config = T.LlamaConfig(
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -148,10 +149,10 @@ def llama8b_random(device: str = "cuda"):
     with torch.device(device):
         model = T.LlamaForCausalLM._from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
     model.eval()
-    tok = models.tiny_tokenizer()
-    return models.LoadedModel(
+    tok = tiny_tokenizer()
+    return LoadedModel(
         name="llama8b-random", spec="llama8b-random", model=model, tokenizer=tok, n_layers=33,
         has_attention=True, is_causal=True, random_init=True, max_positions=131072,
-        layer_map=models.layer_map_text(model),
+        layer_map=surgery.layer_map_text(model),
         provenance={"spec": "llama8b-random", "dtype": "bfloat16", "device": device},
     )

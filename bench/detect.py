@@ -54,7 +54,7 @@ def method_fn(method, args, init="svd"):
                          random_state=0)
             return lambda: float(np.linalg.norm(X - tl.cp_to_tensor(cp)) / np.linalg.norm(X))
         return run
-    from jbtrace.decompose import CPFeatures
+    from jbtrace.detect.decompose import CPFeatures
     kw = dict(rank=args.rank, n_iter_max=args.iters, tol=0, init=init,
               project_dim=args.project_dim if method.endswith("proj") else None,
               device="cuda" if method.startswith("cuda") else "cpu")

@@ -85,7 +85,7 @@ def build_workload(lm, mix: str, n: int, args) -> Workload:
     """Prompt sets and the exact batches jbtrace will run (its encode and plan_batches, right padding)."""
     import torch
 
-    from jbtrace.extract import ExtractOptions, encode, plan_batches
+    from jbtrace.trace.extract import ExtractOptions, encode, plan_batches
 
     options = ExtractOptions(max_tokens=args.max_tokens, batch_size=args.batch_size,
                              max_batch_tokens=args.max_batch_tokens)
@@ -140,8 +140,9 @@ def make_method(name: str, work: Workload):
     """A callable running the whole workload once with this method; returns the mean grid or None."""
     import torch
 
-    from jbtrace import models, stats
-    from jbtrace.extract import extract
+    from jbtrace.models import surgery
+    from jbtrace.trace import stats
+    from jbtrace.trace.extract import extract
 
     lm = work.lm
     n_sets, n_layers, n_pos = len(work.prompt_sets), lm.n_layers, work.options.max_tokens
@@ -155,12 +156,12 @@ def make_method(name: str, work: Workload):
         return np.stack(grids)
 
     if name == "bare":
-        backbone = models.backbone(lm.model)
+        backbone = surgery.backbone(lm.model)
 
         def run():
             with torch.inference_mode():
                 for _, ids, mask in work.batches:
-                    backbone(**models.forward_kwargs(lm.model, ids, mask))
+                    backbone(**surgery.forward_kwargs(lm.model, ids, mask))
         return run
 
     if name in ("jbtrace", "jbtrace_all"):
@@ -185,9 +186,9 @@ def make_method(name: str, work: Workload):
         return run
 
     if name == "hidden_states":
-        backbone = models.backbone(lm.model)
+        backbone = surgery.backbone(lm.model)
         return numpy_loop(lambda ids, mask: backbone(
-            **models.forward_kwargs(lm.model, ids, mask), output_hidden_states=True).hidden_states)
+            **surgery.forward_kwargs(lm.model, ids, mask), output_hidden_states=True).hidden_states)
 
     if name == "transformer_lens":
         from transformer_lens.model_bridge import TransformerBridge
@@ -209,8 +210,8 @@ def make_method(name: str, work: Workload):
     if name == "nnsight":
         from nnsight import NNsight
 
-        backbone = copy.deepcopy(models.backbone(lm.model))
-        module_names = {id(m): n for n, m in models.backbone(lm.model).named_modules()}
+        backbone = copy.deepcopy(surgery.backbone(lm.model))
+        module_names = {id(m): n for n, m in surgery.backbone(lm.model).named_modules()}
         envoy = NNsight(backbone)
 
         def at(path):
@@ -218,11 +219,11 @@ def make_method(name: str, work: Workload):
             for part in path.split("."):
                 e = e[int(part)] if part.isdigit() else getattr(e, part)
             return e
-        points = [(module_names[id(m)], where) for m, where in models.hidden_state_points(lm.model)]
+        points = [(module_names[id(m)], where) for m, where in surgery.hidden_state_points(lm.model)]
 
         def forward(ids, mask):
             saved = []
-            with envoy.trace(**models.forward_kwargs(lm.model, ids, mask)):
+            with envoy.trace(**surgery.forward_kwargs(lm.model, ids, mask)):
                 for path, where in points:
                     e = at(path)
                     saved.append((e.input if where == "input" else e.output).save())

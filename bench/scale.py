@@ -24,9 +24,9 @@ import common  # noqa: E402
 
 
 def child(args) -> None:
-    from jbtrace.extract import ExtractOptions, extract
     from jbtrace.models import load_model
     from jbtrace.prompts import PromptSet, texts_sha256
+    from jbtrace.trace.extract import ExtractOptions, extract
 
     lm = load_model(args.model, device=args.device)
     half = args.child // 2

@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
-from jbtrace import attention, capture, models
-from jbtrace.extract import ExtractOptions
-from jbtrace.models import load_model
+from jbtrace.models import load_model, surgery
+from jbtrace.trace import attention, capture
+from jbtrace.trace.extract import ExtractOptions
 
 
 def reference_maps(spec, texts, layers, heads):
@@ -69,7 +69,7 @@ def test_capture_equals_output_attentions_and_restores_the_model(prompt_sets):
     for layer in (2, 32):
         assert (got[layer] - ref[layer - 1]).abs()[both].max() <= 1e-5
     assert set(got) == {2, 32}
-    module = models.attention_layers(lm.model)[2]
+    module = surgery.attention_layers(lm.model)[2]
     assert module.config is lm.model.config and not hasattr(module, "_jbtrace_capture")
 
 

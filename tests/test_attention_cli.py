@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jbtrace import store
+from jbtrace.trace import store
 from tests.test_cli import files, jbtrace  # noqa: F401  (fixture and runner)
 
 

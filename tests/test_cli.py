@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from jbtrace import cli, store
+from jbtrace import cli
+from jbtrace.trace import store
 from tests.conftest import BENIGN, JAILBREAK
 
 
@@ -130,9 +131,9 @@ def test_bad_input_one_line_exit_2_nothing_left(monkeypatch, capsys, tmp_path, f
 
 
 def test_pickle_only_weights_need_allow_pickle(monkeypatch, capsys, tmp_path, files):
-    from jbtrace.models import load_model
-
     import torch
+
+    from jbtrace.models import load_model
 
     lm = load_model("tiny:llama")
     folder = tmp_path / "pickled"

@@ -15,10 +15,12 @@ import xarray as xr
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from jbtrace import compare, store
-from jbtrace.extract import ExtractOptions, extract
+from jbtrace.analysis import compare
+from jbtrace.analysis.observe import ranking_sentences
 from jbtrace.models import load_model
-from jbtrace.observe import ranking_sentences
+from jbtrace.trace import store
+from jbtrace.trace.extract import ExtractOptions, extract
+from jbtrace.views import outputs
 
 
 def synthetic_store(models: dict[str, np.ndarray], is_b: np.ndarray, names=("benign", "jailbreak")) -> xr.Dataset:
@@ -315,7 +317,7 @@ def test_write_compare_adds_cell_variables_to_the_store(tmp_path):
     raw[is_b, 1:3] += 1.0
     store.write(synthetic_store({"m": raw}, is_b), tmp_path)
     result = compare.compare(store.open_run(tmp_path), n_permutations=100, n_bootstrap=50)
-    paths = compare.write_compare(result, tmp_path)
+    paths = outputs.write_compare(result, tmp_path)
     for name in ("compare.json", "summary.md", "figure_significance.png", "figure_significance.pdf", "profiles.png", "profiles.pdf"):
         assert tmp_path / name in paths and (tmp_path / name).stat().st_size > 0
     ds = xr.open_zarr(tmp_path / "trace.zarr")

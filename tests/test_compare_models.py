@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from jbtrace import compare, models, store
-from jbtrace.extract import ExtractOptions, extract
-from jbtrace.models import load_model
+from jbtrace.analysis import compare
+from jbtrace.models import load_model, surgery
 from jbtrace.prompts import load_prompts
+from jbtrace.trace import store
+from jbtrace.trace.extract import ExtractOptions, extract
 from tests.conftest import make_set
 
 OPTIONS = ExtractOptions(max_tokens=64, batch_size=16)
@@ -74,7 +75,7 @@ class plant:
     """
 
     def __init__(self, lm, layers, factor):
-        self.chain, self.layers, self.factor = models.blocks(lm.model), layers, factor
+        self.chain, self.layers, self.factor = surgery.blocks(lm.model), layers, factor
 
     def __enter__(self):
         f = self.factor
@@ -99,7 +100,7 @@ class plant:
 
 
 def hooks(lm) -> list[int]:
-    return [len(b._forward_hooks) + len(b._forward_pre_hooks) for b in models.blocks(lm.model)]
+    return [len(b._forward_hooks) + len(b._forward_pre_hooks) for b in surgery.blocks(lm.model)]
 
 
 @pytest.mark.slow

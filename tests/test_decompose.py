@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline
 
-from jbtrace.decompose import CPFeatures
+from jbtrace.detect.decompose import CPFeatures
 
 SHAPE = (60, 20, 16)
 

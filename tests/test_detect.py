@@ -9,16 +9,14 @@ import torch
 from sklearn.metrics import roc_curve
 from sklearn.model_selection import StratifiedKFold
 
-from jbtrace import detect, models
-from jbtrace.decompose import CPFeatures
-from jbtrace.detector import Detector, from_report
+from jbtrace.detect import train as detect
+from jbtrace.detect.decompose import CPFeatures
+from jbtrace.detect.detector import Detector, from_report
 from jbtrace.errors import UserError
-from jbtrace.models import load_model
+from jbtrace.models import load_model, surgery
 from jbtrace.prompts import load_prompts
 from tests.conftest import JAILBREAK, make_set
 from tests.test_detect_features import capture
-
-
 
 # ---------------------------------------------------------------- planted signal
 
@@ -35,7 +33,7 @@ def plantedcapture(lm, texts, block: int, layers, kinds):
         hidden = hidden + 1.0 * scale * direction / direction.norm()
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    handle = models.blocks(lm.model)[block].register_forward_hook(add)
+    handle = surgery.blocks(lm.model)[block].register_forward_hook(add)
     try:
         marked = capture(lm, texts, requests, kinds, cp_positions=32)
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jbtrace import features as F
+from jbtrace.detect import features as F
 from jbtrace.errors import UserError
 from jbtrace.models import load_model
 from tests.conftest import BENIGN, JAILBREAK

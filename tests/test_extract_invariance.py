@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from jbtrace import store
-from jbtrace.extract import ExtractOptions, extract, plan_batches, positions
 from jbtrace.models import load_model
+from jbtrace.trace import store
+from jbtrace.trace.extract import ExtractOptions, extract, plan_batches, positions
 
 STATS = ("log_norm", "cos_prev", "max_abs")
 
@@ -82,7 +82,7 @@ def test_positions_ignore_padding():
 
 
 def test_nonfinite_values_are_counted_not_averaged(prompt_sets):
-    from jbtrace import models
+    from jbtrace.models import surgery
 
     lm = load_model("tiny:llama")
     clean = run(lm, prompt_sets, batch_size=1)
@@ -92,7 +92,7 @@ def test_nonfinite_values_are_counted_not_averaged(prompt_sets):
         hidden[:, 0, 0] = float("inf")
         return output
 
-    handle = models.blocks(lm.model)[4].register_forward_hook(poison)  # block 5 = layer 5
+    handle = surgery.blocks(lm.model)[4].register_forward_hook(poison)  # block 5 = layer 5
     try:
         poisoned = run(lm, prompt_sets, batch_size=1)
     finally:
@@ -110,7 +110,7 @@ def test_nonfinite_values_are_counted_not_averaged(prompt_sets):
 
 def test_chat_template_wraps_every_prompt(prompt_sets):
     from jbtrace.errors import UserError
-    from jbtrace.extract import encode
+    from jbtrace.trace.extract import encode
 
     lm = load_model("tiny:llama")
     options = ExtractOptions(chat_template=True)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from jbtrace import stats
-from jbtrace.extract import ExtractOptions, extract
 from jbtrace.models import load_model
+from jbtrace.trace import stats
+from jbtrace.trace.extract import ExtractOptions, extract
 
 ALL_STATS = tuple(stats.REGISTRY)
 

@@ -117,9 +117,9 @@ def extract_run(*, prompts, text_field, limit, seed, model, model_name, dtype, d
                 trust_remote_code, stat, align, bins, max_tokens, batch_size, padding_side, bucket, chat_template,
                 shard, quiet, out_dir, command):
     """Load everything, extract every model, write the store and run.json; return the Dataset."""
-    from jbtrace import store
-    from jbtrace.extract import ExtractOptions, extract
     from jbtrace.models import load_model
+    from jbtrace.trace import store
+    from jbtrace.trace.extract import ExtractOptions, extract
 
     options = ExtractOptions(stats=tuple(stat or ["log_norm"]), align=align, bins=bins, max_tokens=max_tokens,
                              batch_size=batch_size, padding_side=padding_side, bucket=bucket,
@@ -200,7 +200,8 @@ def plot_cmd(
 
 
 def draw(run: Path, *, stat=None, models=None, positions=None, min_count=1, svg=False) -> list[Path]:
-    from jbtrace import plot, store
+    from jbtrace.trace import store
+    from jbtrace.views import plot
 
     ds = store.open_run(run)
     fig = plot.heatmap_grid(ds, stat=stat, models=models.split(",") if models else None, positions=positions, min_count=min_count)
@@ -247,7 +248,7 @@ def check_positions(positions: str | None, max_tokens: int) -> None:
         import numpy as np
         import xarray as xr
 
-        from jbtrace.plot import parse_range
+        from jbtrace.views.plot import parse_range
 
         parse_range(positions, xr.DataArray(np.arange(max_tokens)), "positions")
 
@@ -279,11 +280,13 @@ def compare_cmd(
 
 def compare_run(run: Path, svg: bool = False, **options) -> None:
     """Compare a run's two scenarios, write the outputs into the run, print the observations."""
-    from jbtrace import compare, store
-    from jbtrace.observe import ranking_sentences
+    from jbtrace.analysis import compare
+    from jbtrace.analysis.observe import ranking_sentences
+    from jbtrace.trace import store
+    from jbtrace.views import outputs
 
     result = compare.compare(store.open_run(run), **options)
-    for path in compare.write_compare(result, run, svg=svg):
+    for path in outputs.write_compare(result, run, svg=svg):
         out.print(f"wrote {path}", highlight=False)
     for model, lines in result.observations.items():
         out.print(f"{result.models[model]['label']}:", highlight=False)
@@ -343,9 +346,11 @@ def detect_cmd(
     **common,
 ):
     """Per-layer jailbreak detectors (CP factors, last / mean states) cross-validated: RUN/detect.json|md|png|pdf."""
-    from jbtrace import detect, detect_report, detector
+    from jbtrace.detect import detector
+    from jbtrace.detect import train as detect
     from jbtrace.models import load_model
     from jbtrace.prompts import load_prompts, parse_prompt_specs
+    from jbtrace.views import outputs
 
     model, prompts, text_field, seed, quiet = (common[k] for k in ("model", "prompts", "text_field", "seed", "quiet"))
     dtype, device, revision = common["dtype"], common["device"], common["revision"]
@@ -373,7 +378,7 @@ def detect_cmd(
                             allow_pickle=common["allow_pickle"], trust_remote_code=common["trust_remote_code"], seed=seed)
             note = (lambda m: None) if quiet else (lambda m: err.print(m, highlight=False))
             reports.append(detect.detect_model(lm, train, tests, options, labels, note, start))
-    paths = detect_report.write(reports, out_dir, options, _command_line())
+    paths = outputs.write_detect(reports, out_dir, options, _command_line())
     if save is not None:
         config = {"spec": lm.spec, "name": lm.name, "seed": seed, "dtype": dtype, "revision": revision}
         paths.append(detector.from_report(reports[0], options, save_classifier, config).save(save))
@@ -395,7 +400,7 @@ def score_cmd(
     quiet: Quiet = False,
 ):
     """Per-layer jailbreak probabilities of new prompts from a saved detector."""
-    from jbtrace.detector import Detector, write_scores
+    from jbtrace.detect.detector import Detector, write_scores
     from jbtrace.models import load_model
 
     det = Detector.load(detector_dir)
@@ -422,7 +427,7 @@ def merge_cmd(
     out_dir: Out = Path("runs/merged"),
 ):
     """Combine shard runs into the store one run over all prompts would have written."""
-    from jbtrace import store
+    from jbtrace.trace import store
 
     if len(runs) < 2:
         raise UserError("merge needs at least two runs")
@@ -467,9 +472,10 @@ def attention_cmd(
     **common,
 ):
     """Query × key attention maps (Benign, Jailbreak, Difference of logs) into RUN/trace.zarr and RUN/attention.png|pdf."""
-    from jbtrace import attention, plot, store
-    from jbtrace.extract import ExtractOptions
     from jbtrace.models import load_model
+    from jbtrace.trace import attention, store
+    from jbtrace.trace.extract import ExtractOptions
+    from jbtrace.views import plot
 
     if not common["model"]:
         raise UserError("give at least one --model (see `jbtrace models`)")

@@ -42,12 +42,12 @@ class CompareResult:
     observations: dict = field(default_factory=dict)  # model -> list of sentences
 
     def to_json(self) -> dict:
-        from jbtrace.observe import to_json
+        from jbtrace.analysis.observe import to_json
 
         return to_json(self)
 
     def summary_markdown(self) -> str:
-        from jbtrace.observe import summary_markdown
+        from jbtrace.analysis.observe import summary_markdown
 
         return summary_markdown(self)
 
@@ -472,7 +472,7 @@ def compare(
                 "n_bootstrap": n_bootstrap, "seed": seed, "match_length": match_length, "level": LEVEL},
         scenarios=(a, b),
     )
-    from jbtrace.observe import observations
+    from jbtrace.analysis.observe import observations
 
     result.observations = observations(result)
     return result
@@ -537,31 +537,3 @@ def _ranking(reps: dict[str, np.ndarray], models: dict, stat: str) -> dict:
         ],
         "rank_share": {m: [float((ranks[:, k] == r).mean()) for r in range(len(names))] for k, m in enumerate(names)},
     }
-
-
-# ---------------------------------------------------------------- writing a comparison into a run
-
-
-def write_compare(result: CompareResult, run_dir, svg: bool = False) -> list:
-    """Write figures, add the per-cell variables to RUN/trace.zarr, then summary.md and compare.json (last)."""
-    import json
-    import os
-    from pathlib import Path
-
-    from jbtrace import plot, store
-
-    run_dir = Path(run_dir)
-    (run_dir / "compare.json").unlink(missing_ok=True)  # a failed rerun must not leave a stale result looking current
-    paths = []
-    for k, stat in enumerate(map(str, result.cells.stat.values)):
-        suffix = "" if k == 0 else f"_{stat}"
-        fig = plot.significance_grid(result.cells, stat, q=result.params["q"])
-        paths += plot.save(fig, run_dir / f"figure_significance{suffix}", svg=svg)
-        paths += plot.save(plot.profiles(result.layer_profile, result.position_profile, stat), run_dir / f"profiles{suffix}", svg=svg)
-    store.update(run_dir, result.cells[list(CELL_VARS)])
-    for name, text in (("summary.md", result.summary_markdown()), ("compare.json", json.dumps(result.to_json(), indent=1))):
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, run_dir / name)
-        paths.append(run_dir / name)
-    return paths

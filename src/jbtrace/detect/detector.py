@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from jbtrace import features as F
-from jbtrace.decompose import CPFeatures
+from jbtrace.detect import features as F
+from jbtrace.detect.decompose import CPFeatures
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
 from jbtrace.prompts import PromptSet

@@ -19,10 +19,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from jbtrace import models
 from jbtrace.errors import UserError
-from jbtrace.extract import ExtractOptions, encode, pad_batch, plan_batches
-from jbtrace.models import LoadedModel
+from jbtrace.models import LoadedModel, surgery
+from jbtrace.trace.extract import ExtractOptions, encode, pad_batch, plan_batches
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +53,10 @@ def tokenize(lm: LoadedModel, texts: list[str] | tuple[str, ...], max_tokens: in
 def points(lm: LoadedModel, source: str) -> list[tuple[torch.nn.Module, str] | None]:
     """Hook point of each layer index for ``source`` (None where the model has no such layer)."""
     if source == "resid":
-        return list(models.hidden_state_points(lm.model))
+        return list(surgery.hidden_state_points(lm.model))
     if source not in SOURCES:
         raise UserError(f"unknown feature source {source!r}: choose one of {', '.join(SOURCES)}")
-    found = models.sublayer_points(lm.model, source)
+    found = surgery.sublayer_points(lm.model, source)
     if all(p is None for p in found):
         raise UserError(f"{lm.name} has no {source} sub-layer (model type {lm.model.config.model_type})")
     return found
@@ -147,16 +146,16 @@ def capture(
         if state["fired"] == len(requests):
             raise _Stop
 
-    backbone = models.backbone(lm.model)
+    backbone = surgery.backbone(lm.model)
     pad_id = lm.tokenizer.pad_token_id
     options = ExtractOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens)
-    with models.hooked(hook_points, hook), torch.inference_mode():
+    with surgery.hooked(hook_points, hook), torch.inference_mode():
         for batch in plan_batches(encoded.lengths, options):
             # right padding: real tokens at positions 0..length-1
             input_ids, mask = pad_batch(encoded.ids, encoded.lengths, batch, pad_id, "right", device)
             state.update(rows=batch, lengths=mask.sum(-1), mask=mask.float(), fired=0)
             try:
-                backbone(**models.forward_kwargs(lm.model, input_ids, mask))
+                backbone(**surgery.forward_kwargs(lm.model, input_ids, mask))
             except _Stop:
                 pass
             if progress:

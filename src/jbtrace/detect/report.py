@@ -1,14 +1,8 @@
-"""Write what ``detect`` measured: RUN/detect.json, RUN/detect.md and RUN/detect.png|pdf."""
+"""What ``detect`` measured, as dicts and markdown (``views.outputs`` writes them into a run)."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-from dataclasses import asdict
-from pathlib import Path
-
-from jbtrace.detect import DetectOptions, ModelReport
+from jbtrace.detect.train import DetectOptions, ModelReport
 
 FILES = ("detect.json", "detect.md", "detect.png", "detect.pdf")
 
@@ -110,25 +104,3 @@ def markdown(command: str, options: DetectOptions, reports: list[dict]) -> str:
                         [[r["source"], str(r["layer"]), r["feature"], r["classifier"], _pm(r, "f1"),
                           _pm(r, "accuracy"), _pm(r, "auroc"), *_tests(r, tests)] for r in rep["rows"]]) + [""]
     return "\n".join(lines)
-
-
-def write(reports: list[ModelReport], run_dir: str | Path, options: DetectOptions, command: str) -> list[Path]:
-    """Write the four files together: into a temporary folder first, then moved into RUN."""
-    from jbtrace import plot
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dicts = [to_dict(r) for r in reports]
-    tmp = Path(tempfile.mkdtemp(prefix=".detect-", dir=run_dir))
-    try:
-        (tmp / "detect.md").write_text(markdown(command, options, dicts))
-        plot.save(plot.detect_curves(dicts), tmp / "detect")
-        options_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
-        (tmp / "detect.json").write_text(json.dumps({"command": command, "options": options_dict, "models": dicts},
-                                                    indent=1, default=float))
-        (run_dir / "detect.json").unlink(missing_ok=True)
-        for name in FILES:  # detect.json last: its presence means the set is complete
-            (tmp / name).replace(run_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return [run_dir / n for n in FILES]

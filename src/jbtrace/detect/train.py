@@ -27,8 +27,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from jbtrace import features as F
-from jbtrace.decompose import CPFeatures
+from jbtrace.detect import features as F
+from jbtrace.detect.decompose import CPFeatures
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
 from jbtrace.prompts import PromptSet

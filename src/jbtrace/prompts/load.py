@@ -231,7 +231,7 @@ def _records_of(path: Path, source: str) -> Records:
 
 
 def _builtin_benign(source: str, seed: int) -> tuple[list[str], dict]:
-    path = Path(str(importlib.resources.files("jbtrace") / "data" / "benign.jsonl"))
+    path = Path(str(importlib.resources.files("jbtrace.prompts") / "data" / "benign.jsonl"))
     if not path.is_file():
         raise UserError(f"{source}: jbtrace's data/benign.jsonl is missing; reinstall jbtrace")
     texts, _ = _texts(_records_of(path, source), "text", source)

@@ -30,11 +30,11 @@ import torch
 import xarray as xr
 
 import jbtrace
-from jbtrace import capture, models, store
 from jbtrace.errors import UserError
-from jbtrace.extract import ExtractOptions, encode, pad_batch, plan_batches, positions
-from jbtrace.models import LoadedModel
+from jbtrace.models import LoadedModel, surgery
 from jbtrace.prompts import PromptSet
+from jbtrace.trace import capture, store
+from jbtrace.trace.extract import ExtractOptions, encode, pad_batch, plan_batches, positions
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def collect(
     """Mean attention maps of ``lm`` for each prompt set; ``layers="auto"`` ranks all layers and keeps the top one."""
     if not lm.has_attention:
         raise UserError(f"not applicable: {lm.name} has no attention")
-    available = sorted(models.attention_layers(lm.model))
+    available = sorted(surgery.attention_layers(lm.model))
     n_heads = _n_heads(lm)
     if isinstance(heads, int) and heads >= n_heads:
         raise UserError(f"--heads {heads}: {lm.name} has {n_heads} heads (0..{n_heads - 1})")
@@ -168,7 +168,7 @@ def collect(
 def _run(lm, prompt_sets, layers, heads, n_heads, options, progress) -> AttentionMaps:
     n_pos = min(options.max_tokens, lm.max_positions or options.max_tokens)
     maps = AttentionMaps(model=lm, heads=heads, n_heads=n_heads, layers=list(layers))
-    backbone = models.backbone(lm.model)
+    backbone = surgery.backbone(lm.model)
     device = lm.device
     for prompt_set in prompt_sets:
         reducer = _MapReducer(maps.layers, heads, n_heads, n_pos, lm.is_causal, device)
@@ -181,7 +181,7 @@ def _run(lm, prompt_sets, layers, heads, n_heads, options, progress) -> Attentio
             for batch in plan_batches(lengths, options):
                 input_ids, mask = pad_batch(ids, lengths, batch, lm.tokenizer.pad_token_id, options.padding_side, device)
                 reducer.begin(mask)
-                backbone(**models.forward_kwargs(lm.model, input_ids, mask))
+                backbone(**surgery.forward_kwargs(lm.model, input_ids, mask))
                 if progress:
                     progress(len(batch))
         shape = (len(maps.layers), reducer.sums.shape[1], n_pos, n_pos)

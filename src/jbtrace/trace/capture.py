@@ -21,8 +21,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from jbtrace import models
 from jbtrace.errors import UserError
+from jbtrace.models import surgery
 
 NAME = "jbtrace_capture"
 _TARGET = "_jbtrace_capture"  # attribute on a captured module: (layer, callback, delegate name)
@@ -69,7 +69,7 @@ AttentionInterface.register(NAME, _capture_forward)
 @contextmanager
 def probabilities_hooked(model: torch.nn.Module, layers: Iterable[int], callback: Callable[[int, torch.Tensor], None]):
     """Call ``callback(layer, probs)`` for each chosen layer's attention in every forward pass inside the block."""
-    available = models.attention_layers(model)
+    available = surgery.attention_layers(model)
     layers = sorted(set(layers))
     missing = [layer for layer in layers if layer not in available]
     if missing:

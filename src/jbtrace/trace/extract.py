@@ -16,11 +16,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from jbtrace import capture, models, stats
-from jbtrace.accumulate import Moments
 from jbtrace.errors import UserError
-from jbtrace.models import LoadedModel
+from jbtrace.models import LoadedModel, surgery
 from jbtrace.prompts import PromptSet
+from jbtrace.trace import capture, stats
+from jbtrace.trace.accumulate import Moments
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +213,9 @@ def extract(
     n_positions = options.bins if options.align == "relative" else min(options.max_tokens, lm.max_positions or options.max_tokens)
     trace = ModelTrace(model=lm, options=options, n_positions=n_positions)
     reducer = _Reducer(statistics, lm.n_layers)
-    points = models.hidden_state_points(lm.model)
-    attention = models.attention_layers(lm.model) if any(s.source == "attention" for s in statistics) else {}
-    with models.hooked(points, reducer), capture.probabilities_hooked(lm.model, attention, reducer.attention), \
+    points = surgery.hidden_state_points(lm.model)
+    attention = surgery.attention_layers(lm.model) if any(s.source == "attention" for s in statistics) else {}
+    with surgery.hooked(points, reducer), capture.probabilities_hooked(lm.model, attention, reducer.attention), \
             torch.inference_mode():
         for prompt_set in prompt_sets:
             trace.scenarios[prompt_set.name] = _extract_set(lm, prompt_set, options, trace, reducer, progress)
@@ -233,11 +233,11 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioT
         raise UserError(f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens for {lm.name}")
     moments = Moments(n_stats * n_layers * n_pos, device=device)
     prompt_values = np.full((n_stats, n_layers, len(ids)), np.nan)
-    backbone = models.backbone(lm.model)
+    backbone = surgery.backbone(lm.model)
     pad_id = lm.tokenizer.pad_token_id
     cell_base = (torch.arange(n_stats * n_layers, device=device) * n_pos).view(n_stats, n_layers, 1, 1)
     has_layer = torch.ones(n_stats, n_layers, dtype=torch.bool, device=device)
-    attention_layers = models.attention_layers(lm.model)  # once: each call walks every module of the model
+    attention_layers = surgery.attention_layers(lm.model)  # once: each call walks every module of the model
     with_attention = torch.tensor([layer in attention_layers for layer in range(n_layers)], device=device)
     for s, stat in enumerate(reducer.statistics):
         has_layer[s, 0] = not stat.needs_prev
@@ -246,7 +246,7 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioT
     for batch in plan_batches(lengths, options):
         input_ids, mask = pad_batch(ids, lengths, batch, pad_id, options.padding_side, device)
         reducer.key_mask = mask.bool()
-        backbone(**models.forward_kwargs(lm.model, input_ids, mask))
+        backbone(**surgery.forward_kwargs(lm.model, input_ids, mask))
         values = reducer.take()  # (stat, layer, B, T)
         pos = positions(mask, options.align, n_pos)
         keep = (pos >= 0)[None, None] & has_layer[:, :, None, None]

@@ -21,9 +21,9 @@ import torch
 import xarray as xr
 
 import jbtrace
-from jbtrace.accumulate import Moments
 from jbtrace.errors import UserError
-from jbtrace.extract import ModelTrace
+from jbtrace.trace.accumulate import Moments
+from jbtrace.trace.extract import ModelTrace
 
 STORE = "trace.zarr"
 CELL_DIMS = ("model", "scenario", "stat", "layer", "position")

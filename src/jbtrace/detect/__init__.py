@@ -1,0 +1,1 @@
+"""Detect: per-layer jailbreak detectors from internal representations (CP features, training, saved detectors)."""

@@ -1,0 +1,148 @@
+"""Load a model from a spec (``tiny:ARCH``, ``builtin:NAME``, a directory or a hub id)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from jbtrace.errors import UserError
+from jbtrace.models import builtin
+from jbtrace.models.surgery import attention_modules, layer_map_text, max_positions, num_blocks
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for extraction, with the facts the store records about it."""
+
+    name: str
+    spec: str
+    model: nn.Module
+    tokenizer: object
+    n_layers: int  # number of layer indices, embedding output included (blocks + 1)
+    has_attention: bool
+    is_causal: bool
+    random_init: bool
+    max_positions: int | None
+    layer_map: str
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def label(self) -> str:
+        """Name as shown in figures: random-init stand-ins say so."""
+        return f"{self.name} (random-init stand-in)" if self.random_init else self.name
+
+
+def load_model(
+    spec: str,
+    *,
+    name: str | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    seed: int = 0,
+) -> LoadedModel:
+    """Load ``tiny:ARCH``, ``builtin:minilm``, a local directory or a hub id."""
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    torch_dtype = DTYPES[dtype]
+    if spec.startswith("tiny:"):
+        model, tok, source = builtin.tiny_model(spec.removeprefix("tiny:"), seed, attn_implementation), builtin.tiny_tokenizer(), spec
+        random_init, revision = True, None
+    elif spec.startswith("builtin:"):
+        model, tok, source = builtin.builtin_model(spec.removeprefix("builtin:"), attn_implementation)
+        random_init = False
+    else:
+        model, tok, source = _pretrained(spec, revision, allow_pickle, trust_remote_code, attn_implementation, device)
+        random_init = False
+    model = model.to(dtype=torch_dtype)
+    if not _is_dispatched(model):
+        model = model.to(_resolve_device(device))
+    model.eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    has_attention = any(m is not None for m in attention_modules(model))
+    is_causal = model.can_generate()  # causal LMs generate; encoders (MiniLM) do not
+    n_blocks = num_blocks(model.config)
+    label = name or (spec.split(":", 1)[1] if spec.startswith(("tiny:", "builtin:")) else Path(spec).name or spec)
+    return LoadedModel(
+        name=label,
+        spec=spec,
+        model=model,
+        tokenizer=tok,
+        n_layers=n_blocks + 1,
+        has_attention=has_attention,
+        is_causal=is_causal,
+        random_init=random_init,
+        max_positions=max_positions(model.config),
+        layer_map=layer_map_text(model),
+        provenance={
+            "spec": spec,
+            "source": source,
+            "revision": revision,
+            "class": type(model).__name__,
+            "model_type": model.config.model_type,
+            "dtype": dtype,
+            "device": str(next(model.parameters()).device),
+            "random_init": random_init,
+            "seed": seed if random_init else None,
+            "blocks": n_blocks,
+            "layer_map": layer_map_text(model),
+        },
+    )
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked but no CUDA device is available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"unknown device {device!r}: choose cpu, cuda or auto")
+    return torch.device(device)
+
+
+def _is_dispatched(model: nn.Module) -> bool:
+    return bool(getattr(model, "hf_device_map", None))
+
+
+def _pretrained(spec, revision, allow_pickle, trust_remote_code, attn_implementation, device):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(spec)
+    local = path.exists()
+    if local:
+        if not (path / "config.json").is_file():
+            raise UserError(f"{spec}: a model directory needs a config.json (saved with save_pretrained)")
+        has_safe = any(path.glob("*.safetensors"))
+        if not has_safe and any(path.glob("*.bin")) and not allow_pickle:
+            raise UserError(f"{spec}: weights are pickle-only (.bin); pass --allow-pickle if you trust this file")
+    elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise UserError(f"unknown model {spec!r}: not a directory, a hub id, tiny:ARCH or builtin:NAME")
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(spec, **common)
+        kwargs = {"use_safetensors": None if allow_pickle else True}
+        if getattr(config, "model_type", "") not in ("mamba", "mamba2"):
+            kwargs["attn_implementation"] = attn_implementation or "sdpa"
+        if device == "auto" and torch.cuda.is_available():
+            kwargs["device_map"] = "auto"
+        model = AutoModelForCausalLM.from_pretrained(spec, config=config, **common, **kwargs)
+        tok = AutoTokenizer.from_pretrained(spec, **common)
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot load model {spec!r}: {first}") from None
+    return model, tok, str(path.resolve()) if local else spec
