@@ -310,7 +310,7 @@ def guard_section(summary: dict | None, rows: list[dict]) -> dict | None:
             samples.append({"set": group, "prompt": _cell(row.get("text")), "baseline": _cell(row.get("baseline")),
                             "response": _cell(row.get("response")),
                             "fields": {k: _cell(v) for k, v in row.items() if k not in fixed}})
-    return {"tables": tables, "values": values, "charts": charts, "samples": samples, "rows": len(rows)}
+    return {"tables": tables, "scalars": values, "charts": charts, "samples": samples, "rows": len(rows)}
 
 
 # ---------------------------------------------------------------- the page
