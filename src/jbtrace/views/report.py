@@ -122,8 +122,9 @@ def about(ds, run_json, detect_json, guard_json) -> dict:
             for name, info in rep["data"].get(group, {}).items():
                 if name not in {s["name"] for s in sets}:
                     sets.append({"name": name, "source": info.get("source"), "size": info.get("n"), "sha256": ""})
-    settings = {k: prov[k] for k in ("jbtrace_version", "created", "statistics", "align", "bins", "max_tokens",
-                                      "padding_side", "chat_template", "seed", "limit") if k in prov}
+    keys = ("jbtrace_version", "created", "statistics", "align", "bins", "max_tokens", "padding_side", "chat_template",
+            "seed", "limit")
+    settings = {k: prov[k] if isinstance(prov[k], str) else json.dumps(prov[k]) for k in keys if k in prov}
     return {"commands": commands, "models": models, "sets": sets, "settings": settings,
             "provenance": json.dumps(prov, indent=1, ensure_ascii=False) if prov else None}
 
