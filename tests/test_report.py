@@ -204,6 +204,14 @@ def test_report_user_errors(monkeypatch, capsys, tmp_path, case):
     assert not (run / "report.html").exists()
 
 
+def test_a_guard_only_run_gets_its_sections(tmp_path):
+    guard_files(tmp_path)
+    html = report.write(tmp_path).read_text(encoding="utf-8")
+    assert '<section id="guard">' in html and '<section id="about">' in html and 'id="heatmaps"' not in html
+    assert "jbtrace guard -m tiny:llama --detector det --mode guard -o run" in html
+    assert "&lt;b&gt;benign&lt;/b&gt;" in html and "<b>benign</b>" not in html
+
+
 def test_report_is_one_offline_file(demo_run):
     html = (demo_run / "report.html").read_text(encoding="utf-8")
     assert html.count("<script>") == 2 and html.count('<script type="application/json"') == 1
@@ -295,5 +303,7 @@ def test_hostile_prompts_stay_text(browser, hostile_run):
     assert sorted(shown) == sorted(HOSTILE_BENIGN + HOSTILE_JAILBREAK)
     guard = page.eval_on_selector_all(".guard-text", "els => els.map(e => e.textContent)")
     assert HOSTILE_JAILBREAK[0] in guard and "<img src=x onerror=\"window.__pwned='guard'\">I cannot help." in guard
+    ticks = page.eval_on_selector_all(".guard-chart .xtick text", "els => els.map(e => e.textContent)")
+    assert "4. <b>benign</b> · guard · coherent · kept" in ticks
     assert page.evaluate("document.querySelectorAll('img, iframe, svg[onload], textarea, meta[http-equiv=refresh]').length") == 0
     page.close()

@@ -135,10 +135,11 @@
       const c = data.guard[Number(div.dataset.index)];
       const plus = c.rate.map((r, i) => (r === null || c.high[i] === null ? 0 : c.high[i] - r));
       const minus = c.rate.map((r, i) => (r === null || c.low[i] === null ? 0 : r - c.low[i]));
-      Plotly.react(div, [{ type: "bar", x: c.labels.map((_, i) => i), y: c.rate, customdata: c.labels.map((l) => l.replace(/&/g, "&amp;").replace(/</g, "&lt;")),
-                           error_y: { type: "data", array: plus, arrayminus: minus, visible: true },
-                           hovertemplate: "%{customdata}<br>rate %{y:.3f}<extra></extra>" }],
-                   { margin: margin, xaxis: { title: { text: "row of the table below" } }, yaxis: { range: [0, 1.05], title: { text: "rate (95% CI)" } } },
+      // labels are user text: escaped for plotly's own markup, shown as category ticks
+      const labels = c.labels.map((l, i) => `${i + 1}. ` + l.replace(/&/g, "&amp;").replace(/</g, "&lt;"));
+      Plotly.react(div, [{ type: "bar", x: labels, y: c.rate, error_y: { type: "data", array: plus, arrayminus: minus, visible: true },
+                           hovertemplate: "%{x}<br>rate %{y:.3f}<extra></extra>" }],
+                   { margin: margin, xaxis: { type: "category", automargin: true }, yaxis: { range: [0, 1.05], title: { text: "rate (95% CI)" } } },
                    config);
     }
   }
