@@ -173,6 +173,23 @@ def test_heatmap_data_matches_the_store(demo_run):
     assert layers == list(range(29))  # gptj: 28 blocks; the store's grid is llama's 33 layers
 
 
+def test_long_runs_are_drawn_in_bins(demo_run, monkeypatch):
+    monkeypatch.setattr(report, "MAX_COLUMNS", 16)
+    ds = xr.open_zarr(demo_run / "trace.zarr").sel(model="llama", stat="log_norm")
+    m = report.heatmaps(xr.open_zarr(demo_run / "trace.zarr"))["maps"]["log_norm"]["llama"]
+    assert m["width"] == 3 and m["positions"] == list(range(0, 40, 3)) and "g" not in m
+    count, mean = ds["count"].sel(scenario="benign").values, ds["mean"].sel(scenario="benign").values
+    q, sig = ds["q"].values, ds["significant"].values
+    for k, start in enumerate(m["positions"]):
+        n, v = count[:, start:start + 3], mean[:, start:start + 3]
+        expected = np.nansum(n * v, axis=1) / n.sum(axis=1)
+        assert np.allclose(np.array([row[k] for row in m["a"]], dtype=float), expected, rtol=1e-3)
+        assert [row[k] for row in m["na"]] == n.max(axis=1).tolist()
+        assert [row[k] for row in m["sig"]] == sig[:, start:start + 3].any(axis=1).astype(int).tolist()
+        shown = np.array([row[k] for row in m["q_min"]], dtype=float)
+        assert np.allclose(shown, np.nanmin(q[:, start:start + 3], axis=1), rtol=1e-3, equal_nan=True)
+
+
 def test_guard_section_is_driven_by_the_files(demo_run):
     section = report.guard_section(json.loads((demo_run / "guard.json").read_text()),
                                    [json.loads(line) for line in (demo_run / "guard.jsonl").read_text().splitlines()])

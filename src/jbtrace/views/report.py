@@ -28,6 +28,7 @@ from jbtrace.trace import store
 
 FILE = "report.html"
 MAX_COLUMNS = 512  # heatmap positions drawn per model; longer runs are pooled into bins of equal width
+MAX_CELLS = 250_000  # heatmap cells drawn over all models and statistics (the demo draws 52k); more are pooled
 MAX_ATTENTION = 128  # query and key positions drawn per attention map
 ATTN_FLOOR = 1e-10  # smallest probability drawn on the log scale (as `jbtrace attention --floor`)
 SAMPLE_ROWS = 6  # guard rows shown side by side per set
@@ -160,6 +161,7 @@ def heatmaps(ds: xr.Dataset) -> dict:
     a, b = (str(s) for s in ds.scenario.values[:2])
     cells = [v for v in ("g", "q", "ci_low", "ci_high", "significant") if v in ds]
     out = {"scenarios": [a, b], "stats": [str(s) for s in ds.stat.values], "models": [], "maps": {}}
+    budget = math.ceil(int((ds["count"].sel(scenario=[a, b]).sum("scenario") > 0).sum()) / MAX_CELLS)
     for model in map(str, ds.model.values):
         sub = ds.sel(model=model)
         label = str(sub["model_label"].values) if "model_label" in sub.coords else model
@@ -170,25 +172,25 @@ def heatmaps(ds: xr.Dataset) -> dict:
             layers = np.flatnonzero(count.sum(axis=(0, 2)) > 0)
             if layers.size == 0:
                 continue
-            width_all = _extent(count)
-            width = math.ceil(width_all / MAX_COLUMNS)
-            count = count[:, layers, :width_all]
-            mean = cell["mean"].sel(scenario=[a, b]).values[:, layers, :width_all]
+            extent = _extent(count)
+            width = max(math.ceil(extent / MAX_COLUMNS), budget)
+            count = count[:, layers, :extent]
+            mean = cell["mean"].sel(scenario=[a, b]).values[:, layers, :extent]
             mean, count = pool(mean, count, axis=2, width=width)
-            entry = {"layers": ds.layer.values[layers].tolist(), "positions": list(range(0, width_all, width)),
+            entry = {"layers": ds.layer.values[layers].tolist(), "positions": list(range(0, extent, width)),
                      "width": width, "a": compact(mean[0]), "b": compact(mean[1]), "na": count[0].tolist(),
                      "nb": count[1].tolist()}
             entry["diff"] = compact(np.where((count[0] > 0) & (count[1] > 0), mean[1] - mean[0], np.nan))
             if "significant" in cells:
-                sig = cell["significant"].values[layers, :width_all].astype(float)
-                entry["sig"] = np.maximum.reduceat(sig, np.arange(0, width_all, width), axis=1).astype(int).tolist()
+                sig = cell["significant"].values[layers, :extent].astype(float)
+                entry["sig"] = np.maximum.reduceat(sig, np.arange(0, extent, width), axis=1).astype(int).tolist()
             if width == 1:  # per-cell statistics only where cells are drawn one by one
                 for name in ("g", "q", "ci_low", "ci_high"):
                     if name in cells:
-                        entry[name] = compact(cell[name].values[layers, :width_all])
+                        entry[name] = compact(cell[name].values[layers, :extent])
             elif "q" in cells:
-                q = np.nan_to_num(cell["q"].values[layers, :width_all], nan=np.inf)
-                entry["q_min"] = compact(np.minimum.reduceat(q, np.arange(0, width_all, width), axis=1))
+                q = np.nan_to_num(cell["q"].values[layers, :extent], nan=np.inf)
+                entry["q_min"] = compact(np.minimum.reduceat(q, np.arange(0, extent, width), axis=1))
             out["maps"].setdefault(stat, {})[model] = entry
     return out
 
@@ -352,4 +354,4 @@ def render(data: dict) -> str:
 
     return _env().get_template("report.html.j2").render(
         csp=csp, css=Markup(css), plotly_js=Markup(plotly_js), own_js=Markup(own_js), max_columns=MAX_COLUMNS,
-        max_attention=MAX_ATTENTION, **data)
+        max_cells=f"{MAX_CELLS:,}", max_attention=MAX_ATTENTION, **data)
