@@ -190,6 +190,16 @@ def test_long_runs_are_drawn_in_bins(demo_run, monkeypatch):
         assert np.allclose(shown, np.nanmin(q[:, start:start + 3], axis=1), rtol=1e-3, equal_nan=True)
 
 
+def test_profiles_and_observations_follow_compare_json(demo_run):
+    result = json.loads((demo_run / "compare.json").read_text())
+    section = report.compare_section(result)
+    rows = result["models"]["gptj"]["stats"]["norm"]["layer_profile"]
+    layer = section["profiles"]["norm"]["gptj"]["layer"]
+    assert layer["x"] == [r["layer"] for r in rows] and layer["sig"] == [r["significant"] for r in rows]
+    assert np.allclose(np.array(layer["ci_low"], dtype=float), [r["ci_low"] for r in rows], rtol=1e-3, equal_nan=True)
+    assert section["models"][1]["observations"] == result["models"]["gptj"]["observations"]
+
+
 def test_guard_section_is_driven_by_the_files(demo_run):
     section = report.guard_section(json.loads((demo_run / "guard.json").read_text()),
                                    [json.loads(line) for line in (demo_run / "guard.jsonl").read_text().splitlines()])

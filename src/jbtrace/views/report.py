@@ -195,6 +195,13 @@ def heatmaps(ds: xr.Dataset) -> dict:
     return out
 
 
+def _profile(rows: list[dict], axis: str) -> dict:
+    """One profile (compare.json rows) as columns: x, diff, CI bounds, and which layers are significant."""
+    columns = {"x": [r[axis] for r in rows]}
+    columns |= {k: compact([r.get(k, np.nan) for r in rows]) for k in ("diff", "ci_low", "ci_high")}
+    return columns | ({"sig": [bool(r.get("significant")) for r in rows]} if axis == "layer" else {})
+
+
 def compare_section(result: dict | None) -> dict | None:
     """Profiles with CIs, observations and the ranking from compare.json."""
     if not result:
@@ -203,13 +210,8 @@ def compare_section(result: dict | None) -> dict | None:
     for name, info in result["models"].items():
         models.append({"name": name, "label": info.get("label", name), "observations": info.get("observations", [])})
         for stat, s in info.get("stats", {}).items():
-            profiles.setdefault(stat, {})[name] = {
-                "layer": {k: compact([r.get(k, np.nan) for r in s.get("layer_profile", [])]) if k != "x" else
-                          [r["layer"] for r in s.get("layer_profile", [])] for k in ("x", "diff", "ci_low", "ci_high")}
-                | {"sig": [bool(r.get("significant")) for r in s.get("layer_profile", [])]},
-                "position": {k: compact([r.get(k, np.nan) for r in s.get("position_profile", [])]) if k != "x" else
-                             [r["position"] for r in s.get("position_profile", [])] for k in ("x", "diff", "ci_low", "ci_high")},
-            }
+            profiles.setdefault(stat, {})[name] = {axis: _profile(s.get(f"{axis}_profile", []), axis)
+                                                   for axis in ("layer", "position")}
     return {"models": models, "profiles": profiles, "ranking": result.get("ranking_observations", []),
             "params": result.get("params", {}), "scenarios": result.get("scenarios", {})}
 
