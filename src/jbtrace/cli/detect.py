@@ -26,6 +26,7 @@ from jbtrace.cli.common import (
     pairs,
     progress_bar,
 )
+from jbtrace.cli.report import publish
 from jbtrace.cli.run import with_extract_options
 from jbtrace.errors import UserError
 
@@ -95,6 +96,7 @@ def detect_cmd(
         paths.append(detector.from_report(reports[0], options, save_classifier, config).save(save))
     for path in paths:
         out.print(f"wrote {path}", highlight=False)
+    publish(out_dir, prompt_sets=train + tests, seed=seed)
 
 
 @app.command("score")

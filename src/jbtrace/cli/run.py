@@ -45,6 +45,7 @@ from jbtrace.cli.common import (
     parse_shard,
     progress_bar,
 )
+from jbtrace.cli.report import publish
 from jbtrace.errors import UserError
 
 
@@ -53,6 +54,7 @@ def extract_run(*, prompts, text_field, limit, seed, model, model_name, dtype, d
                 shard, quiet, out_dir, command):
     """Load everything, extract every model, write the store and run.json; return the Dataset."""
     from jbtrace.models import load_model
+    from jbtrace.prompts.sample import write_sample
     from jbtrace.trace import store
     from jbtrace.trace.extract import ExtractOptions, extract
 
@@ -78,6 +80,7 @@ def extract_run(*, prompts, text_field, limit, seed, model, model_name, dtype, d
     path = store.write(ds, out_dir)
     summary = store.provenance(ds)
     (Path(out_dir) / "run.json").write_text(json.dumps({"command": command, "store": str(path), "provenance": summary}, indent=2))
+    write_sample(sets, out_dir, seed=seed)  # RUN/prompts.jsonl: the texts the report shows
     for name, info in summary["models"].items():
         truncated = ", ".join(f"{k} {v}" for k, v in info["truncated"].items())
         nonfinite = sum(info["nonfinite"].values())
@@ -171,6 +174,7 @@ def run_cmd(
 ):
     """Extract several models in one call, draw the grid, compare the scenarios."""
     run_pipeline(min_count=min_count, positions=positions, svg=svg, **extract_options)
+    publish(extract_options["out_dir"])
 
 
 def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extract_options) -> None:
@@ -227,6 +231,7 @@ def demo_cmd(
                "quiet": quiet}
     run_pipeline(min_count=2, positions=None, svg=False, **options)
     out.print(f"figure: {out_dir / 'figure.png'}", highlight=False)
+    publish(out_dir)
 
 
 @app.command("merge")
