@@ -170,6 +170,39 @@ def test_hedges_j_exact():
         assert compare.hedges_j(df) == pytest.approx(gamma(df / 2) / (sqrt(df / 2) * gamma((df - 1) / 2)), rel=1e-12)
 
 
+def test_relative_bins_count_prompts_and_keep_the_cell_level():
+    """Null halves with per-prompt offsets and unequal lengths, binned relatively (8 bins).
+
+    Folded one value per (prompt, bin) as extraction does, Welch's p < 0.05 in about 5% of cells;
+    the same tokens folded as if they were prompts (the old behaviour) reject far more often.
+    """
+    import torch
+
+    from jbtrace.trace.accumulate import Moments
+    from jbtrace.trace.extract import bin_means, positions
+
+    rng = np.random.default_rng(15)
+    n, bins, width = 60, 8, 160
+    rejected = {"prompt": [], "token": []}
+    for _ in range(100):
+        lengths = np.clip(np.round(np.exp(rng.normal(3.5, 0.7, n))), 2, width).astype(int)
+        mask = torch.from_numpy(np.arange(width)[None] < lengths[:, None]).long()
+        values = torch.from_numpy(rng.normal(size=(n, width)) + rng.normal(0, 1, (n, 1)))[None, None]
+        pos = positions(mask, "relative", bins)
+        folded, folded_pos = bin_means(values, pos, bins)
+        assert ((folded_pos >= 0).sum(0) <= n).all()
+        is_b = torch.from_numpy(rng.permutation(np.arange(n) >= n // 2))
+        for kind, (v, p) in {"prompt": (folded, folded_pos), "token": (values, pos)}.items():
+            moments = []
+            for rows in (~is_b, is_b):
+                m, keep = Moments(bins), p[rows] >= 0
+                m.add(v[0, 0][rows][keep], p[rows][keep])
+                moments += [m.count.numpy(), m.mean.numpy(), m.variance().numpy()]
+            rejected[kind].append(compare.welch(*moments)["p"] < 0.05)
+    assert 0.02 <= np.mean(rejected["prompt"]) <= 0.08
+    assert np.mean(rejected["token"]) > 0.2
+
+
 # ---------------------------------------------------------------- prompt-level tests, cells of one scenario
 
 
@@ -491,6 +524,34 @@ def test_write_compare_adds_cell_variables_to_the_store(tmp_path):
     assert ds["significant"].dtype == bool
     assert bool(ds["significant"].sel(layer=slice(1, 2)).any()) and not bool(ds["significant"].sel(layer=[0, 3]).any())
     np.testing.assert_array_equal(ds["q"].values, result.cells["q"].values)
+
+
+def test_one_prompt_per_scenario_is_a_note_and_a_failed_rerun_keeps_the_old_result(tmp_path, monkeypatch):
+    rng = np.random.default_rng(10)
+    is_b = np.arange(20) >= 10
+    store.write(synthetic_store({"m": raw_values(rng, 20, 3, 6, rng.integers(2, 7, 20))}, is_b), tmp_path)
+    outputs.write_compare(compare.compare(store.open_run(tmp_path), n_permutations=50, n_bootstrap=20), tmp_path)
+    before = (tmp_path / "compare.json").read_text()
+
+    from jbtrace.views import plot
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(plot, "profiles", broken)
+    result = compare.compare(store.open_run(tmp_path), n_permutations=60, n_bootstrap=20)
+    with pytest.raises(RuntimeError):
+        outputs.write_compare(result, tmp_path)
+    assert (tmp_path / "compare.json").read_text() == before  # nothing deleted before the new result is ready
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+
+    one = synthetic_store({"m": raw_values(rng, 2, 3, 5, [5, 4])}, np.array([False, True]))
+    store.write(one, tmp_path)
+    result = compare.compare(store.open_run(tmp_path), n_permutations=50, n_bootstrap=20)
+    assert any("fewer than two usable prompts" in s for s in result.observations["m"])
+    outputs.write_compare(result, tmp_path)
+    assert json.loads((tmp_path / "compare.json").read_text())["models"]["m"]["stats"]["log_norm"]["index"] is None
 
 
 def test_user_errors():
