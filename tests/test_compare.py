@@ -345,6 +345,24 @@ def test_position_trends_keep_their_level_with_unequal_lengths_and_prompt_offset
     assert 0.02 <= (pvals < 0.05).mean() <= 0.09  # per-band p-values uniform under the null
 
 
+def test_no_position_trend_from_length_alone():
+    """Jailbreak prompts longer, a large first token, nothing else: unmatched per-prompt slopes differ by length only."""
+    rng = np.random.default_rng(16)
+    n, width = 200, 96
+    is_b = np.arange(n) >= n // 2
+    models = {}
+    for m in range(10):
+        lengths = np.clip(np.round(np.exp(rng.normal(np.where(is_b, 3.6, 2.9), 0.6))), 2, width).astype(int)
+        raw = raw_values(rng, n, 3, width, lengths) * 0.3
+        raw[:, :, 0] += 3.0
+        models[f"m{m}"] = raw
+    result = compare.compare(synthetic_store(models, is_b), n_permutations=200, n_bootstrap=20)
+    trends = [t for m in result.models.values() for t in m["stats"]["log_norm"]["trends"]]
+    assert sum(t["trend"] for t in trends) <= 2 and all(t["n_prompts"]["a"] == t["n_prompts"]["b"] > 30 for t in trends)
+    slopes = synthetic_store({"m0": models["m0"]}, is_b)["prompt_slope"].values[0, 0]
+    assert all(t["trend"] for t in compare._trends(slopes, is_b, 200, 0, 0.05))  # unmatched: length looks like a trend
+
+
 def test_trend_bands_are_chosen_per_statistic():
     """cos_prev has no layer 0: its thirds are of layers 1..6, and every band is tested."""
     rng = np.random.default_rng(13)

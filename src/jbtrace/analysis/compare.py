@@ -383,7 +383,8 @@ def _trends(slopes: np.ndarray, is_b: np.ndarray, n_permutations: int, seed: int
     Welch's t with a permutation p over prompt labels (BH over the bands). Prompts of
     different lengths and offsets stay exchangeable under the null, which a test over the
     positions of the cell means is not (late positions average only long prompts).
-    slopes is (prompt, layer) over the prompts the layer profile kept.
+    slopes is (prompt, layer) over length-matched prompts: a short prompt's slope is steeper
+    (its first tokens weigh more), so unmatched lengths would make a length effect look like a trend.
     """
     layers = np.flatnonzero(np.isfinite(slopes).any(axis=0))
     thirds = [x for x in np.array_split(layers, 3) if x.size]
@@ -470,9 +471,10 @@ def compare(
                 layer_profile[k].loc[{"model": model, "stat": stat, "layer": pv.layers}] = prof[k]
             boot_index.setdefault(stat, {})[model] = prof["index_boot"]
             summary.update(bands=_bands(pv.layers, prof, cells.sel(model=model, stat=stat), q), index=_index_summary(prof))
-            if "prompt_slope" in ds:
-                slopes = ds["prompt_slope"].sel(model=model, stat=stat).transpose("prompt", "layer").values[pv.keep]
-                summary["trends"] = _trends(slopes, pv.is_b, n_permutations, seed, q)
+            if "prompt_slope" in ds:  # on length-matched prompts: a prompt's slope depends on how far it reaches
+                matched = match_lengths(tokens_all[pv.keep], pv.is_b, np.random.default_rng([seed, 3]))
+                slopes = ds["prompt_slope"].sel(model=model, stat=stat).transpose("prompt", "layer").values[pv.keep[matched]]
+                summary["trends"] = _trends(slopes, pv.is_b[matched], n_permutations, seed, q)
             else:
                 summary.update(trends=[], trend_note="this run has no per-prompt slopes (prompt_slope): extract it "
                                                      "again with this jbtrace to test position trends")

@@ -72,16 +72,17 @@ def _trend_sentences(stat: str, s: dict, q: float) -> list[str]:
         if t["p"] is None:
             none.append(f"{_layers(t['layers'])}: not testable ({n['a']}+{n['b']} prompts with a slope)")
             continue
-        slope = (f"difference of per-prompt slopes {100 * t['diff']:+.3g} per 100 positions, 95% CI "
-                 f"[{100 * t['ci_low']:.3g}, {100 * t['ci_high']:.3g}]")
+        ci = f"95% CI [{100 * t['ci_low']:.3g}, {100 * t['ci_high']:.3g}]"
         if t["trend"]:
             direction = "increases" if t["diff"] > 0 else "decreases"
-            out.append(f"In {_layers(t['layers'])} B − A of {stat} {direction} with position ({slope}; {n['a']}+{n['b']} "
-                       f"prompts, Welch-t permutation {_eq('q', t['q'])}).")
+            out.append(f"In {_layers(t['layers'])} B − A of {stat} {direction} with position (difference of per-prompt "
+                       f"slopes {100 * t['diff']:+.3g} per 100 positions, {ci}; {n['a']}+{n['b']} "
+                       f"length-matched prompts, Welch-t permutation {_eq('q', t['q'])}).")
         else:
-            none.append(f"{_layers(t['layers'])} ({slope}; {_eq('q', t['q'])})")
+            none.append(f"{_layers(t['layers'])} (Δ slope {100 * t['diff']:+.3g} per 100 positions, {ci}; {_eq('q', t['q'])})")
     if none:
-        out.append(f"No detectable position trend of {stat} (per-prompt slopes, Welch-t permutation test over prompts) in "
+        out.append(f"No detectable position trend of {stat} (per-prompt slopes of length-matched prompts, Welch-t "
+                   "permutation test over prompts) in "
                    + "; ".join(none) + ".")
     return out
 
@@ -242,7 +243,7 @@ def summary_markdown(result) -> str:
                 share = "n/a" if band["cells_significant_share"] is None else f"{band['cells_significant_share']:.0%}"
                 lines.append(f"| {model} | {stat} | {band['layers'][0]}–{band['layers'][1]} | {band['mean_diff']:+.3g} | "
                              f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}] | {_p(band['max_q'])} | {share} |")
-    lines += ["", "## Position trends (difference of per-prompt slopes, Welch-t permutation over prompts)", "",
+    lines += ["", "## Position trends (difference of per-prompt slopes, length-matched prompts, Welch-t permutation)", "",
               "| model | stat | layers | prompts | B − A per 100 positions | 95% CI | p | q | trend |",
               "|---|---|---|---|---|---|---|---|---|"]
     for model, entry in result.models.items():
