@@ -188,7 +188,7 @@ def positions(mask: torch.Tensor, align: str, n_positions: int) -> torch.Tensor:
 
 
 def prompt_means(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """(stat, layer, B): each prompt's mean over its kept tokens; NaN if none, or if any of them is not finite."""
+    """(stat, layer, B): each prompt's mean over its kept tokens; NaN if none, not finite if any of them is not."""
     sums = torch.where(keep, values.double(), 0.0).sum(-1)
     counts = keep.sum(-1)
     return torch.where(counts > 0, sums / counts.clamp(min=1), float("nan"))
