@@ -195,11 +195,12 @@ def compare_cmd(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates over prompts.")] = 500,
     seed: Seed = 0,
     match_length: Annotated[bool, typer.Option(help="Also compare length-matched prompts (coarsened exact matching; layer profile).")] = False,
+    max_excluded_gap: Annotated[float, typer.Option(help="Refuse when non-finite values exclude shares of prompts further apart than this in the two scenarios.")] = 0.05,
     svg: Annotated[bool, typer.Option(help="Also write the figures as SVG.")] = False,
 ):
     """Which differences are real: Welch + FDR per cell, profiles, trends, ranking; RUN/compare.json, summary.md, figures."""
     compare_run(run, q=q, min_count=min_count, n_permutations=permutations, n_bootstrap=bootstrap, seed=seed,
-                match_length=match_length, svg=svg)
+                match_length=match_length, max_excluded_gap=max_excluded_gap, svg=svg)
 
 
 def compare_run(run: Path, svg: bool = False, **options) -> None:

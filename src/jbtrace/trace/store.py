@@ -2,8 +2,9 @@
 
 Variables ``mean``, ``var`` (ddof=1), ``count`` and ``nonfinite`` have dims
 (model, scenario, stat, layer, position); a layer a model lacks has count 0 and NaN
-mean. Per-prompt pooled values ``prompt_value`` (model, stat, prompt, layer) and token
-counts ``prompt_tokens`` (model, prompt) feed the permutation tests. Provenance is
+mean. Per-prompt pooled values ``prompt_value`` (model, stat, prompt, layer), per-prompt
+slopes over position ``prompt_slope`` (same dims) and token counts ``prompt_tokens``
+(model, prompt) feed the prompt-level permutation tests. Provenance is
 JSON in the attribute ``provenance``. Writes go to a temporary folder first and are
 renamed into place, so a failed run never leaves a store that looks complete.
 """
@@ -41,6 +42,7 @@ def build(traces: list[ModelTrace], prompt_sets, extra: dict | None = None) -> x
     index = {p.name: traces[0].scenarios[p.name].prompt_index for p in prompt_sets}
     n_prompts = sum(len(i) for i in index.values())
     prompt_value = np.full((len(traces), len(options.stats), n_prompts, n_layers), np.nan)
+    prompt_slope = np.full_like(prompt_value, np.nan)
     prompt_tokens = np.zeros((len(traces), n_prompts), np.int64)
     prompt_truncated = np.zeros((len(traces), n_prompts), bool)
     for m, trace in enumerate(traces):
@@ -54,6 +56,7 @@ def build(traces: list[ModelTrace], prompt_sets, extra: dict | None = None) -> x
             nonfinite[m, s, :, :L, :P] = st.moments.nonfinite.view(cells).cpu().numpy()
             rows = slice(start, start + len(index[prompt_set.name]))
             prompt_value[m, :, rows, :L] = st.prompt_values.transpose(0, 2, 1)
+            prompt_slope[m, :, rows, :L] = st.prompt_slope.transpose(0, 2, 1)
             prompt_tokens[m, rows] = st.prompt_tokens
             prompt_truncated[m, rows] = st.truncated
             start += len(index[prompt_set.name])
@@ -68,6 +71,7 @@ def build(traces: list[ModelTrace], prompt_sets, extra: dict | None = None) -> x
             "count": (CELL_DIMS, count),
             "nonfinite": (CELL_DIMS, nonfinite),
             "prompt_value": (("model", "stat", "prompt", "layer"), prompt_value),
+            "prompt_slope": (("model", "stat", "prompt", "layer"), prompt_slope),
             "prompt_tokens": (("model", "prompt"), prompt_tokens),
             "prompt_truncated": (("model", "prompt"), prompt_truncated),
         },
@@ -192,7 +196,7 @@ def merge(shards: list[xr.Dataset]) -> xr.Dataset:
     return out
 
 
-_PROMPT_VARS = {"prompt_value", "prompt_tokens", "prompt_truncated"}
+_PROMPT_VARS = {"prompt_value", "prompt_slope", "prompt_tokens", "prompt_truncated"}
 
 
 def _moments(ds: xr.Dataset) -> Moments:
