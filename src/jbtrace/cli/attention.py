@@ -18,12 +18,12 @@ from jbtrace.cli.common import (
     out,
     progress_bar,
 )
-from jbtrace.cli.run import with_extract_options
+from jbtrace.cli.run import ENGINE_OPTIONS, with_extract_options
 from jbtrace.errors import UserError
 
 
 @app.command("attention")
-@with_extract_options(without=("shard", "stat", "align", "bins", "bucket"))
+@with_extract_options(without=(*ENGINE_OPTIONS, "stat", "align", "bins", "bucket"))
 def attention_cmd(
     *,
     layer: Annotated[Optional[list[str]], typer.Option("--layer", help="Layer whose attention to map, repeatable (1..L: the attention of the block whose output is layer L), or auto: per model, the layer where the two sets differ most (ranking printed).")] = None,

@@ -26,12 +26,12 @@ from jbtrace.cli.common import (
     pairs,
     progress_bar,
 )
-from jbtrace.cli.run import with_extract_options
+from jbtrace.cli.run import ENGINE_OPTIONS, with_extract_options
 from jbtrace.errors import UserError
 
 
 @app.command("detect")
-@with_extract_options(without=("shard", "stat", "align", "bins", "bucket", "padding_side", "chat_template"))
+@with_extract_options(without=(*ENGINE_OPTIONS, "stat", "align", "bins", "bucket", "padding_side", "chat_template"))
 def detect_cmd(
     *,
     out_dir: Out = Path("runs/detect"),

@@ -33,7 +33,7 @@ import jbtrace
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
 from jbtrace.prompts import PromptSet
-from jbtrace.trace import capture, store
+from jbtrace.trace import capture, runs, store
 from jbtrace.trace.extract import ExtractOptions, encode, pad_batch, plan_batches, positions
 
 log = logging.getLogger(__name__)
@@ -293,12 +293,13 @@ def to_dataset(all_maps: list[AttentionMaps], prompt_sets: list[PromptSet], info
 
 def save(ds: xr.Dataset, run_dir: str | Path) -> Path:
     """Put the attention variables into RUN/trace.zarr, replacing earlier ones; write the store if there is none."""
-    path = Path(run_dir) / store.STORE
-    if not path.is_dir():
+    path = store.store_path(run_dir)
+    if path is None:
         ds = ds.assign_attrs(provenance=json.dumps({"jbtrace_version": jbtrace.__version__,
                                                     **json.loads(ds.attrs["attention"])}))
         return store.write(ds, run_dir)
     run = store.open_run(run_dir)
+    runs.check_same_inputs(store.provenance(run), json.loads(ds.attrs["attention"]), str(path))
     if "mean" not in run:  # a store only attention wrote: replace it
         return save(ds, _fresh(run_dir))
     for dim in ("model", "scenario"):
