@@ -79,6 +79,9 @@ def detect_cmd(
         raise UserError("--save needs exactly one --model and --save-classifier among the --classifier values")
     if save is not None and save_classifier not in detector.SAVEABLE:
         raise UserError(f"--save-classifier {save_classifier!r}: only {', '.join(detector.SAVEABLE)} can be saved")
+    from jbtrace.trace import runs
+
+    runs.prepare(out_dir, "detect", {}, common["overwrite"])  # an existing detect run is replaced only when asked
     labels = pairs(label, "--label")
     train = load_prompt_sets(prompts, text_field, limit, seed)
     tests = [load_prompts(n, s, text_field=text_field, seed=seed) for n, s in parse_prompt_specs(test_prompts or [])]
