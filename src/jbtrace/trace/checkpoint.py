@@ -122,7 +122,6 @@ class ExtractCheckpoint:
 
     def step(self, key: str, batches_done: int, n_batches: int, moments, prompt_values: np.ndarray, trace) -> None:
         """After a batch: save when the interval has passed, and always after the last batch."""
-        hooks.reached("batch")
         if batches_done < n_batches and not self.checkpoint.due(key):
             return
         processed, padded = self._base[key]

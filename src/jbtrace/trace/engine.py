@@ -172,9 +172,8 @@ def _ray():
 class _Worker:
     """A Ray actor: one replica of one model; runs shards of the prompt sets and returns their exact states."""
 
-    def __init__(self, spec: ModelSpec, test_kill: str | None = None):
-        if test_kill:  # tests only: kill this worker at a named point (see hooks)
-            os.environ["JBTRACE_TEST_KILL"] = test_kill
+    def __init__(self, spec: ModelSpec, test_env: dict[str, str]):
+        os.environ.update(test_env)  # tests only: kill this worker at a named point (see hooks)
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.lm = spec.load()
 
@@ -183,12 +182,18 @@ class _Worker:
         return shard[0], trace_state(trace)
 
 
+def _worker_test_env() -> dict[str, str]:
+    """JBTRACE_TEST_KILL_WORKER (and _ONCE) of the driver become a worker's JBTRACE_TEST_KILL (and _ONCE)."""
+    env = {"JBTRACE_TEST_KILL": os.environ.get("JBTRACE_TEST_KILL_WORKER"),
+           "JBTRACE_TEST_KILL_ONCE": os.environ.get("JBTRACE_TEST_KILL_ONCE")}
+    return {k: v for k, v in env.items() if v}
+
+
 def _connect(ray, engine: Engine, device: str) -> tuple[int, bool]:
     """Join the cluster (or start a local one); return the number of workers per model and whether we started it."""
     started = False
     if not ray.is_initialized():
-        test_env = {k: v for k, v in os.environ.items() if k.startswith("JBTRACE_TEST_KILL_ONCE")}
-        kwargs = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": test_env} if test_env else None)
+        kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         try:
             if engine.ray_address:
                 ray.init(address=engine.ray_address, **kwargs)
@@ -230,7 +235,7 @@ def _extract_ray(models, prompt_sets, options, engine, checkpoint, progress, tot
             todo = [k for k in range(n_shards) if k not in states]
             if todo:
                 actors = [Worker.options(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1)
-                          .remote(spec, os.environ.get("JBTRACE_TEST_KILL_WORKER")) for _ in range(min(workers, len(todo)))]
+                          .remote(spec, _worker_test_env()) for _ in range(min(workers, len(todo)))]
                 pool = ActorPool(actors)
                 for k, state in pool.map_unordered(lambda a, k: a.run.remote(sets_ref, options, (k, n_shards)), todo):
                     states[k] = state

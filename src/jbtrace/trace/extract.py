@@ -19,7 +19,7 @@ import torch
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
 from jbtrace.prompts import PromptSet
-from jbtrace.trace import capture, stats
+from jbtrace.trace import capture, hooks, stats
 from jbtrace.trace.accumulate import Moments
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,7 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress, checkpoint=N
         prompt_values[:, :, batch] = per_prompt.cpu().numpy()
         trace.tokens_processed += mask.numel()
         trace.tokens_padded += int(mask.numel() - mask.sum())
+        hooks.reached("batch")  # tests kill the process here (see hooks)
         if checkpoint:
             checkpoint.step(key, number, len(batches), moments, prompt_values, trace)
         if progress:
