@@ -170,14 +170,23 @@ def _ray():
 
 
 class _Worker:
-    """A Ray actor: one replica of one model; runs shards of the prompt sets and returns their exact states."""
+    """A Ray actor: one replica of one model at a time; runs shards of the prompt sets and returns their exact states.
 
-    def __init__(self, spec: ModelSpec, test_env: dict[str, str]):
+    The model is loaded on the first shard of each model (again after a restart), so one
+    worker process serves every model of a run.
+    """
+
+    def __init__(self, test_env: dict[str, str]):
         os.environ.update(test_env)  # tests only: kill this worker at a named point (see hooks)
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.lm = spec.load()
+        self.spec, self.lm = None, None
 
-    def run(self, prompt_sets: list[PromptSet], options: ExtractOptions, shard: tuple[int, int]):
+    def run(self, spec: ModelSpec, prompt_sets: list[PromptSet], options: ExtractOptions, shard: tuple[int, int]):
+        if spec != self.spec:
+            self.spec, self.lm = None, None  # free the previous model's memory before loading the next
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.lm, self.spec = spec.load(), spec
         trace = extract(self.lm, prompt_sets, dataclasses.replace(options, shard=shard))
         return shard[0], trace_state(trace)
 
@@ -221,6 +230,7 @@ def _extract_ray(models, prompt_sets, options, engine, checkpoint, progress, tot
     gpu = models[0].device.startswith("cuda") or models[0].device == "auto"
     Worker = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(_Worker)
     sets_ref = ray.put(prompt_sets)
+    actors = []
     try:
         for spec in models:
             states, key = {}, lambda k: f"{spec.name or spec.spec}/shard-{k}-of-{n_shards}"
@@ -233,22 +243,21 @@ def _extract_ray(models, prompt_sets, options, engine, checkpoint, progress, tot
             if advance and states:
                 advance(sum(sizes[k] for k in states))
             todo = [k for k in range(n_shards) if k not in states]
+            actors += [Worker.options(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1).remote(_worker_test_env())
+                       for _ in range(min(workers, len(todo)) - len(actors))]
             if todo:
-                actors = [Worker.options(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1)
-                          .remote(spec, _worker_test_env()) for _ in range(min(workers, len(todo)))]
-                pool = ActorPool(actors)
-                for k, state in pool.map_unordered(lambda a, k: a.run.remote(sets_ref, options, (k, n_shards)), todo):
+                pool = ActorPool(actors[:len(todo)])
+                for k, state in pool.map_unordered(lambda a, k: a.run.remote(spec, sets_ref, options, (k, n_shards)), todo):
                     states[k] = state
                     if checkpoint:
                         checkpoint.save(key(k), *state)
                     if advance:
                         advance(sizes[k])
-                for actor in actors:
-                    ray.kill(actor)
-            traces = [trace_from_state(*states[k], options) for k in range(n_shards)]
-            merged = merge_traces(traces)
+            merged = merge_traces([trace_from_state(*states[k], options) for k in range(n_shards)])
             merged.options = options
             yield merged
     finally:
+        for actor in actors:
+            ray.kill(actor)
         if started:
             ray.shutdown()
