@@ -164,3 +164,18 @@ def test_attention_resumes_after_the_models_done(prompt_sets, tmp_path):
     ref, out = store.open_run(tmp_path / "ref"), store.open_run(tmp_path / "run")
     assert ref["attn_mean"].identical(out["attn_mean"])
     assert not (tmp_path / "run" / ".checkpoint").exists()
+
+
+def test_a_fingerprint_without_saved_state_is_replaced(tmp_path):
+    """A command that stopped before saving any state does not claim the folder for its fingerprint."""
+    first = Checkpoint(tmp_path, "extract", {"a": 1})
+    first.root.mkdir(parents=True)
+    (first.root / "fingerprint.json").write_text(json.dumps({"a": 1}))
+    assert first.saved_fingerprint() is None
+    second = runs.prepare(tmp_path, "extract", {"b": 2})
+    second.save("m/s", {"count": np.arange(3.0)}, {"batches_done": 1})
+    assert second.saved_fingerprint() == {"b": 2}
+    with pytest.raises(UserError, match="differs in: a, b"):
+        runs.prepare(tmp_path, "extract", {"a": 1})
+    arrays, meta = runs.prepare(tmp_path, "extract", {"b": 2}).load("m/s")
+    assert np.array_equal(arrays["count"], np.arange(3.0)) and meta == {"batches_done": 1}

@@ -53,6 +53,7 @@ class Checkpoint:
         self.fingerprint = fingerprint
         self.every = EVERY_SECONDS if every_seconds is None else every_seconds
         self._last: dict[str, float] = {}
+        self._claimed = False
 
     def saved_fingerprint(self) -> dict | None:
         """The fingerprint of the command whose states are here (None when no state was saved)."""
@@ -70,12 +71,13 @@ class Checkpoint:
         """Write one unit's state atomically."""
         self.root.mkdir(parents=True, exist_ok=True)
         fingerprint = self.root / FINGERPRINT
-        if not fingerprint.is_file():
+        if not self._claimed:  # this command's fingerprint, over any left by a command that saved no state
             atomic_write(fingerprint, lambda p: p.write_text(json.dumps(self.fingerprint, indent=1, sort_keys=True)))
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         atomic_write(self.root / f"{_slug(key)}.safetensors",
                      lambda p: save_file(arrays, str(p), metadata={"meta": json.dumps(meta)}))
         self._last[key] = time.monotonic()
+        self._claimed = True
 
     def load(self, key: str) -> tuple[dict[str, np.ndarray], dict] | None:
         """One unit's saved state, or None."""
