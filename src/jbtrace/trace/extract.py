@@ -19,7 +19,7 @@ import torch
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
 from jbtrace.prompts import PromptSet
-from jbtrace.trace import capture, stats
+from jbtrace.trace import capture, hooks, stats
 from jbtrace.trace.accumulate import Moments
 
 log = logging.getLogger(__name__)
@@ -271,8 +271,13 @@ def extract(
     prompt_sets: list[PromptSet],
     options: ExtractOptions = ExtractOptions(),
     progress: Callable[[int], None] | None = None,
+    checkpoint=None,
 ) -> ModelTrace:
-    """Fold every prompt of every set through ``lm`` into per-cell moments."""
+    """Fold every prompt of every set through ``lm`` into per-cell moments.
+
+    ``checkpoint`` (a ``checkpoint.ExtractCheckpoint``) restores each set's saved state
+    before its first batch and saves it after batches, so an interrupted run resumes.
+    """
     statistics = stats.get(options.stats)
     n_positions = options.bins if options.align == "relative" else min(options.max_tokens, lm.max_positions or options.max_tokens)
     trace = ModelTrace(model=lm, options=options, n_positions=n_positions)
@@ -282,11 +287,11 @@ def extract(
     with surgery.hooked(points, reducer), capture.probabilities_hooked(lm.model, attention, reducer.attention), \
             torch.inference_mode():
         for prompt_set in prompt_sets:
-            trace.scenarios[prompt_set.name] = _extract_set(lm, prompt_set, options, trace, reducer, progress)
+            trace.scenarios[prompt_set.name] = _extract_set(lm, prompt_set, options, trace, reducer, progress, checkpoint)
     return trace
 
 
-def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioTrace:
+def _extract_set(lm, prompt_set, options, trace, reducer, progress, checkpoint=None) -> ScenarioTrace:
     n_stats, n_layers, n_pos = len(reducer.statistics), lm.n_layers, trace.n_positions
     device = lm.device
     k, n = options.shard
@@ -308,7 +313,11 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioT
         has_layer[s, 0] = not stat.needs_prev
         if stat.source == "attention":  # layer l >= 1: the attention of block l; none at layer 0 or in Mamba2
             has_layer[s] = with_attention
-    for batch in plan_batches(lengths, options):
+    batches, key = plan_batches(lengths, options), f"{lm.name}/{prompt_set.name}"
+    done = checkpoint.restore(key, moments, prompt_values, trace) if checkpoint else 0
+    if progress and done:
+        progress(sum(len(b) for b in batches[:done]))
+    for number, batch in enumerate(batches[done:], start=done + 1):
         input_ids, mask = pad_batch(ids, lengths, batch, pad_id, options.padding_side, device)
         reducer.key_mask = mask.bool()
         backbone(**surgery.forward_kwargs(lm.model, input_ids, mask))
@@ -324,6 +333,9 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioT
         moments.add(values[keep], cells[keep])
         trace.tokens_processed += mask.numel()
         trace.tokens_padded += int(mask.numel() - mask.sum())
+        hooks.reached("batch")  # tests kill the process here (see hooks)
+        if checkpoint:
+            checkpoint.step(key, number, len(batches), moments, prompt_values, trace)
         if progress:
             progress(len(batch))
     return ScenarioTrace(moments, index, prompt_values, prompt_slope, lengths, truncated)
