@@ -50,7 +50,7 @@ def assert_equal(a, b):
     """Counts and lengths identical; moments equal up to float64 rounding (merge order differs)."""
     for var in ("count", "nonfinite", "prompt_tokens", "prompt_truncated", "prompt_index"):
         np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
-    for var in ("mean", "var", "prompt_value"):
+    for var in ("mean", "var", "prompt_value", "prompt_slope"):
         np.testing.assert_allclose(a[var].values, b[var].values, rtol=1e-12, atol=1e-13, err_msg=var)
 
 
@@ -75,5 +75,5 @@ def test_finished_shards_are_checkpointed_and_not_run_again(tmp_path, monkeypatc
     monkeypatch.setenv("JBTRACE_TEST_KILL_WORKER", "batch:1")
     again = build(SETS, Engine("ray", workers=2, shards=2), runs.prepare(tmp_path / "run", "extract", {"ray": 1}))
     assert_equal(again, first)
-    for var in ("mean", "var", "prompt_value"):
+    for var in ("mean", "var", "prompt_value", "prompt_slope"):
         np.testing.assert_array_equal(again[var].values, first[var].values)

@@ -25,7 +25,7 @@ from tests.conftest import BENIGN, JAILBREAK
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-VARS = ("mean", "var", "count", "nonfinite", "prompt_value", "prompt_tokens", "prompt_truncated")
+VARS = ("mean", "var", "count", "nonfinite", "prompt_value", "prompt_slope", "prompt_tokens", "prompt_truncated")
 
 
 @pytest.fixture(scope="module")

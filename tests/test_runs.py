@@ -86,7 +86,7 @@ def test_existing_run_refused_then_overwrite_removes_every_derived_file(monkeypa
     assert code == 0, stderr
     assert list(store.open_run(out).model.values) == ["gptj"]
     assert not any((out / name).exists() for name in derived)
-    assert sorted(p.name for p in out.iterdir()) == ["run.json", "trace.zarr"]
+    assert sorted(p.name for p in out.iterdir()) == ["prompts.jsonl", "run.json", "trace.zarr"]
 
 
 def test_partial_run_of_another_command_is_named(monkeypatch, capsys, files, tmp_path):

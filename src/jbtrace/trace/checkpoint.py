@@ -104,8 +104,8 @@ class ExtractCheckpoint:
         self.checkpoint = checkpoint
         self._base: dict[str, tuple[int, int]] = {}
 
-    def restore(self, key: str, moments, prompt_values: np.ndarray, trace) -> int:
-        """Put the saved state into ``moments`` and ``prompt_values`` (in place); return the batches already done."""
+    def restore(self, key: str, moments, per_prompt: dict[str, np.ndarray], trace) -> int:
+        """Put the saved state into ``moments`` and the ``per_prompt`` arrays (in place); return the batches already done."""
         saved = self.checkpoint.load(key)
         base = (trace.tokens_processed, trace.tokens_padded)
         self.checkpoint.started(key)
@@ -116,19 +116,20 @@ class ExtractCheckpoint:
         device = moments.count.device
         for name in ("count", "mean", "m2", "nonfinite"):
             setattr(moments, name, torch.from_numpy(arrays[name]).to(device))
-        prompt_values[...] = arrays["prompt_values"]
+        for name, values in per_prompt.items():
+            values[...] = arrays[name]
         trace.tokens_processed += meta["tokens_processed"]
         trace.tokens_padded += meta["tokens_padded"]
         self._base[key] = base
         return meta["batches_done"]
 
-    def step(self, key: str, batches_done: int, n_batches: int, moments, prompt_values: np.ndarray, trace) -> None:
+    def step(self, key: str, batches_done: int, n_batches: int, moments, per_prompt: dict[str, np.ndarray], trace) -> None:
         """After a batch: save when the interval has passed, and always after the last batch."""
         if batches_done < n_batches and not self.checkpoint.due(key):
             return
         processed, padded = self._base[key]
         arrays = {name: getattr(moments, name).cpu().numpy() for name in ("count", "mean", "m2", "nonfinite")}
-        arrays["prompt_values"] = prompt_values
+        arrays.update(per_prompt)
         self.checkpoint.save(key, arrays, {"batches_done": batches_done, "n_batches": n_batches,
                                            "tokens_processed": trace.tokens_processed - processed,
                                            "tokens_padded": trace.tokens_padded - padded})

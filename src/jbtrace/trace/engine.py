@@ -109,7 +109,7 @@ def describe(lm: LoadedModel) -> LoadedModel:
 # ------------------------------------------------------------------ exact states, for checkpoints and Ray
 
 _MOMENTS = ("count", "mean", "m2", "nonfinite")
-_PROMPTS = ("prompt_index", "prompt_values", "prompt_tokens", "truncated")
+_PROMPTS = ("prompt_index", "prompt_values", "prompt_slope", "prompt_tokens", "truncated")
 
 
 def trace_state(trace: ModelTrace) -> tuple[dict[str, np.ndarray], dict]:
@@ -135,7 +135,7 @@ def trace_from_state(arrays: dict[str, np.ndarray], meta: dict, options: Extract
         moments = Moments(0)
         for field in _MOMENTS:
             setattr(moments, field, torch.from_numpy(np.array(arrays[f"{name}/{field}"])))
-        trace.scenarios[name] = ScenarioTrace(moments, *(np.array(arrays[f"{name}/{f}"]) for f in _PROMPTS))
+        trace.scenarios[name] = ScenarioTrace(moments, **{f: np.array(arrays[f"{name}/{f}"]) for f in _PROMPTS})
     return trace
 
 
@@ -152,9 +152,8 @@ def merge_traces(shards: list[ModelTrace]) -> ModelTrace:
             moments.merge(part.moments)
         index = np.concatenate([p.prompt_index for p in parts])
         order = np.argsort(index, kind="stable")
-        merged.scenarios[name] = ScenarioTrace(
-            moments, index[order], np.concatenate([p.prompt_values for p in parts], axis=-1)[..., order],
-            np.concatenate([p.prompt_tokens for p in parts])[order], np.concatenate([p.truncated for p in parts])[order])
+        rows = {f: np.concatenate([getattr(p, f) for p in parts], axis=-1)[..., order] for f in _PROMPTS}
+        merged.scenarios[name] = ScenarioTrace(moments, **rows)
     return merged
 
 

@@ -314,7 +314,8 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress, checkpoint=N
         if stat.source == "attention":  # layer l >= 1: the attention of block l; none at layer 0 or in Mamba2
             has_layer[s] = with_attention
     batches, key = plan_batches(lengths, options), f"{lm.name}/{prompt_set.name}"
-    done = checkpoint.restore(key, moments, prompt_values, trace) if checkpoint else 0
+    per_prompt = {"prompt_values": prompt_values, "prompt_slope": prompt_slope}  # checkpointed with the moments
+    done = checkpoint.restore(key, moments, per_prompt, trace) if checkpoint else 0
     if progress and done:
         progress(sum(len(b) for b in batches[:done]))
     for number, batch in enumerate(batches[done:], start=done + 1):
@@ -335,7 +336,7 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress, checkpoint=N
         trace.tokens_padded += int(mask.numel() - mask.sum())
         hooks.reached("batch")  # tests kill the process here (see hooks)
         if checkpoint:
-            checkpoint.step(key, number, len(batches), moments, prompt_values, trace)
+            checkpoint.step(key, number, len(batches), moments, per_prompt, trace)
         if progress:
             progress(len(batch))
     return ScenarioTrace(moments, index, prompt_values, prompt_slope, lengths, truncated)
