@@ -71,15 +71,12 @@ def _worst(row: dict) -> str:
     return f"{w['source']}: {w['metric']} {w['rate']:.3f}" if w else ""
 
 
-def _summary_rows(rep: dict, target: str) -> list[dict]:
-    """The length baseline, then the best detector per feature, then per layer (deduplicated)."""
-    chosen = [ranked(rep["baseline"])[0]] + ranked(list(best_per_layer(rep["rows"], by_feature=True).values()))
-    seen, out = set(), []
-    for r in chosen:
-        if id(r) not in seen:
-            seen.add(id(r))
-            out.append(r)
-    return out
+def _summary_rows(rep: dict) -> list[dict]:
+    """The best length-only row, then the best detector of each (source, feature), best first."""
+    best = {}
+    for row in ranked(rep["rows"]):
+        best.setdefault((row["source"], row["feature"]), row)
+    return [ranked(rep["baseline"])[0], *best.values()]
 
 
 def markdown(command: str, options: DetectOptions, reports: list[dict]) -> str:
@@ -123,7 +120,7 @@ def markdown(command: str, options: DetectOptions, reports: list[dict]) -> str:
                                  "(ConvergenceWarning; counted per row in detect.json)"] if unconverged else [])
         lines += [f"- {n}" for n in notes] + ([""] if notes else [])
 
-        summary = _summary_rows(rep, target)
+        summary = _summary_rows(rep)
         points = list(summary[0]["tpr_at_fpr"])
         lines += ["### Best detector per feature, beside the length-only baseline", ""]
         lines += _table(["detector", "selection", "worst held-out", f"CV F1 @ FPR {target}", "AUROC",
