@@ -182,3 +182,17 @@ def test_grouped_folds_never_split_a_cluster():
     for train, test in folds:
         assert not set(clusters[train]) & set(clusters[test])
     assert sorted(np.concatenate([t for _, t in folds])) == list(range(len(y)))
+
+
+def test_loader_groups_follow_their_prompts_through_cleaning_and_limit(monkeypatch):
+    from jbtrace.prompts import load as L
+
+    raw = ["  a  ", "b", "", "a", "c", "d"]
+    groups = ["g1", "g2", "g3", "g4", "g1", "g2"]
+    fake = (lambda source, seed: (list(raw), {"groups": list(groups)}), None, "test")
+    monkeypatch.setitem(L.SOURCES, "builtin:fake", fake)
+    ps = L.load_prompts("x", "builtin:fake")
+    assert ps.texts == ("a", "b", "c", "d") and ps.groups == ("g1", "g2", "g1", "g2")  # first occurrence wins
+    assert "groups" not in ps.info
+    small = L.load_prompts("x", "builtin:fake", limit=2, seed=1)
+    assert small.groups == tuple(dict(zip(ps.texts, ps.groups))[t] for t in small.texts)
