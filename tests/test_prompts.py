@@ -448,13 +448,21 @@ def test_parse_prompt_specs_errors(specs, match):
     assert "\n" not in str(err.value)
 
 
-def test_builtin_reader_uses_text_field(tmp_path, monkeypatch):
+def test_builtin_reader_ignores_text_field():
+    assert load_prompts("b", "builtin:benign:own-original", text_field="ignored").texts[0] == (
+        "Why is the sky blue during the day but red at sunset?")
+
+
+def test_builtin_benign_missing_data(tmp_path, monkeypatch):
     import importlib.resources
 
-    (tmp_path / "data").mkdir()
-    rows = [{"text": " Bake bread? ", "category": "cooking", "length": 2}, {"text": "Why is the sky blue?"}]
-    (tmp_path / "data" / "benign.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    from jbtrace.prompts import corpus
+
     monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path)
-    assert load_prompts("b", "builtin:benign", text_field="ignored").texts == ("Bake bread?", "Why is the sky blue?")
-    (tmp_path / "data" / "benign.jsonl").unlink()
-    _user_error("builtin:benign", "benign.jsonl is missing")
+    corpus.manifest.cache_clear()
+    corpus.rows.cache_clear()
+    try:
+        _user_error("builtin:benign", "manifest.json is missing")
+    finally:
+        corpus.manifest.cache_clear()
+        corpus.rows.cache_clear()

@@ -12,10 +12,10 @@ def datasets_cmd():
     """List the built-in and package prompt sources and their sizes."""
     from jbtrace.prompts import list_sources
 
-    table = Table("source", "prompts", "description")
+    table = Table("source", "prompts", "licence", "description")
     for row in list_sources():
         size = str(row["size"]) if row.get("available") else f"not installed: {row.get('install', '')}"
-        table.add_row(row["source"], size, row.get("description", ""))
+        table.add_row(row["source"], size, row.get("licence") or "", row.get("description", ""))
     out.print(table)
 
 

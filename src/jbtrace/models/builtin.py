@@ -64,10 +64,10 @@ def tiny_model(arch: str, seed: int, attn_implementation: str | None) -> nn.Modu
 
 @lru_cache(maxsize=1)
 def _tiny_tokenizer_json() -> str:
-    """A byte-level BPE trained, deterministically, on the built-in benign set."""
+    """A byte-level BPE trained, deterministically, on jbtrace's first benign set (own-original)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    text = (resources.files("jbtrace.prompts") / "data" / "benign.jsonl").read_text(encoding="utf-8")
+    text = (resources.files("jbtrace.prompts") / "data" / "benign" / "own-original.jsonl").read_text(encoding="utf-8")
     corpus = [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

