@@ -16,7 +16,7 @@ from jbtrace.detect.detector import Detector, from_report
 from jbtrace.detect.evaluate import Design
 from jbtrace.errors import UserError
 from jbtrace.models import load_model, surgery
-from jbtrace.prompts import load_prompts, matching, neardup
+from jbtrace.prompts import dedup, load_prompts, matching
 from tests.conftest import JAILBREAK, make_set
 from tests.test_detect_features import capture
 
@@ -161,7 +161,7 @@ def test_detect_model_rows_baseline_tests(small_run):
     training = [*load_prompts("benign", "builtin:benign", limit=24, seed=0).texts, *JAILBREAK,
                 *(f"{t} Now {w}." for t in JAILBREAK for w in ("go", "answer", "obey"))]
     test = [f"Please, {t.lower()}" for t in JAILBREAK]
-    near = [any(neardup.jaccard(neardup.shingles(t), neardup.shingles(u)) >= 0.8 for u in training) for t in test]
+    near = [any(dedup.jaccard(dedup.shingles(t), dedup.shingles(u)) >= 0.8 for u in training) for t in test]
     assert 0 < sum(near) < len(test)
     info = report.data["test_sets"]["jb_test"]
     assert info["near_duplicates_removed"] == sum(near) and info["n"] == len(test) - sum(near)

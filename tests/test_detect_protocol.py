@@ -15,7 +15,7 @@ from statsmodels.stats.proportion import proportion_confint
 from jbtrace.detect import evaluate
 from jbtrace.detect.decompose import CPFeatures
 from jbtrace.detect.evaluate import Design
-from jbtrace.prompts import PromptSet, load_prompts, neardup
+from jbtrace.prompts import PromptSet, dedup, load_prompts, neardup
 
 # ---------------------------------------------------------------- threshold at a target FPR
 
@@ -141,7 +141,7 @@ def test_prompt_sets_carry_per_prompt_sources():
 
 
 def brute_clusters(texts, threshold):
-    grams = [neardup.shingles(t) for t in texts]
+    grams = [dedup.shingles(t) for t in texts]
     n = len(texts)
     edges = [(i, j) for i in range(n) for j in range(i + 1, n)
              if len(grams[i] & grams[j]) / len(grams[i] | grams[j]) >= threshold]
@@ -189,10 +189,9 @@ def test_loader_groups_follow_their_prompts_through_cleaning_and_limit(monkeypat
 
     raw = ["  a  ", "b", "", "a", "c", "d"]
     groups = ["g1", "g2", "g3", "g4", "g1", "g2"]
-    fake = (lambda source, seed: (list(raw), {"groups": list(groups)}), None, "test")
+    fake = (lambda source, seed: (list(raw), {"labels": list(groups)}), None, "test")
     monkeypatch.setitem(L.SOURCES, "builtin:fake", fake)
     ps = L.load_prompts("x", "builtin:fake")
     assert ps.texts == ("a", "b", "c", "d") and ps.groups == ("g1", "g2", "g1", "g2")  # first occurrence wins
-    assert "groups" not in ps.info
     small = L.load_prompts("x", "builtin:fake", limit=2, seed=1)
     assert small.groups == tuple(dict(zip(ps.texts, ps.groups))[t] for t in small.texts)

@@ -262,8 +262,7 @@ def detect_model(
     sources = prompt_sources(train_sets)
     full = F.tokenize(lm, texts, options.max_tokens).full_lengths
     # one clustering over training and test prompts, so that equal ids mean near-duplicates across sets
-    clusters = neardup.clusters(texts + [t for s in test_sets for t in s.texts], options.near_duplicate,
-                                seed=options.seed)
+    clusters = neardup.clusters(texts + [t for s in test_sets for t in s.texts], options.near_duplicate)
     train_clusters, test_clusters = clusters[:len(texts)], clusters[len(texts):]
     keep = (matching.match_lengths(full, y_all == 1, options.seed) if options.match_length
             else np.arange(len(texts)))

@@ -396,12 +396,10 @@ def load_prompts(name: str, source: str, *, text_field: str | None = None,
     labels = extra.pop("labels", None)
     if not raw:
         raise UserError(f"{source}: no prompts found")
-    raw_groups = extra.pop("groups", None)  # a loader may label each raw prompt with its own source
     stripped = [t.strip() for t in raw]
     kept = [t for t in stripped if t]
     if not kept:
         raise UserError(f"{source}: all {len(raw)} prompts are empty")
-    group_of = dict(reversed([(t, g) for t, g in zip(stripped, raw_groups) if t])) if raw_groups else {}
     texts = list(dict.fromkeys(kept))
     duplicates = len(kept) - len(texts)
     if limit is not None and limit < len(texts):
@@ -422,7 +420,7 @@ def load_prompts(name: str, source: str, *, text_field: str | None = None,
         **extra,
     }
     return PromptSet(name=name, texts=tuple(texts), source=source, info=info,
-                     groups=tuple(group_of[t] for t in texts) if group_of else ())
+                     groups=tuple(extra["prompt_sources"]) if labels is not None else ())
 
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
