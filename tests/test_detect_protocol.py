@@ -195,3 +195,23 @@ def test_loader_groups_follow_their_prompts_through_cleaning_and_limit(monkeypat
     assert ps.texts == ("a", "b", "c", "d") and ps.groups == ("g1", "g2", "g1", "g2")  # first occurrence wins
     small = L.load_prompts("x", "builtin:fake", limit=2, seed=1)
     assert small.groups == tuple(dict(zip(ps.texts, ps.groups))[t] for t in small.texts)
+
+
+def test_one_length_matching_for_compare_and_detect():
+    from jbtrace.analysis import compare
+    from jbtrace.prompts import matching
+
+    assert compare.match_lengths is matching.match_lengths
+    assert "10 quantile bins" in matching.PROCEDURE
+
+
+def test_cv_and_test_rates_share_one_operating_point():
+    X, y, sources = sourced(n=50)
+    rows, fitted = evaluate.evaluate(X, ("mean", "mean", None), Design(y, target_fpr=0.05))
+    row, det = rows[0], fitted["logreg"]
+    assert row["threshold"] == det.threshold
+    assert row["fpr"]["rate"] <= 0.05 and row["tpr"]["rate"] == row["tpr_at_fpr"]["0.05"]["rate"]
+    probe = np.random.default_rng(9).standard_normal((30, 3))
+    evaluate.apply(fitted, rows, {"benign_probe": probe}, {"benign_probe": 0}, {"benign_probe": np.full(30, 100)})
+    assert row["tests"]["benign_probe"]["rate"] == np.mean(det.score(probe) >= row["threshold"])
+    assert row["tests"]["benign_probe"]["fpr_by_length"][0]["tokens"] == "64-127"
