@@ -82,7 +82,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def from_fitted(source: str, layer: int, fitted) -> Linear:
-    """Arrays of a fitted ``detect.Fitted`` (logreg or linsvm)."""
+    """Arrays of a fitted ``detect.evaluate.Fitted`` (logreg or linsvm)."""
     if fitted.classifier not in SAVEABLE:
         raise UserError(f"only linear detectors can be saved ({', '.join(SAVEABLE)}), not {fitted.classifier}")
     scaler, clf = fitted.pipeline[0], fitted.pipeline[-1]

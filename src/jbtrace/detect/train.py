@@ -21,7 +21,7 @@ from scipy.stats import ks_2samp
 from sklearn.model_selection import StratifiedGroupKFold
 
 from jbtrace.detect import features as F
-from jbtrace.detect.evaluate import CLASSIFIERS, INTERVAL, Design, Fitted, apply, evaluate  # noqa: F401
+from jbtrace.detect.evaluate import CLASSIFIERS, Design, apply, evaluate
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
 from jbtrace.prompts import PromptSet
@@ -144,7 +144,7 @@ class ModelReport:
     plan: dict
     data: dict
     notes: list[str] = field(default_factory=list)
-    fitted: dict = field(default_factory=dict)  # (source, layer, feature, classifier) -> Fitted
+    fitted: dict = field(default_factory=dict)  # (source, layer, feature, classifier) -> evaluate.Fitted
     projection: np.ndarray | None = None
     seconds: float = 0.0
 
