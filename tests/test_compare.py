@@ -17,41 +17,70 @@ from statsmodels.stats.multitest import multipletests
 
 from jbtrace.analysis import compare
 from jbtrace.analysis.observe import ranking_sentences
+from jbtrace.errors import UserError
 from jbtrace.models import load_model
 from jbtrace.trace import store
 from jbtrace.trace.extract import ExtractOptions, extract
 from jbtrace.views import outputs
 
 
-def synthetic_store(models: dict[str, np.ndarray], is_b: np.ndarray, names=("benign", "jailbreak")) -> xr.Dataset:
-    """A store from raw values (prompt, layer, position) per model; NaN marks positions a prompt does not reach."""
-    n_models, (n_prompts, n_layers, n_pos) = len(models), next(iter(models.values())).shape
-    shape = (n_models, 2, 1, n_layers, n_pos)
+def synthetic_store(models: dict, is_b: np.ndarray, names=("benign", "jailbreak"), slopes: bool = True) -> xr.Dataset:
+    """A store from raw values (prompt, layer, position) per model; NaN marks positions a prompt does not reach.
+
+    A model's value is one array (statistic log_norm) or a dict {stat: array}. ``prompt_slope``
+    is each prompt's least-squares slope on position from numpy's polyfit.
+    """
+    models = {m: v if isinstance(v, dict) else {"log_norm": v} for m, v in models.items()}
+    stat_names = list(next(iter(models.values())))
+    n_models, n_stats = len(models), len(stat_names)
+    n_prompts, n_layers, n_pos = next(iter(models.values()))[stat_names[0]].shape
+    shape = (n_models, 2, n_stats, n_layers, n_pos)
     mean, var, count = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, np.int64)
-    prompt_value = np.full((n_models, 1, n_prompts, n_layers), np.nan)
+    nonfinite = np.zeros(shape, np.int64)
+    prompt_value = np.full((n_models, n_stats, n_prompts, n_layers), np.nan)
+    prompt_slope = np.full_like(prompt_value, np.nan)
     tokens = np.zeros((n_models, n_prompts), np.int64)
-    for m, raw in enumerate(models.values()):
-        for s, rows in enumerate((~is_b, is_b)):
-            x = raw[rows]
-            count[m, s, 0] = np.isfinite(x).sum(0)
+    for m, per_stat in enumerate(models.values()):
+        for k, raw in enumerate(per_stat.values()):
+            reached = ~np.isnan(raw)  # NaN: not reached; inf: reached but not finite (an overflow)
+            for s, rows in enumerate((~is_b, is_b)):
+                x = np.where(np.isfinite(raw[rows]), raw[rows], np.nan)
+                count[m, s, k] = np.isfinite(x).sum(0)
+                nonfinite[m, s, k] = (reached[rows] & ~np.isfinite(raw[rows])).sum(0)
+                with _quiet():
+                    mean[m, s, k] = np.nanmean(x, 0)
+                    var[m, s, k] = np.nanvar(x, 0, ddof=1)
             with _quiet():
-                mean[m, s, 0] = np.nanmean(x, 0)
-                var[m, s, 0] = np.nanvar(x, 0, ddof=1)
-        with _quiet():
-            prompt_value[m, 0] = np.nanmean(raw, 2)
-        tokens[m] = np.isfinite(raw[:, 0]).sum(1)
+                prompt_value[m, k] = np.where(np.isinf(raw).any(2), np.nan, np.nanmean(raw, 2))
+            if slopes:
+                prompt_slope[m, k] = _polyfit_slopes(raw)
+        tokens[m] = (~np.isnan(per_stat[stat_names[0]][:, 0])).sum(1)
     var[count < 2] = np.nan
     dims = ("model", "scenario", "stat", "layer", "position")
+    data = {"mean": (dims, mean), "var": (dims, var), "count": (dims, count), "nonfinite": (dims, nonfinite),
+            "prompt_value": (("model", "stat", "prompt", "layer"), prompt_value),
+            "prompt_tokens": (("model", "prompt"), tokens)}
+    if slopes:
+        data["prompt_slope"] = (("model", "stat", "prompt", "layer"), prompt_slope)
     return xr.Dataset(
-        {"mean": (dims, mean), "var": (dims, var), "count": (dims, count), "nonfinite": (dims, np.zeros(shape, np.int64)),
-         "prompt_value": (("model", "stat", "prompt", "layer"), prompt_value),
-         "prompt_tokens": (("model", "prompt"), tokens)},
-        coords={"model": list(models), "scenario": list(names), "stat": ["log_norm"], "layer": np.arange(n_layers),
+        data,
+        coords={"model": list(models), "scenario": list(names), "stat": stat_names, "layer": np.arange(n_layers),
                 "position": np.arange(n_pos), "prompt": np.arange(n_prompts),
                 "prompt_scenario": ("prompt", np.where(is_b, names[1], names[0])),
                 "model_label": ("model", list(models)), "random_init": ("model", [False] * n_models)},
         attrs={"align": "start"},
     )
+
+
+def _polyfit_slopes(raw: np.ndarray) -> np.ndarray:
+    """(prompt, layer) slope of each prompt's reached values on position; NaN with fewer than two or any not finite."""
+    out = np.full(raw.shape[:2], np.nan)
+    for i, j in np.ndindex(*raw.shape[:2]):
+        y = raw[i, j]
+        pos = np.flatnonzero(~np.isnan(y))
+        if pos.size >= 2 and np.isfinite(y[pos]).all():
+            out[i, j] = np.polyfit(pos, y[pos], 1)[0]
+    return out
 
 
 class _quiet:
@@ -141,6 +170,39 @@ def test_hedges_j_exact():
         assert compare.hedges_j(df) == pytest.approx(gamma(df / 2) / (sqrt(df / 2) * gamma((df - 1) / 2)), rel=1e-12)
 
 
+def test_relative_bins_count_prompts_and_keep_the_cell_level():
+    """Null halves with per-prompt offsets and unequal lengths, binned relatively (8 bins).
+
+    Folded one value per (prompt, bin) as extraction does, Welch's p < 0.05 in about 5% of cells;
+    the same tokens folded as if they were prompts (the old behaviour) reject far more often.
+    """
+    import torch
+
+    from jbtrace.trace.accumulate import Moments
+    from jbtrace.trace.extract import bin_means, positions
+
+    rng = np.random.default_rng(15)
+    n, bins, width = 60, 8, 160
+    rejected = {"prompt": [], "token": []}
+    for _ in range(100):
+        lengths = np.clip(np.round(np.exp(rng.normal(3.5, 0.7, n))), 2, width).astype(int)
+        mask = torch.from_numpy(np.arange(width)[None] < lengths[:, None]).long()
+        values = torch.from_numpy(rng.normal(size=(n, width)) + rng.normal(0, 1, (n, 1)))[None, None]
+        pos = positions(mask, "relative", bins)
+        folded, folded_pos = bin_means(values, pos, bins)
+        assert ((folded_pos >= 0).sum(0) <= n).all()
+        is_b = torch.from_numpy(rng.permutation(np.arange(n) >= n // 2))
+        for kind, (v, p) in {"prompt": (folded, folded_pos), "token": (values, pos)}.items():
+            moments = []
+            for rows in (~is_b, is_b):
+                m, keep = Moments(bins), p[rows] >= 0
+                m.add(v[0, 0][rows][keep], p[rows][keep])
+                moments += [m.count.numpy(), m.mean.numpy(), m.variance().numpy()]
+            rejected[kind].append(compare.welch(*moments)["p"] < 0.05)
+    assert 0.02 <= np.mean(rejected["prompt"]) <= 0.08
+    assert np.mean(rejected["token"]) > 0.2
+
+
 # ---------------------------------------------------------------- prompt-level tests, cells of one scenario
 
 
@@ -156,8 +218,7 @@ def test_layer_profile_matches_numpy_and_scipy_permutation_test():
     for layer in range(4):
         a, b = pv[~is_b, layer], pv[is_b, layer]
         assert float(lp["diff"].sel(layer=layer)) == pytest.approx(b.mean() - a.mean(), abs=1e-12)
-        ref = sps.permutation_test((b, a), lambda x, y: x.mean() - y.mean(), n_resamples=3000,
-                                   alternative="two-sided", random_state=2).pvalue
+        ref = sps.permutation_test((b, a), _welch_t, n_resamples=3000, vectorized=True, random_state=2).pvalue
         assert float(lp["p"].sel(layer=layer)) == pytest.approx(ref, abs=0.03)
         half = 1.96 * np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
         width = float(lp["ci_high"].sel(layer=layer) - lp["ci_low"].sel(layer=layer))
@@ -166,6 +227,24 @@ def test_layer_profile_matches_numpy_and_scipy_permutation_test():
     bands = result.models["m"]["stats"]["log_norm"]["bands"]
     assert [b["layers"] for b in bands] == [[2, 2]] and bands[0]["sign"] == 1
     assert bands[0]["ci_low"] < bands[0]["mean_diff"] < bands[0]["ci_high"]
+
+
+def test_layer_profile_keeps_its_level_with_unequal_sizes_and_spreads():
+    """Equal means, n 200 vs 40, sd 1 vs 3: the raw mean difference rejected 28% at 5%; Welch's t keeps 5%.
+
+    Each of 400 layers is an independent null replicate (one value per prompt and layer).
+    """
+    rng = np.random.default_rng(12)
+    is_b = np.arange(240) >= 200
+    raw = rng.normal(size=(240, 400, 1)) * np.where(is_b, 3.0, 1.0)[:, None, None]
+    ds = synthetic_store({"m": raw}, is_b, slopes=False)
+    for match_length in (False, True):
+        result = compare.compare(ds, n_permutations=400, n_bootstrap=20, seed=4, match_length=match_length)
+        p = result.layer_profile["p"].sel(model="m", stat="log_norm").values
+        assert p.size == 400 and 0.025 <= (p < 0.05).mean() <= 0.08
+    matched = result.models["m"]["stats"]["log_norm"]["length_matched"]  # one length: 40 + 40 prompts kept
+    assert matched["prompts_kept"] == {"a": 40, "b": 40}
+    assert 0.02 <= np.mean([x["p"] < 0.05 for x in matched["layers"]]) <= 0.09
 
 
 def test_cells_with_one_scenario_only_are_never_differences():
@@ -203,16 +282,26 @@ def _trend_store(slope: float, seed: int):
     return synthetic_store({"m": raw}, is_b)
 
 
+def _welch_t(x, y, axis):
+    return sps.ttest_ind(x, y, equal_var=False, axis=axis).statistic
+
+
 def test_position_trend_found_with_right_sign_and_matches_scipy():
-    result = compare.compare(_trend_store(0.01, 0), n_permutations=500, n_bootstrap=50)
+    """A trend planted in B only: the difference of per-prompt polyfit slopes, Welch CI and permutation p (scipy)."""
+    ds = _trend_store(0.01, 0)
+    result = compare.compare(ds, n_permutations=2000, n_bootstrap=50)
     trends = result.models["m"]["stats"]["log_norm"]["trends"]
-    assert all(t["trend"] and t["slope"] > 0 and t["rho"] > 0 for t in trends)
-    for t in trends:
-        lo, hi = t["slope_ci"]
-        assert lo < 0.01 < hi and t["slope"] == pytest.approx(0.01, rel=0.25)
-        prof = compare._position_profile(result.cells.sel(model="m", stat="log_norm", layer=slice(*t["layers"])))
-        d = prof["diff"].values
-        assert t["rho"] == pytest.approx(sps.spearmanr(np.arange(d.size), d).statistic, abs=1e-12)
+    assert [t["layers"] for t in trends] == [[0, 1], [2, 3], [4, 5]]
+    is_b = ds["prompt_scenario"].values == "jailbreak"
+    slopes = ds["prompt_slope"].sel(model="m", stat="log_norm").values
+    for k, t in enumerate(trends):
+        assert t["trend"] and t["ci_low"] < 0.01 < t["ci_high"]
+        y = slopes[:, slice(t["layers"][0], t["layers"][1] + 1)].mean(1)
+        assert t["diff"] == pytest.approx(y[is_b].mean() - y[~is_b].mean(), abs=1e-12)
+        ci = sps.ttest_ind(y[is_b], y[~is_b], equal_var=False).confidence_interval(0.95)
+        assert (t["ci_low"], t["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-12)
+        ref = sps.permutation_test((y[is_b], y[~is_b]), _welch_t, n_resamples=2000, vectorized=True, random_state=k).pvalue
+        assert t["p"] == pytest.approx(ref, abs=0.01)
     assert any("increases with position" in s for s in result.observations["m"])
 
 
@@ -220,6 +309,74 @@ def test_no_position_trend_reported_without_one():
     result = compare.compare(_trend_store(0.0, 1), n_permutations=500, n_bootstrap=50)
     assert not any(t["trend"] for t in result.models["m"]["stats"]["log_norm"]["trends"])
     assert any(s.startswith("No detectable position trend") for s in result.observations["m"])
+
+
+def _null_models(rng, n_models, n, n_layers, max_len, offset_sd=1.0):
+    """Null replicates: lognormal lengths, a per-prompt offset, AR(1) noise over positions, the same law in A and B."""
+    models = {}
+    for m in range(n_models):
+        lengths = np.clip(np.round(np.exp(rng.normal(2.8, 0.8, n))), 2, max_len).astype(int)
+        noise = rng.normal(size=(n, n_layers, max_len))
+        for t in range(1, max_len):
+            noise[..., t] = 0.6 * noise[..., t - 1] + 0.8 * noise[..., t]
+        offset = rng.normal(0, offset_sd, (n, 1, 1)) + 0.05 * np.log(lengths)[:, None, None] * np.arange(max_len) / max_len
+        raw = offset + noise
+        raw[np.broadcast_to((np.arange(max_len)[None, :] >= lengths[:, None])[:, None, :], raw.shape)] = np.nan
+        models[f"m{m}"] = raw
+    return models
+
+
+def test_position_trends_keep_their_level_with_unequal_lengths_and_prompt_offsets():
+    """Two random halves of one pool (every trend is false): lengths differ per prompt, each prompt has its own offset.
+
+    Tested over the positions of the cell means, about half of such bands showed a trend; at the prompt
+    level the share of false trends stays at the nominal level (BH over 3 bands at q = 0.05).
+    """
+    rng = np.random.default_rng(11)
+    n = 60
+    is_b = rng.permutation(np.arange(n) >= n // 2)
+    ds = synthetic_store(_null_models(rng, 80, n, 6, 64), is_b)
+    result = compare.compare(ds, n_permutations=200, n_bootstrap=20, seed=3)
+    trends = [t for m in result.models.values() for t in m["stats"]["log_norm"]["trends"]]
+    assert len(trends) == 240 and all(t["p"] is not None for t in trends)
+    share = np.mean([t["trend"] for t in trends])
+    assert share <= 0.05  # nominal family-wise rate per model ≤ 0.05 over 3 bands → ≤ 0.05 of bands; 42–53% before
+    pvals = np.array([t["p"] for t in trends])
+    assert 0.02 <= (pvals < 0.05).mean() <= 0.09  # per-band p-values uniform under the null
+
+
+def test_no_position_trend_from_length_alone():
+    """Jailbreak prompts longer, a large first token, nothing else: unmatched per-prompt slopes differ by length only."""
+    rng = np.random.default_rng(16)
+    n, width = 200, 96
+    is_b = np.arange(n) >= n // 2
+    models = {}
+    for m in range(10):
+        lengths = np.clip(np.round(np.exp(rng.normal(np.where(is_b, 3.6, 2.9), 0.6))), 2, width).astype(int)
+        raw = raw_values(rng, n, 3, width, lengths) * 0.3
+        raw[:, :, 0] += 3.0
+        models[f"m{m}"] = raw
+    result = compare.compare(synthetic_store(models, is_b), n_permutations=200, n_bootstrap=20)
+    trends = [t for m in result.models.values() for t in m["stats"]["log_norm"]["trends"]]
+    assert sum(t["trend"] for t in trends) <= 2 and all(t["n_prompts"]["a"] == t["n_prompts"]["b"] > 30 for t in trends)
+    slopes = synthetic_store({"m0": models["m0"]}, is_b)["prompt_slope"].values[0, 0]
+    assert all(t["trend"] for t in compare._trends(slopes, is_b, 200, 0, 0.05))  # unmatched: length looks like a trend
+
+
+def test_trend_bands_are_chosen_per_statistic():
+    """cos_prev has no layer 0: its thirds are of layers 1..6, and every band is tested."""
+    rng = np.random.default_rng(13)
+    is_b = np.arange(40) >= 20
+    lengths = rng.integers(4, 16, 40)
+    log_norm = raw_values(rng, 40, 7, 16, lengths)
+    cos_prev = raw_values(rng, 40, 7, 16, lengths)
+    cos_prev[:, 0] = np.nan
+    result = compare.compare(synthetic_store({"m": {"log_norm": log_norm, "cos_prev": cos_prev}}, is_b),
+                             n_permutations=100, n_bootstrap=20)
+    stats = result.models["m"]["stats"]
+    assert [t["layers"] for t in stats["log_norm"]["trends"]] == [[0, 2], [3, 4], [5, 6]]
+    assert [t["layers"] for t in stats["cos_prev"]["trends"]] == [[1, 2], [3, 4], [5, 6]]
+    assert all(t["p"] is not None for s in stats.values() for t in s["trends"])
 
 
 # ---------------------------------------------------------------- index and ranking
@@ -291,6 +448,65 @@ def test_length_matching_keeps_a_real_difference():
     assert m["layers_significant"] == 3 and 0.7 < m["survival"] < 1.3
 
 
+# ---------------------------------------------------------------- non-finite values
+
+
+def _overflowed(n_a: int, n_b: int, seed: int = 14):
+    """An fp16-like overflow: from layer 2 on, every value of the first n_a A and n_b B prompts is not finite."""
+    rng = np.random.default_rng(seed)
+    is_b = np.arange(40) >= 20
+    raw = raw_values(rng, 40, 5, 8, np.full(40, 8))
+    hit = np.r_[np.arange(n_a), 20 + np.arange(n_b)]
+    raw[hit, 2:] = np.inf
+    return synthetic_store({"m": raw}, is_b)
+
+
+def test_unbalanced_non_finite_exclusion_is_refused():
+    ds = _overflowed(2, 9)
+    with pytest.raises(UserError, match=r"2 of 20 benign and 9 of 20 jailbreak.*--max-excluded-gap"):
+        compare.compare(ds, n_permutations=50, n_bootstrap=20)
+    result = compare.compare(ds, n_permutations=50, n_bootstrap=20, max_excluded_gap=0.5)
+    s = result.models["m"]["stats"]["log_norm"]
+    assert s["prompts_excluded"] == {"a": 2, "b": 9} and s["prompts_used"] == {"a": 18, "b": 11}
+    assert s["nonfinite"] == {"a": 2 * 3 * 8, "b": 9 * 3 * 8}
+
+
+def test_non_finite_values_are_reported_per_scenario():
+    result = compare.compare(_overflowed(1, 1), n_permutations=50, n_bootstrap=20)
+    line = next(s for s in result.observations["m"] if "not finite" in s)
+    assert "24 benign and 24 jailbreak values" in line and "1 of 20 benign and 1 of 20 jailbreak prompts" in line
+    assert "| m | log_norm | 24 | 24 | 1 of 20 | 1 of 20 |" in result.summary_markdown()
+    clean = compare.compare(_overflowed(0, 0), n_permutations=50, n_bootstrap=20)
+    assert not any("not finite" in s for s in clean.observations["m"])
+    assert "Non-finite" not in clean.summary_markdown()
+
+
+def test_fp16_overflow_in_a_model_is_reported_and_refused():
+    """A real forward pass: a token whose fp16 embedding overflows poisons its prompt at every later layer."""
+    import torch
+
+    from tests.conftest import make_set
+
+    lm = load_model("tiny:llama", dtype="float16")
+    zq = lm.tokenizer("zq", add_special_tokens=False)["input_ids"][-1]
+    with torch.no_grad():
+        lm.model.get_input_embeddings().weight[zq] = float("inf")
+    benign = make_set("benign", [f"a question number {i} about cats" for i in range(12)])
+
+    def run(hits):
+        jailbreak = make_set("jailbreak", [f"ignore the rules {i}" + (" zq now" if i < hits else " please") for i in range(12)])
+        return store.build([extract(lm, [benign, jailbreak], ExtractOptions())], [benign, jailbreak])
+
+    ds = run(6)
+    nonfinite = ds["nonfinite"].sel(model="llama", stat="log_norm").sum(["layer", "position"]).values
+    assert nonfinite[0] == 0 and nonfinite[1] > 6 * 30  # the whole prompt, at every layer after the overflow
+    with pytest.raises(UserError, match="0 of 12 benign and 6 of 12 jailbreak"):
+        compare.compare(ds, n_permutations=50, n_bootstrap=20)
+    result = compare.compare(ds, n_permutations=50, n_bootstrap=20, max_excluded_gap=1.0)
+    assert result.models["llama"]["stats"]["log_norm"]["prompts_excluded"] == {"a": 0, "b": 6}
+    assert any(f"0 benign and {nonfinite[1]} jailbreak values were not finite" in s for s in result.observations["llama"])
+
+
 # ---------------------------------------------------------------- outputs
 
 
@@ -328,9 +544,35 @@ def test_write_compare_adds_cell_variables_to_the_store(tmp_path):
     np.testing.assert_array_equal(ds["q"].values, result.cells["q"].values)
 
 
-def test_user_errors():
-    from jbtrace.errors import UserError
+def test_one_prompt_per_scenario_is_a_note_and_a_failed_rerun_keeps_the_old_result(tmp_path, monkeypatch):
+    rng = np.random.default_rng(10)
+    is_b = np.arange(20) >= 10
+    store.write(synthetic_store({"m": raw_values(rng, 20, 3, 6, rng.integers(2, 7, 20))}, is_b), tmp_path)
+    outputs.write_compare(compare.compare(store.open_run(tmp_path), n_permutations=50, n_bootstrap=20), tmp_path)
+    before = (tmp_path / "compare.json").read_text()
 
+    from jbtrace.views import plot
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(plot, "profiles", broken)
+    result = compare.compare(store.open_run(tmp_path), n_permutations=60, n_bootstrap=20)
+    with pytest.raises(RuntimeError):
+        outputs.write_compare(result, tmp_path)
+    assert (tmp_path / "compare.json").read_text() == before  # nothing deleted before the new result is ready
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+
+    one = synthetic_store({"m": raw_values(rng, 2, 3, 5, [5, 4])}, np.array([False, True]))
+    store.write(one, tmp_path)
+    result = compare.compare(store.open_run(tmp_path), n_permutations=50, n_bootstrap=20)
+    assert any("fewer than two usable prompts" in s for s in result.observations["m"])
+    outputs.write_compare(result, tmp_path)
+    assert json.loads((tmp_path / "compare.json").read_text())["models"]["m"]["stats"]["log_norm"]["index"] is None
+
+
+def test_user_errors():
     rng = np.random.default_rng(9)
     ds = synthetic_store({"m": raw_values(rng, 10, 2, 4, np.full(10, 4))}, np.arange(10) >= 5)
     with pytest.raises(UserError, match="q"):

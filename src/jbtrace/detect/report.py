@@ -33,11 +33,12 @@ def best_per_layer(rows: list[dict], by_feature: bool = False) -> dict:
 def sensitive_layers(report: dict, top: int = 5) -> list[dict]:
     """Layers ranked by their best detector's selection score, with the length baseline's beside it."""
     length = ranked(report["baseline"])[0]
+    length_f1 = max(r["f1"] for r in report["baseline"])
     out = []
     for r in ranked(list(best_per_layer(report["rows"]).values()))[:top]:
         out.append({k: r[k] for k in ("source", "layer", "feature", "classifier", "selection", "worst_held_out",
                                       "f1", "f1_std", "auroc")}
-                   | {"length_selection": length["selection"],
+                   | {"length_selection": length["selection"], "over_length_baseline": r["f1"] - length_f1,
                       "tests": {k: v["rate"] for k, v in r.get("tests", {}).items()}})
     return out
 

@@ -63,9 +63,13 @@ def stdlib_origin() -> Origin:
 
 
 def _clean(doc: str) -> str:
-    doc = EXAMPLES.sub("", doc)
-    doc = "\n".join(line for line in doc.splitlines() if not line.lstrip().startswith((">>>", "...")))
-    return re.sub(r"\n{3,}", "\n\n", doc).strip()
+    """Drop numpydoc Examples/Notes/References sections and doctest blocks (prompts and their output)."""
+    kept, in_doctest = [], False
+    for line in EXAMPLES.sub("", doc).splitlines():
+        in_doctest = line.lstrip().startswith(">>>") or (in_doctest and line.strip() != "")
+        if not in_doctest:
+            kept.append(line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
 
 
 def _own_licence(text: str, licence: str) -> bool:

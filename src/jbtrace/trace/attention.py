@@ -18,6 +18,7 @@ the two scenarios' mean attention rows.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -33,7 +34,7 @@ import jbtrace
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
 from jbtrace.prompts import PromptSet
-from jbtrace.trace import capture, store
+from jbtrace.trace import capture, runs, store
 from jbtrace.trace.extract import ExtractOptions, encode, pad_batch, plan_batches, positions
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ def to_dataset(all_maps: list[AttentionMaps], prompt_sets: list[PromptSet], info
                    "attention rows, restricted to keys with data in both and renormalised",
         "align": "start",
         "models": {m.model.name: m.model.provenance for m in all_maps},
-        "prompt_sets": [{"name": p.name, "source": p.source, "sha256": p.sha256, "size": len(p)} for p in prompt_sets],
+        "prompt_sets": _sets_info(prompt_sets),
         **(info or {}),
     })
     return ds
@@ -293,12 +294,13 @@ def to_dataset(all_maps: list[AttentionMaps], prompt_sets: list[PromptSet], info
 
 def save(ds: xr.Dataset, run_dir: str | Path) -> Path:
     """Put the attention variables into RUN/trace.zarr, replacing earlier ones; write the store if there is none."""
-    path = Path(run_dir) / store.STORE
-    if not path.is_dir():
+    path = store.store_path(run_dir)
+    if path is None:
         ds = ds.assign_attrs(provenance=json.dumps({"jbtrace_version": jbtrace.__version__,
                                                     **json.loads(ds.attrs["attention"])}))
         return store.write(ds, run_dir)
     run = store.open_run(run_dir)
+    runs.check_same_inputs(store.provenance(run), json.loads(ds.attrs["attention"]), str(path))
     if "mean" not in run:  # a store only attention wrote: replace it
         return save(ds, _fresh(run_dir))
     for dim in ("model", "scenario"):
@@ -333,21 +335,64 @@ def run(
     options: ExtractOptions = ExtractOptions(),
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     info: dict | None = None,
+    checkpoint=None,
 ) -> list[AttentionMaps]:
-    """Load each model (``load(spec, label)``), collect its maps, then write them all into RUN/trace.zarr."""
+    """Load each model (``load(spec, label)``), collect its maps, then write them all into RUN/trace.zarr.
+
+    With a ``checkpoint.Checkpoint``, each model's maps are saved when it is done and a
+    rerun skips the models already done.
+    """
     if len(prompt_sets) < 2:
         raise UserError("attention maps compare two prompt sets: give two --prompts")
+    path, existing = store.store_path(run_dir), {}
+    if path is not None:  # before any model runs: the run's prompt sets (and below, models) must be these
+        with xr.open_zarr(path) as ds:
+            existing = store.provenance(ds)
+        runs.check_same_inputs(existing, {"prompt_sets": _sets_info(prompt_sets)}, str(path))
     results, names = [], set()
     total = sum(len(range(options.shard[0], len(p), options.shard[1])) for p in prompt_sets)
     for spec, label in specs:
-        lm = load(spec, label)
-        if lm.name in names:
-            raise UserError(f"two models are named {lm.name!r}: label them with --model-name")
-        names.add(lm.name)
-        if not lm.has_attention:
-            raise UserError(f"not applicable: {lm.name} has no attention")
-        passes = 2 if layers == "auto" and heads != "mean" else 1
-        advance = progress(lm.name, total * passes) if progress else None
-        results.append(collect(lm, prompt_sets, layers, heads, options, advance))
+        key = f"{spec}-{label}"
+        saved = checkpoint.load(key) if checkpoint else None
+        maps = maps_from_state(*saved) if saved else None
+        if maps is None:
+            lm = load(spec, label)
+            runs.check_same_inputs(existing, {"models": {lm.name: lm.provenance}}, str(path))
+            if not lm.has_attention:
+                raise UserError(f"not applicable: {lm.name} has no attention")
+            passes = 2 if layers == "auto" and heads != "mean" else 1
+            advance = progress(lm.name, total * passes) if progress else None
+            maps = collect(lm, prompt_sets, layers, heads, options, advance)
+            if checkpoint:
+                checkpoint.save(key, *maps_state(maps))
+        if maps.model.name in names:
+            raise UserError(f"two models are named {maps.model.name!r}: label them with --model-name")
+        names.add(maps.model.name)
+        results.append(maps)
     save(to_dataset(results, prompt_sets, info), run_dir)
+    if checkpoint:
+        checkpoint.clear()
     return results
+
+
+def _sets_info(prompt_sets: list[PromptSet]) -> list[dict]:
+    return [{"name": p.name, "source": p.source, "sha256": p.sha256, "size": len(p)} for p in prompt_sets]
+
+
+def maps_state(maps: AttentionMaps) -> tuple[dict[str, np.ndarray], dict]:
+    """One model's maps as arrays (exact float64 sums and counts) and JSON metadata, for a checkpoint."""
+    arrays = {f"{kind}/{name}": t.cpu().numpy() for kind, d in (("sums", maps.sums), ("counts", maps.counts))
+              for name, t in d.items()}
+    model = {f.name: getattr(maps.model, f.name) for f in dataclasses.fields(maps.model) if f.name not in ("model", "tokenizer")}
+    meta = {"model": model, "heads": maps.heads, "n_heads": maps.n_heads, "layers": maps.layers,
+            "scenarios": list(maps.sums), "divergence": {str(k): v for k, v in (maps.divergence or {}).items()} or None}
+    return arrays, meta
+
+
+def maps_from_state(arrays: dict[str, np.ndarray], meta: dict) -> AttentionMaps:
+    model = LoadedModel(model=None, tokenizer=None, **meta["model"])
+    divergence = {int(k): v for k, v in meta["divergence"].items()} if meta["divergence"] else None
+    return AttentionMaps(model=model, heads=meta["heads"], n_heads=meta["n_heads"], layers=meta["layers"],
+                         sums={n: torch.from_numpy(arrays[f"sums/{n}"]) for n in meta["scenarios"]},
+                         counts={n: torch.from_numpy(arrays[f"counts/{n}"]) for n in meta["scenarios"]},
+                         divergence=divergence)

@@ -19,7 +19,7 @@ import torch
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
 from jbtrace.prompts import PromptSet
-from jbtrace.trace import capture, stats
+from jbtrace.trace import capture, hooks, stats
 from jbtrace.trace.accumulate import Moments
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class ScenarioTrace:
     moments: Moments  # cells: stat × layer × position
     prompt_index: np.ndarray  # (prompt,) index in the prompt set (differs from 0..n-1 when sharded)
     prompt_values: np.ndarray  # (stat, layer, prompt): mean over the prompt's tokens
+    prompt_slope: np.ndarray  # (stat, layer, prompt): least-squares slope of the prompt's values on position
     prompt_tokens: np.ndarray  # (prompt,) real tokens after truncation
     truncated: np.ndarray  # (prompt,) bool
 
@@ -85,32 +86,56 @@ ENCODE_CHUNK = 256  # prompts tokenized per tokenizer call
 
 
 def encode(lm: LoadedModel, texts: tuple[str, ...] | list[str], options: ExtractOptions):
-    """Token ids per prompt (truncated to max_tokens) and which prompts were truncated."""
+    """Token ids per prompt (truncated to max_tokens) and which prompts were truncated.
+
+    With the chat template, a prompt too long loses the end of its user content, never the
+    template: every prompt keeps the same assistant header at its last positions.
+    """
     tok = lm.tokenizer
+    limit = min(options.max_tokens, lm.max_positions or options.max_tokens)
     if options.chat_template:
         if not getattr(tok, "chat_template", None):
             raise UserError(f"{lm.name}: its tokenizer has no chat template; drop --chat-template")
-        texts = [
-            tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
-            for t in texts
-        ]
-    limit = min(options.max_tokens, lm.max_positions or options.max_tokens)
-    special = not options.chat_template
-    # one token over the limit is enough to see truncation, and keeps memory bounded by max_tokens per prompt
-    # in chunks: the tokenizer's per-token objects never exist for all prompts at once
+        rendered = [_render(tok, t) for t in texts]
+        full, truncated = _tokenize(tok, rendered, limit, special=False)
+        for i in np.flatnonzero(truncated):
+            full[i] = _fit_chat(tok, texts[i], limit)
+        return full, truncated
+    full, truncated = _tokenize(tok, texts, limit, special=True)
+    if truncated.any():
+        idx = np.flatnonzero(truncated)
+        cut = tok([texts[i] for i in idx], truncation=True, max_length=limit)["input_ids"]
+        for i, ids in zip(idx, cut):
+            full[i] = ids
+    return full, truncated
+
+
+def _tokenize(tok, texts, limit: int, special: bool):
+    """Ids cut at limit + 1 (one token over is enough to see truncation; memory stays bounded), in chunks."""
     full = [
         ids
         for start in range(0, len(texts), ENCODE_CHUNK)
         for ids in tok(list(texts[start:start + ENCODE_CHUNK]), add_special_tokens=special, truncation=True,
                        max_length=limit + 1, return_attention_mask=False)["input_ids"]
     ]
-    truncated = np.array([len(ids) > limit for ids in full], dtype=bool)
-    if truncated.any():
-        idx = np.flatnonzero(truncated)
-        cut = tok([texts[i] for i in idx], add_special_tokens=special, truncation=True, max_length=limit)["input_ids"]
-        for i, ids in zip(idx, cut):
-            full[i] = ids
-    return full, truncated
+    return full, np.array([len(ids) > limit for ids in full], dtype=bool)
+
+
+def _render(tok, content: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+
+
+def _fit_chat(tok, text: str, limit: int) -> list[int]:
+    """The chat template around the longest start of ``text`` that fits in ``limit`` tokens."""
+    overhead = len(tok(_render(tok, ""), add_special_tokens=False)["input_ids"])
+    content = tok(text, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
+    budget = limit - overhead
+    while budget > 0:  # token boundaries may shift when the cut content is re-rendered: shrink until it fits
+        ids = tok(_render(tok, tok.decode(content[:budget])), add_special_tokens=False)["input_ids"]
+        if len(ids) <= limit:
+            return ids
+        budget -= len(ids) - limit
+    raise UserError(f"--max-tokens {limit}: the chat template alone takes {overhead} tokens; raise --max-tokens")
 
 
 # A batch closes before its padding would exceed this share of its positions (and the slack):
@@ -162,6 +187,45 @@ def positions(mask: torch.Tensor, align: str, n_positions: int) -> torch.Tensor:
     return torch.where(mask.bool(), pos, -1)
 
 
+def prompt_means(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(stat, layer, B): each prompt's mean over its kept tokens; NaN if none, not finite if any of them is not."""
+    sums = torch.where(keep, values.double(), 0.0).sum(-1)
+    counts = keep.sum(-1)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), float("nan"))
+
+
+def prompt_slopes(values: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(stat, layer, B): least-squares slope of each prompt's values on its positions (per position).
+
+    NaN where the prompt has fewer than two distinct positions, or a value that is not finite,
+    so that a prompt with an overflow is excluded, never half-counted.
+    """
+    w = keep.double()
+    n = w.sum(-1, keepdim=True).clamp(min=1)
+    x = pos.double()[None, None] * w
+    y = torch.where(keep, values.double(), 0.0)
+    dx = (x - x.sum(-1, keepdim=True) / n) * w
+    sxx, sxy = (dx**2).sum(-1), (dx * y).sum(-1)
+    return torch.where(sxx > 0, sxy / sxx, float("nan"))
+
+
+def bin_means(values: torch.Tensor, pos: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative alignment: one value per (prompt, bin), the prompt's mean over its tokens in the bin.
+
+    values (stat, layer, B, T), pos (B, T) bin per token (-1 padding). Returns values
+    (stat, layer, B, n_bins) and positions (B, n_bins), -1 where a prompt has no token in a bin.
+    """
+    batch = pos.shape[0]
+    real = pos >= 0
+    slot = (torch.arange(batch, device=pos.device)[:, None] * n_bins + pos)[real]
+    flat = values.double()[..., real]  # (stat, layer, real tokens)
+    sums = torch.zeros(*flat.shape[:2], batch * n_bins, dtype=torch.float64, device=pos.device).index_add_(-1, slot, flat)
+    counts = torch.zeros(batch * n_bins, dtype=torch.float64, device=pos.device).index_add_(0, slot, torch.ones_like(slot, dtype=torch.float64))
+    means = (sums / counts.clamp(min=1)).view(*flat.shape[:2], batch, n_bins)
+    bins = torch.arange(n_bins, device=pos.device).expand(batch, n_bins)
+    return means, torch.where(counts.view(batch, n_bins) > 0, bins, -1)
+
+
 class _Reducer:
     """Hook callback: turns each layer's hidden states into statistic values, keeping only (B, T) tensors."""
 
@@ -207,8 +271,13 @@ def extract(
     prompt_sets: list[PromptSet],
     options: ExtractOptions = ExtractOptions(),
     progress: Callable[[int], None] | None = None,
+    checkpoint=None,
 ) -> ModelTrace:
-    """Fold every prompt of every set through ``lm`` into per-cell moments."""
+    """Fold every prompt of every set through ``lm`` into per-cell moments.
+
+    ``checkpoint`` (a ``checkpoint.ExtractCheckpoint``) restores each set's saved state
+    before its first batch and saves it after batches, so an interrupted run resumes.
+    """
     statistics = stats.get(options.stats)
     n_positions = options.bins if options.align == "relative" else min(options.max_tokens, lm.max_positions or options.max_tokens)
     trace = ModelTrace(model=lm, options=options, n_positions=n_positions)
@@ -218,11 +287,11 @@ def extract(
     with surgery.hooked(points, reducer), capture.probabilities_hooked(lm.model, attention, reducer.attention), \
             torch.inference_mode():
         for prompt_set in prompt_sets:
-            trace.scenarios[prompt_set.name] = _extract_set(lm, prompt_set, options, trace, reducer, progress)
+            trace.scenarios[prompt_set.name] = _extract_set(lm, prompt_set, options, trace, reducer, progress, checkpoint)
     return trace
 
 
-def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioTrace:
+def _extract_set(lm, prompt_set, options, trace, reducer, progress, checkpoint=None) -> ScenarioTrace:
     n_stats, n_layers, n_pos = len(reducer.statistics), lm.n_layers, trace.n_positions
     device = lm.device
     k, n = options.shard
@@ -233,6 +302,7 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioT
         raise UserError(f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens for {lm.name}")
     moments = Moments(n_stats * n_layers * n_pos, device=device)
     prompt_values = np.full((n_stats, n_layers, len(ids)), np.nan)
+    prompt_slope = np.full((n_stats, n_layers, len(ids)), np.nan)
     backbone = surgery.backbone(lm.model)
     pad_id = lm.tokenizer.pad_token_id
     cell_base = (torch.arange(n_stats * n_layers, device=device) * n_pos).view(n_stats, n_layers, 1, 1)
@@ -243,22 +313,29 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress) -> ScenarioT
         has_layer[s, 0] = not stat.needs_prev
         if stat.source == "attention":  # layer l >= 1: the attention of block l; none at layer 0 or in Mamba2
             has_layer[s] = with_attention
-    for batch in plan_batches(lengths, options):
+    batches, key = plan_batches(lengths, options), f"{lm.name}/{prompt_set.name}"
+    done = checkpoint.restore(key, moments, prompt_values, trace) if checkpoint else 0
+    if progress and done:
+        progress(sum(len(b) for b in batches[:done]))
+    for number, batch in enumerate(batches[done:], start=done + 1):
         input_ids, mask = pad_batch(ids, lengths, batch, pad_id, options.padding_side, device)
         reducer.key_mask = mask.bool()
         backbone(**surgery.forward_kwargs(lm.model, input_ids, mask))
         values = reducer.take()  # (stat, layer, B, T)
         pos = positions(mask, options.align, n_pos)
         keep = (pos >= 0)[None, None] & has_layer[:, :, None, None]
+        prompt_values[:, :, batch] = prompt_means(values, keep).cpu().numpy()
+        if options.align == "relative":  # one value per (prompt, bin): counts are prompts, not tokens
+            values, pos = bin_means(values, pos, n_pos)
+            keep = (pos >= 0)[None, None] & has_layer[:, :, None, None]
+        prompt_slope[:, :, batch] = prompt_slopes(values, pos, keep).cpu().numpy()
         cells = cell_base + pos[None, None]
         moments.add(values[keep], cells[keep])
-        finite = keep & torch.isfinite(values)
-        sums = torch.where(finite, values.double(), 0.0).sum(-1)
-        counts = finite.sum(-1)
-        per_prompt = torch.where(counts > 0, sums / counts.clamp(min=1), float("nan"))
-        prompt_values[:, :, batch] = per_prompt.cpu().numpy()
         trace.tokens_processed += mask.numel()
         trace.tokens_padded += int(mask.numel() - mask.sum())
+        hooks.reached("batch")  # tests kill the process here (see hooks)
+        if checkpoint:
+            checkpoint.step(key, number, len(batches), moments, prompt_values, trace)
         if progress:
             progress(len(batch))
-    return ScenarioTrace(moments, index, prompt_values, lengths, truncated)
+    return ScenarioTrace(moments, index, prompt_values, prompt_slope, lengths, truncated)

@@ -2,8 +2,9 @@
 
 Variables ``mean``, ``var`` (ddof=1), ``count`` and ``nonfinite`` have dims
 (model, scenario, stat, layer, position); a layer a model lacks has count 0 and NaN
-mean. Per-prompt pooled values ``prompt_value`` (model, stat, prompt, layer) and token
-counts ``prompt_tokens`` (model, prompt) feed the permutation tests. Provenance is
+mean. Per-prompt pooled values ``prompt_value`` (model, stat, prompt, layer), per-prompt
+slopes over position ``prompt_slope`` (same dims) and token counts ``prompt_tokens``
+(model, prompt) feed the prompt-level permutation tests. Provenance is
 JSON in the attribute ``provenance``. Writes go to a temporary folder first and are
 renamed into place, so a failed run never leaves a store that looks complete.
 """
@@ -22,10 +23,12 @@ import xarray as xr
 
 import jbtrace
 from jbtrace.errors import UserError
+from jbtrace.trace import hooks, runs
 from jbtrace.trace.accumulate import Moments
 from jbtrace.trace.extract import ModelTrace
 
 STORE = "trace.zarr"
+OLD_STORE = "trace.zarr.old"  # the previous store, only between the two renames of a publish
 CELL_DIMS = ("model", "scenario", "stat", "layer", "position")
 
 
@@ -41,6 +44,7 @@ def build(traces: list[ModelTrace], prompt_sets, extra: dict | None = None) -> x
     index = {p.name: traces[0].scenarios[p.name].prompt_index for p in prompt_sets}
     n_prompts = sum(len(i) for i in index.values())
     prompt_value = np.full((len(traces), len(options.stats), n_prompts, n_layers), np.nan)
+    prompt_slope = np.full_like(prompt_value, np.nan)
     prompt_tokens = np.zeros((len(traces), n_prompts), np.int64)
     prompt_truncated = np.zeros((len(traces), n_prompts), bool)
     for m, trace in enumerate(traces):
@@ -54,6 +58,7 @@ def build(traces: list[ModelTrace], prompt_sets, extra: dict | None = None) -> x
             nonfinite[m, s, :, :L, :P] = st.moments.nonfinite.view(cells).cpu().numpy()
             rows = slice(start, start + len(index[prompt_set.name]))
             prompt_value[m, :, rows, :L] = st.prompt_values.transpose(0, 2, 1)
+            prompt_slope[m, :, rows, :L] = st.prompt_slope.transpose(0, 2, 1)
             prompt_tokens[m, rows] = st.prompt_tokens
             prompt_truncated[m, rows] = st.truncated
             start += len(index[prompt_set.name])
@@ -68,6 +73,7 @@ def build(traces: list[ModelTrace], prompt_sets, extra: dict | None = None) -> x
             "count": (CELL_DIMS, count),
             "nonfinite": (CELL_DIMS, nonfinite),
             "prompt_value": (("model", "stat", "prompt", "layer"), prompt_value),
+            "prompt_slope": (("model", "stat", "prompt", "layer"), prompt_slope),
             "prompt_tokens": (("model", "prompt"), prompt_tokens),
             "prompt_truncated": (("model", "prompt"), prompt_truncated),
         },
@@ -125,25 +131,43 @@ def provenance(ds: xr.Dataset) -> dict:
 
 
 def write(ds: xr.Dataset, run_dir: str | Path) -> Path:
-    """Write ``RUN/trace.zarr`` atomically (temporary folder, then rename)."""
+    """Write ``RUN/trace.zarr`` so that a complete store, the old or the new one, exists at every instant.
+
+    The new store is written under a temporary name; the old one is renamed aside to
+    ``trace.zarr.old`` and the new one renamed into place; only then is the old one removed.
+    ``open_run`` reads ``trace.zarr.old`` if a crash fell between the two renames.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / STORE
+    target, old = run_dir / STORE, run_dir / OLD_STORE
     tmp = Path(tempfile.mkdtemp(prefix=".trace-", dir=run_dir)) / STORE
     try:
         ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
+        hooks.reached("publish")
         if target.exists():
-            shutil.rmtree(target)
+            if old.exists():  # a store from an older interrupted publish; the current one is complete
+                shutil.rmtree(old)
+            target.rename(old)
+            hooks.reached("publish-swap")
         tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
     return target
 
 
+def store_path(run_dir: str | Path) -> Path | None:
+    """The run's complete store: ``trace.zarr``, or the old one a crash left renamed aside; None if neither."""
+    for name in (STORE, OLD_STORE):
+        if (Path(run_dir) / name).is_dir():
+            return Path(run_dir) / name
+    return None
+
+
 def open_run(run_dir: str | Path) -> xr.Dataset:
     """Load a run's store into memory."""
-    path = Path(run_dir) / STORE
-    if not path.is_dir():
+    path = store_path(run_dir)
+    if path is None:
         raise UserError(f"{run_dir}: no {STORE} here (run `jbtrace extract` first)")
     with xr.open_zarr(path) as ds:
         return ds.load()
@@ -157,10 +181,16 @@ def update(run_dir: str | Path, variables: xr.Dataset) -> None:
 
 
 def merge(shards: list[xr.Dataset]) -> xr.Dataset:
-    """Combine stores of disjoint prompt shards into the store one run over all prompts would give."""
+    """Combine the stores of shards K/N (K = 0..N-1, each once) of one run into the store of the whole run.
+
+    Shards with different inputs (prompt sets, models, statistics, alignment, max_tokens, ...)
+    or overlapping prompts are refused (``runs.check_mergeable``).
+    """
     n_pos = max(s.sizes["position"] for s in shards)
     shards = [s.reindex(position=np.arange(n_pos), fill_value={"count": 0, "nonfinite": 0}) for s in shards]
     first = shards[0]
+    runs.check_mergeable([provenance(s) for s in shards],
+                         [list(zip(s["prompt_scenario"].values.tolist(), s["prompt_index"].values.tolist())) for s in shards])
     for other in shards[1:]:
         for dim in ("model", "scenario", "stat", "layer"):
             if not np.array_equal(first[dim].values, other[dim].values):
@@ -188,11 +218,11 @@ def merge(shards: list[xr.Dataset]) -> xr.Dataset:
         coords={k: v for k, v in first.coords.items() if "prompt" not in v.dims},
     ).merge(prompts)
     out.attrs = dict(first.attrs)
-    out.attrs["provenance"] = json.dumps({**provenance(first), "merged_from": [provenance(s) for s in shards]})
+    out.attrs["provenance"] = json.dumps({**provenance(first), "shard": [0, 1], "merged_from": [provenance(s) for s in shards]})
     return out
 
 
-_PROMPT_VARS = {"prompt_value", "prompt_tokens", "prompt_truncated"}
+_PROMPT_VARS = {"prompt_value", "prompt_slope", "prompt_tokens", "prompt_truncated"}
 
 
 def _moments(ds: xr.Dataset) -> Moments:

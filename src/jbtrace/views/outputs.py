@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -18,22 +17,30 @@ from jbtrace.views import plot
 
 
 def write_compare(result: CompareResult, run_dir, svg: bool = False) -> list:
-    """Write figures, add the per-cell variables to RUN/trace.zarr, then summary.md and compare.json (last)."""
+    """Write figures, summary.md and compare.json, and add the per-cell variables to RUN/trace.zarr.
+
+    Everything is made in a temporary folder first, so a failure leaves the previous result
+    untouched; then the store is updated, the old compare.json removed and the new files
+    moved in, compare.json last (its presence means the set is complete).
+    """
     run_dir = Path(run_dir)
-    (run_dir / "compare.json").unlink(missing_ok=True)  # a failed rerun must not leave a stale result looking current
-    paths = []
-    for k, stat in enumerate(map(str, result.cells.stat.values)):
-        suffix = "" if k == 0 else f"_{stat}"
-        fig = plot.significance_grid(result.cells, stat, q=result.params["q"])
-        paths += plot.save(fig, run_dir / f"figure_significance{suffix}", svg=svg)
-        paths += plot.save(plot.profiles(result.layer_profile, result.position_profile, stat), run_dir / f"profiles{suffix}", svg=svg)
-    store.update(run_dir, result.cells[list(compare.CELL_VARS)])
-    for name, text in (("summary.md", result.summary_markdown()), ("compare.json", json.dumps(result.to_json(), indent=1))):
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, run_dir / name)
-        paths.append(run_dir / name)
-    return paths
+    tmp = Path(tempfile.mkdtemp(prefix=".compare-", dir=run_dir))
+    try:
+        for k, stat in enumerate(map(str, result.cells.stat.values)):
+            suffix = "" if k == 0 else f"_{stat}"
+            plot.save(plot.significance_grid(result.cells, stat, q=result.params["q"]), tmp / f"figure_significance{suffix}",
+                      svg=svg)
+            plot.save(plot.profiles(result.layer_profile, result.position_profile, stat), tmp / f"profiles{suffix}", svg=svg)
+        (tmp / "summary.md").write_text(result.summary_markdown(), encoding="utf-8")
+        (tmp / "compare.json").write_text(json.dumps(result.to_json(), indent=1), encoding="utf-8")
+        store.update(run_dir, result.cells[list(compare.CELL_VARS)])
+        (run_dir / "compare.json").unlink(missing_ok=True)  # a half-moved set must not look complete
+        names = sorted(p.name for p in tmp.iterdir() if p.name != "compare.json") + ["compare.json"]
+        for name in names:
+            (tmp / name).replace(run_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [run_dir / name for name in names]
 
 
 def write_detect(reports: list[ModelReport], run_dir: str | Path, options: DetectOptions, command: str) -> list[Path]:

@@ -259,8 +259,9 @@ def profiles(layer_profile: xr.Dataset, position_profile: xr.Dataset, stat: str 
         right.plot(x, pp["diff"].values[ok], dashes[k % 4], color=colour, lw=1, label=label)
         right.fill_between(x, pp["ci_low"].values[ok], pp["ci_high"].values[ok], color=colour, alpha=0.18, lw=0)
         bounds += [pp["ci_low"].values[ok], pp["ci_high"].values[ok]]
-    if bounds:  # the few deepest positions (few prompts) have huge CIs: keep the axis on the bulk
-        lo, hi = np.nanpercentile(np.concatenate(bounds), [2, 98])
+    bounds = np.concatenate(bounds) if bounds else np.array([])
+    if np.isfinite(bounds).any():  # the few deepest positions (few prompts) have huge CIs: keep the axis on the bulk
+        lo, hi = np.nanpercentile(bounds, [2, 98])
         pad = 0.1 * (hi - lo) or 1e-3
         right.set_ylim(lo - pad, hi + pad)
     for ax in (left, right):

@@ -1,0 +1,79 @@
+"""--engine ray on a local cluster of 2 CPU workers equals --engine local (float64), also when a worker dies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jbtrace.trace import runs, store
+from jbtrace.trace.engine import Engine, ModelSpec, extract_models
+from jbtrace.trace.extract import ExtractOptions
+from tests.conftest import BENIGN, JAILBREAK, make_set
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+MODELS = [ModelSpec("tiny:llama", dtype="float64"), ModelSpec("tiny:gptj", dtype="float64")]
+OPTIONS = ExtractOptions(stats=("log_norm", "cos_prev"), batch_size=2)
+SETS = [make_set("benign", BENIGN), make_set("jailbreak", JAILBREAK)]
+OTHER_SETS = [make_set("short", [t for t in BENIGN + JAILBREAK if len(t) < 60]),
+              make_set("long", [t for t in BENIGN + JAILBREAK if len(t) >= 60])]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """One local cluster for the module (starting one costs seconds)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def build(sets, engine, checkpoint=None):
+    return store.build(extract_models(MODELS, sets, OPTIONS, engine, checkpoint), sets)
+
+
+@pytest.fixture(scope="module")
+def local():
+    """The local engine's store for each prompt pair (computed once per module)."""
+    cache = {}
+
+    def get(sets):
+        key = tuple(p.name for p in sets)
+        if key not in cache:
+            cache[key] = build(sets, Engine("local"))
+        return cache[key]
+
+    return get
+
+
+def assert_equal(a, b):
+    """Counts and lengths identical; moments equal up to float64 rounding (merge order differs)."""
+    for var in ("count", "nonfinite", "prompt_tokens", "prompt_truncated", "prompt_index"):
+        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
+    for var in ("mean", "var", "prompt_value"):
+        np.testing.assert_allclose(a[var].values, b[var].values, rtol=1e-12, atol=1e-13, err_msg=var)
+
+
+@pytest.mark.parametrize("sets", [SETS, OTHER_SETS], ids=["benign-jailbreak", "short-long"])
+def test_ray_equals_local(sets, local):
+    assert_equal(build(sets, Engine("ray", workers=2, shards=3)), local(sets))
+
+
+def test_a_worker_killed_mid_shard_is_retried(local, tmp_path, monkeypatch):
+    once = tmp_path / "killed"
+    monkeypatch.setenv("JBTRACE_TEST_KILL_WORKER", "batch:2")  # SIGKILL in the worker at its 2nd batch ...
+    monkeypatch.setenv("JBTRACE_TEST_KILL_ONCE", str(once))  # ... once: the restarted worker goes on
+    assert_equal(build(SETS, Engine("ray", workers=2, shards=3)), local(SETS))
+    assert once.exists()  # a worker did die
+
+
+def test_finished_shards_are_checkpointed_and_not_run_again(tmp_path, monkeypatch):
+    checkpoint = runs.prepare(tmp_path / "run", "extract", {"ray": 1})
+    first = build(SETS, Engine("ray", workers=2, shards=2), checkpoint)
+    assert len(list(checkpoint.root.glob("*shard-*-of-2.safetensors"))) == 4  # 2 models x 2 shards
+    # any worker started now would die at every batch, so only the checkpoint can finish this run
+    monkeypatch.setenv("JBTRACE_TEST_KILL_WORKER", "batch:1")
+    again = build(SETS, Engine("ray", workers=2, shards=2), runs.prepare(tmp_path / "run", "extract", {"ray": 1}))
+    assert_equal(again, first)
+    for var in ("mean", "var", "prompt_value"):
+        np.testing.assert_array_equal(again[var].values, first[var].values)
