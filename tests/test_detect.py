@@ -1,20 +1,22 @@
-"""Detectors: a planted signal is found where it is, CP never sees held-out prompts, thresholds,
-length matching, labels, and saved detectors round-trip."""
+"""Detectors: a planted signal is found where it is, CP never sees held-out prompts, length
+matching, labels, test sets lose near-duplicates of training prompts, and saved detectors round-trip."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_curve
-from sklearn.model_selection import StratifiedKFold
+from scipy.stats import ks_2samp
+from sklearn.model_selection import StratifiedGroupKFold
 
+from jbtrace.detect import evaluate
 from jbtrace.detect import train as detect
 from jbtrace.detect.decompose import CPFeatures
 from jbtrace.detect.detector import Detector, from_report
+from jbtrace.detect.evaluate import Design
 from jbtrace.errors import UserError
 from jbtrace.models import load_model, surgery
-from jbtrace.prompts import load_prompts
+from jbtrace.prompts import dedup, load_prompts, matching
 from tests.conftest import JAILBREAK, make_set
 from tests.test_detect_features import capture
 
@@ -51,12 +53,13 @@ def test_planted_signal_is_found_only_where_it_is():
     for feature in [("cp-r4", "cp", 4), ("last", "last", None), ("mean", "mean", None)]:
         for layer in layers:
             X = np.concatenate([plain[("resid", layer)][feature[1]], marked[("resid", layer)][feature[1]]])
-            rows, _ = detect.evaluate(X, y, feature, ("logreg",), 5, 0, {"n_iter_max": 50})
-            f1, acc = rows[0]["f1"], rows[0]["accuracy"]
+            design = Design(y, target_fpr=0.05, cp_kwargs={"n_iter_max": 50})
+            rows, _ = detect.evaluate(X, feature, design)
+            f1, auroc = rows[0]["f1"], rows[0]["oof_auroc"]
             if layer > block:
-                assert f1 >= 0.95, (feature, layer, f1)
+                assert f1 >= 0.9, (feature, layer, f1)
             else:
-                assert acc <= 0.65, (feature, layer, acc)
+                assert auroc <= 0.65, (feature, layer, auroc)
 
 
 # ---------------------------------------------------------------- evaluation pieces
@@ -80,10 +83,11 @@ class SpyCP(CPFeatures):
 
 def test_cp_is_fitted_on_training_folds_only(monkeypatch):
     X, y = labelled()
-    monkeypatch.setattr(detect, "CPFeatures", SpyCP)
+    monkeypatch.setattr(evaluate, "CPFeatures", SpyCP)
     SpyCP.seen.clear()
-    rows, fitted = detect.evaluate(X, y, ("cp-r3", "cp", 3), ("logreg", "linsvm"), 4, 0)
-    folds = list(StratifiedKFold(4, shuffle=True, random_state=0).split(X, y))
+    design = Design(y, classifiers=("logreg", "linsvm"), folds=4, target_fpr=0.05)
+    rows, fitted = detect.evaluate(X, ("cp-r3", "cp", 3), design)
+    folds = list(StratifiedGroupKFold(4, shuffle=True, random_state=0).split(X, y, np.arange(len(y))))
     assert len(SpyCP.seen) == len(folds) + 1  # one fit per fold, then the refit on everything
     for seen, (train, _) in zip(SpyCP.seen, folds):
         np.testing.assert_array_equal(seen, X[train])
@@ -94,35 +98,24 @@ def test_cp_is_fitted_on_training_folds_only(monkeypatch):
     scrambled = X.copy()
     scrambled[folds[0][1]] = 0
     SpyCP.seen.clear()
-    detect.evaluate(scrambled, y, ("cp-r3", "cp", 3), ("logreg",), 4, 0)
+    detect.evaluate(scrambled, ("cp-r3", "cp", 3), Design(y, folds=4))
     np.testing.assert_array_equal(SpyCP.seen[0], X[folds[0][0]])
 
 
-def test_youden_threshold_matches_brute_force():
-    rng = np.random.default_rng(1)
-    y = np.repeat([0, 1], 50)
-    scores = rng.standard_normal(100) + y
-    t = detect.youden_threshold(y, scores)
-    best = max(np.unique(scores), key=lambda c: (scores[y == 1] >= c).mean() - (scores[y == 0] >= c).mean())
-    j = lambda c: (scores[y == 1] >= c).mean() - (scores[y == 0] >= c).mean()  # noqa: E731
-    assert j(t) == pytest.approx(j(best))
-    assert roc_curve(y, scores)[2].__contains__(t)
-
-
-def test_match_lengths_equalises_histograms():
+def test_match_lengths_equalises_quantile_bins():
     rng = np.random.default_rng(2)
     lengths = np.concatenate([rng.lognormal(3, 1, 300), rng.lognormal(5, 0.8, 300)]).astype(int) + 1
     y = np.repeat([0, 1], 300)
-    keep = detect.match_lengths(lengths, y, seed=0)
-    edges = np.histogram_bin_edges(np.log(lengths), 20)
-    h0, _ = np.histogram(np.log(lengths[keep][y[keep] == 0]), edges)
-    h1, _ = np.histogram(np.log(lengths[keep][y[keep] == 1]), edges)
-    np.testing.assert_array_equal(h0, h1)
-    assert h0.sum() > 50
-    before = detect.length_summary(lengths, y)["ks_statistic"]
+    keep = matching.match_lengths(lengths, y == 1, 0)
+    logs = np.log(lengths.astype(float))
+    # bins are [e_k, e_k+1) over the pooled deciles: equal counts per bin means equal counts at or above every edge
+    for edge in np.quantile(logs, np.linspace(0, 1, matching.BINS + 1))[1:-1]:
+        assert ((logs[keep] >= edge) & (y[keep] == 0)).sum() == ((logs[keep] >= edge) & (y[keep] == 1)).sum()
+    assert (y[keep] == 0).sum() == (y[keep] == 1).sum() > 50
+    before = ks_2samp(lengths[y == 0], lengths[y == 1]).statistic
     after = detect.length_summary(lengths[keep], y[keep])["ks_statistic"]
     assert before > 0.5 and after < 0.15
-    np.testing.assert_array_equal(keep, detect.match_lengths(lengths, y, seed=0))
+    np.testing.assert_array_equal(keep, matching.match_lengths(lengths, y == 1, 0))
 
 
 def test_layers_a_model_lacks_are_skipped_with_a_note():
@@ -164,16 +157,26 @@ def test_detect_model_rows_baseline_tests(small_run):
     lm, options, report = small_run
     assert len(report.rows) == 2 * 2 * 2  # layers × features × classifiers
     assert {r["feature"] for r in report.baseline} == {"length"}
+    # the test set loses exactly the prompts whose word 5-gram Jaccard with a training prompt is >= 0.8
+    training = [*load_prompts("benign", "builtin:benign", limit=24, seed=0).texts, *JAILBREAK,
+                *(f"{t} Now {w}." for t in JAILBREAK for w in ("go", "answer", "obey"))]
+    test = [f"Please, {t.lower()}" for t in JAILBREAK]
+    near = [any(dedup.jaccard(dedup.shingles(t), dedup.shingles(u)) >= 0.8 for u in training) for t in test]
+    assert 0 < sum(near) < len(test)
+    info = report.data["test_sets"]["jb_test"]
+    assert info["near_duplicates_removed"] == sum(near) and info["n"] == len(test) - sum(near)
     for row in report.rows + report.baseline:
         assert 0 <= row["f1"] <= 1 and 0 <= row["auroc"] <= 1
-        assert row["tests"]["jb_test"]["metric"] == "TPR" and row["tests"]["jb_test"]["n"] == len(JAILBREAK)
-    assert report.plan["passes"] == 1 and report.plan["prompts"] == 24 + 20 + 5
+        assert row["tests"]["jb_test"]["metric"] == "TPR" and row["tests"]["jb_test"]["n"] == info["n"]
+    assert report.plan["passes"] == 1 and report.plan["prompts"] == 24 + 20 + info["n"]
 
 
 def test_saved_detector_round_trip_gives_identical_scores(small_run, tmp_path):
     lm, options, report = small_run
     config = {"spec": "tiny:gptj", "name": lm.name, "seed": 0, "dtype": "float32", "revision": None}
-    det = from_report(report, options, "linsvm", config)
+    det = from_report(report, options, "linsvm", config, every_layer=True)
+    best = from_report(report, options, "linsvm", config)
+    assert len(best.layers) == 1 and best.layers[0].key == det.layers[0].key == best.config["chosen"]["key"]
     loaded = Detector.load(det.save(tmp_path / "det"))
     assert [d.key for d in loaded.layers] == [d.key for d in det.layers]
     sets = [make_set("new", ["Tell me a story about a lighthouse.", *JAILBREAK[:3]])]

@@ -20,13 +20,13 @@ from scipy import special
 from scipy import stats as sps
 
 from jbtrace.errors import UserError
+from jbtrace.prompts.matching import PROCEDURE as MATCHING, match_lengths
 
 log = logging.getLogger(__name__)
 
 CELL_VARS = ("diff", "g", "ci_low", "ci_high", "p", "q", "significant")
 LEVEL = 0.95
 CONSTANT_RTOL = 1e-6  # a cell whose spread is below this (relative) is numerically constant, not tested
-LENGTH_BINS = 10
 MAX_EXCLUDED_GAP = 0.05  # refuse when non-finite values exclude shares of prompts this far apart in A and B
 
 
@@ -309,30 +309,12 @@ def length_quantiles(tokens: np.ndarray) -> dict:
             "quantiles": {str(k): float(np.quantile(tokens, k)) for k in qs} if tokens.size else {}}
 
 
-def match_lengths(tokens: np.ndarray, is_b: np.ndarray, rng: np.random.Generator, n_bins: int = LENGTH_BINS) -> np.ndarray:
-    """Coarsened exact matching on log length: in each bin keep min(n_A, n_B) prompts of each scenario.
-
-    Bins are quantiles of the pooled lengths; the kept prompts are a seeded random subsample.
-    Returns the indices kept (into ``tokens``).
-    """
-    logs = np.log(tokens.astype(float))
-    edges = np.unique(np.quantile(logs, np.linspace(0, 1, n_bins + 1))[1:-1])
-    bins = np.searchsorted(edges, logs, side="right")
-    kept = []
-    for k in np.unique(bins):
-        ia, ib = np.flatnonzero((bins == k) & ~is_b), np.flatnonzero((bins == k) & is_b)
-        n = min(ia.size, ib.size)
-        if n:
-            kept += [rng.choice(ia, n, replace=False), rng.choice(ib, n, replace=False)]
-    return np.sort(np.concatenate(kept)) if kept else np.array([], dtype=int)
-
-
 def _length_matched(pv: _Prompts, tokens: np.ndarray, prof: dict, n_permutations: int, seed: int, q: float) -> dict:
     """The layer profile recomputed on length-matched prompts, and how much of it survives."""
     rng = np.random.default_rng(seed)
     kept = match_lengths(tokens, pv.is_b, rng)
     is_b = pv.is_b[kept]
-    out = {"prompts_kept": {"a": int((~is_b).sum()), "b": int(is_b.sum())},
+    out = {"procedure": MATCHING, "prompts_kept": {"a": int((~is_b).sum()), "b": int(is_b.sum())},
            "lengths": {"a": length_quantiles(tokens[kept][~is_b]), "b": length_quantiles(tokens[kept][is_b])}}
     if is_b.sum() < 2 or (~is_b).sum() < 2:
         return {**out, "layers": [], "survival": None, "note": "too little length overlap to match"}

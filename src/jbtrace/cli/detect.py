@@ -39,20 +39,23 @@ def detect_cmd(
     test_prompts: Annotated[Optional[list[str]], typer.Option("--test-prompts", "-t", help="NAME=SOURCE, repeatable: score the fitted detectors on other prompt sets (TPR on jailbreak sets, FPR on benign sets); prompts in the training sets are removed first, then --limit applies.")] = None,
     label: Annotated[Optional[list[str]], typer.Option("--label", "--test-label", help="NAME=benign|jailbreak for a set whose name does not start with benign/jailbreak.")] = None,
     source: Annotated[Optional[list[str]], typer.Option("--source", help="Where layers are read, repeatable: resid (default), attn_out, mlp_out, mixer.")] = None,
-    layers: Annotated[Optional[str], typer.Option(help="Layers, e.g. 1,3,5 or 0:7 (default: all).")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Layers, e.g. 1,3,5 or 0:7, or all (default: all of a model with at most 8, else 8 evenly spaced).")] = None,
     kind: Annotated[Optional[list[str]], typer.Option("--kind", help="Feature kind, repeatable: cp, last, mean (default: all).")] = None,
-    rank: Annotated[Optional[list[int]], typer.Option("--rank", help="CP rank, repeatable (default 4, 8, 16).")] = None,
-    classifier: Annotated[Optional[list[str]], typer.Option("--classifier", help="Repeatable: logreg, linsvm, rbfsvm, forest (default: all).")] = None,
-    folds: Annotated[int, typer.Option(help="Stratified k-fold cross-validation folds.")] = 5,
-    test_split: Annotated[float, typer.Option(help="Fraction of training prompts held out and scored once at the end.")] = 0.0,
-    protocol: Annotated[str, typer.Option(help="cv, or cross-source: train on the first jailbreak set, test on the other jailbreak sets.")] = "cv",
-    match_length: Annotated[bool, typer.Option(help="Subsample the training sets so benign and jailbreak token lengths match.")] = False,
+    rank: Annotated[Optional[list[int]], typer.Option("--rank", help="CP rank, repeatable (default 8; e.g. --rank 4 --rank 8 --rank 16).")] = None,
+    classifier: Annotated[Optional[list[str]], typer.Option("--classifier", help="Repeatable: logreg (default), linsvm, rbfsvm, forest.")] = None,
+    folds: Annotated[int, typer.Option(help="Stratified k-fold cross-validation folds, grouped by near-duplicate cluster.")] = 5,
+    test_split: Annotated[float, typer.Option(help="Fraction of training prompts held out (grouped by near-duplicate cluster) and scored once at the end.")] = 0.0,
+    protocol: Annotated[str, typer.Option(help="cv, or cross-source: also leave each prompt source out in turn (each benign and each jailbreak --prompts set, and the per-prompt sources of a corpus), train on the rest and score it; ranking and --save use the worst held-out source.")] = "cv",
+    target_fpr: Annotated[float, typer.Option(help="Operating point: the threshold flags this share of held-out benign prompts; all rates are reported there.")] = 0.01,
+    near_duplicate: Annotated[float, typer.Option(help="Word 5-gram Jaccard at which prompts count as near-duplicates (kept on one side of every split; removed from test sets).")] = 0.8,
+    match_length: Annotated[bool, typer.Option(help="Subsample the training sets so benign and jailbreak token lengths match (coarsened exact matching, 10 quantile bins).")] = False,
     test_min_tokens: Annotated[int, typer.Option(help="Score only test prompts with at least this many tokens.")] = 0,
     cp_positions: Annotated[int, typer.Option(help="Token positions kept for CP (start-aligned, zero padded).")] = 64,
     project_dim: Annotated[Optional[int], typer.Option(help="Seeded random projection of the hidden mode for CP.")] = None,
     cp_iters: Annotated[int, typer.Option(help="Maximum CP-ALS sweeps.")] = 100,
     memory_gb: Annotated[float, typer.Option(help="Feature memory per pass over the prompts; layers are grouped to fit.")] = 2.0,
-    save: Annotated[Optional[Path], typer.Option(help="Write the fitted per-layer detectors here (safetensors + JSON).")] = None,
+    save: Annotated[Optional[Path], typer.Option(help="Write the best-ranked detector of --save-classifier here (safetensors + JSON).")] = None,
+    save_all: Annotated[bool, typer.Option(help="With --save: every layer and feature of --save-classifier, the best-ranked first.")] = False,
     save_classifier: Annotated[str, typer.Option(help="Classifier of the saved detectors: logreg or linsvm.")] = "logreg",
     limit: Annotated[Optional[int], typer.Option(help="Seeded random sample of at most N prompts per set.")] = 200,
     **common,
@@ -70,7 +73,8 @@ def detect_cmd(
     kw = {"sources": source, "kinds": kind, "ranks": rank, "classifiers": classifier}
     options = detect.DetectOptions(
         **{k: tuple(v) for k, v in kw.items() if v}, layers=detect.parse_layers(layers), folds=folds,
-        test_split=test_split, protocol=protocol, match_length=match_length, test_min_tokens=test_min_tokens,
+        test_split=test_split, protocol=protocol, target_fpr=target_fpr, near_duplicate=near_duplicate,
+        match_length=match_length, test_min_tokens=test_min_tokens,
         cp_positions=cp_positions, project_dim=project_dim, cp_iters=cp_iters, max_tokens=max_tokens,
         batch_size=batch_size, memory_budget=int(memory_gb * 2**30), seed=seed, keep_fitted=save is not None,
         test_limit=limit)
@@ -96,7 +100,7 @@ def detect_cmd(
     paths = outputs.write_detect(reports, out_dir, options, command_line())
     if save is not None:
         config = {"spec": lm.spec, "name": lm.name, "seed": seed, "dtype": dtype, "revision": revision}
-        paths.append(detector.from_report(reports[0], options, save_classifier, config).save(save))
+        paths.append(detector.from_report(reports[0], options, save_classifier, config, save_all).save(save))
     for path in paths:
         out.print(f"wrote {path}", highlight=False)
     publish(out_dir, prompt_sets=train + tests, seed=seed)

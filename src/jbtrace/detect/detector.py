@@ -2,9 +2,9 @@
 
 A saved detector holds, for each (source, layer, feature), the CP position and hidden factors
 (for ``cp`` features), the standardiser's mean and scale, the linear classifier's weights and
-intercept, the threshold chosen on out-of-fold scores, and for linear SVMs the sigmoid that
-turns margins into probabilities. Only linear classifiers (logreg, linsvm) are saved: they
-are exactly a few arrays.
+intercept, the threshold on the margin at the target false-positive rate (set on held-out
+benign scores), and the sigmoid, fitted on held-out margins, that turns margins into calibrated
+probabilities. Only linear classifiers (logreg, linsvm) are saved: they are exactly a few arrays.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from jbtrace.models import LoadedModel
 from jbtrace.prompts import PromptSet
 
 FORMAT = "jbtrace-detector"
-VERSION = 1
+VERSION = 2  # 2: thresholds on the margin for every classifier, calibrated probabilities
 SAVEABLE = ("logreg", "linsvm")
 CONFIG, TENSORS = "detector.json", "detector.safetensors"
 
@@ -39,8 +39,8 @@ class Linear:
     feature: str
     kind: str
     classifier: str
-    threshold: float  # on the native score: probability (logreg) or margin (linsvm)
-    platt: tuple[float, float] | None
+    threshold: float  # on the margin
+    platt: tuple[float, float] | None  # probability = sigmoid(a·margin + b); None: sigmoid(margin)
     mean: np.ndarray
     scale: np.ndarray
     coef: np.ndarray
@@ -67,13 +67,12 @@ class Linear:
         return Z @ self.coef + self.intercept[0]
 
     def score(self, X: np.ndarray) -> np.ndarray:
-        """Native score (the one the threshold applies to)."""
-        z = self.margin(X)
-        return _sigmoid(z) if self.classifier == "logreg" else z
+        """The margin (what the threshold applies to)."""
+        return self.margin(X)
 
     def probability(self, X: np.ndarray) -> np.ndarray:
         s = self.score(X)
-        return s if self.platt is None else _sigmoid(self.platt[0] * s + self.platt[1])
+        return _sigmoid(s) if self.platt is None else _sigmoid(self.platt[0] * s + self.platt[1])
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -83,7 +82,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def from_fitted(source: str, layer: int, fitted) -> Linear:
-    """Arrays of a fitted ``detect.Fitted`` (logreg or linsvm)."""
+    """Arrays of a fitted ``detect.evaluate.Fitted`` (logreg or linsvm)."""
     if fitted.classifier not in SAVEABLE:
         raise UserError(f"only linear detectors can be saved ({', '.join(SAVEABLE)}), not {fitted.classifier}")
     scaler, clf = fitted.pipeline[0], fitted.pipeline[-1]
@@ -163,14 +162,26 @@ class Detector:
         return rows
 
 
-def from_report(report, options, classifier: str, model_config: dict) -> Detector:
-    """The linear detectors of ``classifier`` that ``detect_model`` refitted (needs keep_fitted)."""
+def from_report(report, options, classifier: str, model_config: dict, every_layer: bool = False) -> Detector:
+    """The ``classifier`` detector ranked first by ``report.ranked`` (or, ``every_layer``, all of them, the chosen first).
+
+    Needs a report made with keep_fitted. The chosen one is the best on the protocol's selection
+    score (the worst held-out source under cross-source), recorded in the config.
+    """
+    from jbtrace.detect.report import ranked
+
     if classifier not in SAVEABLE:
         raise UserError(f"--save-classifier {classifier!r}: only {', '.join(SAVEABLE)} can be saved as arrays")
-    layers = [from_fitted(source, layer, fitted) for (source, layer, _, clf), fitted in report.fitted.items()
-              if clf == classifier]
+    order = [(r["source"], r["layer"], r["feature"], r["classifier"]) for r in ranked(report.rows)
+             if r["classifier"] == classifier]
+    keys = order if every_layer else order[:1]
+    layers = [from_fitted(key[0], key[1], report.fitted[key]) for key in keys]
+    chosen = next(r for r in report.rows if (r["source"], r["layer"], r["feature"], r["classifier"]) == order[0])
     config = {"model": model_config, "max_tokens": options.max_tokens, "cp_positions": options.cp_positions,
               "project_dim": options.project_dim, "batch_size": options.batch_size, "seed": options.seed,
+              "target_fpr": options.target_fpr, "protocol": options.protocol,
+              "chosen": {"key": layers[0].key, "selection": chosen["selection"],
+                         "worst_held_out": chosen["worst_held_out"], "tpr_at_fpr": chosen["tpr_at_fpr"]},
               "training": report.data}
     return Detector(config, layers, report.projection)
 

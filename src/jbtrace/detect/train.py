@@ -1,73 +1,51 @@
-"""Per-layer jailbreak detectors: cross-validated classifiers on CP factors and pooled states.
+"""Per-layer jailbreak detectors: CP factors and pooled states, evaluated so they cannot flatter.
 
 For each (source, layer) of a model, features are captured (see ``features``), then every
-feature (``cp-rR``, ``last``, ``mean``) × classifier pair is scored by stratified k-fold
-cross-validation. CP is fitted on the training folds only and held-out prompts are projected
-onto its factors, so no held-out prompt touches the decomposition. A length-only baseline
-(log token count) is scored the same way. The final detectors are refitted on all training
-prompts; their threshold is the one that maximises TPR − FPR on the out-of-fold scores, and
-it is what other prompt sets (``test_sets``) are flagged with.
+feature (``cp-rR``, ``last``, ``mean``) × classifier pair is evaluated by ``evaluate``:
+stratified folds grouped by near-duplicate cluster, and with ``protocol="cross-source"`` each
+prompt source left out in turn. A length-only baseline (log token count) goes through the
+same protocol. All rates are at one operating point: the threshold that flags ``target_fpr``
+of the out-of-fold benign prompts. Test sets lose every prompt that is a near-duplicate of a
+training prompt before they are scored.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 from scipy.stats import ks_2samp
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, roc_curve
-from sklearn.model_selection import StratifiedKFold, train_test_split
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC, LinearSVC
+from sklearn.model_selection import StratifiedGroupKFold
 
 from jbtrace.detect import features as F
-from jbtrace.detect.decompose import CPFeatures
+from jbtrace.detect.evaluate import CLASSIFIERS, Design, apply, evaluate
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
 from jbtrace.prompts import PromptSet
+from jbtrace.prompts import matching, neardup
 
 log = logging.getLogger(__name__)
 
-CLASSIFIERS = ("logreg", "linsvm", "rbfsvm", "forest")
 PROTOCOLS = ("cv", "cross-source")
 LABELS = {"benign": 0, "jailbreak": 1}
-
-
-def make_classifier(name: str, seed: int) -> Pipeline:
-    """A standardised classifier with a fixed seed."""
-    clf = {
-        "logreg": lambda: LogisticRegression(max_iter=5000, random_state=seed),
-        "linsvm": lambda: LinearSVC(max_iter=20000, random_state=seed),
-        "rbfsvm": lambda: SVC(kernel="rbf", gamma="scale", random_state=seed),
-        "forest": lambda: RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1),
-    }
-    if name not in clf:
-        raise UserError(f"unknown classifier {name!r}: choose from {', '.join(CLASSIFIERS)}")
-    return make_pipeline(StandardScaler(), clf[name]())
-
-
-def native_score(pipe: Pipeline, name: str, Z: np.ndarray) -> np.ndarray:
-    """Continuous jailbreak score: probability for logreg / forest, margin for the SVMs."""
-    return pipe.predict_proba(Z)[:, 1] if name in ("logreg", "forest") else pipe.decision_function(Z)
+DEFAULT_MAX_LAYERS = 8  # layers read when none are asked: all of a shallow model, else evenly spaced
 
 
 @dataclass(frozen=True)
 class DetectOptions:
     sources: tuple[str, ...] = ("resid",)
-    layers: tuple[int, ...] | None = None  # None: all
+    layers: tuple[int, ...] | str | None = None  # None: all of a shallow model, else DEFAULT_MAX_LAYERS evenly spaced; "all"
     kinds: tuple[str, ...] = ("cp", "last", "mean")
-    ranks: tuple[int, ...] = (4, 8, 16)
-    classifiers: tuple[str, ...] = CLASSIFIERS
+    ranks: tuple[int, ...] = (8,)
+    classifiers: tuple[str, ...] = ("logreg",)
     folds: int = 5
-    test_split: float = 0.0  # fraction of training prompts held out (stratified), scored once at the end
+    test_split: float = 0.0  # fraction of training prompts held out (grouped, stratified), scored once at the end
     protocol: str = "cv"
+    target_fpr: float = 0.01  # operating point: threshold flagging this share of held-out benign prompts
+    near_duplicate: float = neardup.THRESHOLD  # word 5-gram Jaccard at or above which prompts share a cluster
     match_length: bool = False
     test_min_tokens: int = 0
     test_limit: int | None = None  # seeded sample of each test set, taken after the filters above
@@ -94,6 +72,10 @@ class DetectOptions:
             raise UserError("--folds must be at least 2")
         if not 0 <= self.test_split < 1:
             raise UserError("--test-split must be a fraction in [0, 1)")
+        if not 0 < self.target_fpr < 0.5:
+            raise UserError("--target-fpr must be a fraction in (0, 0.5)")
+        if not 0 < self.near_duplicate <= 1:
+            raise UserError("--near-duplicate must be a Jaccard similarity in (0, 1]")
         if "cp" in self.kinds and (not self.ranks or min(self.ranks) < 1):
             raise UserError("--rank must be at least 1")
         for name in ("cp_positions", "cp_iters", "max_tokens", "batch_size"):
@@ -136,20 +118,6 @@ def resolve_labels(names: list[str], explicit: dict[str, str], training: bool) -
     return out
 
 
-def match_lengths(lengths: np.ndarray, y: np.ndarray, seed: int, bins: int = 20) -> np.ndarray:
-    """Indices of a subsample whose log token-length histograms are equal for both classes."""
-    logs = np.log(lengths)
-    edges = np.histogram_bin_edges(logs, bins)
-    which = np.clip(np.digitize(logs, edges[1:-1]), 0, bins - 1)
-    rng = np.random.default_rng(seed)
-    keep = []
-    for b in range(bins):
-        groups = [np.flatnonzero((which == b) & (y == c)) for c in (0, 1)]
-        k = min(len(g) for g in groups)
-        keep += [rng.choice(g, k, replace=False) for g in groups if k]
-    return np.sort(np.concatenate(keep)) if keep else np.array([], dtype=int)
-
-
 def length_summary(lengths: np.ndarray, y: np.ndarray) -> dict:
     """Median and quartiles of token counts per class, and a two-sample KS test between them."""
     out = {name: {"n": int((y == c).sum()), "median": float(np.median(lengths[y == c])),
@@ -158,123 +126,6 @@ def length_summary(lengths: np.ndarray, y: np.ndarray) -> dict:
     ks = ks_2samp(lengths[y == 0], lengths[y == 1])
     out["ks_statistic"], out["ks_pvalue"] = float(ks.statistic), float(ks.pvalue)
     return out
-
-
-# ---------------------------------------------------------------- evaluation of one feature set
-
-
-@dataclass
-class Fitted:
-    """One detector refitted on all training prompts: feature transform, classifier, threshold."""
-
-    feature: str
-    kind: str
-    rank: int | None
-    classifier: str
-    cp: CPFeatures | None
-    pipeline: Pipeline
-    threshold: float
-    platt: tuple[float, float] | None  # (a, b): probability = sigmoid(a·margin + b), for the SVMs
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        return X if self.cp is None else self.cp.transform(X)
-
-    def score(self, X: np.ndarray) -> np.ndarray:
-        return native_score(self.pipeline, self.classifier, self.transform(X))
-
-
-def youden_threshold(y: np.ndarray, scores: np.ndarray) -> float:
-    """The score threshold (flag when score ≥ t) that maximises TPR − FPR."""
-    fpr, tpr, thresholds = roc_curve(y, scores)
-    return float(thresholds[int(np.argmax(tpr - fpr))])
-
-
-def platt(y: np.ndarray, scores: np.ndarray, seed: int) -> tuple[float, float]:
-    """Sigmoid calibration of margins (fitted on out-of-fold margins)."""
-    lr = LogisticRegression(C=1e4, max_iter=5000, random_state=seed).fit(scores[:, None], y)
-    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
-
-
-def _fit(name: str, seed: int, Z: np.ndarray, y: np.ndarray) -> tuple[Pipeline, bool]:
-    """Fit a fresh classifier; also say whether the solver warned that it did not converge."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        pipe = make_classifier(name, seed).fit(Z, y)
-    return pipe, any(issubclass(w.category, ConvergenceWarning) for w in caught)
-
-
-def _metrics(y, pred, scores) -> dict:
-    return {"f1": f1_score(y, pred, zero_division=0), "accuracy": accuracy_score(y, pred),
-            "auroc": roc_auc_score(y, scores)}
-
-
-def evaluate(
-    X: np.ndarray,
-    y: np.ndarray,
-    feature: tuple[str, str, int | None],
-    classifiers: tuple[str, ...],
-    folds: int,
-    seed: int,
-    cp_kwargs: dict | None = None,
-) -> tuple[list[dict], dict[str, Fitted]]:
-    """Cross-validate every classifier on one feature set; refit each on all prompts.
-
-    X is (prompts, positions, hidden) for ``cp`` (decomposed inside each training fold) and
-    (prompts, features) otherwise. Returns one metrics dict per classifier and the refits.
-    """
-    label, kind, rank = feature
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-
-    def transform(train, test):
-        if kind != "cp":
-            return None, X[train], None if test is None else X[test]
-        cp = CPFeatures(rank=rank, random_state=seed, **(cp_kwargs or {}))
-        return cp, cp.fit_transform(X[train]), None if test is None else cp.transform(X[test])
-
-    fold_metrics = {c: [] for c in classifiers}
-    oof = {c: np.zeros(len(y)) for c in classifiers}
-    unconverged = {c: 0 for c in classifiers}
-    for train, test in cv.split(np.zeros(len(y)), y):
-        _, z_train, z_test = transform(train, test)
-        for c in classifiers:
-            pipe, warned = _fit(c, seed, z_train, y[train])
-            unconverged[c] += warned
-            oof[c][test] = native_score(pipe, c, z_test)
-            fold_metrics[c].append(_metrics(y[test], pipe.predict(z_test), oof[c][test]))
-    cp, z_all, _ = transform(np.arange(len(y)), None)
-    rows, fitted = [], {}
-    for c in classifiers:
-        pipe, warned = _fit(c, seed, z_all, y)
-        threshold = youden_threshold(y, oof[c])
-        scale = platt(y, oof[c], seed) if c in ("linsvm", "rbfsvm") else None
-        fitted[c] = Fitted(label, kind, rank, c, cp, pipe, threshold, scale)
-        row = {"feature": label, "kind": kind, "rank": rank, "classifier": c, "threshold": threshold}
-        for m in ("f1", "accuracy", "auroc"):
-            values = np.array([f[m] for f in fold_metrics[c]])
-            row[m], row[f"{m}_std"] = float(values.mean()), float(values.std(ddof=1))
-        row["oof_auroc"] = float(roc_auc_score(y, oof[c]))
-        row["unconverged_fits"] = unconverged[c] + warned
-        rows.append(row)
-    return rows, fitted
-
-
-def apply(fitted: dict[str, Fitted], rows: list[dict], X_sets: dict[str, np.ndarray], y_sets: dict[str, int],
-          holdout: tuple[np.ndarray, np.ndarray] | None) -> None:
-    """Add to each row the flagged fraction of each test set (TPR or FPR) and held-out metrics."""
-    for row in rows:
-        detector = fitted[row["classifier"]]
-        row["tests"] = {}
-        for name, X in X_sets.items():
-            flagged = float(np.mean(detector.score(X) >= detector.threshold))
-            row["tests"][name] = {"label": "jailbreak" if y_sets[name] else "benign",
-                                  "metric": "TPR" if y_sets[name] else "FPR", "rate": flagged, "n": len(X)}
-        if holdout is not None:
-            X, y = holdout
-            z = detector.transform(X)
-            scores = native_score(detector.pipeline, detector.classifier, z)
-            row["holdout"] = {k: float(v) for k, v in _metrics(y, detector.pipeline.predict(z), scores).items()}
-            flags = scores >= detector.threshold
-            row["holdout"].update(tpr=float(flags[y == 1].mean()), fpr=float(flags[y == 0].mean()), n=len(y))
 
 
 # ---------------------------------------------------------------- one model, end to end
@@ -293,15 +144,17 @@ class ModelReport:
     plan: dict
     data: dict
     notes: list[str] = field(default_factory=list)
-    fitted: dict = field(default_factory=dict)  # (source, layer, feature, classifier) -> Fitted
+    fitted: dict = field(default_factory=dict)  # (source, layer, feature, classifier) -> evaluate.Fitted
     projection: np.ndarray | None = None
     seconds: float = 0.0
 
 
-def parse_layers(text: str | None) -> tuple[int, ...] | None:
-    """``"1,3,5"``, ``"0:7"`` (end exclusive) or both mixed → sorted layer indices; None/empty → all."""
+def parse_layers(text: str | None) -> tuple[int, ...] | str | None:
+    """``"1,3,5"``, ``"0:7"`` (end exclusive) or both mixed → sorted layer indices; None/empty → default; "all"."""
     if not text:
         return None
+    if text == "all":
+        return "all"
     layers = set()
     try:
         for part in text.split(","):
@@ -317,11 +170,22 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
     return tuple(sorted(layers))
 
 
+def default_layers(n: int) -> list[int]:
+    """All layers of a model with at most DEFAULT_MAX_LAYERS, else that many evenly spaced from 1 to the last."""
+    if n <= DEFAULT_MAX_LAYERS:
+        return list(range(n))
+    return sorted({int(round(x)) for x in np.linspace(1, n - 1, DEFAULT_MAX_LAYERS)})
+
+
 def _requests(lm: LoadedModel, options: DetectOptions, notes: list[str]) -> list[tuple[str, int]]:
     requests = []
     for source in options.sources:
         pts = F.points(lm, source)
-        wanted = options.layers if options.layers is not None else range(len(pts))
+        if options.layers in (None, "all"):
+            every = range(len(pts)) if options.layers == "all" else default_layers(len(pts))
+            wanted = [layer for layer in every if pts[layer] is not None]
+        else:
+            wanted = options.layers
         missing = [layer for layer in wanted if layer >= len(pts) or pts[layer] is None]
         if missing:
             notes.append(f"{lm.name}: no {source} at layer {', '.join(map(str, missing))} (skipped)")
@@ -331,22 +195,19 @@ def _requests(lm: LoadedModel, options: DetectOptions, notes: list[str]) -> list
     return requests
 
 
-def _split_sets(train_sets, test_sets, labels, protocol):
-    """Labels of every set; cross-source moves all jailbreak sets but the first to the test side."""
+def _split_sets(train_sets, test_sets, labels):
+    """Labels of every training and test set; a set name may not be on both sides."""
     train_labels = resolve_labels([s.name for s in train_sets], labels, training=True)
     test_labels = resolve_labels([s.name for s in test_sets], labels, training=False)
-    if protocol == "cross-source":
-        moved = [s for s in train_sets if train_labels[s.name] == 1][1:]
-        if not moved:
-            raise UserError("--protocol cross-source needs two jailbreak --prompts sets: "
-                            "it trains on the first and tests on the others")
-        train_sets = [s for s in train_sets if s.name not in {m.name for m in moved}]
-        test_sets = moved + list(test_sets)
-        test_labels.update({m.name: 1 for m in moved})
     clash = {s.name for s in train_sets} & {s.name for s in test_sets}
     if clash:
         raise UserError(f"prompt set name {sorted(clash)[0]!r} is used for training and testing")
-    return train_sets, test_sets, train_labels, test_labels
+    return train_labels, test_labels
+
+
+def prompt_sources(sets: list[PromptSet]) -> np.ndarray:
+    """Source of each prompt: the set's name, or NAME/GROUP for a set whose prompts carry groups."""
+    return np.array([f"{s.name}/{g}" if s.groups else s.name for s in sets for g in s.group_labels()])
 
 
 def _check_counts(y: np.ndarray, folds: int, what: str) -> None:
@@ -359,6 +220,30 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
+def _near_duplicate_summary(clusters: np.ndarray, threshold: float) -> dict:
+    sizes = np.bincount(np.unique(clusters, return_inverse=True)[1])
+    return {"threshold": threshold, "ngram": neardup.NGRAM, "clusters": int(len(sizes)),
+            "prompts_in_shared_clusters": int(sizes[sizes > 1].sum())}
+
+
+def _test_prompts(lm, s: PromptSet, clusters: np.ndarray, train_texts: set, train_clusters: np.ndarray,
+                  options: DetectOptions) -> tuple[list[str], dict]:
+    """A test set without near-duplicates of training prompts, then the length filter and limit."""
+    near = np.isin(clusters, train_clusters)
+    exact = np.array([t in train_texts for t in s.texts], bool)
+    fresh = [t for t, dup in zip(s.texts, near) if not dup]
+    lengths = F.tokenize(lm, fresh, options.max_tokens).full_lengths if fresh else np.array([], dtype=int)
+    fresh = [t for t, n in zip(fresh, lengths) if n >= options.test_min_tokens]
+    if options.test_limit and len(fresh) > options.test_limit:
+        pick = np.random.default_rng(options.seed).choice(len(fresh), options.test_limit, replace=False)
+        fresh = [fresh[i] for i in np.sort(pick)]
+    if not fresh:
+        raise UserError(f"test set {s.name!r}: no prompts left after removing near-duplicates of training prompts "
+                        f"and those under --test-min-tokens {options.test_min_tokens}")
+    return fresh, {"source": s.source, "loaded": len(s), "overlap_removed": int(exact.sum()),
+                   "near_duplicates_removed": int((near & ~exact).sum()), "n": len(fresh)}
+
+
 def detect_model(
     lm: LoadedModel,
     train_sets: list[PromptSet],
@@ -368,47 +253,61 @@ def detect_model(
     on_note: Callable[[str], None] | None = None,
     progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
 ) -> ModelReport:
-    """Capture features layer group by layer group, cross-validate, refit, score test sets."""
-    import time
-
+    """Capture features layer group by layer group, evaluate every detector, refit, score test sets."""
     started = time.perf_counter()
     notes: list[str] = []
-    train_sets, test_sets, train_labels, test_labels = _split_sets(train_sets, test_sets, labels or {}, options.protocol)
+    train_labels, test_labels = _split_sets(train_sets, test_sets, labels or {})
     texts = [t for s in train_sets for t in s.texts]
     y_all = np.concatenate([np.full(len(s), train_labels[s.name]) for s in train_sets])
+    sources = prompt_sources(train_sets)
     full = F.tokenize(lm, texts, options.max_tokens).full_lengths
-    keep = match_lengths(full, y_all, options.seed) if options.match_length else np.arange(len(texts))
+    # one clustering over training and test prompts, so that equal ids mean near-duplicates across sets
+    clusters = neardup.clusters(texts + [t for s in test_sets for t in s.texts], options.near_duplicate)
+    train_clusters, test_clusters = clusters[:len(texts)], clusters[len(texts):]
+    keep = (matching.match_lengths(full, y_all == 1, options.seed) if options.match_length
+            else np.arange(len(texts)))
     _check_counts(y_all[keep], options.folds, "length-matched training set" if options.match_length else "training set")
     data = {"train_sets": {s.name: {"label": "jailbreak" if train_labels[s.name] else "benign", "n": len(s),
-                                    "source": s.source} for s in train_sets},
+                                    "source": s.source, "sources": sorted(set(prompt_sources([s])))}
+                           for s in train_sets},
+            "length_matching": matching.PROCEDURE if options.match_length else None,
+            "near_duplicates": _near_duplicate_summary(train_clusters[keep], options.near_duplicate),
             "lengths_loaded": length_summary(full, y_all), "lengths_used": length_summary(full[keep], y_all[keep])}
-    hold = np.array([], dtype=int)
+    test_texts, test_y = {}, {}
     if options.test_split:
-        keep, hold = train_test_split(keep, test_size=options.test_split, stratify=y_all[keep], random_state=options.seed)
-        keep, hold = np.sort(keep), np.sort(hold)
+        cv = StratifiedGroupKFold(max(2, round(1 / options.test_split)), shuffle=True, random_state=options.seed)
+        part, hold = next(cv.split(keep, y_all[keep], train_clusters[keep]))
+        keep, hold = keep[part], keep[hold]
         _check_counts(y_all[keep], options.folds, "training set after --test-split")
-    seen = set(texts)
-    chosen = [texts[i] for i in np.concatenate([keep, hold])]
-    spans, start = {}, len(chosen)
+        for name, c in LABELS.items():
+            test_texts[f"split_{name}"] = [texts[i] for i in hold if y_all[i] == c]
+            test_y[f"split_{name}"] = c
+    offset = 0
     for s in test_sets:
-        fresh = [t for t in s.texts if t not in seen]
-        lengths = F.tokenize(lm, fresh, options.max_tokens).full_lengths if fresh else np.array([], dtype=int)
-        fresh = [t for t, n in zip(fresh, lengths) if n >= options.test_min_tokens]
-        if options.test_limit and len(fresh) > options.test_limit:
-            pick = np.random.default_rng(options.seed).choice(len(fresh), options.test_limit, replace=False)
-            fresh = [fresh[i] for i in np.sort(pick)]
-        if not fresh:
-            raise UserError(f"test set {s.name!r}: no prompts left after removing those in the training sets "
-                            f"and those under --test-min-tokens {options.test_min_tokens}")
-        data.setdefault("test_sets", {})[s.name] = {
-            "label": "jailbreak" if test_labels[s.name] else "benign", "source": s.source, "loaded": len(s),
-            "overlap_removed": len(s) - len([t for t in s.texts if t not in seen]), "n": len(fresh)}
+        fresh, info = _test_prompts(lm, s, test_clusters[offset:offset + len(s)], set(texts),
+                                    train_clusters, options)
+        offset += len(s)
+        data.setdefault("test_sets", {})[s.name] = {"label": "jailbreak" if test_labels[s.name] else "benign", **info}
+        test_texts[s.name], test_y[s.name] = fresh, test_labels[s.name]
+    chosen = [texts[i] for i in keep]
+    spans, start = {}, len(chosen)
+    for name, fresh in test_texts.items():
         chosen += fresh
-        spans[s.name] = slice(start, start + len(fresh))
+        spans[name] = slice(start, start + len(fresh))
         start += len(fresh)
     enc = F.tokenize(lm, chosen, options.max_tokens)
-    y, y_hold = y_all[keep], y_all[hold]
-    dev, held = slice(0, len(keep)), slice(len(keep), len(keep) + len(hold))
+    design = Design(y=y_all[keep], clusters=train_clusters[keep], lengths=full[keep],
+                    sources=sources[keep] if options.protocol == "cross-source" else None,
+                    classifiers=options.classifiers, folds=options.folds, seed=options.seed,
+                    target_fpr=options.target_fpr, cp_kwargs={"n_iter_max": options.cp_iters, "device": str(lm.device)})
+    if design.sources is not None:
+        ok, alone = design.held_out_sources()
+        if not ok:
+            raise UserError("--protocol cross-source needs two sources of one class (two benign or two jailbreak "
+                            "--prompts sets, or a set whose prompts carry sources)")
+        notes += [f"source {s} is the only one of its class, so it is not held out" for s in alone]
+        data["held_out_sources"], data["not_held_out"] = ok, alone
+    dev = slice(0, len(keep))
 
     requests = _requests(lm, options, notes)
     hidden = F.hidden_size(lm)
@@ -426,13 +325,12 @@ def detect_model(
         on_note(message)
 
     projection = F.projection(hidden, options.project_dim, options.seed) if "cp" in options.kinds else None
-    cp_kwargs = {"n_iter_max": options.cp_iters, "device": str(lm.device)}
     report = ModelReport(lm.name, lm.label, lm.spec, lm.random_init, [], [], plan, data, notes, projection=projection)
-    y_tests = {name: test_labels[name] for name in spans}
+    test_lengths = {name: enc.full_lengths[sp] for name, sp in spans.items()}
 
     def evaluate_all(X: np.ndarray, feature, where: dict) -> None:
-        rows, fitted = evaluate(X[dev], y, feature, options.classifiers, options.folds, options.seed, cp_kwargs)
-        apply(fitted, rows, {n: X[sp] for n, sp in spans.items()}, y_tests, (X[held], y_hold) if len(hold) else None)
+        rows, fitted = evaluate(X[dev], feature, design)
+        apply(fitted, rows, {n: X[sp] for n, sp in spans.items()}, test_y, test_lengths)
         for row in rows:
             row.update(where)
             if options.keep_fitted and where.get("source"):

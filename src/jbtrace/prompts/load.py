@@ -40,17 +40,25 @@ Records = list[tuple[str, Any]]  # (where, value): "line 3" and a str or a dict 
 
 @dataclass(frozen=True)
 class PromptSet:
-    """A named, ordered, immutable set of prompts; `sha256` is computed from `texts`."""
+    """A named, ordered, immutable set of prompts; `sha256` is computed from `texts`.
+
+    `groups` optionally gives each prompt its own source label (e.g. the sub-source of a
+    corpus); source-held-out evaluation leaves each group out in turn. Empty: one group.
+    """
 
     name: str
     texts: tuple[str, ...]
     source: str
     sha256: str = ""
     info: dict = field(default_factory=dict, compare=False)
+    groups: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
         texts = tuple(self.texts)
         object.__setattr__(self, "texts", texts)
+        object.__setattr__(self, "groups", tuple(self.groups))
+        if self.groups and len(self.groups) != len(texts):
+            raise ValueError(f"PromptSet {self.name!r}: {len(self.groups)} groups for {len(texts)} texts")
         digest = texts_sha256(texts)
         if self.sha256 and self.sha256 != digest:
             raise ValueError(f"PromptSet {self.name!r}: sha256 does not match its texts")
@@ -58,6 +66,10 @@ class PromptSet:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def group_labels(self) -> tuple[str, ...]:
+        """Each prompt's source: its group where given, else the set's source (one group)."""
+        return self.groups or (self.source,) * len(self.texts)
 
 
 def texts_sha256(texts: tuple[str, ...] | list[str]) -> str:
@@ -407,7 +419,8 @@ def load_prompts(name: str, source: str, *, text_field: str | None = None,
         "seed": seed,
         **extra,
     }
-    return PromptSet(name=name, texts=tuple(texts), source=source, info=info)
+    return PromptSet(name=name, texts=tuple(texts), source=source, info=info,
+                     groups=tuple(extra["prompt_sources"]) if labels is not None else ())
 
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")

@@ -142,10 +142,12 @@ def save(fig: Figure, base: str | Path, svg: bool = False) -> list[Path]:
 
 
 def detect_curves(reports: list[dict]) -> Figure:
-    """Cross-validated F1 against layer: one panel per model, one line per (source, feature kind).
+    """Selection score against layer: one panel per model, one line per (source, feature kind).
 
-    Each point is the best classifier at that layer for that feature (band: ± std over folds);
-    the dashed grey line is the best length-only baseline (log token count).
+    The selection score is what detectors are ranked by (the share of correct decisions on the
+    worst held-out source under ``cross-source``, else the out-of-fold TPR at the target FPR).
+    Each point is the best classifier at that layer for that feature; the dashed grey line is
+    the best length-only baseline (log token count) on the same score.
     """
     if not reports:
         raise UserError("no detector results to draw")
@@ -158,27 +160,25 @@ def detect_curves(reports: list[dict]) -> Figure:
     sources = sorted({r["source"] for rep in reports for r in rep["rows"]}, key=lambda s: (s not in order, order.index(s) if s in order else 0, s))
     colours = dict(zip(features, plt.get_cmap("tab10").colors))
     styles = dict(zip(sources, ("-", "--", ":", "-.")))
+    value = lambda r: -1.0 if r["selection"] is None else r["selection"]  # noqa: E731
     for ax, rep in zip(axes.flat, reports):
         for source in sources:
             for feature in features:
                 best = {}
                 for r in rep["rows"]:
-                    if r["source"] == source and r["feature"] == feature and (r["layer"] not in best or r["f1"] > best[r["layer"]]["f1"]):
+                    if r["source"] == source and r["feature"] == feature and (r["layer"] not in best or value(r) > value(best[r["layer"]])):
                         best[r["layer"]] = r
                 if not best:
                     continue
                 layers = sorted(best)
-                f1 = np.array([best[k]["f1"] for k in layers])
-                std = np.array([best[k]["f1_std"] for k in layers])
                 label = feature if len(sources) == 1 else f"{source} {feature}"
-                ax.plot(layers, f1, styles[source], marker="o", ms=3, color=colours[feature], label=label)
-                ax.fill_between(layers, f1 - std, np.minimum(f1 + std, 1), color=colours[feature], alpha=0.08, lw=0)
-        length = max(rep["baseline"], key=lambda r: r["f1"])
-        ax.axhline(length["f1"], color="0.4", ls=(0, (4, 3)), lw=1.2, label=f"length only ({length['classifier']})")
+                ax.plot(layers, [value(best[k]) for k in layers], styles[source], marker="o", ms=3, color=colours[feature], label=label)
+        length = max(rep["baseline"], key=value)
+        ax.axhline(value(length), color="0.4", ls=(0, (4, 3)), lw=1.2, label=f"length only ({length['classifier']})")
         ax.set_title(rep["label"], fontsize=10)
         ax.set_xlabel("Layer")
-        ax.set_ylabel("CV F1 (best classifier)")
-        ax.set_ylim(min(0.4, ax.get_ylim()[0]), 1.01)
+        ax.set_ylabel("Selection score (worst held-out source, or TPR at target FPR)", fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right", ncols=2)
     for ax in list(axes.flat)[n:]:

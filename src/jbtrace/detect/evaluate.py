@@ -1,0 +1,286 @@
+"""Evaluation protocols for one feature set: grouped cross-validation and source-held-out.
+
+Every number is taken at one stated operating point: the threshold at which a target share
+of *held-out* benign prompts is flagged (``threshold_at_fpr``). Folds are stratified and
+grouped by near-duplicate cluster (``StratifiedGroupKFold``), so a prompt and its near-copies
+are never on both sides. In the source-held-out protocol each source is left out in turn:
+the feature transform (CP), scaler, classifier, threshold (from grouped out-of-fold scores of
+the remaining sources) and calibration are fitted without it, and it is scored once; prompts
+of the held-out source that are near-duplicates of a training prompt are dropped first.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+from statsmodels.stats.proportion import proportion_confint
+
+from jbtrace.detect.decompose import CPFeatures
+from jbtrace.errors import UserError
+
+CLASSIFIERS = ("logreg", "linsvm", "rbfsvm", "forest")
+FPR_POINTS = (0.01, 0.05)  # TPR is always reported at these false-positive rates too
+LENGTH_EDGES = (0, 64, 128, 256, 512)  # token-count bins of the FPR-by-length tables (last bin open)
+INTERVAL = "Clopper-Pearson exact 95%"
+
+
+def make_classifier(name: str, seed: int) -> Pipeline:
+    """A standardised classifier with a fixed seed."""
+    clf = {
+        "logreg": lambda: LogisticRegression(max_iter=5000, random_state=seed),
+        "linsvm": lambda: LinearSVC(max_iter=20000, random_state=seed),
+        "rbfsvm": lambda: SVC(kernel="rbf", gamma="scale", random_state=seed),
+        "forest": lambda: RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1),
+    }
+    if name not in clf:
+        raise UserError(f"unknown classifier {name!r}: choose from {', '.join(CLASSIFIERS)}")
+    return make_pipeline(StandardScaler(), clf[name]())
+
+
+def native_score(pipe: Pipeline, name: str, Z: np.ndarray) -> np.ndarray:
+    """Continuous jailbreak score: the margin (decision function), or the vote share for a forest."""
+    return pipe.predict_proba(Z)[:, 1] if name == "forest" else pipe.decision_function(Z)
+
+
+def threshold_at_fpr(benign_scores: np.ndarray, target: float) -> float:
+    """The lowest threshold (flag when score ≥ t) that flags at most ``target`` of these benign scores."""
+    s = np.sort(np.asarray(benign_scores, float))[::-1]
+    allowed = int(np.floor(target * len(s) + 1e-9))
+    return float(np.nextafter(s[allowed], np.inf)) if allowed < len(s) else float(s[-1])
+
+
+def platt(y: np.ndarray, scores: np.ndarray, seed: int) -> tuple[float, float]:
+    """Sigmoid calibration (a, b): probability = sigmoid(a·score + b), fitted on held-out scores."""
+    lr = LogisticRegression(C=1e4, max_iter=5000, random_state=seed).fit(scores[:, None], y)
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+def calibrated(scale: tuple[float, float], scores: np.ndarray) -> np.ndarray:
+    from scipy.special import expit
+
+    return expit(scale[0] * scores + scale[1])
+
+
+def rate(flags: np.ndarray) -> dict:
+    """Share flagged with its Clopper–Pearson 95% interval."""
+    flags = np.asarray(flags, bool)
+    n, k = len(flags), int(flags.sum())
+    if n == 0:
+        return {"rate": None, "ci_low": None, "ci_high": None, "n": 0}
+    low, high = proportion_confint(k, n, alpha=0.05, method="beta")
+    return {"rate": k / n, "ci_low": float(low), "ci_high": float(high), "n": n}
+
+
+def by_length(flags: np.ndarray, lengths: np.ndarray) -> list[dict]:
+    """Share flagged per token-length bin (for benign prompts: the FPR by length)."""
+    out = []
+    for lo, hi in zip(LENGTH_EDGES, (*LENGTH_EDGES[1:], None)):
+        inside = (lengths >= lo) & ((lengths < hi) if hi else True)
+        if inside.any():
+            out.append({"tokens": f"{lo}-{hi - 1}" if hi else f"{lo}+", **rate(flags[inside])})
+    return out
+
+
+@dataclass
+class Design:
+    """What the protocols need besides the features: labels, clusters, sources, lengths, settings."""
+
+    y: np.ndarray
+    clusters: np.ndarray | None = None  # near-duplicate cluster per prompt (None: every prompt its own)
+    sources: np.ndarray | None = None  # source per prompt; given, each source is also held out in turn
+    lengths: np.ndarray | None = None  # full token counts (FPR by length)
+    classifiers: tuple[str, ...] = ("logreg",)
+    folds: int = 5
+    seed: int = 0
+    target_fpr: float = 0.01
+    cp_kwargs: dict = field(default_factory=dict)
+
+    def splits(self, idx: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Stratified folds over ``idx``, grouped by near-duplicate cluster."""
+        groups = self.clusters[idx] if self.clusters is not None else idx
+        cv = StratifiedGroupKFold(self.folds, shuffle=True, random_state=self.seed)
+        return [(idx[a], idx[b]) for a, b in cv.split(np.zeros(len(idx)), self.y[idx], groups)]
+
+    def held_out_sources(self) -> tuple[list[str], list[str]]:
+        """Sources that can be left out (their class keeps another source) and those that cannot."""
+        names = list(dict.fromkeys(self.sources))
+        label = {s: int(self.y[self.sources == s][0]) for s in names}
+        ok = [s for s in names if sum(label[t] == label[s] for t in names) > 1]
+        return ok, [s for s in names if s not in ok]
+
+
+@dataclass
+class Fitted:
+    """One detector: feature transform, classifier, threshold at the target FPR, calibration."""
+
+    feature: str
+    kind: str
+    rank: int | None
+    classifier: str
+    cp: CPFeatures | None
+    pipeline: Pipeline
+    threshold: float
+    platt: tuple[float, float] | None = None  # (a, b) on the native score, fitted on held-out scores
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return X if self.cp is None else self.cp.transform(X)
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        return native_score(self.pipeline, self.classifier, self.transform(X))
+
+
+def _fit(X, feature, d: Design, train: np.ndarray) -> tuple[CPFeatures | None, dict, int]:
+    """CP (for cp features) and every classifier fitted on ``train`` only; count of unconverged fits."""
+    label, kind, rank = feature
+    cp, Z = None, X[train]
+    if kind == "cp":
+        cp = CPFeatures(rank=rank, random_state=d.seed, **d.cp_kwargs)
+        Z = cp.fit_transform(X[train])
+    pipes, warned = {}, 0
+    for c in d.classifiers:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            pipes[c] = make_classifier(c, d.seed).fit(Z, d.y[train])
+        warned += any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return cp, pipes, warned
+
+
+def _score(X, cp, pipes: dict, idx: np.ndarray) -> dict[str, np.ndarray]:
+    Z = X[idx] if cp is None else cp.transform(X[idx])
+    return {c: native_score(p, c, Z) for c, p in pipes.items()}
+
+
+def _out_of_fold(X, feature, d: Design, idx: np.ndarray) -> tuple[dict, list, int]:
+    """Out-of-fold scores of ``idx`` (aligned with it) from grouped folds fitted inside ``idx``."""
+    oof = {c: np.zeros(len(X)) for c in d.classifiers}
+    folds, warned = [], 0
+    for train, test in d.splits(idx):
+        cp, pipes, w = _fit(X, feature, d, train)
+        warned += w
+        for c, s in _score(X, cp, pipes, test).items():
+            oof[c][test] = s
+        folds.append(test)
+    return {c: s[idx] for c, s in oof.items()}, folds, warned
+
+
+def _at_points(benign_scores: np.ndarray, target: float) -> dict[str, float]:
+    points = dict.fromkeys(sorted({target, *FPR_POINTS}))
+    return {f"{p:g}": threshold_at_fpr(benign_scores, p) for p in points}
+
+
+def _cv_metrics(d: Design, oof: np.ndarray, folds: list, threshold: float, thresholds: dict) -> dict:
+    """CV metrics at the operating threshold (mean ± std over folds), pooled rates and TPR at fixed FPRs."""
+    y, flags = d.y, oof >= threshold
+    per = {"f1": [], "accuracy": [], "auroc": []}
+    for test in folds:
+        per["f1"].append(f1_score(y[test], flags[test], zero_division=0))
+        per["accuracy"].append(accuracy_score(y[test], flags[test]))
+        per["auroc"].append(roc_auc_score(y[test], oof[test]) if len(set(y[test])) == 2 else np.nan)
+    out = {}
+    for m, values in per.items():
+        out[m], out[f"{m}_std"] = float(np.nanmean(values)), float(np.nanstd(values, ddof=1))
+    out["oof_auroc"] = float(roc_auc_score(y, oof))
+    out["tpr"], out["fpr"] = rate(flags[y == 1]), rate(flags[y == 0])
+    out["tpr_at_fpr"] = {p: {**rate(oof[y == 1] >= t), "fpr": rate(oof[y == 0] >= t)["rate"]}
+                         for p, t in thresholds.items()}
+    if d.lengths is not None:
+        out["fpr_by_length"] = by_length(flags[y == 0], d.lengths[y == 0])
+    return out
+
+
+def _held_out(X, feature, d: Design) -> tuple[dict, dict, int]:
+    """Per classifier, per held-out source: its rates at thresholds set without it."""
+    ok, _ = d.held_out_sources()
+    out, scores, warned = {c: {} for c in d.classifiers}, {c: {} for c in d.classifiers}, 0
+    for source in ok:
+        inside = d.sources == source
+        train, test = np.flatnonzero(~inside), np.flatnonzero(inside)
+        dropped = 0
+        if d.clusters is not None:
+            fresh = ~np.isin(d.clusters[test], d.clusters[train])
+            dropped, test = int((~fresh).sum()), test[fresh]
+        label = int(d.y[inside][0])
+        oof, _, w1 = _out_of_fold(X, feature, d, train)
+        cp, pipes, w2 = _fit(X, feature, d, train)
+        warned += w1 + w2
+        test_scores = _score(X, cp, pipes, test) if len(test) else {c: np.array([]) for c in d.classifiers}
+        benign_train = d.y[train] == 0
+        for c in d.classifiers:
+            points = _at_points(oof[c][benign_train], d.target_fpr)
+            s = test_scores[c]
+            entry = {"label": "jailbreak" if label else "benign", "metric": "TPR" if label else "FPR",
+                     "near_duplicates_dropped": dropped, **rate(s >= points[f"{d.target_fpr:g}"]),
+                     "threshold": points[f"{d.target_fpr:g}"],
+                     "at_fpr": {p: rate(s >= t) for p, t in points.items()}}
+            if not label and d.lengths is not None:
+                entry["fpr_by_length"] = by_length(s >= entry["threshold"], d.lengths[test])
+            out[c][source] = entry
+            scores[c][source] = s
+    return out, scores, warned
+
+
+def worst(held_out: dict) -> dict | None:
+    """The held-out source with the lowest share of correct decisions (TPR, or 1 − FPR)."""
+    scored = [(e["rate"] if e["label"] == "jailbreak" else 1 - e["rate"], s, e) for s, e in held_out.items()
+              if e["rate"] is not None]
+    if not scored:
+        return None
+    correct, source, e = min(scored, key=lambda t: t[0])
+    return {"source": source, "metric": e["metric"], "rate": e["rate"], "correct": correct}
+
+
+def evaluate(X: np.ndarray, feature: tuple[str, str, int | None], d: Design) -> tuple[list[dict], dict[str, Fitted]]:
+    """Grouped CV (and, with sources, source-held-out) for every classifier on one feature set.
+
+    X is (prompts, positions, hidden) for ``cp`` (decomposed inside each training fold) and
+    (prompts, features) otherwise. Returns one row per classifier and the detectors refitted on
+    all prompts, each with the threshold at ``target_fpr`` on the out-of-fold benign scores and
+    a sigmoid calibration fitted on the out-of-fold scores.
+    """
+    label, kind, rank = feature
+    idx = np.arange(len(d.y))
+    oof, folds, warned = _out_of_fold(X, feature, d, idx)
+    cp, pipes, w = _fit(X, feature, d, idx)
+    warned += w
+    held, _, w = _held_out(X, feature, d) if d.sources is not None else ({c: {} for c in d.classifiers}, None, 0)
+    warned += w
+    rows, fitted = [], {}
+    for c in d.classifiers:
+        thresholds = _at_points(oof[c][d.y == 0], d.target_fpr)
+        threshold = thresholds[f"{d.target_fpr:g}"]
+        scale = platt(d.y, oof[c], d.seed)
+        fitted[c] = Fitted(label, kind, rank, c, cp, pipes[c], threshold, scale)
+        probs = calibrated(scale, oof[c])
+        row = {"feature": label, "kind": kind, "rank": rank, "classifier": c, "threshold": threshold,
+               **_cv_metrics(d, oof[c], folds, threshold, thresholds),
+               "brier": float(np.mean((probs - d.y) ** 2)), "held_out": held[c], "worst_held_out": worst(held[c]),
+               "unconverged_fits": warned}
+        row["selection"] = (row["worst_held_out"]["correct"] if row["worst_held_out"]
+                            else row["tpr_at_fpr"][f"{d.target_fpr:g}"]["rate"])
+        rows.append(row)
+    return rows, fitted
+
+
+def apply(fitted: dict[str, Fitted], rows: list[dict], X_sets: dict[str, np.ndarray], y_sets: dict[str, int],
+          lengths: dict[str, np.ndarray]) -> None:
+    """Add to each row the flagged share of each test set at the detector's threshold (TPR or FPR, with CI)."""
+    for row in rows:
+        detector = fitted[row["classifier"]]
+        row["tests"] = {}
+        for name, X in X_sets.items():
+            flags = detector.score(X) >= detector.threshold
+            entry = {"label": "jailbreak" if y_sets[name] else "benign", "metric": "TPR" if y_sets[name] else "FPR",
+                     **rate(flags)}
+            if not y_sets[name]:
+                entry["fpr_by_length"] = by_length(flags, lengths[name])
+            row["tests"][name] = entry
