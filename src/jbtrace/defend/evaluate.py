@@ -110,9 +110,6 @@ def evaluate_guard(lm: LoadedModel, detector: Detector, sets: list[PromptSet], l
     started = time.perf_counter()
     tick = progress_start or (lambda description, total: None)
     G.check_detector(detector, lm)
-    sets, removed = without_training(sets, detector)
-    texts = [t for s in sets for t in s.texts]
-    where = [(s.name, i) for s in sets for i in range(len(s))]
     gen = options.generation
     chat = G.uses_chat_template(lm, gen)
     n_blocks = surgery.num_blocks(lm.model.config)
@@ -121,6 +118,9 @@ def evaluate_guard(lm: LoadedModel, detector: Detector, sets: list[PromptSet], l
     else:
         bypass, how = list(options.bypass), "given with --bypass"
     bypass = list(surgery.check_bypass(lm.model, bypass))
+    sets, removed = without_training(sets, detector)
+    texts = [t for s in sets for t in s.texts]
+    where = [(s.name, i) for s in sets for i in range(len(s))]
     judges = make_judges(lm, options, chat)
 
     which = G.choose_flagger(detector, options.layer, options.source, options.feature)
