@@ -174,11 +174,18 @@ def test_detect_model_rows_baseline_tests(small_run):
 def test_saved_detector_round_trip_gives_identical_scores(small_run, tmp_path):
     lm, options, report = small_run
     config = {"spec": "tiny:gptj", "name": lm.name, "seed": 0, "dtype": "float32", "revision": None}
-    det = from_report(report, options, "linsvm", config, every_layer=True)
+    det = from_report(report, options, "linsvm", config, every_layer=True, train_texts=["a prompt", "another"])
     best = from_report(report, options, "linsvm", config)
     assert len(best.layers) == 1 and best.layers[0].key == det.layers[0].key == best.config["chosen"]["key"]
     loaded = Detector.load(det.save(tmp_path / "det"))
     assert [d.key for d in loaded.layers] == [d.key for d in det.layers]
+    # each layer detector keeps its CV row; the recommendation is the one detect chose
+    svm_rows = [r for r in report.rows if r["classifier"] == "linsvm"]
+    for d in loaded.layers:
+        row = next(r for r in svm_rows if (r["layer"], r["feature"]) == (d.layer, d.feature))
+        assert d.cv == {"f1": row["f1"], "f1_std": row["f1_std"], "auroc": row["auroc"]}
+    assert loaded.recommended().key == best.config["chosen"]["key"]
+    assert len(loaded.config["train_text_hashes"]) == 2
     sets = [make_set("new", ["Tell me a story about a lighthouse.", *JAILBREAK[:3]])]
     captured = capture(lm, list(sets[0].texts), [("resid", 2), ("resid", 28)], ("cp", "mean"), cp_positions=16)
     for before, after in zip(det.layers, loaded.layers):

@@ -43,7 +43,7 @@ RemoteCode = Annotated[bool, typer.Option(help="Run the model repository's own c
 MaxTokens = Annotated[int, typer.Option(help="Truncate prompts to this many tokens (counted and recorded).")]
 BatchSize = Annotated[int, typer.Option(help="Prompts per batch (batches are built by length).")]
 PaddingSide = Annotated[str, typer.Option(help="left or right; padding is never counted.")]
-ChatTemplate = Annotated[bool, typer.Option(help="Wrap each prompt in the tokenizer's chat template.")]
+ChatTemplate = Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template", help="Wrap each prompt in the tokenizer's chat template (default: on for models whose tokenizer has one, i.e. instruction-tuned models; recorded in provenance).", show_default=False)]
 Overwrite = Annotated[bool, typer.Option(help="Replace what --out holds (a finished run, or a partial run of another command, prompt set or model); removes its store, figures, comparisons and checkpoints. Without it, rerunning the same command resumes.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Run directory (writes RUN/trace.zarr, RUN/run.json).")]

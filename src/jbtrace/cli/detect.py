@@ -104,7 +104,8 @@ def detect_cmd(
     paths = outputs.write_detect(reports, out_dir, options, command_line())
     if save is not None:
         config = {"spec": lm.spec, "name": lm.name, "seed": seed, "dtype": dtype, "revision": revision}
-        paths.append(detector.from_report(reports[0], options, save_classifier, config, save_all).save(save))
+        paths.append(detector.from_report(reports[0], options, save_classifier, config, save_all,
+                                           [t for s in train for t in s.texts]).save(save))
     for path in paths:
         out.print(f"wrote {path}", highlight=False)
     publish(out_dir, prompt_sets=train + tests, seed=seed)

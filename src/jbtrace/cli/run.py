@@ -112,7 +112,7 @@ def extract_cmd(
     batch_size: BatchSize = 8,
     padding_side: PaddingSide = "right",
     bucket: Annotated[bool, typer.Option(help="Batch prompts of similar length together.")] = True,
-    chat_template: ChatTemplate = False,
+    chat_template: ChatTemplate = None,
     shard: Annotated[str, typer.Option(help="K/N: only prompts whose index is K modulo N (merge shards with `jbtrace merge`).")] = "0/1",
     engine: Annotated[str, typer.Option(help="local (this process) or ray (shards on Ray workers, one model replica each; pip install 'jbtrace[ray]').")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: address of an existing cluster (default: start a local one).")] = None,

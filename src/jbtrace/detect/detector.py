@@ -47,6 +47,7 @@ class Linear:
     intercept: np.ndarray
     position_factors: np.ndarray | None = None
     hidden_factors: np.ndarray | None = None
+    cv: dict | None = None  # cross-validated f1, f1_std, auroc of this detector (None in older files)
 
     @property
     def key(self) -> str:
@@ -81,15 +82,23 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return expit(z)
 
 
-def from_fitted(source: str, layer: int, fitted) -> Linear:
-    """Arrays of a fitted ``detect.evaluate.Fitted`` (logreg or linsvm)."""
+def text_hash(text: str) -> str:
+    """Short sha256 of one prompt: saved detectors list their training prompts this way."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def from_fitted(source: str, layer: int, fitted, cv: dict | None = None) -> Linear:
+    """Arrays of a fitted ``detect.Fitted`` (logreg or linsvm)."""
     if fitted.classifier not in SAVEABLE:
         raise UserError(f"only linear detectors can be saved ({', '.join(SAVEABLE)}), not {fitted.classifier}")
     scaler, clf = fitted.pipeline[0], fitted.pipeline[-1]
     cp = fitted.cp
     return Linear(source, layer, fitted.feature, fitted.kind, fitted.classifier, fitted.threshold, fitted.platt,
                   scaler.mean_.copy(), scaler.scale_.copy(), clf.coef_[0].copy(), np.asarray(clf.intercept_, float).copy(),
-                  None if cp is None else cp.position_factors_.copy(), None if cp is None else cp.hidden_factors_.copy())
+                  None if cp is None else cp.position_factors_.copy(), None if cp is None else cp.hidden_factors_.copy(),
+                  cv)
 
 
 @dataclass
@@ -107,7 +116,7 @@ class Detector:
         for d in self.layers:
             entries.append({"key": d.key, "source": d.source, "layer": d.layer, "feature": d.feature, "kind": d.kind,
                             "classifier": d.classifier, "threshold": d.threshold,
-                            "platt": list(d.platt) if d.platt else None})
+                            "platt": list(d.platt) if d.platt else None, "cv": d.cv})
             for name in ("mean", "scale", "coef", "intercept", "position_factors", "hidden_factors"):
                 value = getattr(d, name)
                 if value is not None:
@@ -136,10 +145,25 @@ class Detector:
             arrays = {n: tensors.get(f"{e['key']}/{n}") for n in
                       ("mean", "scale", "coef", "intercept", "position_factors", "hidden_factors")}
             layers.append(Linear(e["source"], e["layer"], e["feature"], e["kind"], e["classifier"], e["threshold"],
-                                 tuple(e["platt"]) if e["platt"] else None, **arrays))
+                                 tuple(e["platt"]) if e["platt"] else None, **arrays, cv=e.get("cv")))
         for key in ("format", "version"):
             config.pop(key)
         return cls(config, layers, tensors.get("projection"))
+
+    def recommended(self) -> Linear:
+        """The detector ``detect`` chose (best on its selection score), else the best cross-validated F1
+        (ties: AUROC, then the earlier layer)."""
+        chosen = [d for d in self.layers if d.key == self.config.get("chosen", {}).get("key")]
+        if chosen:
+            return chosen[0]
+        scored = [d for d in self.layers if d.cv]
+        if not scored:
+            raise UserError("this detector was saved without cross-validation results; name the layer to use")
+        return max(scored, key=lambda d: (d.cv["f1"], d.cv["auroc"], -d.layer))
+
+    def only(self, detectors: list[Linear]) -> "Detector":
+        """The same detector restricted to some of its layer detectors (scoring captures only their layers)."""
+        return Detector(self.config, list(detectors), self.projection)
 
     def score(self, lm: LoadedModel, prompt_sets: list[PromptSet],
               progress: Callable[[int], None] | None = None) -> list[dict]:
@@ -162,27 +186,32 @@ class Detector:
         return rows
 
 
-def from_report(report, options, classifier: str, model_config: dict, every_layer: bool = False) -> Detector:
+def from_report(report, options, classifier: str, model_config: dict, every_layer: bool = False,
+                train_texts=()) -> Detector:
     """The ``classifier`` detector ranked first by ``report.ranked`` (or, ``every_layer``, all of them, the chosen first).
 
     Needs a report made with keep_fitted. The chosen one is the best on the protocol's selection
-    score (the worst held-out source under cross-source), recorded in the config.
+    score (the worst held-out source under cross-source), recorded in the config. Each layer
+    detector keeps its cross-validated F1 and AUROC; ``train_texts`` (the loaded training prompts)
+    are saved as short hashes so that evaluations can leave them out.
     """
     from jbtrace.detect.report import ranked
 
     if classifier not in SAVEABLE:
         raise UserError(f"--save-classifier {classifier!r}: only {', '.join(SAVEABLE)} can be saved as arrays")
-    order = [(r["source"], r["layer"], r["feature"], r["classifier"]) for r in ranked(report.rows)
-             if r["classifier"] == classifier]
+    rows = {(r["source"], r["layer"], r["feature"], r["classifier"]): r for r in ranked(report.rows)
+            if r["classifier"] == classifier}
+    order = list(rows)
     keys = order if every_layer else order[:1]
-    layers = [from_fitted(key[0], key[1], report.fitted[key]) for key in keys]
-    chosen = next(r for r in report.rows if (r["source"], r["layer"], r["feature"], r["classifier"]) == order[0])
+    layers = [from_fitted(key[0], key[1], report.fitted[key], {k: rows[key][k] for k in ("f1", "f1_std", "auroc")})
+              for key in keys]
+    chosen = rows[order[0]]
     config = {"model": model_config, "max_tokens": options.max_tokens, "cp_positions": options.cp_positions,
               "project_dim": options.project_dim, "batch_size": options.batch_size, "seed": options.seed,
               "target_fpr": options.target_fpr, "protocol": options.protocol,
               "chosen": {"key": layers[0].key, "selection": chosen["selection"],
                          "worst_held_out": chosen["worst_held_out"], "tpr_at_fpr": chosen["tpr_at_fpr"]},
-              "training": report.data}
+              "training": report.data, "train_text_hashes": sorted({text_hash(t) for t in train_texts})}
     return Detector(config, layers, report.projection)
 
 

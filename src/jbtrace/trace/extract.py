@@ -10,7 +10,7 @@ layer's states of one batch; the values are folded into float64 moments per
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -37,7 +37,7 @@ class ExtractOptions:
     max_batch_tokens: int = 8192
     padding_side: str = "right"
     bucket: bool = True
-    chat_template: bool = False
+    chat_template: bool | None = None  # None: on where the tokenizer has a chat template (instruction-tuned models)
     shard: tuple[int, int] = (0, 1)  # (k, n): only prompts whose index is k modulo n
 
     def __post_init__(self):
@@ -82,6 +82,13 @@ class ModelTrace:
         return self.tokens_padded / max(self.tokens_processed, 1)
 
 
+def with_chat_template(lm: LoadedModel, options: ExtractOptions) -> ExtractOptions:
+    """``options`` with ``chat_template`` decided for ``lm``: as asked, else whether its tokenizer has one."""
+    if options.chat_template is not None:
+        return options
+    return replace(options, chat_template=bool(getattr(lm.tokenizer, "chat_template", None)))
+
+
 ENCODE_CHUNK = 256  # prompts tokenized per tokenizer call
 
 
@@ -92,6 +99,7 @@ def encode(lm: LoadedModel, texts: tuple[str, ...] | list[str], options: Extract
     template: every prompt keeps the same assistant header at its last positions.
     """
     tok = lm.tokenizer
+    options = with_chat_template(lm, options)
     limit = min(options.max_tokens, lm.max_positions or options.max_tokens)
     if options.chat_template:
         if not getattr(tok, "chat_template", None):
@@ -279,6 +287,7 @@ def extract(
     before its first batch and saves it after batches, so an interrupted run resumes.
     """
     statistics = stats.get(options.stats)
+    options = with_chat_template(lm, options)
     n_positions = options.bins if options.align == "relative" else min(options.max_tokens, lm.max_positions or options.max_tokens)
     trace = ModelTrace(model=lm, options=options, n_positions=n_positions)
     reducer = _Reducer(statistics, lm.n_layers)
