@@ -111,7 +111,7 @@ class OnTopic:
         return np.where([bool(r.strip()) for r in responses], sims, 0.0)
 
     def calibrate(self, prompts, responses, seed: int = 0) -> dict:
-        from jbtrace.detect.train import youden_threshold
+        from jbtrace.detect.evaluate import youden_threshold
 
         prompts, responses = list(prompts), list(responses)
         if len(prompts) < 4:

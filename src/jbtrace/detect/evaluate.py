@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, roc_curve
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -57,6 +57,12 @@ def threshold_at_fpr(benign_scores: np.ndarray, target: float) -> float:
     s = np.sort(np.asarray(benign_scores, float))[::-1]
     allowed = int(np.floor(target * len(s) + 1e-9))
     return float(np.nextafter(s[allowed], np.inf)) if allowed < len(s) else float(s[-1])
+
+
+def youden_threshold(y: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold (flag when score ≥ t) that maximises TPR − FPR: for a score that separates two known kinds."""
+    fpr, tpr, thresholds = roc_curve(y, scores)
+    return float(thresholds[int(np.argmax(tpr - fpr))])
 
 
 def platt(y: np.ndarray, scores: np.ndarray, seed: int) -> tuple[float, float]:
