@@ -31,7 +31,7 @@ from jbtrace.errors import UserError
 
 
 @app.command("detect")
-@with_extract_options(without=("shard", "stat", "align", "bins", "bucket", "padding_side", "chat_template"))
+@with_extract_options(without=("shard", "stat", "align", "bins", "bucket", "padding_side"))
 def detect_cmd(
     *,
     out_dir: Out = Path("runs/detect"),
@@ -71,6 +71,7 @@ def detect_cmd(
         **{k: tuple(v) for k, v in kw.items() if v}, layers=detect.parse_layers(layers), folds=folds,
         test_split=test_split, protocol=protocol, match_length=match_length, test_min_tokens=test_min_tokens,
         cp_positions=cp_positions, project_dim=project_dim, cp_iters=cp_iters, max_tokens=max_tokens,
+        chat_template=common["chat_template"],
         batch_size=batch_size, memory_budget=int(memory_gb * 2**30), seed=seed, keep_fitted=save is not None,
         test_limit=limit)
     if not model:

@@ -146,7 +146,7 @@ class Detector:
               progress: Callable[[int], None] | None = None) -> list[dict]:
         """Per prompt and layer detector: jailbreak probability, native score and flag."""
         texts = [t for s in prompt_sets for t in s.texts]
-        enc = F.tokenize(lm, texts, self.config["max_tokens"])
+        enc = F.tokenize(lm, texts, self.config["max_tokens"], self.config.get("chat_template", False))
         requests = list(dict.fromkeys((d.source, d.layer) for d in self.layers))
         kinds = tuple(dict.fromkeys(d.kind for d in self.layers))
         captured = F.capture(lm, enc, requests, kinds, self.config["cp_positions"], self.projection,
@@ -169,8 +169,8 @@ def from_report(report, options, classifier: str, model_config: dict) -> Detecto
         raise UserError(f"--save-classifier {classifier!r}: only {', '.join(SAVEABLE)} can be saved as arrays")
     layers = [from_fitted(source, layer, fitted) for (source, layer, _, clf), fitted in report.fitted.items()
               if clf == classifier]
-    config = {"model": model_config, "max_tokens": options.max_tokens, "cp_positions": options.cp_positions,
-              "project_dim": options.project_dim, "batch_size": options.batch_size, "seed": options.seed,
+    config = {"model": model_config, "max_tokens": options.max_tokens, "chat_template": options.chat_template,
+              "cp_positions": options.cp_positions, "project_dim": options.project_dim, "batch_size": options.batch_size, "seed": options.seed,
               "training": report.data}
     return Detector(config, layers, report.projection)
 

