@@ -154,3 +154,50 @@ def test_run_outcomes_end_to_end(tiny, tmp_path):
     summary = json.loads((tmp_path / "outcomes.json").read_text())
     assert summary["rates"][0]["n"] == 3 and summary["judges"] == ["refusal"]
     assert load_prompts("c", f"outcomes:{tmp_path}:refused:b").texts == ("fourth prompt", "fifth prompt")
+
+
+def test_answers_are_reused_only_with_the_same_settings(tiny, tmp_path, monkeypatch):
+    from jbtrace.views.outputs import write_outcomes as write_run
+
+    sets = [PromptSet("a", ("one prompt", "two prompts"), "x")]
+    judges = {"refusal": lambda p, r: [False] * len(p)}
+    first = O.run_outcomes(tiny, sets, judges, max_new_tokens=4, chat_template=False)
+    write_run(first, tmp_path, "cmd")
+    generation = O.generation_config(tiny, 4, False, 2048)
+    assert O.previous_answers(tmp_path, {**generation, "max_new_tokens": 5}) == {}
+    reuse = O.previous_answers(tmp_path, generation)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated although every answer was there")
+
+    monkeypatch.setattr(O, "generate", no_generation)
+    again = O.run_outcomes(tiny, sets, {"refusal": lambda p, r: [True] * len(p)}, max_new_tokens=4,
+                           chat_template=False, reuse=reuse)
+    assert [o.response for o in again.outcomes] == [o.response for o in first.outcomes]
+    assert [o.label for o in again.outcomes] == ["refused", "refused"] and again.config["reused_answers"] == 2
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "jbtrace", *args], capture_output=True, text=True)
+
+
+def test_cli_outcomes_then_outcome_sources(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("first prompt\nsecond prompt\n")
+    run = tmp_path / "run"
+    done = _cli("outcomes", "-m", "tiny:llama", "-p", f"a={prompts}", "--no-chat-template", "--max-new-tokens", "2",
+                "-o", str(run), "-q")
+    assert done.returncode == 0, done.stderr
+    labels = {o.prompt: o.label for o in read_outcomes(run)}
+    for label in ("complied", "refused"):
+        mine = [p for p, lab in labels.items() if lab == label]
+        if mine:
+            assert list(load_prompts("x", f"outcomes:{run}:{label}:a").texts) == mine
+    bad = _cli("outcomes", "-m", "tiny:llama", "-p", f"a={prompts}", "--judge", "nope", "-o", str(run), "-q")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("jbtrace: error: unknown judge 'nope'")
+    missing = _cli("run", "-m", "tiny:llama", "-p", f"outcomes:{tmp_path}:complied", "-p", f"b={prompts}", "-o", str(tmp_path / "r"))
+    assert missing.returncode == 2 and "no outcomes.jsonl" in missing.stderr and "Traceback" not in missing.stderr

@@ -40,6 +40,7 @@ def outcomes_cmd(
     pair: Annotated[Optional[list[str]], typer.Option("--pair", help="SET: also ask the AdvBench behaviours carried by SET's prompts directly, as the set SET-direct (the paired effect).")] = None,
     chat_template: Annotated[bool, typer.Option(help="Wrap each prompt in the tokenizer's chat template.")] = True,
     max_tokens: Annotated[int, typer.Option(help="Truncate prompts to this many tokens.")] = 2048,
+    reuse_answers: Annotated[bool, typer.Option(help="Reuse answers already in RUN made by the same model and settings (greedy answers repeat): rejudge or extend a run without regenerating.")] = True,
     text_field: TextField = None,
     limit: Limit = None,
     seed: Seed = 0,
@@ -64,16 +65,24 @@ def outcomes_cmd(
     unknown = [p for p in pair or [] if p not in by_name]
     if unknown:
         raise UserError(f"--pair {unknown[0]!r}: no prompt set of that name (sets: {', '.join(by_name)})")
+    taken = [f"{p}-direct" for p in pair or [] if f"{p}-direct" in by_name]
+    if taken:
+        raise UserError(f"--pair: a prompt set is already named {taken[0]!r}; rename it")
     needs_behaviours = pair or any(s.source.startswith("pyrit:") for s in sets)
     behaviours = advbench_behaviours() if needs_behaviours else None
     sets += [outcomes.paired_direct(by_name[p], f"{p}-direct", behaviours) for p in pair or []]
     lm = load_model(model, dtype=dtype, device=device, revision=revision, allow_pickle=allow_pickle,
                     trust_remote_code=trust_remote_code, seed=seed)
     judges = outcomes.make_judges(judge, lm)
+    generation = outcomes.generation_config(lm, max_new_tokens, chat_template, max_tokens)
+    reuse = outcomes.previous_answers(out_dir, generation) if reuse_answers else {}
     with progress_bar(quiet) as start:
         result = outcomes.run_outcomes(lm, sets, judges, max_new_tokens=max_new_tokens, chat_template=chat_template,
                                        max_tokens=max_tokens, batch_size=batch_size, behaviours=behaviours,
-                                       progress_start=start)
+                                       reuse=reuse, progress_start=start)
+    if result.config["reused_answers"]:
+        err.print(f"reused {result.config['reused_answers']} answers already in {out_dir} (same model and settings)",
+                  highlight=False)
     table = Table("set", "n", "complied", "refused", "other", "ASR (95% CI)")
     for r in result.rates:
         lo, hi = r["asr_ci"]

@@ -14,8 +14,10 @@ refused directly but complied with when wrapped (and the reverse), with McNemar'
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -25,7 +27,7 @@ from scipy.stats import binomtest
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
 from jbtrace.prompts import PromptSet
-from jbtrace.prompts.outcomes import LABELS, Outcome
+from jbtrace.prompts.outcomes import LABELS, Outcome, read_outcomes
 from jbtrace.trace.extract import ExtractOptions, encode, plan_batches
 
 log = logging.getLogger(__name__)
@@ -189,18 +191,35 @@ def paired_direct(wrapped: PromptSet, name: str, behaviours: list[str]) -> Promp
                      info={"paired_with": wrapped.name})
 
 
+def generation_config(lm: LoadedModel, max_new_tokens: int, chat_template: bool, max_tokens: int) -> dict:
+    """What fixes a greedy answer: the model and the generation settings."""
+    return {"model": {k: lm.provenance.get(k) for k in ("spec", "source", "revision", "dtype", "seed")},
+            "max_new_tokens": max_new_tokens, "chat_template": chat_template, "max_tokens": max_tokens}
+
+
+def previous_answers(run_dir: str | Path, generation: dict) -> dict[str, Generated]:
+    """Answers already in RUN made with the same ``generation`` settings (greedy: they would come out the same)."""
+    summary = Path(run_dir) / "outcomes.json"
+    if not summary.is_file() or json.loads(summary.read_text(encoding="utf-8")).get("generation") != generation:
+        return {}
+    return {o.prompt: Generated(o.response, o.new_tokens, o.finished) for o in read_outcomes(run_dir)}
+
+
 def run_outcomes(lm: LoadedModel, sets: list[PromptSet], judges: dict[str, Judge], *, max_new_tokens: int = 64,
                  chat_template: bool = True, max_tokens: int = 2048, batch_size: int = 8,
-                 behaviours: list[str] | None = None,
+                 behaviours: list[str] | None = None, reuse: dict[str, Generated] | None = None,
                  progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None) -> OutcomeResult:
-    """Generate, judge and count every prompt of every set."""
+    """Generate (except the answers in ``reuse``), judge and count every prompt of every set."""
     if not sets:
         raise UserError("give at least one prompt set")
+    known = dict(reuse or {})
     outcomes = []
     for ps in sets:
-        advance = progress_start(f"{lm.name} · {ps.name}", len(ps)) if progress_start else None
-        answers = generate(lm, ps.texts, max_new_tokens, chat_template=chat_template, max_tokens=max_tokens,
-                           batch_size=batch_size, progress=advance)
+        todo = [t for t in dict.fromkeys(ps.texts) if t not in known]
+        advance = progress_start(f"{lm.name} · {ps.name}", len(todo)) if progress_start and todo else None
+        known.update(zip(todo, generate(lm, todo, max_new_tokens, chat_template=chat_template, max_tokens=max_tokens,
+                                        batch_size=batch_size, progress=advance) if todo else []))
+        answers = [known[t] for t in ps.texts]
         responses = [a.response for a in answers]
         verdicts = {name: list(judge(list(ps.texts), responses)) for name, judge in judges.items()}
         for i, (text, answer) in enumerate(zip(ps.texts, answers)):
@@ -209,8 +228,9 @@ def run_outcomes(lm: LoadedModel, sets: list[PromptSet], judges: dict[str, Judge
                                     label=label_of(mine), verdicts=mine, new_tokens=answer.new_tokens,
                                     finished=answer.finished,
                                     behaviour=behaviour_of(text, behaviours) if behaviours else None))
-    config = {"model": lm.provenance, "max_new_tokens": max_new_tokens, "chat_template": chat_template,
-              "max_tokens": max_tokens, "judges": list(judges),
+    config = {"generation": generation_config(lm, max_new_tokens, chat_template, max_tokens),
+              "model": lm.provenance, "reused_answers": sum(t in (reuse or {}) for s in sets for t in s.texts),
+              "judges": list(judges),
               "sets": {s.name: {"source": s.source, "n": len(s), "sha256": s.sha256} for s in sets}}
     return OutcomeResult(outcomes, rates(outcomes), paired_effects(outcomes), config)
 
