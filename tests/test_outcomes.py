@@ -201,3 +201,13 @@ def test_cli_outcomes_then_outcome_sources(tmp_path):
     assert bad.stderr.strip().splitlines()[-1].startswith("jbtrace: error: unknown judge 'nope'")
     missing = _cli("run", "-m", "tiny:llama", "-p", f"outcomes:{tmp_path}:complied", "-p", f"b={prompts}", "-o", str(tmp_path / "r"))
     assert missing.returncode == 2 and "no outcomes.jsonl" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_prompts_over_max_tokens_get_no_answer(tiny):
+    long = "word " * 50
+    sets = [PromptSet("a", ("short prompt", long), "x")]
+    result = O.run_outcomes(tiny, sets, {"refusal": lambda p, r: [False] * len(p)}, max_new_tokens=2,
+                            chat_template=False, max_tokens=20)
+    assert [o.prompt for o in result.outcomes] == ["short prompt"]
+    assert result.config["too_long_not_answered"] == {"a": 1} and result.rates[0]["n"] == 1
+    assert O.generate(tiny, [long, "short prompt"], 2, chat_template=False, max_tokens=20)[0] is None

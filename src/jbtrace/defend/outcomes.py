@@ -44,8 +44,13 @@ class Generated:
 
 
 def generate(lm: LoadedModel, texts: list[str] | tuple[str, ...], max_new_tokens: int, *, chat_template: bool = True,
-             max_tokens: int = 2048, batch_size: int = 8, progress: Callable[[int], None] | None = None) -> list[Generated]:
-    """Greedy answers, batched by length with left padding; same order as ``texts``."""
+             max_tokens: int = 2048, batch_size: int = 8,
+             progress: Callable[[int], None] | None = None) -> list[Generated | None]:
+    """Greedy answers, batched by length with left padding; same order as ``texts``.
+
+    A prompt longer than ``max_tokens`` (chat template included) gets no answer (None): cut short,
+    it would lose its end and the template's turn marker, and the answer would be to another prompt.
+    """
     if max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
     if not lm.is_causal:
@@ -54,11 +59,13 @@ def generate(lm: LoadedModel, texts: list[str] | tuple[str, ...], max_new_tokens
     options = ExtractOptions(max_tokens=max_tokens, batch_size=batch_size, chat_template=chat_template)
     ids, truncated = encode(lm, texts, options)
     if truncated.any():
-        log.warning("%s: %d prompts truncated to %d tokens", lm.name, int(truncated.sum()), max_tokens)
+        log.warning("%s: %d prompts over %d tokens get no answer", lm.name, int(truncated.sum()), max_tokens)
     stop = stop_tokens(lm)
     pad = tok.pad_token_id
     results: list[Generated | None] = [None] * len(ids)
-    for batch in plan_batches(np.array([len(x) for x in ids]), options):
+    fits = np.flatnonzero(~truncated)
+    for part in plan_batches(np.array([len(ids[i]) for i in fits]), options):
+        batch = fits[part]
         width = max(len(ids[i]) for i in batch)
         input_ids = torch.tensor([[pad] * (width - len(ids[i])) + list(ids[i]) for i in batch], device=lm.device)
         mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch], device=lm.device)
@@ -213,8 +220,11 @@ def run_outcomes(lm: LoadedModel, sets: list[PromptSet], judges: dict[str, Judge
     if not sets:
         raise UserError("give at least one prompt set")
     known = dict(reuse or {})
-    outcomes = []
+    outcomes, too_long = [], {}
     for ps in sets:
+        _, cut = encode(lm, ps.texts, ExtractOptions(max_tokens=max_tokens, chat_template=chat_template))
+        too_long[ps.name] = int(cut.sum())
+        ps = PromptSet(ps.name, tuple(t for t, c in zip(ps.texts, cut) if not c), ps.source)
         todo = [t for t in dict.fromkeys(ps.texts) if t not in known]
         advance = progress_start(f"{lm.name} · {ps.name}", len(todo)) if progress_start and todo else None
         known.update(zip(todo, generate(lm, todo, max_new_tokens, chat_template=chat_template, max_tokens=max_tokens,
@@ -230,7 +240,7 @@ def run_outcomes(lm: LoadedModel, sets: list[PromptSet], judges: dict[str, Judge
                                     behaviour=behaviour_of(text, behaviours) if behaviours else None))
     config = {"generation": generation_config(lm, max_new_tokens, chat_template, max_tokens),
               "model": lm.provenance, "reused_answers": sum(t in (reuse or {}) for s in sets for t in s.texts),
-              "judges": list(judges),
+              "judges": list(judges), "too_long_not_answered": too_long,
               "sets": {s.name: {"source": s.source, "n": len(s), "sha256": s.sha256} for s in sets}}
     return OutcomeResult(outcomes, rates(outcomes), paired_effects(outcomes), config)
 
