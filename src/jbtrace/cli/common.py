@@ -35,7 +35,7 @@ Limit = Annotated[Optional[int], typer.Option(help="Seeded random sample of at m
 Seed = Annotated[int, typer.Option(help="Seed for sampling and random-init models.")]
 Model = Annotated[list[str], typer.Option("--model", "-m", help="Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, builtin:minilm, a local directory or a hub id.")]
 ModelName = Annotated[Optional[list[str]], typer.Option(help="Label for each --model, in order.")]
-Dtype = Annotated[str, typer.Option(help="float32, bfloat16, float16 or float64.")]
+Dtype = Annotated[Optional[str], typer.Option(help="float32, bfloat16, float16 or float64 (default: float32; a builtin model's own default, e.g. bfloat16 for builtin:qwen2.5-coder-1.5b).")]
 Device = Annotated[str, typer.Option(help="cpu, cuda or auto (auto spreads a large model over devices).")]
 Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
 AllowPickle = Annotated[bool, typer.Option(help="Allow pickle (.bin) weights; only for files you trust.")]

@@ -92,7 +92,7 @@ def detect_cmd(
             reports.append(detect.detect_model(lm, train, tests, options, labels, note, start))
     paths = outputs.write_detect(reports, out_dir, options, command_line())
     if save is not None:
-        config = {"spec": lm.spec, "name": lm.name, "seed": seed, "dtype": dtype, "revision": revision}
+        config = {"spec": lm.spec, "name": lm.name, "seed": seed, "dtype": lm.provenance["dtype"], "revision": revision}
         paths.append(detector.from_report(reports[0], options, save_classifier, config).save(save))
     for path in paths:
         out.print(f"wrote {path}", highlight=False)

