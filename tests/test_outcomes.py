@@ -9,6 +9,7 @@ from scipy.stats import binomtest
 from statsmodels.stats.contingency_tables import mcnemar
 
 from jbtrace.defend import outcomes as O
+from jbtrace.defend.guard import GenerateOptions
 from jbtrace.errors import UserError
 from jbtrace.models import load_model
 from jbtrace.prompts import PromptSet, advbench_behaviours, load_prompts
@@ -17,7 +18,8 @@ from jbtrace.prompts.outcomes import Outcome, parse_source, read_outcomes, write
 
 def _outcome(set_, prompt, label, behaviour=None):
     return Outcome(set=set_, source=f"src:{set_}", prompt=prompt, response=f"answer to {prompt}", label=label,
-                   verdicts={"refusal": label == "refused", "on-topic": label == "complied"}, behaviour=behaviour)
+                   verdicts={"refusal": {"answered": label != "refused"}, "on-topic": {"answered": label == "complied"}},
+                   behaviour=behaviour)
 
 
 @pytest.fixture
@@ -66,11 +68,12 @@ def test_parse_source_keeps_colons_in_the_run_path():
 
 
 def test_labels_follow_the_verdicts():
-    assert O.label_of({"refusal": True, "on-topic": True}) == "refused"
-    assert O.label_of({"refusal": False, "on-topic": True, "coherent": True}) == "complied"
-    assert O.label_of({"refusal": False, "on-topic": True, "coherent": False}) == "other"
+    yes, no = {"answered": True}, {"answered": False}
+    assert O.label_of({"refusal": no, "on-topic": yes}) == "refused"
+    assert O.label_of({"refusal": yes, "on-topic": yes, "coherent": yes}) == "complied"
+    assert O.label_of({"refusal": yes, "on-topic": yes, "coherent": no}) == "other"
     with pytest.raises(UserError, match="refusal judge"):
-        O.label_of({"on-topic": True})
+        O.label_of({"on-topic": yes})
 
 
 def test_rates_match_scipy_wilson(run):
@@ -122,9 +125,9 @@ def tiny():
     return load_model("tiny:llama", seed=0)
 
 
-def test_generate_is_plain_greedy_generate_one_prompt_at_a_time(tiny):
+def test_answers_are_plain_greedy_generate_one_prompt_at_a_time(tiny):
     texts = ["Tell me a story about a cat.", "Hi", "Explain photosynthesis to a child in simple words, please."]
-    got = O.generate(tiny, texts, 6, chat_template=False, batch_size=3)
+    got = O.answers(tiny, texts, GenerateOptions(max_new_tokens=6, chat_template=False, batch_size=3))
     tok = tiny.tokenizer
     for text, g in zip(texts, got):
         ids = tok(text, return_tensors="pt")
@@ -134,7 +137,7 @@ def test_generate_is_plain_greedy_generate_one_prompt_at_a_time(tiny):
         stop = [k for k, t in enumerate(new) if t == tok.eos_token_id]
         kept = new[: stop[0]] if stop else new
         assert g.response == tok.decode(kept, skip_special_tokens=True).strip()
-        assert g.finished == bool(stop) and g.new_tokens == len(kept) + bool(stop)
+        assert g.finished == bool(stop) and g.new_tokens == len(kept)
 
 
 def test_run_outcomes_end_to_end(tiny, tmp_path):
@@ -143,16 +146,16 @@ def test_run_outcomes_end_to_end(tiny, tmp_path):
     sets = [PromptSet("a", ("first prompt", "second prompt", "third prompt"), "x"),
             PromptSet("b", ("fourth prompt", "fifth prompt"), "y")]
 
-    def refusal(prompts, responses):  # a stand-in judge with a known answer
-        return ["th" in p for p in prompts]
+    def refusal(prompt, response):  # a stand-in judge with a known answer
+        return {"answered": "th" not in prompt}
 
-    result = O.run_outcomes(tiny, sets, {"refusal": refusal}, max_new_tokens=3, chat_template=False)
+    result = O.run_outcomes(tiny, sets, {"refusal": refusal}, GenerateOptions(max_new_tokens=3, chat_template=False))
     assert [o.label for o in result.outcomes] == ["complied", "complied", "refused", "refused", "refused"]
     assert [r["complied"] for r in result.rates] == [2, 0]
     write_run(result, tmp_path, "jbtrace outcomes ...")
     assert read_outcomes(tmp_path) == result.outcomes
     summary = json.loads((tmp_path / "outcomes.json").read_text())
-    assert summary["rates"][0]["n"] == 3 and summary["judges"] == ["refusal"]
+    assert summary["rates"][0]["n"] == 3 and list(summary["judges"]) == ["refusal"]
     assert load_prompts("c", f"outcomes:{tmp_path}:refused:b").texts == ("fourth prompt", "fifth prompt")
 
 
@@ -160,19 +163,18 @@ def test_answers_are_reused_only_with_the_same_settings(tiny, tmp_path, monkeypa
     from jbtrace.views.outputs import write_outcomes as write_run
 
     sets = [PromptSet("a", ("one prompt", "two prompts"), "x")]
-    judges = {"refusal": lambda p, r: [False] * len(p)}
-    first = O.run_outcomes(tiny, sets, judges, max_new_tokens=4, chat_template=False)
+    options = GenerateOptions(max_new_tokens=4, chat_template=False)
+    first = O.run_outcomes(tiny, sets, {"refusal": lambda p, r: {"answered": True}}, options)
     write_run(first, tmp_path, "cmd")
-    generation = O.generation_config(tiny, 4, False, 2048)
+    generation = O.generation_config(tiny, options)
     assert O.previous_answers(tmp_path, {**generation, "max_new_tokens": 5}) == {}
     reuse = O.previous_answers(tmp_path, generation)
 
     def no_generation(*args, **kwargs):
         raise AssertionError("generated although every answer was there")
 
-    monkeypatch.setattr(O, "generate", no_generation)
-    again = O.run_outcomes(tiny, sets, {"refusal": lambda p, r: [True] * len(p)}, max_new_tokens=4,
-                           chat_template=False, reuse=reuse)
+    monkeypatch.setattr(O, "answers", no_generation)
+    again = O.run_outcomes(tiny, sets, {"refusal": lambda p, r: {"answered": False}}, options, reuse=reuse)
     assert [o.response for o in again.outcomes] == [o.response for o in first.outcomes]
     assert [o.label for o in again.outcomes] == ["refused", "refused"] and again.config["reused_answers"] == 2
 
@@ -189,13 +191,15 @@ def test_cli_outcomes_then_outcome_sources(tmp_path):
     prompts.write_text("first prompt\nsecond prompt\n")
     run = tmp_path / "run"
     done = _cli("outcomes", "-m", "tiny:llama", "-p", f"a={prompts}", "--no-chat-template", "--max-new-tokens", "2",
-                "-o", str(run), "-q")
+                "--judge", "refusal", "-o", str(run), "-q")
     assert done.returncode == 0, done.stderr
     labels = {o.prompt: o.label for o in read_outcomes(run)}
     for label in ("complied", "refused"):
         mine = [p for p, lab in labels.items() if lab == label]
         if mine:
             assert list(load_prompts("x", f"outcomes:{run}:{label}:a").texts) == mine
+    bad = _cli("outcomes", "-m", "tiny:llama", "-p", f"a={prompts}", "-o", str(run), "-q")
+    assert bad.returncode == 2 and "--calibrate" in bad.stderr.strip().splitlines()[-1]  # on-topic, no benign set
     bad = _cli("outcomes", "-m", "tiny:llama", "-p", f"a={prompts}", "--judge", "nope", "-o", str(run), "-q")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("jbtrace: error: unknown judge 'nope'")
@@ -206,8 +210,7 @@ def test_cli_outcomes_then_outcome_sources(tmp_path):
 def test_prompts_over_max_tokens_get_no_answer(tiny):
     long = "word " * 50
     sets = [PromptSet("a", ("short prompt", long), "x")]
-    result = O.run_outcomes(tiny, sets, {"refusal": lambda p, r: [False] * len(p)}, max_new_tokens=2,
-                            chat_template=False, max_tokens=20)
+    result = O.run_outcomes(tiny, sets, {"refusal": lambda p, r: {"answered": True}},
+                            GenerateOptions(max_new_tokens=2, chat_template=False, max_tokens=20))
     assert [o.prompt for o in result.outcomes] == ["short prompt"]
     assert result.config["too_long_not_answered"] == {"a": 1} and result.rates[0]["n"] == 1
-    assert O.generate(tiny, [long, "short prompt"], 2, chat_template=False, max_tokens=20)[0] is None

@@ -43,7 +43,7 @@ RemoteCode = Annotated[bool, typer.Option(help="Run the model repository's own c
 MaxTokens = Annotated[int, typer.Option(help="Truncate prompts to this many tokens (counted and recorded).")]
 BatchSize = Annotated[int, typer.Option(help="Prompts per batch (batches are built by length).")]
 PaddingSide = Annotated[str, typer.Option(help="left or right; padding is never counted.")]
-ChatTemplate = Annotated[bool, typer.Option(help="Wrap each prompt in the tokenizer's chat template.")]
+ChatTemplate = Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template", help="Wrap each prompt in the tokenizer's chat template (default: on for models whose tokenizer has one, i.e. instruction-tuned models; recorded in provenance).", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Run directory (writes RUN/trace.zarr, RUN/run.json).")]
 Stat = Annotated[Optional[list[str]], typer.Option("--stat", help="Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev, attn_entropy, attn_sink (attention statistics).")]

@@ -93,7 +93,8 @@ def detect_cmd(
     paths = outputs.write_detect(reports, out_dir, options, command_line())
     if save is not None:
         config = {"spec": lm.spec, "name": lm.name, "seed": seed, "dtype": lm.provenance["dtype"], "revision": revision}
-        paths.append(detector.from_report(reports[0], options, save_classifier, config).save(save))
+        paths.append(detector.from_report(reports[0], options, save_classifier, config,
+                                           [t for s in train for t in s.texts]).save(save))
     for path in paths:
         out.print(f"wrote {path}", highlight=False)
 

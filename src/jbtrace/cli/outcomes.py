@@ -10,6 +10,7 @@ from rich.table import Table
 
 from jbtrace.cli.common import (
     AllowPickle,
+    ChatTemplate,
     BatchSize,
     Device,
     Dtype,
@@ -37,8 +38,10 @@ def outcomes_cmd(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory: writes RUN/outcomes.jsonl|json|md.")] = Path("runs/outcomes"),
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per answer (greedy).")] = 64,
     judge: Annotated[Optional[list[str]], typer.Option("--judge", help="Judge, repeatable: refusal, on-topic, coherent, or module:function (default: all three built-ins; refusal is always on).")] = None,
+    on_topic_threshold: Annotated[Optional[float], typer.Option(help="MiniLM similarity threshold of the on-topic judge (default: calibrated on the --calibrate set's answers).")] = None,
+    calibrate: Annotated[Optional[str], typer.Option(help="Prompt set (benign) whose answers calibrate the on-topic judge (default: the first set named benign*).")] = None,
     pair: Annotated[Optional[list[str]], typer.Option("--pair", help="SET: also ask the AdvBench behaviours carried by SET's prompts directly, as the set SET-direct (the paired effect).")] = None,
-    chat_template: Annotated[bool, typer.Option(help="Wrap each prompt in the tokenizer's chat template.")] = True,
+    chat_template: ChatTemplate = None,
     max_tokens: Annotated[int, typer.Option(help="Truncate prompts to this many tokens.")] = 2048,
     reuse_answers: Annotated[bool, typer.Option(help="Reuse answers already in RUN made by the same model and settings (greedy answers repeat): rejudge or extend a run without regenerating.")] = True,
     text_field: TextField = None,
@@ -54,6 +57,7 @@ def outcomes_cmd(
 ):
     """Generate each prompt's answer, judge it (refused / complied / other), and count attack success per set."""
     from jbtrace.defend import outcomes
+    from jbtrace.defend.guard import GenerateOptions
     from jbtrace.models import load_model
     from jbtrace.prompts import advbench_behaviours
     from jbtrace.views.outputs import write_outcomes
@@ -73,13 +77,14 @@ def outcomes_cmd(
     sets += [outcomes.paired_direct(by_name[p], f"{p}-direct", behaviours) for p in pair or []]
     lm = load_model(model, dtype=dtype, device=device, revision=revision, allow_pickle=allow_pickle,
                     trust_remote_code=trust_remote_code, seed=seed)
-    judges = outcomes.make_judges(judge, lm)
-    generation = outcomes.generation_config(lm, max_new_tokens, chat_template, max_tokens)
-    reuse = outcomes.previous_answers(out_dir, generation) if reuse_answers else {}
+    options = GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, max_tokens=max_tokens,
+                              chat_template=chat_template)
+    judges = outcomes.make_judges(judge, lm, options, on_topic_threshold)
+    reuse = outcomes.previous_answers(out_dir, outcomes.generation_config(lm, options)) if reuse_answers else {}
+    benign = next((s.name for s in sets if s.name.lower().startswith("benign")), None)
     with progress_bar(quiet) as start:
-        result = outcomes.run_outcomes(lm, sets, judges, max_new_tokens=max_new_tokens, chat_template=chat_template,
-                                       max_tokens=max_tokens, batch_size=batch_size, behaviours=behaviours,
-                                       reuse=reuse, progress_start=start)
+        result = outcomes.run_outcomes(lm, sets, judges, options, behaviours=behaviours, reuse=reuse,
+                                       calibrate=calibrate or benign, seed=seed, progress_start=start)
     if result.config["reused_answers"]:
         err.print(f"reused {result.config['reused_answers']} answers already in {out_dir} (same model and settings)",
                   highlight=False)

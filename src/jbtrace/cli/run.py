@@ -107,7 +107,7 @@ def extract_cmd(
     batch_size: BatchSize = 8,
     padding_side: PaddingSide = "right",
     bucket: Annotated[bool, typer.Option(help="Batch prompts of similar length together.")] = True,
-    chat_template: ChatTemplate = False,
+    chat_template: ChatTemplate = None,
     shard: Annotated[str, typer.Option(help="K/N: only prompts whose index is K modulo N (merge shards with `jbtrace merge`).")] = "0/1",
     quiet: Quiet = False,
 ):

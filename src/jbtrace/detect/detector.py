@@ -47,6 +47,7 @@ class Linear:
     intercept: np.ndarray
     position_factors: np.ndarray | None = None
     hidden_factors: np.ndarray | None = None
+    cv: dict | None = None  # cross-validated f1, f1_std, auroc of this detector (None in older files)
 
     @property
     def key(self) -> str:
@@ -82,7 +83,14 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return expit(z)
 
 
-def from_fitted(source: str, layer: int, fitted) -> Linear:
+def text_hash(text: str) -> str:
+    """Short sha256 of one prompt: saved detectors list their training prompts this way."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def from_fitted(source: str, layer: int, fitted, cv: dict | None = None) -> Linear:
     """Arrays of a fitted ``detect.Fitted`` (logreg or linsvm)."""
     if fitted.classifier not in SAVEABLE:
         raise UserError(f"only linear detectors can be saved ({', '.join(SAVEABLE)}), not {fitted.classifier}")
@@ -90,7 +98,8 @@ def from_fitted(source: str, layer: int, fitted) -> Linear:
     cp = fitted.cp
     return Linear(source, layer, fitted.feature, fitted.kind, fitted.classifier, fitted.threshold, fitted.platt,
                   scaler.mean_.copy(), scaler.scale_.copy(), clf.coef_[0].copy(), np.asarray(clf.intercept_, float).copy(),
-                  None if cp is None else cp.position_factors_.copy(), None if cp is None else cp.hidden_factors_.copy())
+                  None if cp is None else cp.position_factors_.copy(), None if cp is None else cp.hidden_factors_.copy(),
+                  cv)
 
 
 @dataclass
@@ -108,7 +117,7 @@ class Detector:
         for d in self.layers:
             entries.append({"key": d.key, "source": d.source, "layer": d.layer, "feature": d.feature, "kind": d.kind,
                             "classifier": d.classifier, "threshold": d.threshold,
-                            "platt": list(d.platt) if d.platt else None})
+                            "platt": list(d.platt) if d.platt else None, "cv": d.cv})
             for name in ("mean", "scale", "coef", "intercept", "position_factors", "hidden_factors"):
                 value = getattr(d, name)
                 if value is not None:
@@ -137,10 +146,21 @@ class Detector:
             arrays = {n: tensors.get(f"{e['key']}/{n}") for n in
                       ("mean", "scale", "coef", "intercept", "position_factors", "hidden_factors")}
             layers.append(Linear(e["source"], e["layer"], e["feature"], e["kind"], e["classifier"], e["threshold"],
-                                 tuple(e["platt"]) if e["platt"] else None, **arrays))
+                                 tuple(e["platt"]) if e["platt"] else None, **arrays, cv=e.get("cv")))
         for key in ("format", "version"):
             config.pop(key)
         return cls(config, layers, tensors.get("projection"))
+
+    def recommended(self) -> Linear:
+        """The layer detector with the best cross-validated F1 (ties: AUROC, then the earlier layer)."""
+        scored = [d for d in self.layers if d.cv]
+        if not scored:
+            raise UserError("this detector was saved without cross-validation results; name the layer to use")
+        return max(scored, key=lambda d: (d.cv["f1"], d.cv["auroc"], -d.layer))
+
+    def only(self, detectors: list[Linear]) -> "Detector":
+        """The same detector restricted to some of its layer detectors (scoring captures only their layers)."""
+        return Detector(self.config, list(detectors), self.projection)
 
     def score(self, lm: LoadedModel, prompt_sets: list[PromptSet],
               progress: Callable[[int], None] | None = None) -> list[dict]:
@@ -163,15 +183,22 @@ class Detector:
         return rows
 
 
-def from_report(report, options, classifier: str, model_config: dict) -> Detector:
-    """The linear detectors of ``classifier`` that ``detect_model`` refitted (needs keep_fitted)."""
+def from_report(report, options, classifier: str, model_config: dict, train_texts=()) -> Detector:
+    """The linear detectors of ``classifier`` that ``detect_model`` refitted (needs keep_fitted).
+
+    Each keeps its cross-validated F1 and AUROC; ``train_texts`` (the loaded training prompts)
+    are saved as short hashes so that evaluations can leave them out.
+    """
     if classifier not in SAVEABLE:
         raise UserError(f"--save-classifier {classifier!r}: only {', '.join(SAVEABLE)} can be saved as arrays")
-    layers = [from_fitted(source, layer, fitted) for (source, layer, _, clf), fitted in report.fitted.items()
-              if clf == classifier]
+    cv = {(r["source"], r["layer"], r["feature"], r["classifier"]): {k: r[k] for k in ("f1", "f1_std", "auroc")}
+          for r in report.rows}
+    layers = [from_fitted(source, layer, fitted, cv.get((source, layer, feature, clf)))
+              for (source, layer, feature, clf), fitted in report.fitted.items() if clf == classifier]
     config = {"model": model_config, "max_tokens": options.max_tokens, "chat_template": options.chat_template,
-              "cp_positions": options.cp_positions, "project_dim": options.project_dim, "batch_size": options.batch_size, "seed": options.seed,
-              "training": report.data}
+              "cp_positions": options.cp_positions,
+              "project_dim": options.project_dim, "batch_size": options.batch_size, "seed": options.seed,
+              "training": report.data, "train_text_hashes": sorted({text_hash(t) for t in train_texts})}
     return Detector(config, layers, report.projection)
 
 

@@ -75,7 +75,7 @@ class DetectOptions:
     project_dim: int | None = None
     cp_iters: int = 100
     max_tokens: int = 512
-    chat_template: bool = False  # features of the prompt as the model sees it before answering
+    chat_template: bool | None = None  # None: where the tokenizer has one; the prompt as the model sees it before answering
     batch_size: int = 8
     memory_budget: int = 2 * 2**30
     seed: int = 0
@@ -393,7 +393,8 @@ def detect_model(
     spans, start = {}, len(chosen)
     for s in test_sets:
         fresh = [t for t in s.texts if t not in seen]
-        lengths = F.tokenize(lm, fresh, options.max_tokens, options.chat_template).full_lengths if fresh else np.array([], dtype=int)
+        lengths = (F.tokenize(lm, fresh, options.max_tokens, options.chat_template).full_lengths if fresh
+                   else np.array([], dtype=int))
         fresh = [t for t, n in zip(fresh, lengths) if n >= options.test_min_tokens]
         if options.test_limit and len(fresh) > options.test_limit:
             pick = np.random.default_rng(options.seed).choice(len(fresh), options.test_limit, replace=False)

@@ -166,3 +166,65 @@ def max_positions(config) -> int | None:
         if isinstance(value, int):
             return value
     return None
+
+
+def _block_owner(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module holding the block list, and the attribute name it is held under."""
+    chain = blocks(model)
+    for parent in backbone(model).modules():
+        for name, child in parent.named_children():
+            if child is chain:
+                return parent, name
+    raise UserError(f"cannot find where {type(model).__name__} keeps its blocks")
+
+
+def check_bypass(model: nn.Module, layers) -> tuple[int, ...]:
+    """Sorted unique layer indices to bypass; each must name a block (1..L)."""
+    n = num_blocks(model.config)
+    layers = tuple(sorted(set(int(x) for x in layers)))
+    bad = [x for x in layers if not 1 <= x <= n]
+    if bad:
+        raise UserError(f"cannot bypass layer {bad[0]}: bypassing layer l skips block l, and this model has "
+                        f"blocks 1..{n} (layer 0 is the embedding output, not a block)")
+    if len(layers) == n:
+        raise UserError(f"cannot bypass all {n} blocks")
+    return layers
+
+
+@contextmanager
+def bypass(model: nn.Module, layers):
+    """Skip blocks ``layers`` (store convention: layer l is block l, 1..L) for the duration of the context.
+
+    A skipped block's output is its input: the residual stream passes unchanged. The kept
+    blocks are put in a shorter block list with their layer indices renumbered and the config's
+    layer count (and per-layer types, if any) cut to match, so the model is, while inside, the
+    same as one built without those blocks: transformers' caches (DynamicCache, which indexes its
+    entries by each attention's ``layer_idx`` and reads the sequence length from entry 0) hold
+    exactly one entry per kept block and stay consistent during generation. Everything is
+    restored on exit, also after an exception.
+    """
+    layers = check_bypass(model, layers)
+    if not layers:
+        yield model
+        return
+    owner, name = _block_owner(model)
+    chain = getattr(owner, name)
+    config = model.config
+    kept = [block for i, block in enumerate(chain, start=1) if i not in layers]
+    indexed = [(m, m.layer_idx, new) for new, block in enumerate(kept) for m in block.modules()
+               if isinstance(getattr(m, "layer_idx", None), int)]
+    saved = {key: getattr(config, key) for key in ("num_hidden_layers", "layer_types") if hasattr(config, key)}
+    try:
+        setattr(owner, name, nn.ModuleList(kept))
+        for module, _, new in indexed:
+            module.layer_idx = new
+        config.num_hidden_layers = len(kept)
+        if isinstance(saved.get("layer_types"), (list, tuple)):
+            config.layer_types = [t for i, t in enumerate(saved["layer_types"], start=1) if i not in layers]
+        yield model
+    finally:
+        setattr(owner, name, chain)
+        for module, old, _ in indexed:
+            module.layer_idx = old
+        for key, value in saved.items():
+            setattr(config, key, value)

@@ -10,7 +10,7 @@ layer's states of one batch; the values are folded into float64 moments per
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -37,7 +37,7 @@ class ExtractOptions:
     max_batch_tokens: int = 8192
     padding_side: str = "right"
     bucket: bool = True
-    chat_template: bool = False
+    chat_template: bool | None = None  # None: on where the tokenizer has a chat template (instruction-tuned models)
     shard: tuple[int, int] = (0, 1)  # (k, n): only prompts whose index is k modulo n
 
     def __post_init__(self):
@@ -81,12 +81,20 @@ class ModelTrace:
         return self.tokens_padded / max(self.tokens_processed, 1)
 
 
+def with_chat_template(lm: LoadedModel, options: ExtractOptions) -> ExtractOptions:
+    """``options`` with ``chat_template`` decided for ``lm``: as asked, else whether its tokenizer has one."""
+    if options.chat_template is not None:
+        return options
+    return replace(options, chat_template=bool(getattr(lm.tokenizer, "chat_template", None)))
+
+
 ENCODE_CHUNK = 256  # prompts tokenized per tokenizer call
 
 
 def encode(lm: LoadedModel, texts: tuple[str, ...] | list[str], options: ExtractOptions):
     """Token ids per prompt (truncated to max_tokens) and which prompts were truncated."""
     tok = lm.tokenizer
+    options = with_chat_template(lm, options)
     if options.chat_template:
         if not getattr(tok, "chat_template", None):
             raise UserError(f"{lm.name}: its tokenizer has no chat template; drop --chat-template")
@@ -210,6 +218,7 @@ def extract(
 ) -> ModelTrace:
     """Fold every prompt of every set through ``lm`` into per-cell moments."""
     statistics = stats.get(options.stats)
+    options = with_chat_template(lm, options)
     n_positions = options.bins if options.align == "relative" else min(options.max_tokens, lm.max_positions or options.max_tokens)
     trace = ModelTrace(model=lm, options=options, n_positions=n_positions)
     reducer = _Reducer(statistics, lm.n_layers)

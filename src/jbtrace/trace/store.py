@@ -102,6 +102,7 @@ def _provenance(traces, prompt_sets, extra) -> dict:
                 "truncated": {k: int(v.truncated.sum()) for k, v in t.scenarios.items()},
                 "nonfinite": {k: int(v.moments.nonfinite.sum()) for k, v in t.scenarios.items()},
                 "padding_waste": round(t.padding_waste, 4),
+                "chat_template": t.options.chat_template,
             }
             for t in traces
         },
@@ -114,7 +115,7 @@ def _provenance(traces, prompt_sets, extra) -> dict:
         "max_tokens": options.max_tokens,
         "padding_side": options.padding_side,
         "bucket": options.bucket,
-        "chat_template": options.chat_template,
+        "chat_template": {t.model.name: t.options.chat_template for t in traces},
         "shard": list(options.shard),
         **extra,
     }

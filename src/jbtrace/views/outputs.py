@@ -56,6 +56,30 @@ def write_detect(reports: list[ModelReport], run_dir: str | Path, options: Detec
     return [run_dir / n for n in report.FILES]
 
 
+GUARD_FILES = ("guard.jsonl", "guard.md", "guard.json")
+
+
+def write_guard(result, run_dir: str | Path, command: str) -> list[Path]:
+    """Write RUN/guard.jsonl, guard.md and guard.json (last: its presence means complete) via a temporary folder."""
+    from jbtrace.defend.evaluate import markdown
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".guard-", dir=run_dir))
+    try:
+        with (tmp / "guard.jsonl").open("w", encoding="utf-8") as f:
+            for row in result.rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (tmp / "guard.md").write_text(markdown(result, command), encoding="utf-8")
+        (tmp / "guard.json").write_text(json.dumps({"command": command, **result.summary}, indent=1, default=float))
+        (run_dir / "guard.json").unlink(missing_ok=True)
+        for name in GUARD_FILES:
+            (tmp / name).replace(run_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [run_dir / n for n in GUARD_FILES]
+
+
 def write_outcomes(result, run_dir: str | Path, command: str) -> list[Path]:
     """Write RUN/outcomes.md, outcomes.json, then outcomes.jsonl (last: what ``outcomes:`` sources read)."""
     from jbtrace.prompts.outcomes import FILE, write_outcomes as write_records
