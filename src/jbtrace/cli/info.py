@@ -21,10 +21,21 @@ def datasets_cmd():
 
 @app.command("models")
 def models_cmd():
-    """List the built-in model specs."""
-    from jbtrace.models import list_models
+    """List the built-in model specs, and the paper's models by hub id (`jbtrace demo --preset paper`)."""
+    from jbtrace.models import list_models, list_paper_models
 
-    table = Table("spec", "layers", "description")
+    def count(n):
+        return "" if n is None else f"{n / 1e6:.1f}M"
+
+    table = Table("spec", "blocks", "width", "params", "weights", "licence", "description", title="built-in")
     for row in list_models():
-        table.add_row(row["spec"], "" if row["layers"] is None else str(row["layers"]), row["description"])
+        table.add_row(row["spec"], "" if row["layers"] is None else str(row["layers"]),
+                      "" if row["width"] is None else str(row["width"]), count(row["params"]), row["weights"],
+                      row["licence"], row["description"])
     out.print(table)
+    paper = Table("hub id", "model", "blocks", "width", "params", "memory (bfloat16)",
+                  title="the paper's models (not shipped: jbtrace demo --preset paper where they are downloaded)")
+    for row in list_paper_models():
+        paper.add_row(row["spec"], row["name"], str(row["layers"]), str(row["width"]), f"{row['params'] / 1e9:.2f}B",
+                      f"{row['memory_gb']:.1f} GB")
+    out.print(paper)

@@ -85,6 +85,38 @@ BUILTINS = {
 }
 
 
+# The models of the paper's figure, by hub id: (hub id, blocks, width, parameters). Not shipped; for a
+# machine that has them in its Hugging Face cache (`jbtrace demo --preset paper`).
+PAPER_MODELS = {
+    "GPT-JT-6B": ("togethercomputer/GPT-JT-6B-v1", 28, 4096, 6_053_381_344),
+    "LLaMA-3.1-8B-Instruct": ("meta-llama/Llama-3.1-8B-Instruct", 32, 4096, 8_030_261_248),
+    "Mistral-7B-Instruct": ("mistralai/Mistral-7B-Instruct-v0.3", 32, 4096, 7_248_023_552),
+}
+
+# Model lists of `jbtrace demo --preset NAME`: (spec, label); the demo's last row is a random-init control.
+PRESETS = {
+    "demo": (("builtin:smollm2", "smollm2"), ("builtin:gemma3", "gemma3"), ("builtin:minilm", "minilm"),
+             ("tiny:llama", "control")),
+    "paper": tuple((hub, name) for name, (hub, *_) in PAPER_MODELS.items()),
+}
+
+
+def preset(name: str) -> tuple[list[str], list[str]]:
+    """Specs and labels of a preset; the paper's models must already be in the local Hugging Face cache."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    specs, labels = (list(x) for x in zip(*PRESETS[name]))
+    if name == "paper":
+        from huggingface_hub import try_to_load_from_cache
+
+        missing = [s for s in specs if not isinstance(try_to_load_from_cache(s, "config.json"), str)]
+        if missing:
+            need = sum(2 * PAPER_MODELS[label][3] for spec, label in zip(specs, labels) if spec in missing) / 1e9
+            raise UserError(f"--preset paper needs {', '.join(missing)} in the Hugging Face cache ({need:.0f} GB in "
+                            f"bfloat16); download them first where the hub is reachable: hf download {' '.join(missing)}")
+    return specs, labels
+
+
 def list_models() -> list[dict]:
     """Built-in model specs for ``jbtrace models``."""
     rows = [
@@ -100,6 +132,12 @@ def list_models() -> list[dict]:
     rows.append({"spec": "DIR or HUB_ID", "layers": None, "width": None, "params": None, "licence": "the model's",
                  "weights": "real", "description": "any transformers causal LM (Auto classes)"})
     return rows
+
+
+def list_paper_models() -> list[dict]:
+    """The paper's models by hub id, with the memory their bfloat16 weights take."""
+    return [{"spec": hub, "name": name, "layers": n, "width": w, "params": p, "memory_gb": 2 * p / 1e9}
+            for name, (hub, n, w, p) in PAPER_MODELS.items()]
 
 
 def tiny_model(arch: str, seed: int, attn_implementation: str | None) -> nn.Module:

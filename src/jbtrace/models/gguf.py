@@ -129,12 +129,12 @@ def _write_folder(gguf: Path, folder: Path, sha256: str) -> None:
             raise UserError(f"{gguf.name}: not a GGUF file (it does not start with 'GGUF')")
     log.info("converting %s (sha256 %s) into the cache", gguf.name, sha256)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as err:  # a damaged or unsupported file fails anywhere in the reader: one line, no cache
         log.debug("GGUF conversion failed", exc_info=True)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{gguf.name}: transformers cannot read this GGUF file: {first}") from None
+        raise UserError(f"{gguf.name}: transformers cannot read this GGUF file (damaged, truncated or an unsupported architecture): {first}") from None
     folder.mkdir()
     config = model.config
     if hasattr(config, "quantization_config"):
