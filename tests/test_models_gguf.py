@@ -205,3 +205,29 @@ def test_bad_gguf_input_one_line_exit_2_no_cache(case, tmp_path, gguf_files, mon
     assert expect.lower() in lines[0].lower(), lines[0]
     assert not list(cache.glob("gguf/*")) and not list(cache.glob("gguf/.*")), list(cache.rglob("*"))
     assert not (out / "trace.zarr").exists()
+
+
+# ---- listing and presets ----
+
+def test_models_lists_real_models_and_the_paper_preset_needs_downloads(monkeypatch, capsys, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, stdout, _ = jbtrace(monkeypatch, capsys, "models")
+    assert code == 0
+    for text in ("builtin:smollm2", "134.5M", "Q4_1 GGUF", "Gemma Terms of Use", "GEMMA_TERMS.html",
+                 "meta-llama/Llama-3.1-8B-Instruct", "16.1 GB", "random-init stand-in"):
+        assert text in stdout, text
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty Hugging Face cache
+    code, _, stderr = jbtrace(monkeypatch, capsys, "demo", "--preset", "paper", "-o", tmp_path / "run", "-q")
+    lines = [line for line in stderr.splitlines() if line.startswith("jbtrace: error")]
+    assert code == 2 and len(lines) == 1 and "hf download togethercomputer/GPT-JT-6B-v1" in lines[0], stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_minilm_table_facts():
+    lm = load_model("builtin:minilm")
+    entry = builtin.BUILTINS["minilm"]
+    assert (lm.n_layers - 1, lm.model.config.hidden_size) == (entry.layers, entry.width)
+    assert sum(p.numel() for p in lm.model.parameters()) == entry.params
+    assert lm.provenance["licence"] == "Apache-2.0" and lm.label == "minilm"

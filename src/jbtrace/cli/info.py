@@ -27,15 +27,22 @@ def models_cmd():
     def count(n):
         return "" if n is None else f"{n / 1e6:.1f}M"
 
-    table = Table("spec", "blocks", "width", "params", "weights", "licence", "description", title="built-in")
-    for row in list_models():
+    rows = list_models()
+    table = Table("spec", "blocks", "width", "params", "weights", "licence", title="built-in")
+    table.columns[0].no_wrap = True
+    for row in rows:
         table.add_row(row["spec"], "" if row["layers"] is None else str(row["layers"]),
-                      "" if row["width"] is None else str(row["width"]), count(row["params"]), row["weights"],
-                      row["licence"], row["description"])
+                      "" if row["width"] is None else str(row["width"]), count(row["params"]), row["weights"], row["licence"])
     out.print(table)
-    paper = Table("hub id", "model", "blocks", "width", "params", "memory (bfloat16)",
-                  title="the paper's models (not shipped: jbtrace demo --preset paper where they are downloaded)")
+    for row in rows:
+        extra = [row["install"]] if row.get("install") else []
+        extra += [f"terms: {row['terms']}"] if row.get("terms") else []
+        out.print(f"{row['spec']}: {'; '.join([row['description'], *extra])}", highlight=False, soft_wrap=True, emoji=False,
+                  markup=False)
+    paper = Table("hub id", "blocks", "width", "params", "bfloat16",
+                  title="the paper's models (jbtrace demo --preset paper, once downloaded)")
+    paper.columns[0].no_wrap = True
     for row in list_paper_models():
-        paper.add_row(row["spec"], row["name"], str(row["layers"]), str(row["width"]), f"{row['params'] / 1e9:.2f}B",
+        paper.add_row(row["spec"], str(row["layers"]), str(row["width"]), f"{row['params'] / 1e9:.2f}B",
                       f"{row['memory_gb']:.1f} GB")
     out.print(paper)

