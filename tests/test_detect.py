@@ -173,9 +173,17 @@ def test_detect_model_rows_baseline_tests(small_run):
 def test_saved_detector_round_trip_gives_identical_scores(small_run, tmp_path):
     lm, options, report = small_run
     config = {"spec": "tiny:gptj", "name": lm.name, "seed": 0, "dtype": "float32", "revision": None}
-    det = from_report(report, options, "linsvm", config)
+    det = from_report(report, options, "linsvm", config, ["a prompt", "another"])
     loaded = Detector.load(det.save(tmp_path / "det"))
     assert [d.key for d in loaded.layers] == [d.key for d in det.layers]
+    # each layer detector keeps its CV row; the recommendation is the best CV F1 among the saved ones
+    svm_rows = [r for r in report.rows if r["classifier"] == "linsvm"]
+    for d in loaded.layers:
+        row = next(r for r in svm_rows if (r["layer"], r["feature"]) == (d.layer, d.feature))
+        assert d.cv == {"f1": row["f1"], "f1_std": row["f1_std"], "auroc": row["auroc"]}
+    best = max(svm_rows, key=lambda r: (r["f1"], r["auroc"], -r["layer"]))
+    assert (loaded.recommended().layer, loaded.recommended().feature) == (best["layer"], best["feature"])
+    assert len(loaded.config["train_text_hashes"]) == 2
     sets = [make_set("new", ["Tell me a story about a lighthouse.", *JAILBREAK[:3]])]
     captured = capture(lm, list(sets[0].texts), [("resid", 2), ("resid", 28)], ("cp", "mean"), cp_positions=16)
     for before, after in zip(det.layers, loaded.layers):

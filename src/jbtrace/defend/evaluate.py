@@ -41,6 +41,7 @@ class GuardOptions:
     combine: tuple[str, ...] = ("on-topic", "coherent")  # a combined verdict: answered by all of these
     on_topic_threshold: float | None = None  # None: calibrated on benign pairs
     calibration_limit: int = 32  # benign prompts (used nowhere else) for the on-topic calibration
+    limit: int | None = None  # prompts per set, sampled (seeded) after the detector's training prompts are left out
     max_repeat: float = 0.5
     max_perplexity: float = 100.0
     samples: int = 3  # side-by-side samples per set in the markdown
@@ -79,16 +80,19 @@ def rate(flags) -> dict:
     return {"k": k, "n": n, "rate": k / n if n else float("nan"), "ci_low": low, "ci_high": high}
 
 
-def without_training(sets: list[PromptSet], detector: Detector) -> tuple[list[PromptSet], dict]:
-    """The sets without the prompts the detector was trained on, and how many each lost."""
+def without_training(sets: list[PromptSet], detector: Detector, limit: int | None = None,
+                     seed: int = 0) -> tuple[list[PromptSet], dict]:
+    """The sets without the prompts the detector was trained on (then a seeded sample of ``limit``), and how many each lost."""
     seen = set(detector.config.get("train_text_hashes", []))
     kept, removed = [], {}
     for s in sets:
-        texts = tuple(t for t in s.texts if text_hash(t) not in seen)
+        texts = [t for t in s.texts if text_hash(t) not in seen]
         removed[s.name] = len(s) - len(texts)
         if not texts:
             raise UserError(f"prompt set {s.name!r}: every prompt was used to train the detector")
-        kept.append(PromptSet(s.name, texts, s.source, info=dict(s.info)))
+        if limit is not None and limit < len(texts):
+            texts = [texts[i] for i in np.sort(np.random.default_rng(seed).choice(len(texts), limit, replace=False))]
+        kept.append(PromptSet(s.name, tuple(texts), s.source, info=dict(s.info)))
     return kept, removed
 
 
@@ -110,9 +114,6 @@ def evaluate_guard(lm: LoadedModel, detector: Detector, sets: list[PromptSet], l
     started = time.perf_counter()
     tick = progress_start or (lambda description, total: None)
     G.check_detector(detector, lm)
-    sets, removed = without_training(sets, detector)
-    texts = [t for s in sets for t in s.texts]
-    where = [(s.name, i) for s in sets for i in range(len(s))]
     gen = options.generation
     chat = G.uses_chat_template(lm, gen)
     n_blocks = surgery.num_blocks(lm.model.config)
@@ -121,6 +122,9 @@ def evaluate_guard(lm: LoadedModel, detector: Detector, sets: list[PromptSet], l
     else:
         bypass, how = list(options.bypass), "given with --bypass"
     bypass = list(surgery.check_bypass(lm.model, bypass))
+    sets, removed = without_training(sets, detector, options.limit, options.seed)
+    texts = [t for s in sets for t in s.texts]
+    where = [(s.name, i) for s in sets for i in range(len(s))]
     judges = make_judges(lm, options, chat)
 
     which = G.choose_flagger(detector, options.layer, options.source, options.feature)
@@ -211,7 +215,7 @@ def summarise(rows, sets, set_label, removed, flags, which, bypass, how, judges,
                      else "recommended (best cross-validated F1)"},
         "bypass": {"layers": bypass, "how": how, "k": options.bypass_k},
         "sets": {s.name: {"label": "jailbreak" if set_label[s.name] else "benign", "source": s.source, "n": len(s),
-                          "removed_detector_training": removed[s.name]} for s in sets},
+                          "removed_detector_training": removed[s.name], "limit": options.limit} for s in sets},
         "generation": {**asdict(gen), "chat_template": G.uses_chat_template(lm, gen),
                        "decoding": "sampling" if gen.sample else "greedy"},
         "judges": {name: {**j.describe(), "definition": list(J.DEFINITIONS.get(name, ()))} for name, j in judges.items()},
@@ -246,7 +250,7 @@ def markdown(result: GuardResult, command: str) -> str:
              ""]
     for name, info in s["sets"].items():
         lines.append(f"- `{name}` ({info['label']}, {info['source']}): {info['n']} prompts"
-                     + (f" ({info['removed_detector_training']} used to train the detector left out)"
+                     + (f", a seeded sample after leaving out {info['removed_detector_training']} used to train the detector"
                         if info["removed_detector_training"] else ""))
     lines += ["", "## Detector", "", "| set | measure | flagged |", "|---|---|---|"]
     lines += [f"| {n} | {r['measure']} | {_pct(r)} |" for n, r in s["detector_rates"].items()]
