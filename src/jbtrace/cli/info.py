@@ -21,10 +21,28 @@ def datasets_cmd():
 
 @app.command("models")
 def models_cmd():
-    """List the built-in model specs."""
-    from jbtrace.models import list_models
+    """List the built-in model specs, and the paper's models by hub id (`jbtrace demo --preset paper`)."""
+    from jbtrace.models import list_models, list_paper_models
 
-    table = Table("spec", "layers", "description")
-    for row in list_models():
-        table.add_row(row["spec"], "" if row["layers"] is None else str(row["layers"]), row["description"])
+    def count(n):
+        return "" if n is None else f"{n / 1e6:.1f}M"
+
+    rows = list_models()
+    table = Table("spec", "blocks", "width", "params", "weights", "licence", title="built-in")
+    table.columns[0].no_wrap = True
+    for row in rows:
+        table.add_row(row["spec"], "" if row["layers"] is None else str(row["layers"]),
+                      "" if row["width"] is None else str(row["width"]), count(row["params"]), row["weights"], row["licence"])
     out.print(table)
+    for row in rows:
+        extra = [row["install"]] if row.get("install") else []
+        extra += [f"terms: {row['terms']}"] if row.get("terms") else []
+        out.print(f"{row['spec']}: {'; '.join([row['description'], *extra])}", highlight=False, soft_wrap=True, emoji=False,
+                  markup=False)
+    paper = Table("hub id", "blocks", "width", "params", "bfloat16",
+                  title="the paper's models (jbtrace demo --preset paper, once downloaded)")
+    paper.columns[0].no_wrap = True
+    for row in list_paper_models():
+        paper.add_row(row["spec"], str(row["layers"]), str(row["width"]), f"{row['params'] / 1e9:.2f}B",
+                      f"{row['memory_gb']:.1f} GB")
+    out.print(paper)

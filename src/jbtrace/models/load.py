@@ -47,7 +47,7 @@ def load_model(
     spec: str,
     *,
     name: str | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
     device: str = "cpu",
     revision: str | None = None,
     allow_pickle: bool = False,
@@ -56,6 +56,8 @@ def load_model(
     seed: int = 0,
 ) -> LoadedModel:
     """Load ``tiny:ARCH``, ``builtin:NAME``, ``gguf:PATH`` (or ``FILE.gguf``), a local directory or a hub id."""
+    if dtype is None:  # a builtin model's own default, else float32
+        dtype = builtin.builtin(spec.removeprefix("builtin:")).dtype if spec.startswith("builtin:") else "float32"
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     torch_dtype = DTYPES[dtype]

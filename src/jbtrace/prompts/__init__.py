@@ -2,6 +2,7 @@
 
 from jbtrace.prompts.load import (
     DAN_MODEL_NAME,
+    advbench_behaviours,
     PromptSet,
     list_sources,
     load_prompts,
@@ -9,4 +10,4 @@ from jbtrace.prompts.load import (
     texts_sha256,
 )
 
-__all__ = ["DAN_MODEL_NAME", "PromptSet", "list_sources", "load_prompts", "parse_prompt_specs", "texts_sha256"]
+__all__ = ["DAN_MODEL_NAME", "advbench_behaviours", "PromptSet", "list_sources", "load_prompts", "parse_prompt_specs", "texts_sha256"]

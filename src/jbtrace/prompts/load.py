@@ -283,14 +283,15 @@ def _yaml(path: Path):
     return yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-def _advbench() -> list[str]:
+def advbench_behaviours() -> list[str]:
+    """The AdvBench harmful behaviours shipped in pyrit, in file order."""
     path = _package_file("pyrit", "pyrit/datasets/seed_datasets/local/adv_bench.prompt")
     seeds = _yaml(path).get("seeds") or []
     return [s["value"] for s in seeds if isinstance(s, dict) and isinstance(s.get("value"), str)]
 
 
 def _pyrit_advbench(source: str, seed: int) -> tuple[list[str], dict]:
-    return _advbench(), {}
+    return advbench_behaviours(), {}
 
 
 def _pyrit_templates(source: str, seed: int) -> tuple[list[str], dict]:
@@ -304,7 +305,7 @@ def _pyrit_templates(source: str, seed: int) -> tuple[list[str], dict]:
     from jinja2.sandbox import SandboxedEnvironment
 
     env = SandboxedEnvironment(undefined=StrictUndefined)
-    behaviours = _advbench()
+    behaviours = advbench_behaviours()
     files = sorted(_package_file("pyrit", "pyrit/datasets/jailbreak/templates").rglob("*.yaml"))
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(behaviours)) for _ in range(len(files) // len(behaviours) + 1)])
@@ -379,6 +380,10 @@ def _raw_texts(source: str, text_field: str | None, seed: int) -> tuple[list[str
         return _load_hf(source, text_field)
     if source.startswith("builtin:benign:"):
         return _builtin_benign(source, seed)
+    if prefix == "outcomes":
+        from jbtrace.prompts import outcomes
+
+        return outcomes.load_source(source)
     if prefix in ("builtin", "garak", "pyrit"):
         if source not in SOURCES:
             known = ", ".join(k for k in SOURCES if k.startswith(prefix + ":"))

@@ -85,3 +85,24 @@ def write_guard(result, run_dir: str | Path, command: str) -> list[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [run_dir / n for n in GUARD_FILES]
+
+
+def write_outcomes(result, run_dir: str | Path, command: str) -> list[Path]:
+    """Write RUN/outcomes.md, outcomes.json, then outcomes.jsonl (last: what ``outcomes:`` sources read)."""
+    from jbtrace.prompts.outcomes import FILE, write_outcomes as write_records
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / FILE).unlink(missing_ok=True)  # a failed rerun must not leave stale outcomes looking current
+    tmp = Path(tempfile.mkdtemp(prefix=".outcomes-", dir=run_dir))
+    names = ["outcomes.md", "outcomes.json", FILE]
+    try:
+        (tmp / "outcomes.md").write_text(f"`{command}`\n\n" + result.markdown(), encoding="utf-8")
+        summary = {"command": command, **result.config, "rates": result.rates, "paired": result.paired}
+        (tmp / "outcomes.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
+        write_records(result.outcomes, tmp / FILE)
+        for name in names:
+            (tmp / name).replace(run_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [run_dir / n for n in names]
