@@ -88,7 +88,7 @@ def test_store_equals_transformers_gguf_at_every_layer_and_position(name, layers
     for prompt_set in sets:
         reference = [reference_stats(ref_model, ref_tok, t, chat) for t in prompt_set.texts]
         for stat in STATS:
-            count, mean, var, _ = reference_moments([r[stat] for r in reference])
+            count, mean, var, _, _ = reference_moments([r[stat] for r in reference])
             cell = ds.sel(model=name, scenario=prompt_set.name, stat=stat)
             P = count.shape[1]
             assert count.shape[0] == layers
