@@ -119,6 +119,8 @@ def test_guard_end_to_end(monkeypatch, capsys, tmp_path, detector):
     rows = [json.loads(line) for line in (out / "guard.jsonl").read_text().splitlines()]
     summary = json.loads((out / "guard.json").read_text())
     md = (out / "guard.md").read_text()
+    page = (out / "report.html").read_text()  # the guard updates the run's report
+    assert 'id="guard"' in page and "report:" in stdout
     trained = set(json.loads((detector / "detector.json").read_text())["train_text_hashes"])
     from jbtrace.detect.detector import text_hash
 

@@ -24,6 +24,7 @@ from jbtrace.cli.common import (
     pairs,
     progress_bar,
 )
+from jbtrace.cli.report import publish
 from jbtrace.errors import UserError
 
 # The paper's experiment: template and in-the-wild jailbreaks against benign prompts, every mode, every judge.
@@ -104,6 +105,7 @@ def guard_cmd(
         result = E.evaluate_guard(lm, det, sets, labels, options, cal, start)
     for path in write_guard(result, out_dir, command_line()):
         out.print(f"wrote {path}", highlight=False)
+    publish(out_dir, prompt_sets=sets, seed=seed)
     headline = "+".join(options.combine) if options.combine else options.judges[0]
     for r in result.summary["rates"]:
         if r["judge"] == headline:
