@@ -53,12 +53,22 @@ def child(n: int, mode: str, tokens: int, layer: int, device: str) -> dict:
     from jbtrace.trace.extract import ExtractOptions, encode
 
     def make_set(name, texts):
-        return PromptSet(name=name, texts=tuple(texts), source="bench", sha256=texts_sha256(texts), info={})
+        return PromptSet(
+            name=name, texts=tuple(texts), source="bench", sha256=texts_sha256(texts), info={}
+        )
 
     options = ExtractOptions(max_tokens=tokens, batch_size=8)
-    lm = load_model("tiny:llama", device=device, attn_implementation="eager" if mode == "naive" else None)
-    sets = [make_set("benign", _prompts(n, tokens, 1)), make_set("jailbreak", _prompts(n, tokens, 2))]
-    warm = [make_set("benign", _prompts(8, tokens, 3)), make_set("jailbreak", _prompts(8, tokens, 4))]
+    lm = load_model(
+        "tiny:llama", device=device, attn_implementation="eager" if mode == "naive" else None
+    )
+    sets = [
+        make_set("benign", _prompts(n, tokens, 1)),
+        make_set("jailbreak", _prompts(n, tokens, 2)),
+    ]
+    warm = [
+        make_set("benign", _prompts(8, tokens, 3)),
+        make_set("jailbreak", _prompts(8, tokens, 4)),
+    ]
     lengths = {len(ids) for s in sets for ids in encode(lm, s.texts, options)[0]}
     assert lengths == {tokens}, f"prompts not all {tokens} tokens: {sorted(lengths)[:5]}"
 
@@ -67,11 +77,18 @@ def child(n: int, mode: str, tokens: int, layer: int, device: str) -> dict:
             maps = attention.collect(lm, prompt_sets, [layer], "mean", options)
             return {k: maps.mean(k) for k in maps.sums}
         means = {}
-        for ps in prompt_sets:  # what one would write with output_attentions: keep every prompt's map, average later
+        for ps in (
+            prompt_sets
+        ):  # what one would write with output_attentions: keep every prompt's map, average later
             kept = []
             for i in range(0, len(ps.texts), options.batch_size):
-                enc = lm.tokenizer(list(ps.texts[i : i + options.batch_size]), return_tensors="pt", truncation=True,
-                                   max_length=tokens, padding=True).to(lm.device)
+                enc = lm.tokenizer(
+                    list(ps.texts[i : i + options.batch_size]),
+                    return_tensors="pt",
+                    truncation=True,
+                    max_length=tokens,
+                    padding=True,
+                ).to(lm.device)
                 with torch.inference_mode():
                     out = lm.model(**enc, output_attentions=True)
                 kept.extend(out.attentions[layer - 1].mean(1).cpu())
@@ -87,9 +104,16 @@ def child(n: int, mode: str, tokens: int, layer: int, device: str) -> dict:
     start = time.perf_counter()
     run(sets)
     seconds = time.perf_counter() - start
-    result = {"mode": mode, "prompts_per_set": n, "tokens": tokens, "layer": layer, "device": device,
-              "rss_before_mb": before / 1024, "peak_rss_growth_mb": (_rss_kb("VmHWM") - before) / 1024,
-              "seconds": round(seconds, 2)}
+    result = {
+        "mode": mode,
+        "prompts_per_set": n,
+        "tokens": tokens,
+        "layer": layer,
+        "device": device,
+        "rss_before_mb": before / 1024,
+        "peak_rss_growth_mb": (_rss_kb("VmHWM") - before) / 1024,
+        "seconds": round(seconds, 2),
+    }
     if device.startswith("cuda"):
         result["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -105,29 +129,54 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(int(args.child[0]), args.child[1], args.tokens, args.layer, args.device)))
+        print(
+            json.dumps(
+                child(int(args.child[0]), args.child[1], args.tokens, args.layer, args.device)
+            )
+        )
         return
     rows = []
     for mode in args.modes:
         for n in args.counts:
-            cmd = [sys.executable, __file__, "--child", str(n), mode, "--tokens", str(args.tokens),
-                   "--layer", str(args.layer), "--device", args.device]
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                str(n),
+                mode,
+                "--tokens",
+                str(args.tokens),
+                "--layer",
+                str(args.layer),
+                "--device",
+                args.device,
+            ]
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent
+            )
             if done.returncode:
                 sys.exit(f"{mode} {n}: child failed:\n{done.stderr[-2000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"{'mode':8} {'prompts/set':>11} {'peak RSS growth MB':>19} {'ratio to smallest':>18} {'seconds':>8}"
-          + ("  cuda peak MB" if args.device.startswith("cuda") else ""))
+    print(
+        f"{'mode':8} {'prompts/set':>11} {'peak RSS growth MB':>19} {'ratio to smallest':>18} {'seconds':>8}"
+        + ("  cuda peak MB" if args.device.startswith("cuda") else "")
+    )
     for mode in args.modes:
         mine = [r for r in rows if r["mode"] == mode]
-        base = max(mine[0]["peak_rss_growth_mb"], 1.0)  # growth below 1 MB is noise; ratios against at least 1 MB
+        base = max(
+            mine[0]["peak_rss_growth_mb"], 1.0
+        )  # growth below 1 MB is noise; ratios against at least 1 MB
         for r in mine:
             r["ratio_to_smallest"] = round(max(r["peak_rss_growth_mb"], 1.0) / base, 2)
             extra = f"  {r['cuda_peak_allocated_mb']:.1f}" if "cuda_peak_allocated_mb" in r else ""
-            print(f"{mode:8} {r['prompts_per_set']:>11} {r['peak_rss_growth_mb']:>19.1f} {r['ratio_to_smallest']:>18.2f} "
-                  f"{r['seconds']:>8.1f}{extra}")
+            print(
+                f"{mode:8} {r['prompts_per_set']:>11} {r['peak_rss_growth_mb']:>19.1f} {r['ratio_to_smallest']:>18.2f} "
+                f"{r['seconds']:>8.1f}{extra}"
+            )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "rows": rows}, indent=2))
+    RESULTS.write_text(
+        json.dumps({"command": " ".join(["python", *sys.argv]), "rows": rows}, indent=2)
+    )
     print(f"wrote {RESULTS}")
 
 

@@ -20,18 +20,33 @@ def machine_info(threads: int) -> dict:
     import torch
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in open("/proc/cpuinfo")
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     info = {
-        "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
-        "cpu_count": os.cpu_count(), "torch_threads": threads or torch.get_num_threads(),
-        "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "loadavg_1min_at_start": os.getloadavg()[0],
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     for tool in ("transformer_lens", "nnsight"):
         try:
             from importlib import metadata
+
             info[tool] = metadata.version(tool.replace("_", "-"))
         except Exception:  # noqa: BLE001 - not installed is a fact to record
             info[tool] = None
@@ -79,7 +94,9 @@ def peak_since(baseline: dict) -> dict:
     out = dict(baseline, peak_rss_mib=_status_mib("VmHWM") - baseline["rss_baseline_mib"])
     if "cuda_baseline_mib" in baseline:
         torch.cuda.synchronize()
-        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20 - baseline["cuda_baseline_mib"]
+        out["peak_cuda_mib"] = (
+            torch.cuda.max_memory_allocated() / 2**20 - baseline["cuda_baseline_mib"]
+        )
     return out
 
 
@@ -124,7 +141,7 @@ def synthetic_texts(n: int, max_words: int, seed: int, min_words: int = 4) -> li
     for _ in range(n):
         k = int(rng.integers(min_words, max_words + 1))
         start = int(rng.integers(0, max(len(words) - k, 1)))
-        out.append(" ".join(words[start:start + k]))
+        out.append(" ".join(words[start : start + k]))
     return out
 
 
@@ -141,18 +158,37 @@ def llama8b_random(device: str = "cuda"):
     from jbtrace.models.builtin import tiny_tokenizer
 
     config = T.LlamaConfig(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     torch.manual_seed(0)
     with torch.device(device):
-        model = T.LlamaForCausalLM._from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+        model = T.LlamaForCausalLM._from_config(
+            config, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
     model.eval()
     tok = tiny_tokenizer()
     return LoadedModel(
-        name="llama8b-random", spec="llama8b-random", model=model, tokenizer=tok, n_layers=33,
-        has_attention=True, is_causal=True, random_init=True, max_positions=131072,
+        name="llama8b-random",
+        spec="llama8b-random",
+        model=model,
+        tokenizer=tok,
+        n_layers=33,
+        has_attention=True,
+        is_causal=True,
+        random_init=True,
+        max_positions=131072,
         layer_map=surgery.layer_map_text(model),
         provenance={"spec": "llama8b-random", "dtype": "bfloat16", "device": device},
     )

@@ -50,18 +50,25 @@ def method_fn(method, args, init="svd"):
         from tensorly.decomposition import parafac
 
         def run(X):
-            cp = parafac(X, args.rank, n_iter_max=args.iters, init=init, tol=0,
-                         random_state=0)
+            cp = parafac(X, args.rank, n_iter_max=args.iters, init=init, tol=0, random_state=0)
             return lambda: float(np.linalg.norm(X - tl.cp_to_tensor(cp)) / np.linalg.norm(X))
+
         return run
     from jbtrace.detect.decompose import CPFeatures
-    kw = dict(rank=args.rank, n_iter_max=args.iters, tol=0, init=init,
-              project_dim=args.project_dim if method.endswith("proj") else None,
-              device="cuda" if method.startswith("cuda") else "cpu")
+
+    kw = dict(
+        rank=args.rank,
+        n_iter_max=args.iters,
+        tol=0,
+        init=init,
+        project_dim=args.project_dim if method.endswith("proj") else None,
+        device="cuda" if method.startswith("cuda") else "cpu",
+    )
 
     def run(X):
         fit = CPFeatures(**kw).fit(X)  # includes its own (exact) error computation
         return lambda: fit.reconstruction_error_
+
     return run
 
 
@@ -89,6 +96,7 @@ def child(args):
     """One measurement in this fresh process; prints a JSON line."""
     import torch
     from threadpoolctl import threadpool_limits
+
     if args.threads:
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
@@ -103,18 +111,38 @@ def child(args):
     t0 = time.perf_counter()
     error = run(X)
     seconds = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if cuda
-            else proc_status_bytes("VmHWM") - rss0)
+    peak = torch.cuda.max_memory_allocated() if cuda else proc_status_bytes("VmHWM") - rss0
     t0 = time.perf_counter()
     als(X)  # random init: the same sweeps without the SVD initialisation
-    print(json.dumps({"seconds": seconds, "als_s": time.perf_counter() - t0,
-                      "peak_mb": peak / 2**20, "rel_error": error()}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "als_s": time.perf_counter() - t0,
+                "peak_mb": peak / 2**20,
+                "rel_error": error(),
+            }
+        )
+    )
 
 
 def measure(method, data, args):
-    cmd = [sys.executable, __file__, "--child", method, "--data", str(data),
-           "--rank", str(args.rank), "--iters", str(args.iters),
-           "--project-dim", str(args.project_dim), "--threads", str(args.threads or 0)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        method,
+        "--data",
+        str(data),
+        "--rank",
+        str(args.rank),
+        "--iters",
+        str(args.iters),
+        "--project-dim",
+        str(args.project_dim),
+        "--threads",
+        str(args.threads or 0),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -124,9 +152,13 @@ def summarise(n, runs):
     row = {"prompts": n, "loadavg_1min": os.getloadavg()[0], "methods": {}}
     for m, rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "als_s", "peak_mb")}
-        row["methods"][m] = {"seconds": [r["seconds"] for r in rs], "median_s": med["seconds"],
-                             "als_s": med["als_s"], "peak_mb": med["peak_mb"],
-                             "rel_error": rs[0]["rel_error"]}
+        row["methods"][m] = {
+            "seconds": [r["seconds"] for r in rs],
+            "median_s": med["seconds"],
+            "als_s": med["als_s"],
+            "peak_mb": med["peak_mb"],
+            "rel_error": rs[0]["rel_error"],
+        }
     ref = row["methods"]["tensorly"]
     for m, got in row["methods"].items():
         got["speedup_vs_tensorly"] = ref["median_s"] / got["median_s"]
@@ -140,14 +172,20 @@ def machine_info():
     import tensorly
     import torch
     from threadpoolctl import threadpool_info
-    return {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch.__version__, "tensorly": tensorly.__version__,
-            "default_torch_threads": torch.get_num_threads(),
-            "default_blas_threads": [(p["internal_api"], p["num_threads"])
-                                     for p in threadpool_info()],
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "tensorly": tensorly.__version__,
+        "default_torch_threads": torch.get_num_threads(),
+        "default_blas_threads": [(p["internal_api"], p["num_threads"]) for p in threadpool_info()],
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def main(argv=None):
@@ -159,9 +197,12 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--project-dim", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads for torch and BLAS in every method "
-                         "(default: each library's own)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch and BLAS in every method (default: each library's own)",
+    )
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--out", type=Path, default=Path("bench/results/detect.json"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -171,6 +212,7 @@ def main(argv=None):
         return child(args)
 
     import torch
+
     methods = ["tensorly", "torch", "torch_proj"]
     if args.device == "cuda":
         if torch.cuda.is_available():
@@ -190,14 +232,15 @@ def main(argv=None):
             rows.append(row)
             print_row(row, methods, header=len(rows) == 1)
 
-    result = {"machine": machine_info(),
-              "params": {k: v for k, v in vars(args).items()
-                         if k not in ("child", "data", "out")},
-              "measures": "median wall s of fit (svd init); als_s: same sweeps from a random "
-                          "init (no SVD); peak_mb = peak RSS during fit minus RSS before "
-                          "(CUDA: max_memory_allocated); rel_error = ||X - CP||/||X|| "
-                          "(proj: of the projected tensor)",
-              "results": rows}
+    result = {
+        "machine": machine_info(),
+        "params": {k: v for k, v in vars(args).items() if k not in ("child", "data", "out")},
+        "measures": "median wall s of fit (svd init); als_s: same sweeps from a random "
+        "init (no SVD); peak_mb = peak RSS during fit minus RSS before "
+        "(CUDA: max_memory_allocated); rel_error = ||X - CP||/||X|| "
+        "(proj: of the projected tensor)",
+        "results": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
@@ -205,16 +248,21 @@ def main(argv=None):
 
 def print_row(row, methods, header):
     if header:
-        print(f"{'prompts':>7} {'method':<11} {'fit s':>8} {'speedup':>7} {'ALS s':>8} "
-              f"{'speedup':>7} {'rel err':>8} {'err vs tl':>9} {'peak MB':>7}")
+        print(
+            f"{'prompts':>7} {'method':<11} {'fit s':>8} {'speedup':>7} {'ALS s':>8} "
+            f"{'speedup':>7} {'rel err':>8} {'err vs tl':>9} {'peak MB':>7}"
+        )
     ref = row["methods"]["tensorly"]["rel_error"]
     for m in methods:
         r = row["methods"][m]
         vs = "(proj)" if m.endswith("proj") else f"{100 * (r['rel_error'] / ref - 1):+.3f}%"
-        print(f"{row['prompts']:>7} {m:<11} {r['median_s']:>8.3f} "
-              f"{r['speedup_vs_tensorly']:>6.1f}x {r['als_s']:>8.3f} "
-              f"{r['als_speedup_vs_tensorly']:>6.1f}x {r['rel_error']:>8.5f} {vs:>9} "
-              f"{r['peak_mb']:>7.0f}", flush=True)
+        print(
+            f"{row['prompts']:>7} {m:<11} {r['median_s']:>8.3f} "
+            f"{r['speedup_vs_tensorly']:>6.1f}x {r['als_s']:>8.3f} "
+            f"{r['als_speedup_vs_tensorly']:>6.1f}x {r['rel_error']:>8.5f} {vs:>9} "
+            f"{r['peak_mb']:>7.0f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

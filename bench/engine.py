@@ -24,7 +24,9 @@ import common  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="tiny:llama")
     parser.add_argument("--prompts", type=int, default=256, help="total over the two sets")
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -48,7 +50,15 @@ def main() -> None:
     sets = []
     for k, name in enumerate(("benign", "jailbreak")):
         texts = common.synthetic_texts(args.prompts // 2, args.max_words, args.seed + k)
-        sets.append(PromptSet(name=name, texts=tuple(texts), source="synthetic", sha256=texts_sha256(texts), info={}))
+        sets.append(
+            PromptSet(
+                name=name,
+                texts=tuple(texts),
+                source="synthetic",
+                sha256=texts_sha256(texts),
+                info={},
+            )
+        )
     options = ExtractOptions(max_tokens=args.max_tokens)
     models = [ModelSpec(args.model)]
     tokens = None
@@ -60,35 +70,62 @@ def main() -> None:
 
     info = common.machine_info(1)
     start = time.perf_counter()
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(
+        num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR"
+    )
     cluster_start = time.perf_counter() - start
     few, many = args.workers, 4 * args.workers
     runs = {"local": [], f"ray-{few}-shards": [], f"ray-{many}-shards": []}
     stores = {}
-    for _ in range(args.repeats):  # interleaved, so that a burst of load on the shared machine hits all three
-        for label, engine in (("local", Engine("local")), (f"ray-{few}-shards", Engine("ray", workers=args.workers, shards=few)),
-                              (f"ray-{many}-shards", Engine("ray", workers=args.workers, shards=many))):
+    for _ in range(
+        args.repeats
+    ):  # interleaved, so that a burst of load on the shared machine hits all three
+        for label, engine in (
+            ("local", Engine("local")),
+            (f"ray-{few}-shards", Engine("ray", workers=args.workers, shards=few)),
+            (f"ray-{many}-shards", Engine("ray", workers=args.workers, shards=many)),
+        ):
             seconds, traces = timed(engine)
             runs[label].append(seconds)
             stores[label] = store.build(traces, sets)
             tokens = sum(int(s.prompt_tokens.sum()) for s in traces[0].scenarios.values())
             print(f"{label}: {seconds:.2f} s", flush=True)
     ray.shutdown()
-    diff = max(float(np.nanmax(np.abs(stores["local"]["mean"].values - s["mean"].values))) for s in stores.values())
+    diff = max(
+        float(np.nanmax(np.abs(stores["local"]["mean"].values - s["mean"].values)))
+        for s in stores.values()
+    )
     med = {k: common.median(v) for k, v in runs.items()}
     result = {
-        "machine": info, "model": args.model, "prompts": args.prompts, "real_tokens": tokens,
-        "max_tokens": args.max_tokens, "workers": args.workers, "repeats": args.repeats,
-        "cluster_start_s": round(cluster_start, 2), "seconds": runs, "median_s": med,
+        "machine": info,
+        "model": args.model,
+        "prompts": args.prompts,
+        "real_tokens": tokens,
+        "max_tokens": args.max_tokens,
+        "workers": args.workers,
+        "repeats": args.repeats,
+        "cluster_start_s": round(cluster_start, 2),
+        "seconds": runs,
+        "median_s": med,
         "prompts_per_s": {k: round(args.prompts / v, 2) for k, v in med.items()},
-        "throughput_ratio_ray_to_local": {k: round(med["local"] / v, 3) for k, v in med.items() if k != "local"},
-        "overhead_per_shard_s": round((med[f"ray-{many}-shards"] - med[f"ray-{few}-shards"]) / (many - few), 3),
+        "throughput_ratio_ray_to_local": {
+            k: round(med["local"] / v, 3) for k, v in med.items() if k != "local"
+        },
+        "overhead_per_shard_s": round(
+            (med[f"ray-{many}-shards"] - med[f"ray-{few}-shards"]) / (many - few), 3
+        ),
         "max_abs_mean_difference_vs_local": diff,
         "loadavg_1min_at_end": os.getloadavg()[0],
     }
     common.write_json(args.out, result)
-    for key in ("cluster_start_s", "median_s", "prompts_per_s", "throughput_ratio_ray_to_local", "overhead_per_shard_s",
-                "max_abs_mean_difference_vs_local"):
+    for key in (
+        "cluster_start_s",
+        "median_s",
+        "prompts_per_s",
+        "throughput_ratio_ray_to_local",
+        "overhead_per_shard_s",
+        "max_abs_mean_difference_vs_local",
+    ):
         print(f"{key}: {result[key]}")
 
 

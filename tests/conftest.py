@@ -16,7 +16,9 @@ torch.set_num_threads(1)
 
 
 def make_set(name: str, texts: list[str]) -> PromptSet:
-    return PromptSet(name=name, texts=tuple(texts), source="test", sha256=texts_sha256(texts), info={})
+    return PromptSet(
+        name=name, texts=tuple(texts), source="test", sha256=texts_sha256(texts), info={}
+    )
 
 
 BENIGN = [

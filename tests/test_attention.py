@@ -27,16 +27,26 @@ def reference_maps(spec, texts, layers, heads):
         count[:t, :t] += allowed
         for i, layer in enumerate(layers):
             probs = out.attentions[layer - 1][0].double().numpy()  # (heads, t, t)
-            probs = probs.mean(0, keepdims=True) if heads == "mean" else probs if heads == "all" else probs[heads : heads + 1]
+            probs = (
+                probs.mean(0, keepdims=True)
+                if heads == "mean"
+                else probs
+                if heads == "all"
+                else probs[heads : heads + 1]
+            )
             sums[i, :, :t, :t] += np.where(allowed, probs, 0.0)
     return sums, count
 
 
 def as_numpy(maps, scenario, n):
-    return maps.sums[scenario].cpu().numpy()[..., :n, :n], maps.counts[scenario].cpu().numpy()[:n, :n]
+    return maps.sums[scenario].cpu().numpy()[..., :n, :n], maps.counts[scenario].cpu().numpy()[
+        :n, :n
+    ]
 
 
-@pytest.mark.parametrize("arch, heads", [("gptj", "all"), ("llama", "mean"), ("mistral", 1), ("minilm", "mean")])
+@pytest.mark.parametrize(
+    "arch, heads", [("gptj", "all"), ("llama", "mean"), ("mistral", 1), ("minilm", "mean")]
+)
 def test_maps_agree_with_eager_output_attentions(arch, heads, model_dirs, prompt_sets):
     spec = "builtin:minilm" if arch == "minilm" else str(model_dirs[arch])
     lm = load_model(spec)  # sdpa: probabilities come from the capture, not from the kernel
@@ -47,7 +57,9 @@ def test_maps_agree_with_eager_output_attentions(arch, heads, model_dirs, prompt
         ref_sums, ref_count = reference_maps(spec, prompt_set.texts, [1, 3, last], heads)
         sums, count = as_numpy(maps, prompt_set.name, ref_count.shape[0])
         np.testing.assert_array_equal(count, ref_count)
-        assert maps.counts[prompt_set.name].sum() == ref_count.sum()  # nothing counted beyond the longest prompt
+        assert (
+            maps.counts[prompt_set.name].sum() == ref_count.sum()
+        )  # nothing counted beyond the longest prompt
         seen = ref_count > 0
         mean = sums[..., seen] / count[seen]
         assert np.abs(mean - ref_sums[..., seen] / ref_count[seen]).max() <= 1e-5
@@ -60,7 +72,12 @@ def test_capture_equals_output_attentions_and_restores_the_model(prompt_sets):
     tok.padding_side = "left"
     enc = tok(list(prompt_sets[0].texts), return_tensors="pt", padding=True)
     got = {}
-    with capture.probabilities_hooked(lm.model, [2, 32], lambda layer, p: got.__setitem__(layer, p.clone())), torch.no_grad():
+    with (
+        capture.probabilities_hooked(
+            lm.model, [2, 32], lambda layer, p: got.__setitem__(layer, p.clone())
+        ),
+        torch.no_grad(),
+    ):
         lm.model(**enc)
     with torch.no_grad():
         ref = eager.model(**enc, output_attentions=True).attentions
@@ -76,7 +93,13 @@ def test_capture_equals_output_attentions_and_restores_the_model(prompt_sets):
 def test_padding_side_and_batch_size_give_the_same_maps(model_dirs, prompt_sets):
     lm = load_model(str(model_dirs["mistral"]))
     runs = [
-        attention.collect(lm, prompt_sets, [2, 5], "mean", ExtractOptions(batch_size=b, padding_side=side, bucket=bucket))
+        attention.collect(
+            lm,
+            prompt_sets,
+            [2, 5],
+            "mean",
+            ExtractOptions(batch_size=b, padding_side=side, bucket=bucket),
+        )
         for b, side, bucket in ((7, "right", True), (1, "left", True), (7, "left", False))
     ]
     for prompt_set in prompt_sets:
@@ -89,7 +112,9 @@ def test_padding_side_and_batch_size_give_the_same_maps(model_dirs, prompt_sets)
 
 
 def test_causal_models_have_nothing_above_the_diagonal(prompt_sets):
-    maps = attention.collect(load_model("tiny:gptj"), prompt_sets, [4], "mean", ExtractOptions(batch_size=4))
+    maps = attention.collect(
+        load_model("tiny:gptj"), prompt_sets, [4], "mean", ExtractOptions(batch_size=4)
+    )
     for scenario in ("benign", "jailbreak"):
         count = maps.counts[scenario].cpu().numpy()
         mean = maps.mean(scenario)[0, 0]
@@ -106,7 +131,9 @@ def test_causal_models_have_nothing_above_the_diagonal(prompt_sets):
 
 
 def test_encoder_counts_every_real_pair(prompt_sets):
-    maps = attention.collect(load_model("builtin:minilm"), prompt_sets, [2], "mean", ExtractOptions(batch_size=4))
+    maps = attention.collect(
+        load_model("builtin:minilm"), prompt_sets, [2], "mean", ExtractOptions(batch_size=4)
+    )
     count = maps.counts["benign"].cpu().numpy()
     assert count[0, 5] == count[5, 0] > 0  # bidirectional: keys after the query are counted
 
@@ -133,10 +160,16 @@ def test_auto_ranks_every_layer_and_keeps_the_top(model_dirs, prompt_sets):
     assert auto.layers == [best] and value == max(auto.divergence.values()) > 0
     every = attention.collect(lm, prompt_sets, list(range(1, 7)), "mean", options)
     a, b = every.mean("benign")[:, 0], every.mean("jailbreak")[:, 0]
-    count = np.minimum(every.counts["benign"].cpu().numpy(), every.counts["jailbreak"].cpu().numpy())
+    count = np.minimum(
+        every.counts["benign"].cpu().numpy(), every.counts["jailbreak"].cpu().numpy()
+    )
     for i, layer in enumerate(range(1, 7)):
-        assert auto.divergence[layer] == pytest.approx(attention.js_divergence(a[i], b[i], count), rel=1e-9)
-    np.testing.assert_allclose(auto.sums["jailbreak"].cpu().numpy(), every.sums["jailbreak"].cpu().numpy()[best - 1 : best])
+        assert auto.divergence[layer] == pytest.approx(
+            attention.js_divergence(a[i], b[i], count), rel=1e-9
+        )
+    np.testing.assert_allclose(
+        auto.sums["jailbreak"].cpu().numpy(), every.sums["jailbreak"].cpu().numpy()[best - 1 : best]
+    )
 
 
 def test_models_without_attention_are_not_applicable(prompt_sets):

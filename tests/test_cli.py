@@ -34,9 +34,27 @@ def files(tmp_path):
 def test_run_writes_store_run_json_and_figure(monkeypatch, capsys, files, tmp_path):
     benign, jailbreak = files
     out = tmp_path / "run"
-    code, stdout, stderr = jbtrace(monkeypatch, capsys, "run", "-m", "tiny:llama", "-m", "tiny:gptj",
-                                   "-p", f"benign={benign}", "-p", f"jailbreak={jailbreak}", "-o", out,
-                                   "--stat", "log_norm", "--stat", "rms", "--svg", "-q")
+    code, stdout, stderr = jbtrace(
+        monkeypatch,
+        capsys,
+        "run",
+        "-m",
+        "tiny:llama",
+        "-m",
+        "tiny:gptj",
+        "-p",
+        f"benign={benign}",
+        "-p",
+        f"jailbreak={jailbreak}",
+        "-o",
+        out,
+        "--stat",
+        "log_norm",
+        "--stat",
+        "rms",
+        "--svg",
+        "-q",
+    )
     assert code == 0, stderr
     for name in ("trace.zarr", "run.json", "figure.png", "figure.pdf", "figure.svg"):
         assert (out / name).exists(), name
@@ -47,7 +65,9 @@ def test_run_writes_store_run_json_and_figure(monkeypatch, capsys, files, tmp_pa
     # gptj has 29 layers, llama 33: the missing layers have count 0 and NaN mean
     assert int(ds["count"].sel(model="gptj", layer=slice(29, None)).sum()) == 0
     assert ds["mean"].sel(model="gptj", layer=slice(29, None)).isnull().all()
-    assert int(ds["count"].sel(model="llama", scenario="benign", stat="rms", position=0, layer=3)) == len(BENIGN)
+    assert int(
+        ds["count"].sel(model="llama", scenario="benign", stat="rms", position=0, layer=3)
+    ) == len(BENIGN)
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["command"].startswith("jbtrace run")
     prov = run_json["provenance"]
@@ -59,10 +79,26 @@ def test_run_writes_store_run_json_and_figure(monkeypatch, capsys, files, tmp_pa
 def test_extract_then_plot_with_crop(monkeypatch, capsys, files, tmp_path):
     benign, jailbreak = files
     out = tmp_path / "run"
-    code, _, stderr = jbtrace(monkeypatch, capsys, "extract", "-m", "tiny:mistral", "-p", str(benign),
-                              "-p", str(jailbreak), "-o", out, "--align", "end", "-q")
+    code, _, stderr = jbtrace(
+        monkeypatch,
+        capsys,
+        "extract",
+        "-m",
+        "tiny:mistral",
+        "-p",
+        str(benign),
+        "-p",
+        str(jailbreak),
+        "-o",
+        out,
+        "--align",
+        "end",
+        "-q",
+    )
     assert code == 0, stderr
-    code, stdout, stderr = jbtrace(monkeypatch, capsys, "plot", out, "--positions", "0:8", "--min-count", "2")
+    code, stdout, stderr = jbtrace(
+        monkeypatch, capsys, "plot", out, "--positions", "0:8", "--min-count", "2"
+    )
     assert code == 0, stderr
     assert (out / "figure.png").stat().st_size > 10_000
 
@@ -76,7 +112,7 @@ def test_models_and_datasets_list(monkeypatch, capsys):
 
 def _bad_inputs(tmp_path, files):
     benign, jailbreak = files
-    good = [f"-p", f"benign={benign}", "-p", f"jailbreak={jailbreak}"]
+    good = ["-p", f"benign={benign}", "-p", f"jailbreak={jailbreak}"]
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     malformed = tmp_path / "bad.jsonl"
@@ -90,12 +126,40 @@ def _bad_inputs(tmp_path, files):
     noconfig = tmp_path / "noconfig"
     noconfig.mkdir()
     return {
-        "missing file": ["-p", f"benign={tmp_path / 'nope.jsonl'}", "-p", f"jailbreak={jailbreak}", "-m", "tiny:llama"],
+        "missing file": [
+            "-p",
+            f"benign={tmp_path / 'nope.jsonl'}",
+            "-p",
+            f"jailbreak={jailbreak}",
+            "-m",
+            "tiny:llama",
+        ],
         "empty file": ["-p", f"benign={empty}", "-p", f"jailbreak={jailbreak}", "-m", "tiny:llama"],
-        "malformed json line": ["-p", f"benign={malformed}", "-p", f"jailbreak={jailbreak}", "-m", "tiny:llama"],
-        "missing text field": ["-p", f"benign={nofield}", "-p", f"jailbreak={jailbreak}", "-m", "tiny:llama"],
+        "malformed json line": [
+            "-p",
+            f"benign={malformed}",
+            "-p",
+            f"jailbreak={jailbreak}",
+            "-m",
+            "tiny:llama",
+        ],
+        "missing text field": [
+            "-p",
+            f"benign={nofield}",
+            "-p",
+            f"jailbreak={jailbreak}",
+            "-m",
+            "tiny:llama",
+        ],
         "non-utf8": ["-p", f"benign={latin}", "-p", f"jailbreak={jailbreak}", "-m", "tiny:llama"],
-        "all prompts empty": ["-p", f"benign={blanks}", "-p", f"jailbreak={jailbreak}", "-m", "tiny:llama"],
+        "all prompts empty": [
+            "-p",
+            f"benign={blanks}",
+            "-p",
+            f"jailbreak={jailbreak}",
+            "-m",
+            "tiny:llama",
+        ],
         "unknown model spec": [*good, "-m", "tiny:gpt5"],
         "directory without config": [*good, "-m", str(noconfig)],
         "unknown statistic": [*good, "-m", "tiny:llama", "--stat", "entropy_of_vibes"],
@@ -123,7 +187,9 @@ def test_bad_input_one_line_exit_2_nothing_left(monkeypatch, capsys, tmp_path, f
     args = _bad_inputs(tmp_path, files)[case]
     code, stdout, stderr = jbtrace(monkeypatch, capsys, "run", *args, "-o", out, "-q")
     assert code == 2
-    lines = [line for line in stderr.splitlines() if line.strip() and line.startswith("jbtrace: error")]
+    lines = [
+        line for line in stderr.splitlines() if line.strip() and line.startswith("jbtrace: error")
+    ]
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     assert EXPECT[case].lower() in lines[0].lower(), lines[0]
@@ -139,11 +205,24 @@ def test_pickle_only_weights_need_allow_pickle(monkeypatch, capsys, tmp_path, fi
     folder = tmp_path / "pickled"
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
-    for path in folder.glob("*.safetensors"):  # the same weights, pickle-only, as older checkpoints ship
+    for path in folder.glob(
+        "*.safetensors"
+    ):  # the same weights, pickle-only, as older checkpoints ship
         path.unlink()
     torch.save(lm.model.state_dict(), folder / "pytorch_model.bin")
     benign, jailbreak = files
-    args = ["extract", "-m", tmp_path / "pickled", "-p", benign, "-p", jailbreak, "-o", tmp_path / "run", "-q"]
+    args = [
+        "extract",
+        "-m",
+        tmp_path / "pickled",
+        "-p",
+        benign,
+        "-p",
+        jailbreak,
+        "-o",
+        tmp_path / "run",
+        "-q",
+    ]
     code, _, stderr = jbtrace(monkeypatch, capsys, *args)
     assert code == 2 and "--allow-pickle" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "run" / "trace.zarr").exists()
@@ -154,6 +233,22 @@ def test_pickle_only_weights_need_allow_pickle(monkeypatch, capsys, tmp_path, fi
 def test_plot_positions_out_of_range_on_existing_run(monkeypatch, capsys, files, tmp_path):
     benign, jailbreak = files
     out = tmp_path / "run"
-    assert jbtrace(monkeypatch, capsys, "extract", "-m", "tiny:llama", "-p", benign, "-p", jailbreak, "-o", out, "-q")[0] == 0
+    assert (
+        jbtrace(
+            monkeypatch,
+            capsys,
+            "extract",
+            "-m",
+            "tiny:llama",
+            "-p",
+            benign,
+            "-p",
+            jailbreak,
+            "-o",
+            out,
+            "-q",
+        )[0]
+        == 0
+    )
     code, _, stderr = jbtrace(monkeypatch, capsys, "plot", out, "--positions", "5:500")
     assert code == 2 and "out of range" in stderr and not (out / "figure.png").exists()

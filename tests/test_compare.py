@@ -24,7 +24,9 @@ from jbtrace.trace.extract import ExtractOptions, extract
 from jbtrace.views import outputs
 
 
-def synthetic_store(models: dict, is_b: np.ndarray, names=("benign", "jailbreak"), slopes: bool = True) -> xr.Dataset:
+def synthetic_store(
+    models: dict, is_b: np.ndarray, names=("benign", "jailbreak"), slopes: bool = True
+) -> xr.Dataset:
     """A store from raw values (prompt, layer, position) per model; NaN marks positions a prompt does not reach.
 
     A model's value is one array (statistic log_norm) or a dict {stat: array}. ``prompt_slope``
@@ -57,17 +59,29 @@ def synthetic_store(models: dict, is_b: np.ndarray, names=("benign", "jailbreak"
         tokens[m] = (~np.isnan(per_stat[stat_names[0]][:, 0])).sum(1)
     var[count < 2] = np.nan
     dims = ("model", "scenario", "stat", "layer", "position")
-    data = {"mean": (dims, mean), "var": (dims, var), "count": (dims, count), "nonfinite": (dims, nonfinite),
-            "prompt_value": (("model", "stat", "prompt", "layer"), prompt_value),
-            "prompt_tokens": (("model", "prompt"), tokens)}
+    data = {
+        "mean": (dims, mean),
+        "var": (dims, var),
+        "count": (dims, count),
+        "nonfinite": (dims, nonfinite),
+        "prompt_value": (("model", "stat", "prompt", "layer"), prompt_value),
+        "prompt_tokens": (("model", "prompt"), tokens),
+    }
     if slopes:
         data["prompt_slope"] = (("model", "stat", "prompt", "layer"), prompt_slope)
     return xr.Dataset(
         data,
-        coords={"model": list(models), "scenario": list(names), "stat": stat_names, "layer": np.arange(n_layers),
-                "position": np.arange(n_pos), "prompt": np.arange(n_prompts),
-                "prompt_scenario": ("prompt", np.where(is_b, names[1], names[0])),
-                "model_label": ("model", list(models)), "random_init": ("model", [False] * n_models)},
+        coords={
+            "model": list(models),
+            "scenario": list(names),
+            "stat": stat_names,
+            "layer": np.arange(n_layers),
+            "position": np.arange(n_pos),
+            "prompt": np.arange(n_prompts),
+            "prompt_scenario": ("prompt", np.where(is_b, names[1], names[0])),
+            "model_label": ("model", list(models)),
+            "random_init": ("model", [False] * n_models),
+        },
         attrs={"align": "start"},
     )
 
@@ -112,7 +126,9 @@ def test_welch_cells_match_scipy_on_per_prompt_values(prompt_sets):
     """Extract with jbtrace, then recompute every cell from output_hidden_states with scipy's Welch test."""
     import torch
 
-    lm = load_model("tiny:gptj", dtype="float64")  # float64: batching noise must not blur the comparison
+    lm = load_model(
+        "tiny:gptj", dtype="float64"
+    )  # float64: batching noise must not blur the comparison
     ds = store.build([extract(lm, prompt_sets, ExtractOptions())], prompt_sets)
     cells = compare.cell_tests(ds, q=0.05, min_count=2).sel(model="gptj", stat="log_norm")
     per_cell = {}  # (scenario, layer, position) -> values
@@ -130,7 +146,11 @@ def test_welch_cells_match_scipy_on_per_prompt_values(prompt_sets):
             a, b = per_cell.get((0, layer, pos), []), per_cell.get((1, layer, pos), [])
             cell = cells.sel(layer=layer, position=pos)
             if len(a) < 2 or len(b) < 2:
-                assert int(cell["status"]) in (2, 3) and np.isnan(float(cell["diff"])) and not bool(cell["significant"])
+                assert (
+                    int(cell["status"]) in (2, 3)
+                    and np.isnan(float(cell["diff"]))
+                    and not bool(cell["significant"])
+                )
                 continue
             if int(cell["status"]) == 4:  # constant (the BOS token of a causal model)
                 assert np.ptp(a) < 1e-5 and np.ptp(b) < 1e-5
@@ -143,8 +163,12 @@ def test_welch_cells_match_scipy_on_per_prompt_values(prompt_sets):
             assert float(cell["ci_high"]) == pytest.approx(ci.high, abs=1e-9)
             df = len(a) + len(b) - 2
             sp = np.sqrt(((len(a) - 1) * np.var(a, ddof=1) + (len(b) - 1) * np.var(b, ddof=1)) / df)
-            j = math.gamma(df / 2) / (math.sqrt(df / 2) * math.gamma((df - 1) / 2))  # Hedges' exact correction
-            assert float(cell["g"]) == pytest.approx((np.mean(b) - np.mean(a)) / sp * j, rel=1e-7, abs=1e-10)
+            j = math.gamma(df / 2) / (
+                math.sqrt(df / 2) * math.gamma((df - 1) / 2)
+            )  # Hedges' exact correction
+            assert float(cell["g"]) == pytest.approx(
+                (np.mean(b) - np.mean(a)) / sp * j, rel=1e-7, abs=1e-10
+            )
             checked += 1
     assert checked > 100
     tested = cells["status"].values == 0
@@ -154,7 +178,9 @@ def test_welch_cells_match_scipy_on_per_prompt_values(prompt_sets):
 
 def test_bh_matches_statsmodels():
     rng = np.random.default_rng(3)
-    p = np.concatenate([rng.uniform(size=300), rng.uniform(0, 1e-3, size=40), [0.5, 0.5, 0.5], [np.nan] * 7])
+    p = np.concatenate(
+        [rng.uniform(size=300), rng.uniform(0, 1e-3, size=40), [0.5, 0.5, 0.5], [np.nan] * 7]
+    )
     rng.shuffle(p)
     q = compare.bh(p)
     finite = np.isfinite(p)
@@ -167,7 +193,9 @@ def test_hedges_j_exact():
     from math import gamma, sqrt
 
     for df in (2, 5, 17, 60):
-        assert compare.hedges_j(df) == pytest.approx(gamma(df / 2) / (sqrt(df / 2) * gamma((df - 1) / 2)), rel=1e-12)
+        assert compare.hedges_j(df) == pytest.approx(
+            gamma(df / 2) / (sqrt(df / 2) * gamma((df - 1) / 2)), rel=1e-12
+        )
 
 
 def test_relative_bins_count_prompts_and_keep_the_cell_level():
@@ -187,7 +215,9 @@ def test_relative_bins_count_prompts_and_keep_the_cell_level():
     for _ in range(100):
         lengths = np.clip(np.round(np.exp(rng.normal(3.5, 0.7, n))), 2, width).astype(int)
         mask = torch.from_numpy(np.arange(width)[None] < lengths[:, None]).long()
-        values = torch.from_numpy(rng.normal(size=(n, width)) + rng.normal(0, 1, (n, 1)))[None, None]
+        values = torch.from_numpy(rng.normal(size=(n, width)) + rng.normal(0, 1, (n, 1)))[
+            None, None
+        ]
         pos = positions(mask, "relative", bins)
         folded, folded_pos = bin_means(values, pos, bins)
         assert ((folded_pos >= 0).sum(0) <= n).all()
@@ -218,7 +248,9 @@ def test_layer_profile_matches_numpy_and_scipy_permutation_test():
     for layer in range(4):
         a, b = pv[~is_b, layer], pv[is_b, layer]
         assert float(lp["diff"].sel(layer=layer)) == pytest.approx(b.mean() - a.mean(), abs=1e-12)
-        ref = sps.permutation_test((b, a), _welch_t, n_resamples=3000, vectorized=True, random_state=2).pvalue
+        ref = sps.permutation_test(
+            (b, a), _welch_t, n_resamples=3000, vectorized=True, random_state=2
+        ).pvalue
         assert float(lp["p"].sel(layer=layer)) == pytest.approx(ref, abs=0.03)
         half = 1.96 * np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
         width = float(lp["ci_high"].sel(layer=layer) - lp["ci_low"].sel(layer=layer))
@@ -239,10 +271,14 @@ def test_layer_profile_keeps_its_level_with_unequal_sizes_and_spreads():
     raw = rng.normal(size=(240, 400, 1)) * np.where(is_b, 3.0, 1.0)[:, None, None]
     ds = synthetic_store({"m": raw}, is_b, slopes=False)
     for match_length in (False, True):
-        result = compare.compare(ds, n_permutations=400, n_bootstrap=20, seed=4, match_length=match_length)
+        result = compare.compare(
+            ds, n_permutations=400, n_bootstrap=20, seed=4, match_length=match_length
+        )
         p = result.layer_profile["p"].sel(model="m", stat="log_norm").values
         assert p.size == 400 and 0.025 <= (p < 0.05).mean() <= 0.08
-    matched = result.models["m"]["stats"]["log_norm"]["length_matched"]  # one length: 40 + 40 prompts kept
+    matched = result.models["m"]["stats"]["log_norm"][
+        "length_matched"
+    ]  # one length: 40 + 40 prompts kept
     assert matched["prompts_kept"] == {"a": 40, "b": 40}
     assert 0.02 <= np.mean([x["p"] < 0.05 for x in matched["layers"]]) <= 0.09
 
@@ -300,7 +336,9 @@ def test_position_trend_found_with_right_sign_and_matches_scipy():
         assert t["diff"] == pytest.approx(y[is_b].mean() - y[~is_b].mean(), abs=1e-12)
         ci = sps.ttest_ind(y[is_b], y[~is_b], equal_var=False).confidence_interval(0.95)
         assert (t["ci_low"], t["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-12)
-        ref = sps.permutation_test((y[is_b], y[~is_b]), _welch_t, n_resamples=2000, vectorized=True, random_state=k).pvalue
+        ref = sps.permutation_test(
+            (y[is_b], y[~is_b]), _welch_t, n_resamples=2000, vectorized=True, random_state=k
+        ).pvalue
         assert t["p"] == pytest.approx(ref, abs=0.01)
     assert any("increases with position" in s for s in result.observations["m"])
 
@@ -319,9 +357,16 @@ def _null_models(rng, n_models, n, n_layers, max_len, offset_sd=1.0):
         noise = rng.normal(size=(n, n_layers, max_len))
         for t in range(1, max_len):
             noise[..., t] = 0.6 * noise[..., t - 1] + 0.8 * noise[..., t]
-        offset = rng.normal(0, offset_sd, (n, 1, 1)) + 0.05 * np.log(lengths)[:, None, None] * np.arange(max_len) / max_len
+        offset = (
+            rng.normal(0, offset_sd, (n, 1, 1))
+            + 0.05 * np.log(lengths)[:, None, None] * np.arange(max_len) / max_len
+        )
         raw = offset + noise
-        raw[np.broadcast_to((np.arange(max_len)[None, :] >= lengths[:, None])[:, None, :], raw.shape)] = np.nan
+        raw[
+            np.broadcast_to(
+                (np.arange(max_len)[None, :] >= lengths[:, None])[:, None, :], raw.shape
+            )
+        ] = np.nan
         models[f"m{m}"] = raw
     return models
 
@@ -340,7 +385,9 @@ def test_position_trends_keep_their_level_with_unequal_lengths_and_prompt_offset
     trends = [t for m in result.models.values() for t in m["stats"]["log_norm"]["trends"]]
     assert len(trends) == 240 and all(t["p"] is not None for t in trends)
     share = np.mean([t["trend"] for t in trends])
-    assert share <= 0.05  # nominal family-wise rate per model ≤ 0.05 over 3 bands → ≤ 0.05 of bands; 42–53% before
+    assert (
+        share <= 0.05
+    )  # nominal family-wise rate per model ≤ 0.05 over 3 bands → ≤ 0.05 of bands; 42–53% before
     pvals = np.array([t["p"] for t in trends])
     assert 0.02 <= (pvals < 0.05).mean() <= 0.09  # per-band p-values uniform under the null
 
@@ -352,15 +399,21 @@ def test_no_position_trend_from_length_alone():
     is_b = np.arange(n) >= n // 2
     models = {}
     for m in range(10):
-        lengths = np.clip(np.round(np.exp(rng.normal(np.where(is_b, 3.6, 2.9), 0.6))), 2, width).astype(int)
+        lengths = np.clip(
+            np.round(np.exp(rng.normal(np.where(is_b, 3.6, 2.9), 0.6))), 2, width
+        ).astype(int)
         raw = raw_values(rng, n, 3, width, lengths) * 0.3
         raw[:, :, 0] += 3.0
         models[f"m{m}"] = raw
     result = compare.compare(synthetic_store(models, is_b), n_permutations=200, n_bootstrap=20)
     trends = [t for m in result.models.values() for t in m["stats"]["log_norm"]["trends"]]
-    assert sum(t["trend"] for t in trends) <= 2 and all(t["n_prompts"]["a"] == t["n_prompts"]["b"] > 30 for t in trends)
+    assert sum(t["trend"] for t in trends) <= 2 and all(
+        t["n_prompts"]["a"] == t["n_prompts"]["b"] > 30 for t in trends
+    )
     slopes = synthetic_store({"m0": models["m0"]}, is_b)["prompt_slope"].values[0, 0]
-    assert all(t["trend"] for t in compare._trends(slopes, is_b, 200, 0, 0.05))  # unmatched: length looks like a trend
+    assert all(
+        t["trend"] for t in compare._trends(slopes, is_b, 200, 0, 0.05)
+    )  # unmatched: length looks like a trend
 
 
 def test_trend_bands_are_chosen_per_statistic():
@@ -371,8 +424,11 @@ def test_trend_bands_are_chosen_per_statistic():
     log_norm = raw_values(rng, 40, 7, 16, lengths)
     cos_prev = raw_values(rng, 40, 7, 16, lengths)
     cos_prev[:, 0] = np.nan
-    result = compare.compare(synthetic_store({"m": {"log_norm": log_norm, "cos_prev": cos_prev}}, is_b),
-                             n_permutations=100, n_bootstrap=20)
+    result = compare.compare(
+        synthetic_store({"m": {"log_norm": log_norm, "cos_prev": cos_prev}}, is_b),
+        n_permutations=100,
+        n_bootstrap=20,
+    )
     stats = result.models["m"]["stats"]
     assert [t["layers"] for t in stats["log_norm"]["trends"]] == [[0, 2], [3, 4], [5, 6]]
     assert [t["layers"] for t in stats["cos_prev"]["trends"]] == [[1, 2], [3, 4], [5, 6]]
@@ -396,7 +452,9 @@ def test_sensitivity_index_and_ranking():
     for m in ds.model.values:  # index = mean over layers of |Hedges' g| of prompt values
         v = pv.sel(model=m).values
         a, b = v[~is_b], v[is_b]
-        sp = np.sqrt(((a.shape[0] - 1) * a.var(0, ddof=1) + (b.shape[0] - 1) * b.var(0, ddof=1)) / (n - 2))
+        sp = np.sqrt(
+            ((a.shape[0] - 1) * a.var(0, ddof=1) + (b.shape[0] - 1) * b.var(0, ddof=1)) / (n - 2)
+        )
         expect = np.mean(np.abs((b.mean(0) - a.mean(0)) / sp * compare.hedges_j(n - 2)))
         assert idx[m]["value"] == pytest.approx(expect, rel=1e-10)
         assert idx[m]["ci_low"] < idx[m]["value"] < idx[m]["ci_high"]
@@ -421,11 +479,15 @@ def test_length_matching_removes_a_difference_caused_only_by_length():
     rng = np.random.default_rng(5)
     n = 300
     is_b = np.arange(n) >= n // 2
-    lengths = np.clip(np.round(np.exp(rng.normal(np.where(is_b, 3.3, 2.7), 0.5))), 2, 80).astype(int)
+    lengths = np.clip(np.round(np.exp(rng.normal(np.where(is_b, 3.3, 2.7), 0.5))), 2, 80).astype(
+        int
+    )
     raw = raw_values(rng, n, 3, 80, lengths) * 0.3 + 0.4 * np.log(lengths)[:, None, None]
     ds = synthetic_store({"m": raw}, is_b)
     plain = compare.compare(ds, n_permutations=500, n_bootstrap=100, seed=0)
-    assert plain.layer_profile["significant"].sel(model="m").all()  # the confound looks like a jailbreak effect
+    assert (
+        plain.layer_profile["significant"].sel(model="m").all()
+    )  # the confound looks like a jailbreak effect
     matched = compare.compare(ds, n_permutations=500, n_bootstrap=100, seed=0, match_length=True)
     m = matched.models["m"]["stats"]["log_norm"]["length_matched"]
     assert m["layers_significant"] == 0
@@ -443,8 +505,9 @@ def test_length_matching_keeps_a_real_difference():
     lengths = rng.integers(3, 40, n)
     raw = raw_values(rng, n, 3, 40, lengths) * 0.3
     raw[is_b] += 0.3
-    m = compare.compare(synthetic_store({"m": raw}, is_b), n_permutations=300, n_bootstrap=50,
-                        match_length=True).models["m"]["stats"]["log_norm"]["length_matched"]
+    m = compare.compare(
+        synthetic_store({"m": raw}, is_b), n_permutations=300, n_bootstrap=50, match_length=True
+    ).models["m"]["stats"]["log_norm"]["length_matched"]
     assert m["layers_significant"] == 3 and 0.7 < m["survival"] < 1.3
 
 
@@ -463,7 +526,9 @@ def _overflowed(n_a: int, n_b: int, seed: int = 14):
 
 def test_unbalanced_non_finite_exclusion_is_refused():
     ds = _overflowed(2, 9)
-    with pytest.raises(UserError, match=r"2 of 20 benign and 9 of 20 jailbreak.*--max-excluded-gap"):
+    with pytest.raises(
+        UserError, match=r"2 of 20 benign and 9 of 20 jailbreak.*--max-excluded-gap"
+    ):
         compare.compare(ds, n_permutations=50, n_bootstrap=20)
     result = compare.compare(ds, n_permutations=50, n_bootstrap=20, max_excluded_gap=0.5)
     s = result.models["m"]["stats"]["log_norm"]
@@ -474,7 +539,10 @@ def test_unbalanced_non_finite_exclusion_is_refused():
 def test_non_finite_values_are_reported_per_scenario():
     result = compare.compare(_overflowed(1, 1), n_permutations=50, n_bootstrap=20)
     line = next(s for s in result.observations["m"] if "not finite" in s)
-    assert "24 benign and 24 jailbreak values" in line and "1 of 20 benign and 1 of 20 jailbreak prompts" in line
+    assert (
+        "24 benign and 24 jailbreak values" in line
+        and "1 of 20 benign and 1 of 20 jailbreak prompts" in line
+    )
     assert "| m | log_norm | 24 | 24 | 1 of 20 | 1 of 20 |" in result.summary_markdown()
     clean = compare.compare(_overflowed(0, 0), n_permutations=50, n_bootstrap=20)
     assert not any("not finite" in s for s in clean.observations["m"])
@@ -494,17 +562,29 @@ def test_fp16_overflow_in_a_model_is_reported_and_refused():
     benign = make_set("benign", [f"a question number {i} about cats" for i in range(12)])
 
     def run(hits):
-        jailbreak = make_set("jailbreak", [f"ignore the rules {i}" + (" zq now" if i < hits else " please") for i in range(12)])
-        return store.build([extract(lm, [benign, jailbreak], ExtractOptions())], [benign, jailbreak])
+        jailbreak = make_set(
+            "jailbreak",
+            [f"ignore the rules {i}" + (" zq now" if i < hits else " please") for i in range(12)],
+        )
+        return store.build(
+            [extract(lm, [benign, jailbreak], ExtractOptions())], [benign, jailbreak]
+        )
 
     ds = run(6)
-    nonfinite = ds["nonfinite"].sel(model="llama", stat="log_norm").sum(["layer", "position"]).values
-    assert nonfinite[0] == 0 and nonfinite[1] > 6 * 30  # the whole prompt, at every layer after the overflow
+    nonfinite = (
+        ds["nonfinite"].sel(model="llama", stat="log_norm").sum(["layer", "position"]).values
+    )
+    assert (
+        nonfinite[0] == 0 and nonfinite[1] > 6 * 30
+    )  # the whole prompt, at every layer after the overflow
     with pytest.raises(UserError, match="0 of 12 benign and 6 of 12 jailbreak"):
         compare.compare(ds, n_permutations=50, n_bootstrap=20)
     result = compare.compare(ds, n_permutations=50, n_bootstrap=20, max_excluded_gap=1.0)
     assert result.models["llama"]["stats"]["log_norm"]["prompts_excluded"] == {"a": 0, "b": 6}
-    assert any(f"0 benign and {nonfinite[1]} jailbreak values were not finite" in s for s in result.observations["llama"])
+    assert any(
+        f"0 benign and {nonfinite[1]} jailbreak values were not finite" in s
+        for s in result.observations["llama"]
+    )
 
 
 # ---------------------------------------------------------------- outputs
@@ -513,7 +593,9 @@ def test_fp16_overflow_in_a_model_is_reported_and_refused():
 def test_json_and_markdown_and_observations_say_only_what_tests_support():
     rng = np.random.default_rng(7)
     is_b = np.arange(40) >= 20
-    ds = synthetic_store({"m": raw_values(rng, 40, 4, 10, np.full(40, 10))}, is_b)  # A/A: nothing to find
+    ds = synthetic_store(
+        {"m": raw_values(rng, 40, 4, 10, np.full(40, 10))}, is_b
+    )  # A/A: nothing to find
     result = compare.compare(ds, n_permutations=300, n_bootstrap=100)
     obs = " ".join(result.observations["m"])
     assert "no cell differs significantly" in obs
@@ -534,21 +616,36 @@ def test_write_compare_adds_cell_variables_to_the_store(tmp_path):
     store.write(synthetic_store({"m": raw}, is_b), tmp_path)
     result = compare.compare(store.open_run(tmp_path), n_permutations=100, n_bootstrap=50)
     paths = outputs.write_compare(result, tmp_path)
-    for name in ("compare.json", "summary.md", "figure_significance.png", "figure_significance.pdf", "profiles.png", "profiles.pdf"):
+    for name in (
+        "compare.json",
+        "summary.md",
+        "figure_significance.png",
+        "figure_significance.pdf",
+        "profiles.png",
+        "profiles.pdf",
+    ):
         assert tmp_path / name in paths and (tmp_path / name).stat().st_size > 0
     ds = xr.open_zarr(tmp_path / "trace.zarr")
     for var in compare.CELL_VARS:
         assert ds[var].dims == ("model", "stat", "layer", "position")
     assert ds["significant"].dtype == bool
-    assert bool(ds["significant"].sel(layer=slice(1, 2)).any()) and not bool(ds["significant"].sel(layer=[0, 3]).any())
+    assert bool(ds["significant"].sel(layer=slice(1, 2)).any()) and not bool(
+        ds["significant"].sel(layer=[0, 3]).any()
+    )
     np.testing.assert_array_equal(ds["q"].values, result.cells["q"].values)
 
 
-def test_one_prompt_per_scenario_is_a_note_and_a_failed_rerun_keeps_the_old_result(tmp_path, monkeypatch):
+def test_one_prompt_per_scenario_is_a_note_and_a_failed_rerun_keeps_the_old_result(
+    tmp_path, monkeypatch
+):
     rng = np.random.default_rng(10)
     is_b = np.arange(20) >= 10
-    store.write(synthetic_store({"m": raw_values(rng, 20, 3, 6, rng.integers(2, 7, 20))}, is_b), tmp_path)
-    outputs.write_compare(compare.compare(store.open_run(tmp_path), n_permutations=50, n_bootstrap=20), tmp_path)
+    store.write(
+        synthetic_store({"m": raw_values(rng, 20, 3, 6, rng.integers(2, 7, 20))}, is_b), tmp_path
+    )
+    outputs.write_compare(
+        compare.compare(store.open_run(tmp_path), n_permutations=50, n_bootstrap=20), tmp_path
+    )
     before = (tmp_path / "compare.json").read_text()
 
     from jbtrace.views import plot
@@ -560,7 +657,9 @@ def test_one_prompt_per_scenario_is_a_note_and_a_failed_rerun_keeps_the_old_resu
     result = compare.compare(store.open_run(tmp_path), n_permutations=60, n_bootstrap=20)
     with pytest.raises(RuntimeError):
         outputs.write_compare(result, tmp_path)
-    assert (tmp_path / "compare.json").read_text() == before  # nothing deleted before the new result is ready
+    assert (
+        tmp_path / "compare.json"
+    ).read_text() == before  # nothing deleted before the new result is ready
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     monkeypatch.undo()
 
@@ -569,7 +668,12 @@ def test_one_prompt_per_scenario_is_a_note_and_a_failed_rerun_keeps_the_old_resu
     result = compare.compare(store.open_run(tmp_path), n_permutations=50, n_bootstrap=20)
     assert any("fewer than two usable prompts" in s for s in result.observations["m"])
     outputs.write_compare(result, tmp_path)
-    assert json.loads((tmp_path / "compare.json").read_text())["models"]["m"]["stats"]["log_norm"]["index"] is None
+    assert (
+        json.loads((tmp_path / "compare.json").read_text())["models"]["m"]["stats"]["log_norm"][
+            "index"
+        ]
+        is None
+    )
 
 
 def test_user_errors():

@@ -24,12 +24,16 @@ def llama():
 def halves(texts, n, seed):
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(texts))[: 2 * n]
-    return make_set("benign", [texts[i] for i in pick[:n]]), make_set("jailbreak", [texts[i] for i in pick[n:]])
+    return make_set("benign", [texts[i] for i in pick[:n]]), make_set(
+        "jailbreak", [texts[i] for i in pick[n:]]
+    )
 
 
 def token_values(lm, texts, max_tokens=64) -> np.ndarray:
     """log_norm of every real token at every layer, (prompt, layer, position), from output_hidden_states."""
-    enc = lm.tokenizer(list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    enc = lm.tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
+    )
     with torch.inference_mode():
         hs = lm.model(**enc, output_hidden_states=True).hidden_states
     raw = torch.stack([torch.log(h.double().norm(dim=-1)) for h in hs], dim=1).numpy()
@@ -52,7 +56,9 @@ def test_null_calibration_a_a_splits(llama):
     any_cell, any_layer, shares = 0, 0, []
     for split in range(20):
         is_b = np.random.default_rng(split).permutation(len(texts)) < len(texts) // 2
-        result = compare.compare(synthetic_store({"llama": raw}, is_b), n_permutations=200, n_bootstrap=20, seed=split)
+        result = compare.compare(
+            synthetic_store({"llama": raw}, is_b), n_permutations=200, n_bootstrap=20, seed=split
+        )
         cells = result.cells.sel(model="llama", stat="log_norm")
         tested = int((cells["status"] == 0).sum())
         assert tested > 1000
@@ -91,7 +97,9 @@ class plant:
         self.handles = []
         for layer in self.layers:
             self.handles.append(self.chain[layer - 1].register_forward_hook(scale))
-            self.handles.append(self.chain[layer].register_forward_pre_hook(unscale, with_kwargs=True))
+            self.handles.append(
+                self.chain[layer].register_forward_pre_hook(unscale, with_kwargs=True)
+            )
         return self
 
     def __exit__(self, *exc):
@@ -110,9 +118,14 @@ def test_planted_signal_found_at_exactly_those_layers(llama):
     before = hooks(llama)
     with plant(llama, [3, 4, 5], 1.3):
         planted = extract(llama, [b], OPTIONS)
-    unplanted = plain.scenarios["jailbreak"].prompt_values[0].mean(-1) - plain.scenarios["benign"].prompt_values[0].mean(-1)
+    unplanted = plain.scenarios["jailbreak"].prompt_values[0].mean(-1) - plain.scenarios[
+        "benign"
+    ].prompt_values[0].mean(-1)
     # the hook changes only the values read at layers 3-5
-    changed = planted.scenarios["jailbreak"].prompt_values[0] - plain.scenarios["jailbreak"].prompt_values[0]
+    changed = (
+        planted.scenarios["jailbreak"].prompt_values[0]
+        - plain.scenarios["jailbreak"].prompt_values[0]
+    )
     np.testing.assert_allclose(changed[[3, 4, 5]], np.log(1.3), atol=1e-5)
     np.testing.assert_allclose(np.delete(changed, [3, 4, 5], axis=0), 0, atol=1e-5)
     plain.scenarios["jailbreak"] = planted.scenarios["jailbreak"]
@@ -121,7 +134,11 @@ def test_planted_signal_found_at_exactly_those_layers(llama):
     lp = result.layer_profile.sel(model="llama", stat="log_norm")
     assert list(lp.layer.values[lp["significant"].values]) == [3, 4, 5]
     assert (lp["diff"].sel(layer=[3, 4, 5]) > 0).all()
-    np.testing.assert_allclose(lp["diff"].values[:33], unplanted + np.where(np.isin(np.arange(33), [3, 4, 5]), np.log(1.3), 0), atol=1e-5)
+    np.testing.assert_allclose(
+        lp["diff"].values[:33],
+        unplanted + np.where(np.isin(np.arange(33), [3, 4, 5]), np.log(1.3), 0),
+        atol=1e-5,
+    )
     cells = result.cells.sel(model="llama", stat="log_norm")
     sig = cells["significant"]
     inside = sig.sel(layer=[3, 4, 5])

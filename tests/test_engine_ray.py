@@ -16,8 +16,10 @@ pytestmark = pytest.mark.slow
 MODELS = [ModelSpec("tiny:llama", dtype="float64"), ModelSpec("tiny:gptj", dtype="float64")]
 OPTIONS = ExtractOptions(stats=("log_norm", "cos_prev"), batch_size=2)
 SETS = [make_set("benign", BENIGN), make_set("jailbreak", JAILBREAK)]
-OTHER_SETS = [make_set("short", [t for t in BENIGN + JAILBREAK if len(t) < 60]),
-              make_set("long", [t for t in BENIGN + JAILBREAK if len(t) >= 60])]
+OTHER_SETS = [
+    make_set("short", [t for t in BENIGN + JAILBREAK if len(t) < 60]),
+    make_set("long", [t for t in BENIGN + JAILBREAK if len(t) >= 60]),
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,7 +53,9 @@ def assert_equal(a, b):
     for var in ("count", "nonfinite", "prompt_tokens", "prompt_truncated", "prompt_index"):
         np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
     for var in ("mean", "var", "prompt_value", "prompt_slope"):
-        np.testing.assert_allclose(a[var].values, b[var].values, rtol=1e-12, atol=1e-13, err_msg=var)
+        np.testing.assert_allclose(
+            a[var].values, b[var].values, rtol=1e-12, atol=1e-13, err_msg=var
+        )
 
 
 @pytest.mark.parametrize("sets", [SETS, OTHER_SETS], ids=["benign-jailbreak", "short-long"])
@@ -61,8 +65,12 @@ def test_ray_equals_local(sets, local):
 
 def test_a_worker_killed_mid_shard_is_retried(local, tmp_path, monkeypatch):
     once = tmp_path / "killed"
-    monkeypatch.setenv("JBTRACE_TEST_KILL_WORKER", "batch:2")  # SIGKILL in the worker at its 2nd batch ...
-    monkeypatch.setenv("JBTRACE_TEST_KILL_ONCE", str(once))  # ... once: the restarted worker goes on
+    monkeypatch.setenv(
+        "JBTRACE_TEST_KILL_WORKER", "batch:2"
+    )  # SIGKILL in the worker at its 2nd batch ...
+    monkeypatch.setenv(
+        "JBTRACE_TEST_KILL_ONCE", str(once)
+    )  # ... once: the restarted worker goes on
     assert_equal(build(SETS, Engine("ray", workers=2, shards=3)), local(SETS))
     assert once.exists()  # a worker did die
 
@@ -73,7 +81,11 @@ def test_finished_shards_are_checkpointed_and_not_run_again(tmp_path, monkeypatc
     assert len(list(checkpoint.root.glob("*shard-*-of-2.safetensors"))) == 4  # 2 models x 2 shards
     # any worker started now would die at every batch, so only the checkpoint can finish this run
     monkeypatch.setenv("JBTRACE_TEST_KILL_WORKER", "batch:1")
-    again = build(SETS, Engine("ray", workers=2, shards=2), runs.prepare(tmp_path / "run", "extract", {"ray": 1}))
+    again = build(
+        SETS,
+        Engine("ray", workers=2, shards=2),
+        runs.prepare(tmp_path / "run", "extract", {"ray": 1}),
+    )
     assert_equal(again, first)
     for var in ("mean", "var", "prompt_value", "prompt_slope"):
         np.testing.assert_array_equal(again[var].values, first[var].values)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from jbtrace.models import load_model
 from jbtrace.trace.extract import ExtractOptions, encode
 
-TEMPLATE = ("{% for m in messages %}<|user|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<|user|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 def test_long_prompts_keep_the_assistant_header_like_short_ones():
@@ -21,9 +23,13 @@ def test_long_prompts_keep_the_assistant_header_like_short_ones():
     suffix = tok("<|end|>\n<|assistant|>\n", add_special_tokens=False)["input_ids"]
     for text, row in zip(texts, ids):
         rendered = tok.decode(row)
-        assert len(row) <= 60 and rendered.startswith("<|user|>\n") and rendered.endswith("<|end|>\n<|assistant|>\n")
-        assert row[-len(suffix):] == suffix
-        content = rendered[len("<|user|>\n"):-len("<|end|>\n<|assistant|>\n")]
+        assert (
+            len(row) <= 60
+            and rendered.startswith("<|user|>\n")
+            and rendered.endswith("<|end|>\n<|assistant|>\n")
+        )
+        assert row[-len(suffix) :] == suffix
+        content = rendered[len("<|user|>\n") : -len("<|end|>\n<|assistant|>\n")]
         assert text.startswith(content) and len(content) > 20
     assert len(ids[1]) >= 55  # filled up to the budget, not cut far short
     untruncated, _ = encode(lm, [short], ExtractOptions(chat_template=True, max_tokens=512))

@@ -36,7 +36,12 @@ def assert_same(a: xr.Dataset, b: xr.Dataset, tol=1e-9):
 
 @pytest.mark.parametrize(
     "variant",
-    [dict(batch_size=7), dict(padding_side="left"), dict(bucket=False, batch_size=3), dict(padding_side="left", batch_size=2)],
+    [
+        dict(batch_size=7),
+        dict(padding_side="left"),
+        dict(bucket=False, batch_size=3),
+        dict(padding_side="left", batch_size=2),
+    ],
 )
 def test_batching_padding_and_bucketing_do_not_matter(lm64, prompt_sets, variant):
     reference = run(lm64, prompt_sets, batch_size=1)
@@ -45,7 +50,10 @@ def test_batching_padding_and_bucketing_do_not_matter(lm64, prompt_sets, variant
 
 def test_relative_alignment_does_not_depend_on_batching(lm64, prompt_sets):
     reference = run(lm64, prompt_sets, batch_size=1, align="relative", bins=8)
-    assert_same(reference, run(lm64, prompt_sets, batch_size=7, padding_side="left", align="relative", bins=8))
+    assert_same(
+        reference,
+        run(lm64, prompt_sets, batch_size=7, padding_side="left", align="relative", bins=8),
+    )
 
 
 def test_two_merged_shards_equal_one_run(lm64, prompt_sets, tmp_path):
@@ -133,7 +141,9 @@ def test_chat_template_wraps_every_prompt(prompt_sets):
     assert trace.scenarios["benign"].prompt_tokens.max() == longest
 
 
-@pytest.mark.parametrize("spec", ["tiny:gptj", "builtin:minilm"])  # minilm keeps [SEP] at the end when cutting
+@pytest.mark.parametrize(
+    "spec", ["tiny:gptj", "builtin:minilm"]
+)  # minilm keeps [SEP] at the end when cutting
 def test_truncation_is_counted(prompt_sets, spec):
     lm = load_model(spec)
     trace = extract(lm, prompt_sets, ExtractOptions(max_tokens=8))

@@ -44,7 +44,9 @@ def reference_attention(lm, text: str) -> list[np.ndarray] | None:
     return [a[0].double().numpy() for a in out.attentions]
 
 
-def reference_attention_stat(name: str, A: list[np.ndarray] | None, n_layers: int, n_tokens: int) -> np.ndarray:
+def reference_attention_stat(
+    name: str, A: list[np.ndarray] | None, n_layers: int, n_tokens: int
+) -> np.ndarray:
     """(layers, tokens): layer l >= 1 from block l's attention, mean over heads; NaN at layer 0 and without attention."""
     out = np.full((n_layers, n_tokens), np.nan)
     for layer, P in enumerate(A or [], start=1):
@@ -61,7 +63,9 @@ def reference_values(lm, text: str) -> dict[str, np.ndarray]:
     H = reference_layers(lm, text)
     A = reference_attention(lm, text)
     return {
-        name: reference_attention_stat(name, A, *H.shape[:2]) if stat.source == "attention" else reference_stat(name, H)
+        name: reference_attention_stat(name, A, *H.shape[:2])
+        if stat.source == "attention"
+        else reference_stat(name, H)
         for name, stat in stats.REGISTRY.items()
     }
 
@@ -120,7 +124,9 @@ def reference_moments(per_prompt: list[np.ndarray], align="start", bins=16):
 
 
 def check(lm, prompt_sets, align="start", batch_size=3, padding_side="right"):
-    options = ExtractOptions(stats=ALL_STATS, batch_size=batch_size, align=align, padding_side=padding_side)
+    options = ExtractOptions(
+        stats=ALL_STATS, batch_size=batch_size, align=align, padding_side=padding_side
+    )
     trace = extract(lm, prompt_sets, options)
     for prompt_set in prompt_sets:
         st = trace.scenarios[prompt_set.name]
@@ -130,8 +136,9 @@ def check(lm, prompt_sets, align="start", batch_size=3, padding_side="right"):
         count = st.moments.count.view(shape).numpy()
         reference = [reference_values(lm, text) for text in prompt_set.texts]
         for s, name in enumerate(ALL_STATS):
-            ref_count, ref_mean, ref_var, ref_prompt, ref_slope = reference_moments([r[name] for r in reference], align,
-                                                                                    options.bins)
+            ref_count, ref_mean, ref_var, ref_prompt, ref_slope = reference_moments(
+                [r[name] for r in reference], align, options.bins
+            )
             P = ref_count.shape[1]
             assert ref_count.shape[0] == lm.n_layers
             np.testing.assert_array_equal(count[s, :, :P], ref_count, err_msg=name)
@@ -140,17 +147,26 @@ def check(lm, prompt_sets, align="start", batch_size=3, padding_side="right"):
             if not seen.any():  # e.g. attention statistics of an attention-free model
                 continue
             # float32 kernels of different batch widths round differently: 1e-5, relative to values above 1
-            assert (np.abs(mean[s, :, :P][seen] - ref_mean[seen]) / np.maximum(1.0, np.abs(ref_mean[seen]))).max() <= 1e-5, name
-            both = ref_count > 1  # spread compared as standard deviation, on the scale of the values
+            assert (
+                np.abs(mean[s, :, :P][seen] - ref_mean[seen])
+                / np.maximum(1.0, np.abs(ref_mean[seen]))
+            ).max() <= 1e-5, name
+            both = (
+                ref_count > 1
+            )  # spread compared as standard deviation, on the scale of the values
             sd_err = np.abs(np.sqrt(var[s, :, :P][both]) - np.sqrt(ref_var[both]))
             assert (sd_err / np.maximum(1.0, np.abs(ref_mean[both]))).max() <= 1e-5, name
             finite = np.isfinite(ref_prompt)
             np.testing.assert_array_equal(np.isfinite(st.prompt_values[s]), finite)
-            err = np.abs(st.prompt_values[s][finite] - ref_prompt[finite]) / np.maximum(1.0, np.abs(ref_prompt[finite]))
+            err = np.abs(st.prompt_values[s][finite] - ref_prompt[finite]) / np.maximum(
+                1.0, np.abs(ref_prompt[finite])
+            )
             assert err.max() <= 1e-5, name
             has_slope = np.isfinite(ref_slope)
             np.testing.assert_array_equal(np.isfinite(st.prompt_slope[s]), has_slope, err_msg=name)
-            err = np.abs(st.prompt_slope[s][has_slope] - ref_slope[has_slope]) / np.maximum(1.0, np.abs(ref_prompt[has_slope]))
+            err = np.abs(st.prompt_slope[s][has_slope] - ref_slope[has_slope]) / np.maximum(
+                1.0, np.abs(ref_prompt[has_slope])
+            )
             assert err.max() <= 1e-4, name
 
 

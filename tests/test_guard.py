@@ -27,9 +27,14 @@ def models():
 def own_generate(model, tok, text: str, use_cache: bool = True) -> list[int]:
     """transformers' greedy generate on one unpadded prompt, cut at EOS."""
     ids = tok(text, return_tensors="pt")
-    new = model.generate(**ids, max_new_tokens=NEW, do_sample=False, use_cache=use_cache,
-                         pad_token_id=tok.pad_token_id)[0, ids["input_ids"].shape[1]:].tolist()
-    return new[:new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
+    new = model.generate(
+        **ids,
+        max_new_tokens=NEW,
+        do_sample=False,
+        use_cache=use_cache,
+        pad_token_id=tok.pad_token_id,
+    )[0, ids["input_ids"].shape[1] :].tolist()
+    return new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
 
 
 def without_blocks(model, removed: set[int]):
@@ -53,23 +58,35 @@ def without_blocks(model, removed: set[int]):
 
 
 def snapshot(model):
-    return (surgery.blocks(model), list(surgery.blocks(model)), model.config.num_hidden_layers,
-            [m.layer_idx for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)])
+    return (
+        surgery.blocks(model),
+        list(surgery.blocks(model)),
+        model.config.num_hidden_layers,
+        [m.layer_idx for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)],
+    )
 
 
-@pytest.mark.parametrize("arch,removed", [("llama", {3, 5}), ("gptj", {3, 5}), ("mistral", {3, 5}), ("llama", {1, 32})])
+@pytest.mark.parametrize(
+    "arch,removed", [("llama", {3, 5}), ("gptj", {3, 5}), ("mistral", {3, 5}), ("llama", {1, 32})]
+)
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_bypass_equals_model_built_without_the_blocks(models, arch, removed, use_cache):
     lm = models[arch]
     before = snapshot(lm.model)
     ref = without_blocks(lm.model, removed)
-    ours = G.generate(lm, TEXTS, G.GenerateOptions(max_new_tokens=NEW, batch_size=4, use_cache=use_cache), removed)
+    ours = G.generate(
+        lm, TEXTS, G.GenerateOptions(max_new_tokens=NEW, batch_size=4, use_cache=use_cache), removed
+    )
     for text, g in zip(TEXTS, ours):
         assert g.tokens == own_generate(ref, lm.tokenizer, text, use_cache)
     # the bypass changed something, and the model is whole again afterwards
     assert any(g.tokens != own_generate(lm.model, lm.tokenizer, t) for t, g in zip(TEXTS, ours))
     after = snapshot(lm.model)
-    assert after[0] is before[0] and all(a is b for a, b in zip(after[1], before[1])) and after[2:] == before[2:]
+    assert (
+        after[0] is before[0]
+        and all(a is b for a, b in zip(after[1], before[1]))
+        and after[2:] == before[2:]
+    )
 
 
 def test_cache_is_sized_for_the_kept_blocks(models):
@@ -96,7 +113,9 @@ def test_model_restored_after_an_exception(models):
         assert torch.equal(lm.model(**ids).logits, expected)
 
 
-@pytest.mark.parametrize("layers,message", [([0], "layer 0"), ([33], "blocks 1..32"), (list(range(1, 33)), "all 32")])
+@pytest.mark.parametrize(
+    "layers,message", [([0], "layer 0"), ([33], "blocks 1..32"), (list(range(1, 33)), "all 32")]
+)
 def test_bad_bypass(models, layers, message):
     with pytest.raises(UserError, match=message):
         with surgery.bypass(models["llama"].model, layers):
@@ -129,15 +148,38 @@ def linear(source: str, layer: int, f1: float, auroc: float = 0.9) -> Linear:
     import numpy as np
 
     z = np.zeros(2)
-    return Linear(source, layer, "last", "last", "logreg", 0.5, None, z, z + 1, z, np.zeros(1),
-                  cv={"f1": f1, "f1_std": 0.0, "auroc": auroc})
+    return Linear(
+        source,
+        layer,
+        "last",
+        "last",
+        "logreg",
+        0.5,
+        None,
+        z,
+        z + 1,
+        z,
+        np.zeros(1),
+        cv={"f1": f1, "f1_std": 0.0, "auroc": auroc},
+    )
 
 
 def test_susceptible_layers_prefer_what_the_block_writes():
-    det = Detector({}, [linear("resid", 0, 0.99), linear("resid", 4, 0.95), linear("attn_out", 3, 0.7),
-                        linear("attn_out", 5, 0.8), linear("attn_out", 6, 0.8, auroc=0.95), linear("mlp_out", 3, 0.9)])
+    det = Detector(
+        {},
+        [
+            linear("resid", 0, 0.99),
+            linear("resid", 4, 0.95),
+            linear("attn_out", 3, 0.7),
+            linear("attn_out", 5, 0.8),
+            linear("attn_out", 6, 0.8, auroc=0.95),
+            linear("mlp_out", 3, 0.9),
+        ],
+    )
     layers, how = G.susceptible_layers(det, n_blocks=8, k=2)
     assert layers == [3, 6] and "attn_out/mlp_out" in how
-    resid_only = Detector({}, [linear("resid", 0, 0.99), linear("resid", 2, 0.9), linear("resid", 7, 0.95)])
+    resid_only = Detector(
+        {}, [linear("resid", 0, 0.99), linear("resid", 2, 0.9), linear("resid", 7, 0.95)]
+    )
     assert G.susceptible_layers(resid_only, n_blocks=8, k=2)[0] == [2, 7]
     assert det.recommended().layer == 0  # flagging may use any layer, bypass only blocks

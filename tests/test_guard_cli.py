@@ -7,7 +7,6 @@ import math
 import sys
 import types
 
-import numpy as np
 import pytest
 import torch
 
@@ -39,12 +38,15 @@ def test_refusal_judge():
 def test_coherent_judge_against_transformers_loss():
     lm = load_model("tiny:llama")
     judge = J.Coherent(lm, max_perplexity=1e9)
-    prompt, response = "What is the capital of France?", "The capital of France is Paris, a city on the Seine."
+    prompt, response = (
+        "What is the capital of France?",
+        "The capital of France is Paris, a city on the Seine.",
+    )
     p_ids = lm.tokenizer(prompt)["input_ids"]
     r_ids = lm.tokenizer(response, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([p_ids + r_ids])
     labels = ids.clone()
-    labels[0, :len(p_ids)] = -100
+    labels[0, : len(p_ids)] = -100
     with torch.inference_mode():
         loss = lm.model(input_ids=ids, labels=labels).loss
     # batched with a longer neighbour (right padding) must not change it
@@ -58,13 +60,20 @@ def test_coherent_judge_against_transformers_loss():
 
 def test_on_topic_judge_calibrates_on_matched_and_mismatched_pairs():
     judge = J.OnTopic()
-    prompts = ["How do I bake bread at home?", "What causes the seasons on Earth?", "How do I change a bike tyre?",
-               "Explain how vaccines train the immune system.", "What is a good beginner chess opening?"]
-    answers = ["Mix flour, water, yeast and salt, knead, let it rise, then bake the loaf in a hot oven.",
-               "Earth's tilted axis makes each hemisphere lean toward the Sun in summer and away in winter.",
-               "Remove the wheel, lever the tyre off the rim, replace the tube, reseat the tyre and inflate it.",
-               "A vaccine shows the immune system a harmless piece of a germ, so it makes antibodies and memory cells.",
-               "The Italian Game, 1.e4 e5 2.Nf3 Nc6 3.Bc4, develops pieces quickly and fights for the centre."]
+    prompts = [
+        "How do I bake bread at home?",
+        "What causes the seasons on Earth?",
+        "How do I change a bike tyre?",
+        "Explain how vaccines train the immune system.",
+        "What is a good beginner chess opening?",
+    ]
+    answers = [
+        "Mix flour, water, yeast and salt, knead, let it rise, then bake the loaf in a hot oven.",
+        "Earth's tilted axis makes each hemisphere lean toward the Sun in summer and away in winter.",
+        "Remove the wheel, lever the tyre off the rim, replace the tube, reseat the tyre and inflate it.",
+        "A vaccine shows the immune system a harmless piece of a germ, so it makes antibodies and memory cells.",
+        "The Italian Game, 1.e4 e5 2.Nf3 Nc6 3.Bc4, develops pieces quickly and fights for the centre.",
+    ]
     info = judge.calibrate(prompts, answers, seed=0)
     # the similarities are plain cosine of mean-pooled MiniLM states, computed here independently
     enc = judge.embed.lm.tokenizer(prompts + answers, padding=True, return_tensors="pt")
@@ -75,7 +84,9 @@ def test_on_topic_judge_calibrates_on_matched_and_mismatched_pairs():
     sims = (e[:5] * e[5:]).sum(1)
     assert judge.similarity(prompts, answers) == pytest.approx(sims, abs=1e-5)
     assert info["matched_at_or_above"] == 1.0 and info["mismatched_at_or_above"] == 0.0
-    assert judge(prompts[0], answers[0])["answered"] and not judge(prompts[0], answers[1])["answered"]
+    assert (
+        judge(prompts[0], answers[0])["answered"] and not judge(prompts[0], answers[1])["answered"]
+    )
     assert not judge(prompts[0], "")["answered"]
 
 
@@ -98,9 +109,37 @@ def detector(tmp_path_factory):
     root = tmp_path_factory.mktemp("guard")
     mp = pytest.MonkeyPatch()
     capsys = types.SimpleNamespace(readouterr=lambda: types.SimpleNamespace(out="", err=""))
-    mp.setattr(sys, "argv", ["jbtrace", "detect", "-m", "tiny:llama", *SETS, "--max-tokens", "48", "--folds", "3",
-                             "--kind", "last", "--classifier", "logreg", "--source", "resid", "--source", "attn_out",
-                             "--layers", "1:9", "-q", "-o", str(root / "run"), "--save", str(root / "det"), "--save-all"])
+    mp.setattr(
+        sys,
+        "argv",
+        [
+            "jbtrace",
+            "detect",
+            "-m",
+            "tiny:llama",
+            *SETS,
+            "--max-tokens",
+            "48",
+            "--folds",
+            "3",
+            "--kind",
+            "last",
+            "--classifier",
+            "logreg",
+            "--source",
+            "resid",
+            "--source",
+            "attn_out",
+            "--layers",
+            "1:9",
+            "-q",
+            "-o",
+            str(root / "run"),
+            "--save",
+            str(root / "det"),
+            "--save-all",
+        ],
+    )
     from jbtrace import cli
 
     with pytest.raises(SystemExit) as exit_info:
@@ -113,8 +152,25 @@ def detector(tmp_path_factory):
 @pytest.mark.slow
 def test_guard_end_to_end(monkeypatch, capsys, tmp_path, detector):
     out = tmp_path / "g"
-    code, stdout, stderr = jbtrace(monkeypatch, capsys, "guard", "--detector", detector, *SETS, "--limit", "6",
-                                   "--max-new-tokens", "6", "--calibration-limit", "6", "--samples", "2", "-o", out, "-q")
+    code, stdout, stderr = jbtrace(
+        monkeypatch,
+        capsys,
+        "guard",
+        "--detector",
+        detector,
+        *SETS,
+        "--limit",
+        "6",
+        "--max-new-tokens",
+        "6",
+        "--calibration-limit",
+        "6",
+        "--samples",
+        "2",
+        "-o",
+        out,
+        "-q",
+    )
     assert code == 0, stderr
     rows = [json.loads(line) for line in (out / "guard.jsonl").read_text().splitlines()]
     summary = json.loads((out / "guard.json").read_text())
@@ -156,16 +212,31 @@ def test_guard_end_to_end(monkeypatch, capsys, tmp_path, detector):
     assert "## Samples" in md and "| benign | kept | guard |" in md
 
 
-@pytest.mark.parametrize("args,message", [
-    (["-m", "tiny:gptj"], "fitted on tiny:llama"),
-    (["--bypass", "0"], "layer 0"),
-    (["--bypass", "3,40"], "blocks 1..32"),
-    (["--max-new-tokens", "0"], "--max-new-tokens 0"),
-    (["--mode", "sometimes"], "--mode"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-m", "tiny:gptj"], "fitted on tiny:llama"),
+        (["--bypass", "0"], "layer 0"),
+        (["--bypass", "3,40"], "blocks 1..32"),
+        (["--max-new-tokens", "0"], "--max-new-tokens 0"),
+        (["--mode", "sometimes"], "--mode"),
+    ],
+)
 def test_guard_bad_input(monkeypatch, capsys, tmp_path, detector, args, message):
-    code, _, stderr = jbtrace(monkeypatch, capsys, "guard", "--detector", detector, *SETS, "--limit", "30", *args,
-                              "-o", tmp_path / "g", "-q")
+    code, _, stderr = jbtrace(
+        monkeypatch,
+        capsys,
+        "guard",
+        "--detector",
+        detector,
+        *SETS,
+        "--limit",
+        "30",
+        *args,
+        "-o",
+        tmp_path / "g",
+        "-q",
+    )
     assert code == 2 and message in stderr and "Traceback" not in stderr
     assert len([line for line in stderr.splitlines() if line.startswith("jbtrace: error")]) == 1
     assert not (tmp_path / "g" / "guard.json").exists()

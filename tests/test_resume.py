@@ -25,26 +25,65 @@ from tests.conftest import BENIGN, JAILBREAK
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-VARS = ("mean", "var", "count", "nonfinite", "prompt_value", "prompt_slope", "prompt_tokens", "prompt_truncated")
+VARS = (
+    "mean",
+    "var",
+    "count",
+    "nonfinite",
+    "prompt_value",
+    "prompt_slope",
+    "prompt_tokens",
+    "prompt_truncated",
+)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("prompts")
     (root / "benign.txt").write_text("\n".join(BENIGN + [t + " Please." for t in BENIGN]) + "\n")
-    (root / "jailbreak.txt").write_text("\n".join(JAILBREAK + [t + " Now." for t in JAILBREAK]) + "\n")
+    (root / "jailbreak.txt").write_text(
+        "\n".join(JAILBREAK + [t + " Now." for t in JAILBREAK]) + "\n"
+    )
     return root
 
 
 def command(files, out, *extra):
-    return [sys.executable, "-m", "jbtrace", "extract", "-m", "tiny:llama", "-m", "tiny:gptj", "--dtype", "float64",
-            "-p", f"benign={files / 'benign.txt'}", "-p", f"jailbreak={files / 'jailbreak.txt'}",
-            "--stat", "log_norm", "--stat", "cos_prev", "--batch-size", "2", "-q", "-o", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "jbtrace",
+        "extract",
+        "-m",
+        "tiny:llama",
+        "-m",
+        "tiny:gptj",
+        "--dtype",
+        "float64",
+        "-p",
+        f"benign={files / 'benign.txt'}",
+        "-p",
+        f"jailbreak={files / 'jailbreak.txt'}",
+        "--stat",
+        "log_norm",
+        "--stat",
+        "cos_prev",
+        "--batch-size",
+        "2",
+        "-q",
+        "-o",
+        str(out),
+        *extra,
+    ]
 
 
 def env(**extra):
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "JBTRACE_CHECKPOINT_SECONDS": "0",
-            **extra}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "OMP_NUM_THREADS": "1",
+        "JBTRACE_CHECKPOINT_SECONDS": "0",
+        **extra,
+    }
 
 
 def run(cmd, **extra):
@@ -57,7 +96,9 @@ def load(out) -> xr.Dataset:
 
 def assert_identical(a: xr.Dataset, b: xr.Dataset):
     for var in VARS:
-        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)  # NaNs equal, floats bit for bit
+        np.testing.assert_array_equal(
+            a[var].values, b[var].values, err_msg=var
+        )  # NaNs equal, floats bit for bit
     for coord in ("model", "scenario", "prompt_index", "prompt_scenario"):
         np.testing.assert_array_equal(a[coord].values, b[coord].values)
     pa, pb = store.provenance(a), store.provenance(b)
@@ -73,7 +114,13 @@ def reference(files, tmp_path_factory):
 
 
 # (point, occurrence): batches are counted over both models and both sets (7 + 5 per model at batch size 2)
-KILLS = [("batch", 9), ("batch", 20), ("checkpoint-write", 3), ("checkpoint-write", 14), ("publish", 1)]
+KILLS = [
+    ("batch", 9),
+    ("batch", 20),
+    ("checkpoint-write", 3),
+    ("checkpoint-write", 14),
+    ("publish", 1),
+]
 
 
 @pytest.mark.parametrize("point,nth", KILLS)
@@ -104,10 +151,16 @@ def test_resume_skips_the_work_already_done(files, tmp_path):
 
 def test_killed_from_outside_at_an_unchosen_moment(files, reference, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(command(files, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(files, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     states = out / ".checkpoint" / "extract"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and not list(states.glob("gptj_*.safetensors")):
+    while (
+        time.monotonic() < deadline
+        and proc.poll() is None
+        and not list(states.glob("gptj_*.safetensors"))
+    ):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -120,9 +173,13 @@ def test_killed_between_publishing_renames_keeps_the_old_store(tmp_path, referen
     """store.write over an existing store, killed after the old one is renamed aside: it is still read, then replaced."""
     run_dir = tmp_path / "run"
     store.write(reference.isel(prompt=slice(0, 3)), run_dir)
-    script = ("import sys; from jbtrace.trace import store; "
-              "store.write(store.open_run(sys.argv[1]).isel(prompt=slice(0, 2)), sys.argv[1])")
-    killed = subprocess.run([sys.executable, "-c", script, str(run_dir)], env=env(JBTRACE_TEST_KILL="publish-swap:1"))
+    script = (
+        "import sys; from jbtrace.trace import store; "
+        "store.write(store.open_run(sys.argv[1]).isel(prompt=slice(0, 2)), sys.argv[1])"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(run_dir)], env=env(JBTRACE_TEST_KILL="publish-swap:1")
+    )
     assert killed.returncode == -signal.SIGKILL
     assert not (run_dir / store.STORE).exists() and (run_dir / store.OLD_STORE).is_dir()
     assert load(run_dir).sizes["prompt"] == 3  # the old store, complete

@@ -36,7 +36,10 @@ def test_merge_needs_each_shard_once(llama, prompt_sets):
     with pytest.raises(UserError, match="split in different ways"):
         store.merge([s0, whole])
     relabelled = s0.copy()
-    relabelled.attrs = {**s0.attrs, "provenance": json.dumps({**store.provenance(s0), "shard": [1, 2]})}
+    relabelled.attrs = {
+        **s0.attrs,
+        "provenance": json.dumps({**store.provenance(s0), "shard": [1, 2]}),
+    }
     with pytest.raises(UserError, match="prompts appear in more than one run"):
         store.merge([s0, relabelled])
     merged = store.merge([s1, s0])  # any order
@@ -44,12 +47,15 @@ def test_merge_needs_each_shard_once(llama, prompt_sets):
     assert store.provenance(merged)["shard"] == [0, 1]
 
 
-@pytest.mark.parametrize("change,message", [
-    (dict(max_tokens=16), "max_tokens"),
-    (dict(align="end"), "align"),
-    (dict(stats=("rms",)), "statistics"),
-    ("prompts", "prompt sets"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(max_tokens=16), "max_tokens"),
+        (dict(align="end"), "align"),
+        (dict(stats=("rms",)), "statistics"),
+        ("prompts", "prompt sets"),
+    ],
+)
 def test_merge_refuses_shards_of_different_runs(llama, prompt_sets, change, message):
     s0 = shard_store(llama, prompt_sets, 0, 2)
     if change == "prompts":
@@ -71,18 +77,32 @@ def test_merge_refuses_another_model_under_the_same_name(llama, prompt_sets):
 # ------------------------------------------------------------------ the CLI's run-directory rule
 
 
-def test_existing_run_refused_then_overwrite_removes_every_derived_file(monkeypatch, capsys, files, tmp_path):
+def test_existing_run_refused_then_overwrite_removes_every_derived_file(
+    monkeypatch, capsys, files, tmp_path
+):
     benign, jailbreak = files
     out = tmp_path / "run"
     sets = ["-p", f"benign={benign}", "-p", f"jailbreak={jailbreak}"]
-    assert jbtrace(monkeypatch, capsys, "extract", "-m", "tiny:llama", *sets, "-o", out, "-q")[0] == 0
-    derived = ["compare.json", "summary.md", "figure_significance.png", "profiles.pdf", "figure.png"]
+    assert (
+        jbtrace(monkeypatch, capsys, "extract", "-m", "tiny:llama", *sets, "-o", out, "-q")[0] == 0
+    )
+    derived = [
+        "compare.json",
+        "summary.md",
+        "figure_significance.png",
+        "profiles.pdf",
+        "figure.png",
+    ]
     for name in derived:  # what compare and plot leave next to the store
         (out / name).write_text("old")
-    code, _, stderr = jbtrace(monkeypatch, capsys, "extract", "-m", "tiny:gptj", *sets, "-o", out, "-q")
+    code, _, stderr = jbtrace(
+        monkeypatch, capsys, "extract", "-m", "tiny:gptj", *sets, "-o", out, "-q"
+    )
     assert code == 2 and "already holds a finished run" in stderr and "--overwrite" in stderr
     assert list(store.open_run(out).model.values) == ["llama"]
-    code, _, stderr = jbtrace(monkeypatch, capsys, "extract", "-m", "tiny:gptj", *sets, "-o", out, "-q", "--overwrite")
+    code, _, stderr = jbtrace(
+        monkeypatch, capsys, "extract", "-m", "tiny:gptj", *sets, "-o", out, "-q", "--overwrite"
+    )
     assert code == 0, stderr
     assert list(store.open_run(out).model.values) == ["gptj"]
     assert not any((out / name).exists() for name in derived)
@@ -96,7 +116,9 @@ def test_partial_run_of_another_command_is_named(monkeypatch, capsys, files, tmp
     # a partial extract of tiny:gptj with --max-tokens 32 (one saved state)
     partial = runs.fingerprint("extract", [{"spec": "tiny:gptj"}], [], max_tokens=32)
     Checkpoint(out, "extract", partial).save("gptj/benign", {"count": np.zeros(3)}, {})
-    code, _, stderr = jbtrace(monkeypatch, capsys, "extract", "-m", "tiny:llama", *sets, "-o", out, "-q")
+    code, _, stderr = jbtrace(
+        monkeypatch, capsys, "extract", "-m", "tiny:llama", *sets, "-o", out, "-q"
+    )
     assert code == 2 and "partial run of a different extract" in stderr
     assert "models" in stderr and "prompt set" in stderr and "--max-tokens" in stderr
 
@@ -106,7 +128,18 @@ def test_overwrite_never_removes_a_folder_that_is_not_a_run(monkeypatch, capsys,
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    args = ["extract", "-m", "tiny:llama", "-p", f"benign={benign}", "-p", f"jailbreak={jailbreak}", "-o", out, "-q"]
+    args = [
+        "extract",
+        "-m",
+        "tiny:llama",
+        "-p",
+        f"benign={benign}",
+        "-p",
+        f"jailbreak={jailbreak}",
+        "-o",
+        out,
+        "-q",
+    ]
     code, _, stderr = jbtrace(monkeypatch, capsys, *args)
     assert code == 2 and "not empty" in stderr
     code, _, stderr = jbtrace(monkeypatch, capsys, *args, "--overwrite")
@@ -118,19 +151,50 @@ def test_attention_refuses_other_prompt_sets_and_models(monkeypatch, capsys, fil
     benign, jailbreak = files
     out = tmp_path / "run"
     sets = ["-p", f"benign={benign}", "-p", f"jailbreak={jailbreak}"]
-    assert jbtrace(monkeypatch, capsys, "extract", "-m", "tiny:llama", *sets, "-o", out, "-q")[0] == 0
+    assert (
+        jbtrace(monkeypatch, capsys, "extract", "-m", "tiny:llama", *sets, "-o", out, "-q")[0] == 0
+    )
     before = store.open_run(out)
     other = tmp_path / "other.txt"
     other.write_text("\n".join(BENIGN[:4]) + "\n")
-    code, _, stderr = jbtrace(monkeypatch, capsys, "attention", "-m", "tiny:llama", "-p", f"benign={other}",
-                              "-p", f"jailbreak={jailbreak}", "--layer", "2", "-o", out, "-q")
+    code, _, stderr = jbtrace(
+        monkeypatch,
+        capsys,
+        "attention",
+        "-m",
+        "tiny:llama",
+        "-p",
+        f"benign={other}",
+        "-p",
+        f"jailbreak={jailbreak}",
+        "--layer",
+        "2",
+        "-o",
+        out,
+        "-q",
+    )
     assert code == 2 and "prompt set benign differs" in stderr
-    code, _, stderr = jbtrace(monkeypatch, capsys, "attention", "-m", "tiny:llama", "--dtype", "float64", *sets,
-                              "--layer", "2", "-o", out, "-q")
+    code, _, stderr = jbtrace(
+        monkeypatch,
+        capsys,
+        "attention",
+        "-m",
+        "tiny:llama",
+        "--dtype",
+        "float64",
+        *sets,
+        "--layer",
+        "2",
+        "-o",
+        out,
+        "-q",
+    )
     assert code == 2 and "model llama is not the model of that name" in stderr
     after = store.open_run(out)
     assert "attn_mean" not in after and after.identical(before)
-    code, _, stderr = jbtrace(monkeypatch, capsys, "attention", "-m", "tiny:llama", *sets, "--layer", "2", "-o", out, "-q")
+    code, _, stderr = jbtrace(
+        monkeypatch, capsys, "attention", "-m", "tiny:llama", *sets, "--layer", "2", "-o", out, "-q"
+    )
     assert code == 0, stderr
     assert "attn_mean" in store.open_run(out)
 
@@ -147,15 +211,31 @@ def test_attention_resumes_after_the_models_done(prompt_sets, tmp_path):
 
     specs = [("tiny:llama", None), ("tiny:gptj", None)]
     options = ExtractOptions(batch_size=3)
-    reference = attention.run(tmp_path / "ref", load, specs, prompt_sets, layers=[2], options=options)
+    reference = attention.run(
+        tmp_path / "ref", load, specs, prompt_sets, layers=[2], options=options
+    )
     fingerprint = runs.fingerprint("attention", [], prompt_sets)
     with pytest.raises(RuntimeError):
-        attention.run(tmp_path / "run", lambda s, n: load(s, n, fail=True), specs, prompt_sets, layers=[2],
-                      options=options, checkpoint=runs.prepare(tmp_path / "run", "attention", fingerprint))
+        attention.run(
+            tmp_path / "run",
+            lambda s, n: load(s, n, fail=True),
+            specs,
+            prompt_sets,
+            layers=[2],
+            options=options,
+            checkpoint=runs.prepare(tmp_path / "run", "attention", fingerprint),
+        )
     assert store.store_path(tmp_path / "run") is None
     loads.clear()
-    resumed = attention.run(tmp_path / "run", load, specs, prompt_sets, layers=[2], options=options,
-                            checkpoint=runs.prepare(tmp_path / "run", "attention", fingerprint))
+    resumed = attention.run(
+        tmp_path / "run",
+        load,
+        specs,
+        prompt_sets,
+        layers=[2],
+        options=options,
+        checkpoint=runs.prepare(tmp_path / "run", "attention", fingerprint),
+    )
     assert loads == ["tiny:gptj"]
     for a, b in zip(reference, resumed):
         for name in a.sums:

@@ -20,14 +20,19 @@ from scipy import special
 from scipy import stats as sps
 
 from jbtrace.errors import UserError
-from jbtrace.prompts.matching import PROCEDURE as MATCHING, match_lengths
+from jbtrace.prompts.matching import PROCEDURE as MATCHING
+from jbtrace.prompts.matching import match_lengths
 
 log = logging.getLogger(__name__)
 
 CELL_VARS = ("diff", "g", "ci_low", "ci_high", "p", "q", "significant")
 LEVEL = 0.95
-CONSTANT_RTOL = 1e-6  # a cell whose spread is below this (relative) is numerically constant, not tested
-MAX_EXCLUDED_GAP = 0.05  # refuse when non-finite values exclude shares of prompts this far apart in A and B
+CONSTANT_RTOL = (
+    1e-6  # a cell whose spread is below this (relative) is numerically constant, not tested
+)
+MAX_EXCLUDED_GAP = (
+    0.05  # refuse when non-finite values exclude shares of prompts this far apart in A and B
+)
 
 
 @dataclass
@@ -79,7 +84,11 @@ def hedges_j(df: np.ndarray) -> np.ndarray:
     """Exact small-sample correction of Cohen's d, J(df) = Γ(df/2) / (√(df/2) Γ((df−1)/2))."""
     df = np.asarray(df, dtype=float)
     with np.errstate(invalid="ignore"):
-        return np.where(df > 1, np.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / np.sqrt(df / 2), np.nan)
+        return np.where(
+            df > 1,
+            np.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / np.sqrt(df / 2),
+            np.nan,
+        )
 
 
 def welch(n_a, mean_a, var_a, n_b, mean_b, var_b, level: float = LEVEL) -> dict:
@@ -96,10 +105,21 @@ def welch(n_a, mean_a, var_a, n_b, mean_b, var_b, level: float = LEVEL) -> dict:
         half = sps.t.ppf(0.5 + level / 2, df) * se
         pooled = np.sqrt(((n_a - 1) * var_a + (n_b - 1) * var_b) / (n_a + n_b - 2))
         g = hedges_j(n_a + n_b - 2) * diff / pooled
-    return {"diff": diff, "se": se, "df": df, "t": t, "p": p, "ci_low": diff - half, "ci_high": diff + half, "g": g}
+    return {
+        "diff": diff,
+        "se": se,
+        "df": df,
+        "t": t,
+        "p": p,
+        "ci_low": diff - half,
+        "ci_high": diff + half,
+        "g": g,
+    }
 
 
-def two_groups(values: np.ndarray, w_a: np.ndarray, w_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def two_groups(
+    values: np.ndarray, w_a: np.ndarray, w_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weighted B − A difference, Hedges' g and Welch's t per column, for many weightings at once.
 
     values (prompt, layer); w_a, w_b (replicate, prompt) integer weights (indicators,
@@ -136,7 +156,9 @@ def permutation_p(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(observed), p, np.nan)
 
 
-def welch_permutation_p(values: np.ndarray, is_b: np.ndarray, perm_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def welch_permutation_p(
+    values: np.ndarray, is_b: np.ndarray, perm_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per column of values (prompt, layer): B − A and the permutation p of Welch's t (labels permuted as in perm_b).
 
     Studentized, so the test keeps its level when the groups differ in size and spread
@@ -176,7 +198,8 @@ def cell_tests(ds: xr.Dataset, q: float = 0.05, min_count: int = 2) -> xr.Datase
     tested = enough & ~constant & np.isfinite(res["p"])
     status = np.select(
         [tested, (n_a == 0) & (n_b == 0), (n_a == 0) | (n_b == 0), ~enough, constant],
-        [0, 1, 2, 3, 4], default=4,
+        [0, 1, 2, 3, 4],
+        default=4,
     )
     diff = np.where(enough, res["diff"], np.nan)
     p = np.where(tested, res["p"], np.nan)
@@ -243,7 +266,8 @@ def _check_exclusion(model: str, stat: str, pv: _Prompts, a: str, b: str, limit:
         raise UserError(
             f"{model}, {stat}: non-finite values exclude {pv.excluded['a']} of {pv.total['a']} {a} and "
             f"{pv.excluded['b']} of {pv.total['b']} {b} prompts ({gap:.0%} apart, limit {limit:.0%}); the "
-            f"comparison would be biased: extract again in float32 or bfloat16, or allow it with --max-excluded-gap")
+            f"comparison would be biased: extract again in float32 or bfloat16, or allow it with --max-excluded-gap"
+        )
 
 
 def _nonfinite(ds: xr.Dataset, model: str, stat: str, a: str, b: str) -> dict:
@@ -256,7 +280,9 @@ def _indicators(is_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (~is_b)[None].astype(float), is_b[None].astype(float)
 
 
-def _layer_profile(pv: _Prompts, perm_b: np.ndarray, boot_a: np.ndarray, boot_b: np.ndarray, q: float) -> dict:
+def _layer_profile(
+    pv: _Prompts, perm_b: np.ndarray, boot_a: np.ndarray, boot_b: np.ndarray, q: float
+) -> dict:
     """Per-layer B − A of prompt means: Welch-t permutation p, BH over layers, bootstrap CI, Hedges' g."""
     w_a, w_b = _indicators(pv.is_b)
     diff, g, t = (x[0] for x in two_groups(pv.values, w_a, w_b))
@@ -267,9 +293,17 @@ def _layer_profile(pv: _Prompts, perm_b: np.ndarray, boot_a: np.ndarray, boot_b:
     index = np.abs(g).mean()
     null_index = np.abs(null_g).mean(axis=1)
     return {
-        "diff": diff, "g": g, "p": p, "q": bh(p), "ci_low": lo, "ci_high": hi, "boot": boot,
-        "index": float(index), "index_boot": np.abs(boot_g).mean(axis=1),
-        "index_null": float(null_index.mean()), "index_p": float(permutation_p(np.array(index), null_index)),
+        "diff": diff,
+        "g": g,
+        "p": p,
+        "q": bh(p),
+        "ci_low": lo,
+        "ci_high": hi,
+        "boot": boot,
+        "index": float(index),
+        "index_boot": np.abs(boot_g).mean(axis=1),
+        "index_null": float(null_index.mean()),
+        "index_p": float(permutation_p(np.array(index), null_index)),
     }
 
 
@@ -283,39 +317,60 @@ def _bands(layers: np.ndarray, prof: dict, cells: xr.Dataset, q: float) -> list[
             i += 1
             continue
         j = i
-        while j + 1 < len(layers) and sig[j + 1] and sign[j + 1] == sign[i] and layers[j + 1] == layers[j] + 1:
+        while (
+            j + 1 < len(layers)
+            and sig[j + 1]
+            and sign[j + 1] == sign[i]
+            and layers[j + 1] == layers[j] + 1
+        ):
             j += 1
         span = slice(i, j + 1)
         band_boot = prof["boot"][:, span].mean(axis=1)
         lo, hi = np.nanpercentile(band_boot, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
         sel = cells.sel(layer=slice(int(layers[i]), int(layers[j])))
         tested = int((sel["status"] == 0).sum())
-        out.append({
-            "layers": [int(layers[i]), int(layers[j])],
-            "sign": int(sign[i]),
-            "mean_diff": float(prof["diff"][span].mean()),
-            "ci_low": float(lo), "ci_high": float(hi),
-            "max_q": float(prof["q"][span].max()),
-            "cells_tested": tested,
-            "cells_significant_share": float(sel["significant"].sum()) / tested if tested else None,
-        })
+        out.append(
+            {
+                "layers": [int(layers[i]), int(layers[j])],
+                "sign": int(sign[i]),
+                "mean_diff": float(prof["diff"][span].mean()),
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+                "max_q": float(prof["q"][span].max()),
+                "cells_tested": tested,
+                "cells_significant_share": float(sel["significant"].sum()) / tested
+                if tested
+                else None,
+            }
+        )
         i = j + 1
     return out
 
 
 def length_quantiles(tokens: np.ndarray) -> dict:
     qs = (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1)
-    return {"n": int(tokens.size), "mean": float(tokens.mean()) if tokens.size else None,
-            "quantiles": {str(k): float(np.quantile(tokens, k)) for k in qs} if tokens.size else {}}
+    return {
+        "n": int(tokens.size),
+        "mean": float(tokens.mean()) if tokens.size else None,
+        "quantiles": {str(k): float(np.quantile(tokens, k)) for k in qs} if tokens.size else {},
+    }
 
 
-def _length_matched(pv: _Prompts, tokens: np.ndarray, prof: dict, n_permutations: int, seed: int, q: float) -> dict:
+def _length_matched(
+    pv: _Prompts, tokens: np.ndarray, prof: dict, n_permutations: int, seed: int, q: float
+) -> dict:
     """The layer profile recomputed on length-matched prompts, and how much of it survives."""
     rng = np.random.default_rng(seed)
     kept = match_lengths(tokens, pv.is_b, rng)
     is_b = pv.is_b[kept]
-    out = {"procedure": MATCHING, "prompts_kept": {"a": int((~is_b).sum()), "b": int(is_b.sum())},
-           "lengths": {"a": length_quantiles(tokens[kept][~is_b]), "b": length_quantiles(tokens[kept][is_b])}}
+    out = {
+        "procedure": MATCHING,
+        "prompts_kept": {"a": int((~is_b).sum()), "b": int(is_b.sum())},
+        "lengths": {
+            "a": length_quantiles(tokens[kept][~is_b]),
+            "b": length_quantiles(tokens[kept][is_b]),
+        },
+    }
     if is_b.sum() < 2 or (~is_b).sum() < 2:
         return {**out, "layers": [], "survival": None, "note": "too little length overlap to match"}
     diff, p = welch_permutation_p(pv.values[kept], is_b, permuted_labels(is_b, n_permutations, rng))
@@ -327,8 +382,15 @@ def _length_matched(pv: _Prompts, tokens: np.ndarray, prof: dict, n_permutations
         "survival": float(diff @ base / denom) if denom > 0 else None,
         "layers_significant": int((qv < q).sum()),
         "layers": [
-            {"layer": int(layer), "diff": float(d), "unmatched_diff": float(u), "ratio": float(d / u) if u else None,
-             "p": float(pp), "q": float(qq), "significant": bool(qq < q)}
+            {
+                "layer": int(layer),
+                "diff": float(d),
+                "unmatched_diff": float(u),
+                "ratio": float(d / u) if u else None,
+                "p": float(pp),
+                "q": float(qq),
+                "significant": bool(qq < q),
+            }
             for layer, d, u, pp, qq in zip(pv.layers, diff, base, p, qv)
         ],
     }
@@ -353,11 +415,21 @@ def _position_profile(cells: xr.Dataset) -> xr.Dataset:
     with np.errstate(divide="ignore", invalid="ignore"):
         p = xr.apply_ufunc(lambda d, s, f: 2 * sps.t.sf(np.abs(d / s), f), diff, se, df)
     p = p.where(se > 0)
-    return xr.Dataset({"diff": diff, "se": se, "ci_low": diff - half, "ci_high": diff + half, "p": p,
-                       "n_layers": have.sum("layer")})
+    return xr.Dataset(
+        {
+            "diff": diff,
+            "se": se,
+            "ci_low": diff - half,
+            "ci_high": diff + half,
+            "p": p,
+            "n_layers": have.sum("layer"),
+        }
+    )
 
 
-def _trends(slopes: np.ndarray, is_b: np.ndarray, n_permutations: int, seed: int, q: float) -> list[dict]:
+def _trends(
+    slopes: np.ndarray, is_b: np.ndarray, n_permutations: int, seed: int, q: float
+) -> list[dict]:
     """Per layer band (thirds of the layers where this statistic has slopes): does B − A change with position?
 
     Tested at the prompt level: each prompt's least-squares slope over its positions
@@ -370,21 +442,45 @@ def _trends(slopes: np.ndarray, is_b: np.ndarray, n_permutations: int, seed: int
     """
     layers = np.flatnonzero(np.isfinite(slopes).any(axis=0))
     thirds = [x for x in np.array_split(layers, 3) if x.size]
-    names = ["early", "middle", "late"] if len(thirds) == 3 else [f"band {i}" for i in range(len(thirds))]
+    names = (
+        ["early", "middle", "late"]
+        if len(thirds) == 3
+        else [f"band {i}" for i in range(len(thirds))]
+    )
     out = []
     for k, (name, band) in enumerate(zip(names, thirds)):
         y = slopes[:, band].mean(axis=1)
         ok = np.isfinite(y)  # a prompt with one position (or none finite in a layer) has no slope
         y, b = y[ok], is_b[ok]
-        row = {"band": name, "layers": [int(band[0]), int(band[-1])], "n_prompts": {"a": int((~b).sum()), "b": int(b.sum())},
-               "slope_a": None, "slope_b": None, "diff": None, "ci_low": None, "ci_high": None, "p": None, "q": None,
-               "trend": False}
+        row = {
+            "band": name,
+            "layers": [int(band[0]), int(band[-1])],
+            "n_prompts": {"a": int((~b).sum()), "b": int(b.sum())},
+            "slope_a": None,
+            "slope_b": None,
+            "diff": None,
+            "ci_low": None,
+            "ci_high": None,
+            "p": None,
+            "q": None,
+            "trend": False,
+        }
         if b.sum() >= 2 and (~b).sum() >= 2:
-            _, p = welch_permutation_p(y[:, None], b, permuted_labels(b, n_permutations, np.random.default_rng([seed, 2, k])))
+            _, p = welch_permutation_p(
+                y[:, None],
+                b,
+                permuted_labels(b, n_permutations, np.random.default_rng([seed, 2, k])),
+            )
             ya, yb = y[~b], y[b]
             w = welch(ya.size, ya.mean(), ya.var(ddof=1), yb.size, yb.mean(), yb.var(ddof=1))
-            row.update(slope_a=float(ya.mean()), slope_b=float(yb.mean()), diff=float(w["diff"]),
-                       ci_low=float(w["ci_low"]), ci_high=float(w["ci_high"]), p=None if np.isnan(p[0]) else float(p[0]))
+            row.update(
+                slope_a=float(ya.mean()),
+                slope_b=float(yb.mean()),
+                diff=float(w["diff"]),
+                ci_low=float(w["ci_low"]),
+                ci_high=float(w["ci_high"]),
+                p=None if np.isnan(p[0]) else float(p[0]),
+            )
         out.append(row)
     adjusted = bh(np.array([r["p"] if r["p"] is not None else np.nan for r in out]))
     for r, qq in zip(out, adjusted):
@@ -416,14 +512,19 @@ def compare(
     if n_permutations < 1 or n_bootstrap < 2:
         raise UserError("need at least 1 permutation and 2 bootstrap replicates")
     if "prompt_value" not in ds:
-        raise UserError("this run has no per-prompt values (prompt_value): extract it again with this jbtrace")
+        raise UserError(
+            "this run has no per-prompt values (prompt_value): extract it again with this jbtrace"
+        )
     cells = cell_tests(ds, q=q, min_count=min_count)
     a, b = (str(x) for x in ds.scenario.values[:2])
     scen = ds["prompt_scenario"].values
     models = {}
     shape = (ds.sizes["model"], ds.sizes["stat"], ds.sizes["layer"])
     layer_profile = xr.Dataset(
-        {k: (("model", "stat", "layer"), np.full(shape, np.nan)) for k in ("diff", "ci_low", "ci_high", "g", "p", "q")},
+        {
+            k: (("model", "stat", "layer"), np.full(shape, np.nan))
+            for k in ("diff", "ci_low", "ci_high", "g", "p", "q")
+        },
         coords={k: ds[k].values for k in ("model", "stat", "layer")},
     )
     boot_index: dict[str, dict[str, np.ndarray]] = {}
@@ -431,8 +532,12 @@ def compare(
         tokens_all = ds["prompt_tokens"].sel(model=model).values
         has_layer = (ds["count"].sel(model=model).sum(["scenario", "stat", "position"]) > 0).values
         entry = {
-            "label": str(ds["model_label"].sel(model=model).values) if "model_label" in ds else model,
-            "random_init": bool(ds["random_init"].sel(model=model).values) if "random_init" in ds else None,
+            "label": str(ds["model_label"].sel(model=model).values)
+            if "model_label" in ds
+            else model,
+            "random_init": bool(ds["random_init"].sel(model=model).values)
+            if "random_init" in ds
+            else None,
             "n_layers": int(has_layer.sum()),
             "lengths": {s: length_quantiles(tokens_all[scen == s]) for s in (a, b)},
             "stats": {},
@@ -440,28 +545,55 @@ def compare(
         for stat in map(str, ds.stat.values):
             pv = _prompts(ds, model, stat, a, b)
             _check_exclusion(model, stat, pv, a, b, max_excluded_gap)
-            summary = {"cells": _cell_summary(cells.sel(model=model, stat=stat)),
-                       "prompts_used": {"a": int((~pv.is_b).sum()), "b": int(pv.is_b.sum())},
-                       "prompts_excluded": pv.excluded, "nonfinite": _nonfinite(ds, model, stat, a, b)}
+            summary = {
+                "cells": _cell_summary(cells.sel(model=model, stat=stat)),
+                "prompts_used": {"a": int((~pv.is_b).sum()), "b": int(pv.is_b.sum())},
+                "prompts_excluded": pv.excluded,
+                "nonfinite": _nonfinite(ds, model, stat, a, b),
+            }
             entry["stats"][stat] = summary
             if not pv.usable:
-                summary.update(note="fewer than two usable prompts in a scenario", bands=[], trends=[], index=None)
+                summary.update(
+                    note="fewer than two usable prompts in a scenario",
+                    bands=[],
+                    trends=[],
+                    index=None,
+                )
                 continue
-            perm_b, boot_a, boot_b = _resampling(scen, pv.keep, a, b, n_permutations, n_bootstrap, seed)
+            perm_b, boot_a, boot_b = _resampling(
+                scen, pv.keep, a, b, n_permutations, n_bootstrap, seed
+            )
             prof = _layer_profile(pv, perm_b, boot_a, boot_b, q)
             for k in layer_profile.data_vars:
                 layer_profile[k].loc[{"model": model, "stat": stat, "layer": pv.layers}] = prof[k]
             boot_index.setdefault(stat, {})[model] = prof["index_boot"]
-            summary.update(bands=_bands(pv.layers, prof, cells.sel(model=model, stat=stat), q), index=_index_summary(prof))
-            if "prompt_slope" in ds:  # on length-matched prompts: a prompt's slope depends on how far it reaches
-                matched = match_lengths(tokens_all[pv.keep], pv.is_b, np.random.default_rng([seed, 3]))
-                slopes = ds["prompt_slope"].sel(model=model, stat=stat).transpose("prompt", "layer").values[pv.keep[matched]]
+            summary.update(
+                bands=_bands(pv.layers, prof, cells.sel(model=model, stat=stat), q),
+                index=_index_summary(prof),
+            )
+            if (
+                "prompt_slope" in ds
+            ):  # on length-matched prompts: a prompt's slope depends on how far it reaches
+                matched = match_lengths(
+                    tokens_all[pv.keep], pv.is_b, np.random.default_rng([seed, 3])
+                )
+                slopes = (
+                    ds["prompt_slope"]
+                    .sel(model=model, stat=stat)
+                    .transpose("prompt", "layer")
+                    .values[pv.keep[matched]]
+                )
                 summary["trends"] = _trends(slopes, pv.is_b[matched], n_permutations, seed, q)
             else:
-                summary.update(trends=[], trend_note="this run has no per-prompt slopes (prompt_slope): extract it "
-                                                     "again with this jbtrace to test position trends")
+                summary.update(
+                    trends=[],
+                    trend_note="this run has no per-prompt slopes (prompt_slope): extract it "
+                    "again with this jbtrace to test position trends",
+                )
             if match_length:
-                summary["length_matched"] = _length_matched(pv, tokens_all[pv.keep], prof, n_permutations, seed, q)
+                summary["length_matched"] = _length_matched(
+                    pv, tokens_all[pv.keep], prof, n_permutations, seed, q
+                )
         models[model] = entry
     result = CompareResult(
         cells=cells,
@@ -469,9 +601,16 @@ def compare(
         position_profile=_position_profile(cells),
         models=models,
         ranking={stat: _ranking(reps, models, stat) for stat, reps in boot_index.items()},
-        params={"q": q, "min_count": max(int(min_count), 2), "n_permutations": n_permutations,
-                "n_bootstrap": n_bootstrap, "seed": seed, "match_length": match_length, "level": LEVEL,
-                "max_excluded_gap": max_excluded_gap},
+        params={
+            "q": q,
+            "min_count": max(int(min_count), 2),
+            "n_permutations": n_permutations,
+            "n_bootstrap": n_bootstrap,
+            "seed": seed,
+            "match_length": match_length,
+            "level": LEVEL,
+            "max_excluded_gap": max_excluded_gap,
+        },
         scenarios=(a, b),
     )
     from jbtrace.analysis.observe import observations
@@ -480,7 +619,9 @@ def compare(
     return result
 
 
-def _resampling(scen: np.ndarray, keep: np.ndarray, a: str, b: str, n_perm: int, n_boot: int, seed: int):
+def _resampling(
+    scen: np.ndarray, keep: np.ndarray, a: str, b: str, n_perm: int, n_boot: int, seed: int
+):
     """Permuted B labels and bootstrap counts drawn over all A and B prompts, then cut to ``keep``.
 
     The draws depend only on the seed and the prompt axis, so every model of a run gets the
@@ -520,8 +661,13 @@ def _cell_summary(c: xr.Dataset) -> dict:
 
 def _index_summary(prof: dict) -> dict:
     lo, hi = np.nanpercentile(prof["index_boot"], [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
-    return {"value": prof["index"], "ci_low": float(lo), "ci_high": float(hi),
-            "null_mean": prof["index_null"], "p": prof["index_p"]}
+    return {
+        "value": prof["index"],
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "null_mean": prof["index_null"],
+        "p": prof["index_p"],
+    }
 
 
 def _ranking(reps: dict[str, np.ndarray], models: dict, stat: str) -> dict:
@@ -533,9 +679,17 @@ def _ranking(reps: dict[str, np.ndarray], models: dict, stat: str) -> dict:
         "order": names,
         "index": {m: models[m]["stats"][stat]["index"]["value"] for m in names},
         "pairwise": [
-            {"higher": names[i], "lower": names[j], "holds": float((mat[:, i] > mat[:, j]).mean()),
-             "ties": float((mat[:, i] == mat[:, j]).mean())}
-            for i in range(len(names)) for j in range(i + 1, len(names))
+            {
+                "higher": names[i],
+                "lower": names[j],
+                "holds": float((mat[:, i] > mat[:, j]).mean()),
+                "ties": float((mat[:, i] == mat[:, j]).mean()),
+            }
+            for i in range(len(names))
+            for j in range(i + 1, len(names))
         ],
-        "rank_share": {m: [float((ranks[:, k] == r).mean()) for r in range(len(names))] for k, m in enumerate(names)},
+        "rank_share": {
+            m: [float((ranks[:, k] == r).mean()) for r in range(len(names))]
+            for k, m in enumerate(names)
+        },
     }

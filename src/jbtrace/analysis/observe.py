@@ -34,32 +34,48 @@ def _layers(span: list[int]) -> str:
 
 def _cells_sentence(stat: str, c: dict, q: float, b: str, min_count: int) -> str:
     left_out = c["one_scenario_only"] + c["below_min_count"]
-    tail = f"; {left_out} cells left out (fewer than {min_count} prompts in a scenario)" if left_out else ""
+    tail = (
+        f"; {left_out} cells left out (fewer than {min_count} prompts in a scenario)"
+        if left_out
+        else ""
+    )
     tail += f"; {c['constant']} cells constant across prompts (not tested)" if c["constant"] else ""
     if not c["tested"]:
         return f"{stat}: no cell has enough prompts in both scenarios to test{tail}."
     if not c["significant"]:
         return f"{stat}: no cell differs significantly at q={q} ({c['tested']} cells tested, smallest q = {_p(c['min_q'])}){tail}."
-    return (f"{stat}: {c['significant']} of {c['tested']} tested cells ({c['significant_share']:.0%}) differ at q={q} "
-            f"({c['significant_positive']} higher, {c['significant_negative']} lower under {b}; mean |g| over tested "
-            f"cells {_f(c['mean_abs_g'], 2)}){tail}.")
+    return (
+        f"{stat}: {c['significant']} of {c['tested']} tested cells ({c['significant_share']:.0%}) differ at q={q} "
+        f"({c['significant_positive']} higher, {c['significant_negative']} lower under {b}; mean |g| over tested "
+        f"cells {_f(c['mean_abs_g'], 2)}){tail}."
+    )
 
 
 def _band_sentences(stat: str, s: dict, q: float, b: str, n_perm: int) -> list[str]:
     bands = s["bands"]
     if not bands:
-        return [f"No layer's prompt-level mean of {stat} differs significantly ({n_perm} label permutations per layer, "
-                f"BH over layers at q={q})."]
-    top = sorted(bands, key=lambda x: -(abs(x["mean_diff"]) * (x["layers"][1] - x["layers"][0] + 1)))[:MAX_BANDS]
+        return [
+            f"No layer's prompt-level mean of {stat} differs significantly ({n_perm} label permutations per layer, "
+            f"BH over layers at q={q})."
+        ]
+    top = sorted(
+        bands, key=lambda x: -(abs(x["mean_diff"]) * (x["layers"][1] - x["layers"][0] + 1))
+    )[:MAX_BANDS]
     out = []
     for band in sorted(top, key=lambda x: x["layers"][0]):
         verb = "raises" if band["sign"] > 0 else "lowers"
         share = band["cells_significant_share"]
-        cells = f"; {share:.0%} of the cells in these layers significant" if share is not None else ""
-        out.append(f"{b} {verb} {stat} in {_layers(band['layers'])} (mean Δ {band['mean_diff']:+.3g}, 95% CI "
-                   f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}]; permutation {_eq('q', band['max_q'], '≤')}{cells}).")
+        cells = (
+            f"; {share:.0%} of the cells in these layers significant" if share is not None else ""
+        )
+        out.append(
+            f"{b} {verb} {stat} in {_layers(band['layers'])} (mean Δ {band['mean_diff']:+.3g}, 95% CI "
+            f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}]; permutation {_eq('q', band['max_q'], '≤')}{cells})."
+        )
     if len(bands) > MAX_BANDS:
-        out.append(f"{len(bands) - MAX_BANDS} further, smaller significant layer bands are listed in compare.json.")
+        out.append(
+            f"{len(bands) - MAX_BANDS} further, smaller significant layer bands are listed in compare.json."
+        )
     return out
 
 
@@ -70,20 +86,27 @@ def _trend_sentences(stat: str, s: dict, q: float) -> list[str]:
     for t in s["trends"]:
         n = t["n_prompts"]
         if t["p"] is None:
-            none.append(f"{_layers(t['layers'])}: not testable ({n['a']}+{n['b']} prompts with a slope)")
+            none.append(
+                f"{_layers(t['layers'])}: not testable ({n['a']}+{n['b']} prompts with a slope)"
+            )
             continue
         ci = f"95% CI [{100 * t['ci_low']:.3g}, {100 * t['ci_high']:.3g}]"
         if t["trend"]:
             direction = "increases" if t["diff"] > 0 else "decreases"
-            out.append(f"In {_layers(t['layers'])} B − A of {stat} {direction} with position (difference of per-prompt "
-                       f"slopes {100 * t['diff']:+.3g} per 100 positions, {ci}; {n['a']}+{n['b']} "
-                       f"length-matched prompts, Welch-t permutation {_eq('q', t['q'])}).")
+            out.append(
+                f"In {_layers(t['layers'])} B − A of {stat} {direction} with position (difference of per-prompt "
+                f"slopes {100 * t['diff']:+.3g} per 100 positions, {ci}; {n['a']}+{n['b']} "
+                f"length-matched prompts, Welch-t permutation {_eq('q', t['q'])})."
+            )
         else:
-            none.append(f"{_layers(t['layers'])} (Δ slope {100 * t['diff']:+.3g} per 100 positions, {ci}; {_eq('q', t['q'])})")
+            none.append(
+                f"{_layers(t['layers'])} (Δ slope {100 * t['diff']:+.3g} per 100 positions, {ci}; {_eq('q', t['q'])})"
+            )
     if none:
-        out.append(f"No detectable position trend of {stat} (per-prompt slopes of length-matched prompts, Welch-t "
-                   "permutation test over prompts) in "
-                   + "; ".join(none) + ".")
+        out.append(
+            f"No detectable position trend of {stat} (per-prompt slopes of length-matched prompts, Welch-t "
+            "permutation test over prompts) in " + "; ".join(none) + "."
+        )
     return out
 
 
@@ -92,41 +115,55 @@ def _nonfinite_sentence(stat: str, s: dict, a: str, b: str) -> list[str]:
     if not (nf["a"] or nf["b"] or ex["a"] or ex["b"]):
         return []
     used = s["prompts_used"]
-    return [f"{stat}: {nf['a']} {a} and {nf['b']} {b} values were not finite (e.g. fp16 overflow) and left out of the cells; "
-            f"{ex['a']} of {ex['a'] + used['a']} {a} and {ex['b']} of {ex['b'] + used['b']} {b} prompts are excluded from "
-            f"the prompt-level tests."]
+    return [
+        f"{stat}: {nf['a']} {a} and {nf['b']} {b} values were not finite (e.g. fp16 overflow) and left out of the cells; "
+        f"{ex['a']} of {ex['a'] + used['a']} {a} and {ex['b']} of {ex['b'] + used['b']} {b} prompts are excluded from "
+        f"the prompt-level tests."
+    ]
 
 
 def _index_sentence(stat: str, idx: dict) -> str:
-    return (f"Sensitivity index for {stat} (mean |g| of prompt-level values over layers) {idx['value']:.2f}, 95% CI "
-            f"[{idx['ci_low']:.2f}, {idx['ci_high']:.2f}]; chance level {idx['null_mean']:.2f} "
-            f"(permutation {_eq('p', idx['p'])}).")
+    return (
+        f"Sensitivity index for {stat} (mean |g| of prompt-level values over layers) {idx['value']:.2f}, 95% CI "
+        f"[{idx['ci_low']:.2f}, {idx['ci_high']:.2f}]; chance level {idx['null_mean']:.2f} "
+        f"(permutation {_eq('p', idx['p'])})."
+    )
 
 
 def _length_sentences(entry: dict, a: str, b: str) -> list[str]:
     la, lb = entry["lengths"][a]["quantiles"], entry["lengths"][b]["quantiles"]
     if not la or not lb:
         return []
-    out = [f"Prompt lengths (tokens): {a} median {la['0.5']:.0f} (IQR {la['0.25']:.0f}–{la['0.75']:.0f}), "
-           f"{b} median {lb['0.5']:.0f} (IQR {lb['0.25']:.0f}–{lb['0.75']:.0f})."]
+    out = [
+        f"Prompt lengths (tokens): {a} median {la['0.5']:.0f} (IQR {la['0.25']:.0f}–{la['0.75']:.0f}), "
+        f"{b} median {lb['0.5']:.0f} (IQR {lb['0.25']:.0f}–{lb['0.75']:.0f})."
+    ]
     for stat, s in entry["stats"].items():
         m = s.get("length_matched")
         if not m:
             continue
         kept = m["prompts_kept"]
         if m["survival"] is None:
-            out.append(f"Length matching kept {kept['a']}+{kept['b']} prompts: {m.get('note', 'no difference to compare')}.")
+            out.append(
+                f"Length matching kept {kept['a']}+{kept['b']} prompts: {m.get('note', 'no difference to compare')}."
+            )
             continue
-        out.append(f"After length matching ({kept['a']} {a} + {kept['b']} {b} prompts kept), {m['survival']:.0%} of the "
-                   f"layer-profile difference in {stat} survives; {m['layers_significant']} of {len(m['layers'])} layers "
-                   f"still significant (permutation, BH).")
+        out.append(
+            f"After length matching ({kept['a']} {a} + {kept['b']} {b} prompts kept), {m['survival']:.0%} of the "
+            f"layer-profile difference in {stat} survives; {m['layers_significant']} of {len(m['layers'])} layers "
+            f"still significant (permutation, BH)."
+        )
     return out
 
 
 def observations(result) -> dict[str, list[str]]:
     """A few sentences per model, each with its number and uncertainty."""
     a, b = result.scenarios
-    q, n_perm, min_count = result.params["q"], result.params["n_permutations"], result.params["min_count"]
+    q, n_perm, min_count = (
+        result.params["q"],
+        result.params["n_permutations"],
+        result.params["min_count"],
+    )
     out = {}
     for model, entry in result.models.items():
         lines = []
@@ -134,15 +171,19 @@ def observations(result) -> dict[str, list[str]]:
             lines.append(_cells_sentence(stat, s["cells"], q, b, min_count))
             lines += _nonfinite_sentence(stat, s, a, b)
             if s.get("index") is None:
-                lines.append(f"{stat}: {s.get('note', 'no prompt-level values')}; no prompt-level tests.")
+                lines.append(
+                    f"{stat}: {s.get('note', 'no prompt-level values')}; no prompt-level tests."
+                )
                 continue
             lines += _band_sentences(stat, s, q, b, n_perm)
             lines += _trend_sentences(stat, s, q)
             lines.append(_index_sentence(stat, s["index"]))
         lines += _length_sentences(entry, a, b)
         if entry.get("random_init"):
-            lines.append("Random-init stand-in: these differences come from the prompts' tokens passing through random "
-                         "weights, not from learned behaviour.")
+            lines.append(
+                "Random-init stand-in: these differences come from the prompts' tokens passing through random "
+                "weights, not from learned behaviour."
+            )
         out[model] = lines
     return out
 
@@ -154,16 +195,25 @@ def ranking_sentences(result) -> list[str]:
         if len(r["order"]) < 2:
             continue
         ci = {m: result.models[m]["stats"][stat]["index"] for m in r["order"]}
-        chain = " > ".join(f"{m} {ci[m]['value']:.2f} [{ci[m]['ci_low']:.2f}, {ci[m]['ci_high']:.2f}]" for m in r["order"])
+        chain = " > ".join(
+            f"{m} {ci[m]['value']:.2f} [{ci[m]['ci_low']:.2f}, {ci[m]['ci_high']:.2f}]"
+            for m in r["order"]
+        )
         adjacent = {(x["higher"], x["lower"]): x for x in r["pairwise"]}
 
         def holds(hi, lo):
             x = adjacent[(hi, lo)]
-            return f"{hi} and {lo} tied in {x['ties']:.0%}" if x["ties"] > 0.5 else f"{hi} > {lo} in {x['holds']:.0%}"
+            return (
+                f"{hi} and {lo} tied in {x['ties']:.0%}"
+                if x["ties"] > 0.5
+                else f"{hi} > {lo} in {x['holds']:.0%}"
+            )
 
         holds = ", ".join(holds(hi, lo) for hi, lo in zip(r["order"], r["order"][1:]))
-        out.append(f"Ranking by {stat} sensitivity index: {chain}; the order holds in {n_boot} paired bootstrap "
-                   f"replicates over prompts as: {holds}.")
+        out.append(
+            f"Ranking by {stat} sensitivity index: {chain}; the order holds in {n_boot} paired bootstrap "
+            f"replicates over prompts as: {holds}."
+        )
     return out
 
 
@@ -186,8 +236,11 @@ def _clean(x):
 
 def _rows(ds, dim: str, names: tuple[str, ...]) -> list[dict]:
     keep = np.isfinite(ds["diff"].values)
-    return [{dim: int(v), **{k: ds[k].values[i].item() for k in names}}
-            for i, v in enumerate(ds[dim].values) if keep[i]]
+    return [
+        {dim: int(v), **{k: ds[k].values[i].item() for k in names}}
+        for i, v in enumerate(ds[dim].values)
+        if keep[i]
+    ]
 
 
 def to_json(result) -> dict:
@@ -200,87 +253,149 @@ def to_json(result) -> dict:
             rows = dict(s)
             if s.get("index") is not None:
                 lp = result.layer_profile.sel(model=model, stat=stat)
-                rows["layer_profile"] = _rows(lp, "layer", ("diff", "ci_low", "ci_high", "g", "p", "q", "significant"))
+                rows["layer_profile"] = _rows(
+                    lp, "layer", ("diff", "ci_low", "ci_high", "g", "p", "q", "significant")
+                )
             pp = result.position_profile.sel(model=model, stat=stat)
             rows["position_profile"] = _rows(pp, "position", ("diff", "ci_low", "ci_high", "p"))
             stats[stat] = rows
-        models[model] = {**{k: v for k, v in entry.items() if k != "stats"}, "stats": stats,
-                         "observations": result.observations.get(model, [])}
-    return _clean({
-        "jbtrace_version": jbtrace.__version__,
-        "scenarios": {"a": a, "b": b},
-        "difference": f"{b} - {a}",
-        "params": result.params,
-        "models": models,
-        "ranking": result.ranking,
-        "ranking_observations": ranking_sentences(result),
-    })
+        models[model] = {
+            **{k: v for k, v in entry.items() if k != "stats"},
+            "stats": stats,
+            "observations": result.observations.get(model, []),
+        }
+    return _clean(
+        {
+            "jbtrace_version": jbtrace.__version__,
+            "scenarios": {"a": a, "b": b},
+            "difference": f"{b} - {a}",
+            "params": result.params,
+            "models": models,
+            "ranking": result.ranking,
+            "ranking_observations": ranking_sentences(result),
+        }
+    )
 
 
 def summary_markdown(result) -> str:
     """Tables and observations, for people."""
     a, b = result.scenarios
     p = result.params
-    lines = [f"# Compare: {b} − {a}", "",
-             f"q = {p['q']} (Benjamini–Hochberg per model and statistic), min count {p['min_count']}, "
-             f"{p['n_permutations']} permutations, {p['n_bootstrap']} bootstrap replicates, seed {p['seed']}"
-             + (", length-matched layer profiles" if p["match_length"] else "")
-             + f"; refused when non-finite values exclude shares of prompts more than {p['max_excluded_gap']:.0%} apart.", ""]
-    lines += ["## Cells", "", "| model | stat | tested | significant | share | + | − | left out | constant | mean abs g |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Compare: {b} − {a}",
+        "",
+        f"q = {p['q']} (Benjamini–Hochberg per model and statistic), min count {p['min_count']}, "
+        f"{p['n_permutations']} permutations, {p['n_bootstrap']} bootstrap replicates, seed {p['seed']}"
+        + (", length-matched layer profiles" if p["match_length"] else "")
+        + f"; refused when non-finite values exclude shares of prompts more than {p['max_excluded_gap']:.0%} apart.",
+        "",
+    ]
+    lines += [
+        "## Cells",
+        "",
+        "| model | stat | tested | significant | share | + | − | left out | constant | mean abs g |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for model, entry in result.models.items():
         for stat, s in entry["stats"].items():
             c = s["cells"]
             share = "n/a" if c["significant_share"] is None else f"{c['significant_share']:.1%}"
-            lines.append(f"| {model} | {stat} | {c['tested']} | {c['significant']} | {share} | {c['significant_positive']} "
-                         f"| {c['significant_negative']} | {c['one_scenario_only'] + c['below_min_count']} | {c['constant']} "
-                         f"| {_f(c['mean_abs_g'], 2)} |")
-    lines += ["", "## Significant layer bands (prompt-level permutation test)", "",
-              "| model | stat | layers | mean Δ | 95% CI | max q | cells significant |", "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {model} | {stat} | {c['tested']} | {c['significant']} | {share} | {c['significant_positive']} "
+                f"| {c['significant_negative']} | {c['one_scenario_only'] + c['below_min_count']} | {c['constant']} "
+                f"| {_f(c['mean_abs_g'], 2)} |"
+            )
+    lines += [
+        "",
+        "## Significant layer bands (prompt-level permutation test)",
+        "",
+        "| model | stat | layers | mean Δ | 95% CI | max q | cells significant |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for model, entry in result.models.items():
         for stat, s in entry["stats"].items():
             for band in s.get("bands", []):
-                share = "n/a" if band["cells_significant_share"] is None else f"{band['cells_significant_share']:.0%}"
-                lines.append(f"| {model} | {stat} | {band['layers'][0]}–{band['layers'][1]} | {band['mean_diff']:+.3g} | "
-                             f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}] | {_p(band['max_q'])} | {share} |")
-    lines += ["", "## Position trends (difference of per-prompt slopes, length-matched prompts, Welch-t permutation)", "",
-              "| model | stat | layers | prompts | B − A per 100 positions | 95% CI | p | q | trend |",
-              "|---|---|---|---|---|---|---|---|---|"]
+                share = (
+                    "n/a"
+                    if band["cells_significant_share"] is None
+                    else f"{band['cells_significant_share']:.0%}"
+                )
+                lines.append(
+                    f"| {model} | {stat} | {band['layers'][0]}–{band['layers'][1]} | {band['mean_diff']:+.3g} | "
+                    f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}] | {_p(band['max_q'])} | {share} |"
+                )
+    lines += [
+        "",
+        "## Position trends (difference of per-prompt slopes, length-matched prompts, Welch-t permutation)",
+        "",
+        "| model | stat | layers | prompts | B − A per 100 positions | 95% CI | p | q | trend |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for model, entry in result.models.items():
         for stat, s in entry["stats"].items():
             for t in s.get("trends", []):
                 if t["p"] is None:
                     continue
-                lines.append(f"| {model} | {stat} | {t['layers'][0]}–{t['layers'][1]} | {t['n_prompts']['a']}+"
-                             f"{t['n_prompts']['b']} | {100 * t['diff']:+.3g} | [{100 * t['ci_low']:.3g}, "
-                             f"{100 * t['ci_high']:.3g}] | {_p(t['p'])} | {_p(t['q'])} | {'yes' if t['trend'] else 'no'} |")
-    nonfinite = [(model, stat, s) for model, entry in result.models.items() for stat, s in entry["stats"].items()
-                 if any(s["nonfinite"].values()) or any(s["prompts_excluded"].values())]
+                lines.append(
+                    f"| {model} | {stat} | {t['layers'][0]}–{t['layers'][1]} | {t['n_prompts']['a']}+"
+                    f"{t['n_prompts']['b']} | {100 * t['diff']:+.3g} | [{100 * t['ci_low']:.3g}, "
+                    f"{100 * t['ci_high']:.3g}] | {_p(t['p'])} | {_p(t['q'])} | {'yes' if t['trend'] else 'no'} |"
+                )
+    nonfinite = [
+        (model, stat, s)
+        for model, entry in result.models.items()
+        for stat, s in entry["stats"].items()
+        if any(s["nonfinite"].values()) or any(s["prompts_excluded"].values())
+    ]
     if nonfinite:
-        lines += ["", "## Non-finite values", "", f"| model | stat | values {a} | values {b} | prompts excluded {a} | "
-                  f"prompts excluded {b} |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Non-finite values",
+            "",
+            f"| model | stat | values {a} | values {b} | prompts excluded {a} | "
+            f"prompts excluded {b} |",
+            "|---|---|---|---|---|---|",
+        ]
         for model, stat, s in nonfinite:
             nf, ex, used = s["nonfinite"], s["prompts_excluded"], s["prompts_used"]
-            lines.append(f"| {model} | {stat} | {nf['a']} | {nf['b']} | {ex['a']} of {ex['a'] + used['a']} | "
-                         f"{ex['b']} of {ex['b'] + used['b']} |")
-    lines += ["", "## Sensitivity index (mean |g| over layers, prompt level)", "",
-              "| model | stat | index | 95% CI | chance | p |", "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {model} | {stat} | {nf['a']} | {nf['b']} | {ex['a']} of {ex['a'] + used['a']} | "
+                f"{ex['b']} of {ex['b'] + used['b']} |"
+            )
+    lines += [
+        "",
+        "## Sensitivity index (mean |g| over layers, prompt level)",
+        "",
+        "| model | stat | index | 95% CI | chance | p |",
+        "|---|---|---|---|---|---|",
+    ]
     for model, entry in result.models.items():
         for stat, s in entry["stats"].items():
             if s.get("index"):
                 i = s["index"]
-                lines.append(f"| {model} | {stat} | {i['value']:.3f} | [{i['ci_low']:.3f}, {i['ci_high']:.3f}] | "
-                             f"{i['null_mean']:.3f} | {_p(i['p'])} |")
+                lines.append(
+                    f"| {model} | {stat} | {i['value']:.3f} | [{i['ci_low']:.3f}, {i['ci_high']:.3f}] | "
+                    f"{i['null_mean']:.3f} | {_p(i['p'])} |"
+                )
     ranking = ranking_sentences(result)
     if ranking:
         lines += ["", "## Ranking", "", *ranking]
-    lines += ["", "## Prompt lengths (tokens)", "", "| model | scenario | n | 10% | 25% | median | 75% | 90% | max |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Prompt lengths (tokens)",
+        "",
+        "| model | scenario | n | 10% | 25% | median | 75% | 90% | max |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for model, entry in result.models.items():
         for scenario, d in entry["lengths"].items():
             qs = d["quantiles"]
             if qs:
-                lines.append(f"| {model} | {scenario} | {d['n']} | " + " | ".join(f"{qs[k]:.0f}" for k in ("0.1", "0.25", "0.5", "0.75", "0.9", "1")) + " |")
+                lines.append(
+                    f"| {model} | {scenario} | {d['n']} | "
+                    + " | ".join(f"{qs[k]:.0f}" for k in ("0.1", "0.25", "0.5", "0.75", "0.9", "1"))
+                    + " |"
+                )
     lines += ["", "## Observations", ""]
     for model, sentences in result.observations.items():
         lines += [f"### {result.models[model]['label']}", "", *[f"- {s}" for s in sentences], ""]

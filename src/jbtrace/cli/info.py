@@ -14,7 +14,9 @@ def datasets_cmd():
 
     table = Table("source", "prompts", "licence", "description")
     for row in list_sources():
-        size = str(row["size"]) if row.get("available") else f"not installed: {row.get('install', '')}"
+        size = (
+            str(row["size"]) if row.get("available") else f"not installed: {row.get('install', '')}"
+        )
         table.add_row(row["source"], size, row.get("licence") or "", row.get("description", ""))
     out.print(table)
 
@@ -31,18 +33,40 @@ def models_cmd():
     table = Table("spec", "blocks", "width", "params", "weights", "licence", title="built-in")
     table.columns[0].no_wrap = True
     for row in rows:
-        table.add_row(row["spec"], "" if row["layers"] is None else str(row["layers"]),
-                      "" if row["width"] is None else str(row["width"]), count(row["params"]), row["weights"], row["licence"])
+        table.add_row(
+            row["spec"],
+            "" if row["layers"] is None else str(row["layers"]),
+            "" if row["width"] is None else str(row["width"]),
+            count(row["params"]),
+            row["weights"],
+            row["licence"],
+        )
     out.print(table)
     for row in rows:
         extra = [row["install"]] if row.get("install") else []
         extra += [f"terms: {row['terms']}"] if row.get("terms") else []
-        out.print(f"{row['spec']}: {'; '.join([row['description'], *extra])}", highlight=False, soft_wrap=True, emoji=False,
-                  markup=False)
-    paper = Table("hub id", "blocks", "width", "params", "bfloat16",
-                  title="the paper's models (jbtrace demo --preset paper, once downloaded)")
+        out.print(
+            f"{row['spec']}: {'; '.join([row['description'], *extra])}",
+            highlight=False,
+            soft_wrap=True,
+            emoji=False,
+            markup=False,
+        )
+    paper = Table(
+        "hub id",
+        "blocks",
+        "width",
+        "params",
+        "bfloat16",
+        title="the paper's models (jbtrace demo --preset paper, once downloaded)",
+    )
     paper.columns[0].no_wrap = True
     for row in list_paper_models():
-        paper.add_row(row["spec"], str(row["layers"]), str(row["width"]), f"{row['params'] / 1e9:.2f}B",
-                      f"{row['memory_gb']:.1f} GB")
+        paper.add_row(
+            row["spec"],
+            str(row["layers"]),
+            str(row["width"]),
+            f"{row['params'] / 1e9:.2f}B",
+            f"{row['memory_gb']:.1f} GB",
+        )
     out.print(paper)

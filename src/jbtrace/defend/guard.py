@@ -8,8 +8,8 @@ detector scores, nothing is bypassed: the baseline). Generation is transformers'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -63,14 +63,26 @@ def uses_chat_template(lm: LoadedModel, options: GenerateOptions) -> bool:
     return has if options.chat_template is None else options.chat_template
 
 
-def prompt_ids(lm: LoadedModel, texts, options: GenerateOptions) -> tuple[list[list[int]], np.ndarray]:
+def prompt_ids(
+    lm: LoadedModel, texts, options: GenerateOptions
+) -> tuple[list[list[int]], np.ndarray]:
     """Token ids of each prompt as generation sees it (chat template when used), and which were truncated."""
-    return encode(lm, list(texts), ExtractOptions(max_tokens=options.max_tokens,
-                                                  chat_template=uses_chat_template(lm, options)))
+    return encode(
+        lm,
+        list(texts),
+        ExtractOptions(
+            max_tokens=options.max_tokens, chat_template=uses_chat_template(lm, options)
+        ),
+    )
 
 
-def generate(lm: LoadedModel, texts, options: GenerateOptions = GenerateOptions(), bypass=(),
-             progress: Callable[[int], None] | None = None) -> list[Generated]:
+def generate(
+    lm: LoadedModel,
+    texts,
+    options: GenerateOptions = GenerateOptions(),
+    bypass=(),
+    progress: Callable[[int], None] | None = None,
+) -> list[Generated]:
     """Responses to ``texts`` with blocks ``bypass`` skipped (none: the model as it is), in the order given."""
     if not lm.is_causal:
         raise UserError(f"{lm.name} cannot generate text (not a causal language model)")
@@ -80,11 +92,17 @@ def generate(lm: LoadedModel, texts, options: GenerateOptions = GenerateOptions(
     tok = lm.tokenizer
     ids, truncated = prompt_ids(lm, texts, options)
     lengths = np.array([len(x) for x in ids])
-    batches = plan_batches(lengths, ExtractOptions(batch_size=options.batch_size, max_tokens=options.max_tokens))
+    batches = plan_batches(
+        lengths, ExtractOptions(batch_size=options.batch_size, max_tokens=options.max_tokens)
+    )
     out: list[Generated | None] = [None] * len(texts)
     eos = lm.model.generation_config.eos_token_id
-    kwargs = {"max_new_tokens": options.max_new_tokens, "use_cache": options.use_cache, "pad_token_id": tok.pad_token_id,
-              "eos_token_id": eos if eos is not None else tok.eos_token_id}
+    kwargs = {
+        "max_new_tokens": options.max_new_tokens,
+        "use_cache": options.use_cache,
+        "pad_token_id": tok.pad_token_id,
+        "eos_token_id": eos if eos is not None else tok.eos_token_id,
+    }
     if options.sample:
         kwargs.update(do_sample=True, temperature=options.temperature, top_p=options.top_p, top_k=0)
     else:
@@ -95,20 +113,32 @@ def generate(lm: LoadedModel, texts, options: GenerateOptions = GenerateOptions(
             input_ids, mask = pad_batch(ids, lengths, batch, tok.pad_token_id, "left", lm.device)
             if options.sample:
                 torch.manual_seed(options.seed * 100_003 + number)
-            new = lm.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)[:, input_ids.shape[1]:]
+            new = lm.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)[
+                :, input_ids.shape[1] :
+            ]
             for row, i in enumerate(batch):
                 tokens = new[row].tolist()
                 end = next((k for k, t in enumerate(tokens) if t in stops), len(tokens))
                 tokens = tokens[:end]
-                out[i] = Generated(tok.decode(tokens, skip_special_tokens=True).strip(), tokens,
-                                   int(lengths[i]), bool(truncated[i]))
+                out[i] = Generated(
+                    tok.decode(tokens, skip_special_tokens=True).strip(),
+                    tokens,
+                    int(lengths[i]),
+                    bool(truncated[i]),
+                )
             if progress:
                 progress(len(batch))
     return out
 
 
-def guard_generate(lm: LoadedModel, texts, flags, bypass, options: GenerateOptions = GenerateOptions(),
-                   progress: Callable[[int], None] | None = None) -> list[Generated]:
+def guard_generate(
+    lm: LoadedModel,
+    texts,
+    flags,
+    bypass,
+    options: GenerateOptions = GenerateOptions(),
+    progress: Callable[[int], None] | None = None,
+) -> list[Generated]:
     """Flagged prompts generated with ``bypass`` skipped, the others by the model as it is."""
     flags = np.asarray(flags, dtype=bool)
     texts = list(texts)
@@ -134,30 +164,51 @@ class Flags:
 def check_detector(detector: Detector, lm: LoadedModel) -> None:
     """A detector only applies to the model it was fitted on."""
     info = detector.config.get("model", {})
-    same = info.get("spec") == lm.spec and (not lm.random_init or info.get("seed") == lm.provenance.get("seed"))
+    same = info.get("spec") == lm.spec and (
+        not lm.random_init or info.get("seed") == lm.provenance.get("seed")
+    )
     if not same:
         fitted = f"{info.get('spec')}" + (f" (seed {info.get('seed')})" if lm.random_init else "")
-        raise UserError(f"the detector was fitted on {fitted}, not on {lm.spec}"
-                        + (f" (seed {lm.provenance.get('seed')})" if lm.random_init else "")
-                        + ": give that model, or fit a detector on this one with `jbtrace detect --save`")
+        raise UserError(
+            f"the detector was fitted on {fitted}, not on {lm.spec}"
+            + (f" (seed {lm.provenance.get('seed')})" if lm.random_init else "")
+            + ": give that model, or fit a detector on this one with `jbtrace detect --save`"
+        )
 
 
-def choose_flagger(detector: Detector, layer: int | None = None, source: str | None = None,
-                   feature: str | None = None) -> Linear:
+def choose_flagger(
+    detector: Detector,
+    layer: int | None = None,
+    source: str | None = None,
+    feature: str | None = None,
+) -> Linear:
     """The layer detector to flag with: the recommended one, or the best-CV one matching what is asked."""
     if layer is None and source is None and feature is None:
         return detector.recommended()
-    matches = [d for d in detector.layers if (layer is None or d.layer == layer) and (source is None or d.source == source)
-               and (feature is None or d.feature == feature)]
+    matches = [
+        d
+        for d in detector.layers
+        if (layer is None or d.layer == layer)
+        and (source is None or d.source == source)
+        and (feature is None or d.feature == feature)
+    ]
     if not matches:
         have = ", ".join(sorted({f"{d.source}.{d.layer}.{d.feature}" for d in detector.layers}))
-        raise UserError(f"the detector has no layer detector matching layer={layer} source={source} "
-                        f"feature={feature}; it has {have}")
+        raise UserError(
+            f"the detector has no layer detector matching layer={layer} source={source} "
+            f"feature={feature}; it has {have}"
+        )
     return max(matches, key=lambda d: ((d.cv or {}).get("f1", 0.0), (d.cv or {}).get("auroc", 0.0)))
 
 
-def flag(lm: LoadedModel, detector: Detector, which: Linear, texts, threshold: float | None = None,
-         progress: Callable[[int], None] | None = None) -> Flags:
+def flag(
+    lm: LoadedModel,
+    detector: Detector,
+    which: Linear,
+    texts,
+    threshold: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Flags:
     """Score ``texts`` with one layer detector; flag at its saved threshold unless another is given."""
     texts = list(texts)
     threshold = which.threshold if threshold is None else float(threshold)
@@ -165,7 +216,9 @@ def flag(lm: LoadedModel, detector: Detector, which: Linear, texts, threshold: f
         return Flags(which, threshold, np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
     rows = detector.only([which]).score(lm, [PromptSet("prompts", tuple(texts), "guard")], progress)
     scores = np.array([r["score"] for r in rows])
-    return Flags(which, threshold, scores, np.array([r["probability"] for r in rows]), scores >= threshold)
+    return Flags(
+        which, threshold, scores, np.array([r["probability"] for r in rows]), scores >= threshold
+    )
 
 
 def susceptible_layers(detector: Detector, n_blocks: int, k: int = 2) -> tuple[list[int], str]:
@@ -179,18 +232,27 @@ def susceptible_layers(detector: Detector, n_blocks: int, k: int = 2) -> tuple[l
     if k < 1:
         raise UserError(f"--bypass-k {k}: bypass at least one block")
     own = [d for d in detector.layers if d.cv and d.source != "resid" and 1 <= d.layer <= n_blocks]
-    pool = own or [d for d in detector.layers if d.cv and d.source == "resid" and 1 <= d.layer <= n_blocks]
+    pool = own or [
+        d for d in detector.layers if d.cv and d.source == "resid" and 1 <= d.layer <= n_blocks
+    ]
     if not pool:
-        raise UserError("the detector has no cross-validated layer detectors for blocks 1..L; give --bypass")
+        raise UserError(
+            "the detector has no cross-validated layer detectors for blocks 1..L; give --bypass"
+        )
     best: dict[int, Linear] = {}
     for d in pool:
-        if d.layer not in best or (d.cv["f1"], d.cv["auroc"]) > (best[d.layer].cv["f1"], best[d.layer].cv["auroc"]):
+        if d.layer not in best or (d.cv["f1"], d.cv["auroc"]) > (
+            best[d.layer].cv["f1"],
+            best[d.layer].cv["auroc"],
+        ):
             best[d.layer] = d
     ranked = sorted(best.values(), key=lambda d: (-d.cv["f1"], -d.cv["auroc"], d.layer))[:k]
     sources = "/".join(sorted({d.source for d in pool}))
-    how = (f"the {len(ranked)} block(s) whose {sources} detector has the highest cross-validated F1 "
-           f"(ties: AUROC, then the earlier block): " +
-           ", ".join(f"{d.layer} (F1 {d.cv['f1']:.3f}, AUROC {d.cv['auroc']:.3f})" for d in ranked))
+    how = (
+        f"the {len(ranked)} block(s) whose {sources} detector has the highest cross-validated F1 "
+        f"(ties: AUROC, then the earlier block): "
+        + ", ".join(f"{d.layer} (F1 {d.cv['f1']:.3f}, AUROC {d.cv['auroc']:.3f})" for d in ranked)
+    )
     return sorted(d.layer for d in ranked), how
 
 

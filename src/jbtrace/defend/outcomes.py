@@ -16,9 +16,9 @@ refused directly but answered when wrapped (and the reverse), with McNemar's exa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from scipy.stats import binomtest
 
@@ -43,11 +43,17 @@ class Answer:
     finished: bool
 
 
-def answers(lm: LoadedModel, texts: list[str], options: GenerateOptions,
-            progress: Callable[[int], None] | None = None) -> list[Answer]:
+def answers(
+    lm: LoadedModel,
+    texts: list[str],
+    options: GenerateOptions,
+    progress: Callable[[int], None] | None = None,
+) -> list[Answer]:
     """Greedy answers (the guard's batched generation with no block bypassed)."""
-    return [Answer(g.text, len(g.tokens), len(g.tokens) < options.max_new_tokens)
-            for g in generate(lm, texts, options, (), progress)]
+    return [
+        Answer(g.text, len(g.tokens), len(g.tokens) < options.max_new_tokens)
+        for g in generate(lm, texts, options, (), progress)
+    ]
 
 
 def label_of(verdicts: dict) -> str:
@@ -65,13 +71,21 @@ def behaviour_of(text: str, behaviours: list[str]) -> str | None:
     return max(found, key=len) if found else None
 
 
-def make_judges(names: list[str] | None, lm: LoadedModel, options: GenerateOptions,
-                on_topic_threshold: float | None = None) -> dict:
+def make_judges(
+    names: list[str] | None,
+    lm: LoadedModel,
+    options: GenerateOptions,
+    on_topic_threshold: float | None = None,
+) -> dict:
     """The judges by name (default: all three built-ins); refusal is always among them."""
     judges = {}
     for name in dict.fromkeys([REFUSAL, *(names or DEFAULT_JUDGES)]):
-        if name == "coherent":  # perplexity of the answer given the prompt as generation formatted it
-            judges[name] = J.Coherent(lm, chat_template=uses_chat_template(lm, options), max_tokens=options.max_tokens)
+        if (
+            name == "coherent"
+        ):  # perplexity of the answer given the prompt as generation formatted it
+            judges[name] = J.Coherent(
+                lm, chat_template=uses_chat_template(lm, options), max_tokens=options.max_tokens
+            )
         else:
             judges[name] = J.get_judge(name, lm, threshold=on_topic_threshold)
     return judges
@@ -88,9 +102,18 @@ def rates(outcomes: list[Outcome]) -> list[dict]:
         n = len(mine)
         counts = {lab: sum(o.label == lab for o in mine) for lab in LABELS}
         answered = n - counts["refused"]
-        rows.append({"set": name, "source": mine[0].source, "n": n, **counts,
-                     "asr": counts["complied"] / n, "asr_ci": wilson(counts["complied"], n),
-                     "not_refused": answered / n, "not_refused_ci": wilson(answered, n)})
+        rows.append(
+            {
+                "set": name,
+                "source": mine[0].source,
+                "n": n,
+                **counts,
+                "asr": counts["complied"] / n,
+                "asr_ci": wilson(counts["complied"], n),
+                "not_refused": answered / n,
+                "not_refused_ci": wilson(answered, n),
+            }
+        )
     return rows
 
 
@@ -99,24 +122,47 @@ def paired_effects(outcomes: list[Outcome]) -> list[dict]:
     by_set: dict[str, list[Outcome]] = {}
     for o in outcomes:
         by_set.setdefault(o.set, []).append(o)
-    direct = {n: os_ for n, os_ in by_set.items() if all(o.behaviour is not None and o.behaviour == o.prompt for o in os_)}
-    wrapped = {n: os_ for n, os_ in by_set.items()
-               if n not in direct and any(o.behaviour is not None and o.behaviour != o.prompt for o in os_)}
+    direct = {
+        n: os_
+        for n, os_ in by_set.items()
+        if all(o.behaviour is not None and o.behaviour == o.prompt for o in os_)
+    }
+    wrapped = {
+        n: os_
+        for n, os_ in by_set.items()
+        if n not in direct and any(o.behaviour is not None and o.behaviour != o.prompt for o in os_)
+    }
     rows = []
     for d, d_out in direct.items():
         d_refused = {o.behaviour: o.label == "refused" for o in d_out}
         for w, w_out in wrapped.items():
-            pairs = [(d_refused[o.behaviour], o.label == "refused") for o in w_out if o.behaviour in d_refused]
+            pairs = [
+                (d_refused[o.behaviour], o.label == "refused")
+                for o in w_out
+                if o.behaviour in d_refused
+            ]
             if not pairs:
                 continue
-            table = {"both_refused": sum(a and b for a, b in pairs),
-                     "refused_direct_answered_wrapped": sum(a and not b for a, b in pairs),
-                     "answered_direct_refused_wrapped": sum(b and not a for a, b in pairs),
-                     "both_answered": sum(not a and not b for a, b in pairs)}
-            b, c = table["refused_direct_answered_wrapped"], table["answered_direct_refused_wrapped"]
-            rows.append({"direct": d, "wrapped": w, "pairs": len(pairs), **table,
-                         "refused_direct": sum(a for a, _ in pairs),
-                         "mcnemar_p": float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0})
+            table = {
+                "both_refused": sum(a and b for a, b in pairs),
+                "refused_direct_answered_wrapped": sum(a and not b for a, b in pairs),
+                "answered_direct_refused_wrapped": sum(b and not a for a, b in pairs),
+                "both_answered": sum(not a and not b for a, b in pairs),
+            }
+            b, c = (
+                table["refused_direct_answered_wrapped"],
+                table["answered_direct_refused_wrapped"],
+            )
+            rows.append(
+                {
+                    "direct": d,
+                    "wrapped": w,
+                    "pairs": len(pairs),
+                    **table,
+                    "refused_direct": sum(a for a, _ in pairs),
+                    "mcnemar_p": float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0,
+                }
+            )
     return rows
 
 
@@ -132,18 +178,28 @@ class OutcomeResult:
 
     def markdown(self) -> str:
         """The ASR table per set and the paired effects, as markdown."""
-        lines = ["| set | source | n | complied | refused | other | ASR (95% CI) | not refused (95% CI) |",
-                 "|---|---|---:|---:|---:|---:|---|---|"]
+        lines = [
+            "| set | source | n | complied | refused | other | ASR (95% CI) | not refused (95% CI) |",
+            "|---|---|---:|---:|---:|---:|---|---|",
+        ]
         for r in self.rates:
-            lines.append(f"| {r['set']} | {r['source']} | {r['n']} | {r['complied']} | {r['refused']} | {r['other']} | "
-                         f"{_pct(r['asr'], r['asr_ci'])} | {_pct(r['not_refused'], r['not_refused_ci'])} |")
+            lines.append(
+                f"| {r['set']} | {r['source']} | {r['n']} | {r['complied']} | {r['refused']} | {r['other']} | "
+                f"{_pct(r['asr'], r['asr_ci'])} | {_pct(r['not_refused'], r['not_refused_ci'])} |"
+            )
         if self.paired:
-            lines += ["", "| direct | wrapped | pairs | refused directly | of those answered wrapped | "
-                      "answered directly, refused wrapped | McNemar exact p |", "|---|---|---:|---:|---:|---:|---:|"]
+            lines += [
+                "",
+                "| direct | wrapped | pairs | refused directly | of those answered wrapped | "
+                "answered directly, refused wrapped | McNemar exact p |",
+                "|---|---|---:|---:|---:|---:|---:|",
+            ]
             for p in self.paired:
-                lines.append(f"| {p['direct']} | {p['wrapped']} | {p['pairs']} | {p['refused_direct']} | "
-                             f"{p['refused_direct_answered_wrapped']} | {p['answered_direct_refused_wrapped']} | "
-                             f"{p['mcnemar_p']:.3g} |")
+                lines.append(
+                    f"| {p['direct']} | {p['wrapped']} | {p['pairs']} | {p['refused_direct']} | "
+                    f"{p['refused_direct_answered_wrapped']} | {p['answered_direct_refused_wrapped']} | "
+                    f"{p['mcnemar_p']:.3g} |"
+                )
         return "\n".join(lines) + "\n"
 
 
@@ -155,18 +211,33 @@ def paired_direct(wrapped: PromptSet, name: str, behaviours: list[str]) -> Promp
     """The behaviours that the prompts of ``wrapped`` carry, asked directly, as the set ``name``."""
     found = [b for t in wrapped.texts if (b := behaviour_of(t, behaviours)) is not None]
     if not found:
-        raise UserError(f"prompt set {wrapped.name!r} carries no AdvBench behaviour to ask directly")
-    return PromptSet(name=name, texts=tuple(dict.fromkeys(found)), source=f"direct behaviours of {wrapped.source}",
-                     info={"paired_with": wrapped.name})
+        raise UserError(
+            f"prompt set {wrapped.name!r} carries no AdvBench behaviour to ask directly"
+        )
+    return PromptSet(
+        name=name,
+        texts=tuple(dict.fromkeys(found)),
+        source=f"direct behaviours of {wrapped.source}",
+        info={"paired_with": wrapped.name},
+    )
 
 
-IDENTITY = ("spec", "revision", "dtype", "seed")  # with the generation settings, what fixes a greedy answer
+IDENTITY = (
+    "spec",
+    "revision",
+    "dtype",
+    "seed",
+)  # with the generation settings, what fixes a greedy answer
 
 
 def generation_config(lm: LoadedModel, options: GenerateOptions) -> dict:
     """The model and the settings a greedy answer depends on (chat template as decided for this model)."""
-    return {"model": {k: lm.provenance.get(k) for k in IDENTITY}, "max_new_tokens": options.max_new_tokens,
-            "chat_template": uses_chat_template(lm, options), "max_tokens": options.max_tokens}
+    return {
+        "model": {k: lm.provenance.get(k) for k in IDENTITY},
+        "max_new_tokens": options.max_new_tokens,
+        "chat_template": uses_chat_template(lm, options),
+        "max_tokens": options.max_tokens,
+    }
 
 
 def previous_answers(run_dir: str | Path, generation: dict) -> dict[str, Answer]:
@@ -175,14 +246,29 @@ def previous_answers(run_dir: str | Path, generation: dict) -> dict[str, Answer]
     if not summary.is_file():
         return {}
     before = json.loads(summary.read_text(encoding="utf-8")).get("generation") or {}
-    same = {**before, "model": {k: (before.get("model") or {}).get(k) for k in IDENTITY}} == generation
-    return {o.prompt: Answer(o.response, o.new_tokens, o.finished) for o in read_outcomes(run_dir)} if same else {}
+    same = {
+        **before,
+        "model": {k: (before.get("model") or {}).get(k) for k in IDENTITY},
+    } == generation
+    return (
+        {o.prompt: Answer(o.response, o.new_tokens, o.finished) for o in read_outcomes(run_dir)}
+        if same
+        else {}
+    )
 
 
-def run_outcomes(lm: LoadedModel, sets: list[PromptSet], judges: dict, options: GenerateOptions = GenerateOptions(),
-                 *, behaviours: list[str] | None = None, reuse: dict[str, Answer] | None = None,
-                 calibrate: str | None = None, seed: int = 0,
-                 progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None) -> OutcomeResult:
+def run_outcomes(
+    lm: LoadedModel,
+    sets: list[PromptSet],
+    judges: dict,
+    options: GenerateOptions = GenerateOptions(),
+    *,
+    behaviours: list[str] | None = None,
+    reuse: dict[str, Answer] | None = None,
+    calibrate: str | None = None,
+    seed: int = 0,
+    progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
+) -> OutcomeResult:
     """Answer every prompt (but those in ``reuse``), judge, count.
 
     A prompt longer than ``options.max_tokens`` (chat template included) gets no answer and is
@@ -199,29 +285,50 @@ def run_outcomes(lm: LoadedModel, sets: list[PromptSet], judges: dict, options: 
         ps = PromptSet(ps.name, tuple(t for t, c in zip(ps.texts, cut) if not c), ps.source)
         todo = [t for t in dict.fromkeys(ps.texts) if t not in known]
         if todo:
-            advance = progress_start(f"{lm.name} · {ps.name}", len(todo)) if progress_start else None
+            advance = (
+                progress_start(f"{lm.name} · {ps.name}", len(todo)) if progress_start else None
+            )
             known.update(zip(todo, answers(lm, todo, options, advance)))
         kept.append(ps)
     on_topic = judges.get("on-topic")
     if on_topic is not None and on_topic.threshold is None:
         pool = {s.name: s for s in kept}
         if calibrate not in pool:
-            raise UserError("the on-topic judge needs a threshold (--on-topic-threshold) or a set of benign prompts "
-                            "to calibrate it on (--calibrate SET, default: the set named benign*)")
-        on_topic.calibrate(pool[calibrate].texts, [known[t].response for t in pool[calibrate].texts], seed)
+            raise UserError(
+                "the on-topic judge needs a threshold (--on-topic-threshold) or a set of benign prompts "
+                "to calibrate it on (--calibrate SET, default: the set named benign*)"
+            )
+        on_topic.calibrate(
+            pool[calibrate].texts, [known[t].response for t in pool[calibrate].texts], seed
+        )
     outcomes = []
     for ps in kept:
         responses = [known[t].response for t in ps.texts]
         verdicts = {name: J.judge_all(judge, ps.texts, responses) for name, judge in judges.items()}
         for i, text in enumerate(ps.texts):
             mine, answer = {name: v[i] for name, v in verdicts.items()}, known[text]
-            outcomes.append(Outcome(set=ps.name, source=ps.source, prompt=text, response=answer.response,
-                                    label=label_of(mine), verdicts=mine, new_tokens=answer.new_tokens,
-                                    finished=answer.finished,
-                                    behaviour=behaviour_of(text, behaviours) if behaviours else None))
-    config = {"generation": generation_config(lm, options), "model": lm.provenance,
-              "reused_answers": sum(t in (reuse or {}) for s in kept for t in s.texts),
-              "too_long_not_answered": too_long, "calibrated_on": calibrate if on_topic is not None else None,
-              "judges": {name: j.describe() if hasattr(j, "describe") else {} for name, j in judges.items()},
-              "sets": {s.name: {"source": s.source, "n": len(s), "sha256": s.sha256} for s in sets}}
+            outcomes.append(
+                Outcome(
+                    set=ps.name,
+                    source=ps.source,
+                    prompt=text,
+                    response=answer.response,
+                    label=label_of(mine),
+                    verdicts=mine,
+                    new_tokens=answer.new_tokens,
+                    finished=answer.finished,
+                    behaviour=behaviour_of(text, behaviours) if behaviours else None,
+                )
+            )
+    config = {
+        "generation": generation_config(lm, options),
+        "model": lm.provenance,
+        "reused_answers": sum(t in (reuse or {}) for s in kept for t in s.texts),
+        "too_long_not_answered": too_long,
+        "calibrated_on": calibrate if on_topic is not None else None,
+        "judges": {
+            name: j.describe() if hasattr(j, "describe") else {} for name, j in judges.items()
+        },
+        "sets": {s.name: {"source": s.source, "n": len(s), "sha256": s.sha256} for s in sets},
+    }
     return OutcomeResult(outcomes, rates(outcomes), paired_effects(outcomes), config)

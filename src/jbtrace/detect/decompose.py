@@ -64,8 +64,9 @@ def _init_factors(X: torch.Tensor, rank: int, init: str, rng: np.random.Generato
         gram_hid = X.reshape(n * J, K).T @ X.reshape(n * J, K)
         return _leading_eigvecs(gram_pos, rank, rng), _leading_eigvecs(gram_hid, rank, rng)
     if init == "random":
-        return tuple(torch.as_tensor(rng.random((d, rank)), dtype=X.dtype).to(X.device)
-                     for d in (J, K))
+        return tuple(
+            torch.as_tensor(rng.random((d, rank)), dtype=X.dtype).to(X.device) for d in (J, K)
+        )
     raise ValueError(f"init must be 'svd' or 'random', got {init!r}")
 
 
@@ -82,13 +83,21 @@ def _sq_norm(X: torch.Tensor) -> float:
 def _relative_error(X: torch.Tensor, A, P, H) -> float:
     """||X − [[A, P, H]]|| / ||X||, with the model formed explicitly chunk by chunk."""
     step = _prompt_chunk(X)
-    res = sum(_sq_norm(torch.einsum("ir,jr,kr->ijk", a, P, H).sub_(x))
-              for a, x in zip(A.split(step), X.split(step)))
+    res = sum(
+        _sq_norm(torch.einsum("ir,jr,kr->ijk", a, P, H).sub_(x))
+        for a, x in zip(A.split(step), X.split(step))
+    )
     return (res / max(_sq_norm(X), _TINY)) ** 0.5
 
 
-def cp_als(X: torch.Tensor, rank: int, n_iter_max: int = 100, tol: float = 1e-7,
-           init: str = "svd", rng: np.random.Generator | None = None):
+def cp_als(
+    X: torch.Tensor,
+    rank: int,
+    n_iter_max: int = 100,
+    tol: float = 1e-7,
+    init: str = "svd",
+    rng: np.random.Generator | None = None,
+):
     """Rank-`rank` CP-ALS of a 3-way tensor; returns (A, P, H, n_iter).
 
     A is finally re-solved against the last P and H, so it equals `_project(X, P, H)`.
@@ -146,9 +155,19 @@ class CPFeatures(BaseEstimator, TransformerMixin):
     re-solved against the final position/hidden factors, which is exactly ``transform(X)``.
     """
 
-    def __init__(self, rank=8, n_iter_max=100, tol=1e-7, init="svd", random_state=0,
-                 project_dim=None, normalize=True, device=None, dtype="float32",
-                 tensor_shape=None):
+    def __init__(
+        self,
+        rank=8,
+        n_iter_max=100,
+        tol=1e-7,
+        init="svd",
+        random_state=0,
+        project_dim=None,
+        normalize=True,
+        device=None,
+        dtype="float32",
+        tensor_shape=None,
+    ):
         self.rank = rank
         self.n_iter_max = n_iter_max
         self.tol = tol
@@ -167,24 +186,33 @@ class CPFeatures(BaseEstimator, TransformerMixin):
         if X.ndim == 2 and self.tensor_shape is not None:
             X = X.reshape(X.shape[0], *self.tensor_shape)
         if X.ndim != 3 or (self.tensor_shape and tuple(X.shape[1:]) != tuple(self.tensor_shape)):
-            raise ValueError(f"expected X of shape (prompts, positions, hidden), or 2-D with "
-                             f"tensor_shape; got {tuple(X.shape)}, "
-                             f"tensor_shape={self.tensor_shape}")
+            raise ValueError(
+                f"expected X of shape (prompts, positions, hidden), or 2-D with "
+                f"tensor_shape; got {tuple(X.shape)}, "
+                f"tensor_shape={self.tensor_shape}"
+            )
         return X
 
     def _project_hidden(self, X: torch.Tensor) -> torch.Tensor:
         """Apply the fitted random projection of the hidden mode, if any."""
-        return X if self.projection_ is None else X @ torch.as_tensor(
-            self.projection_, dtype=X.dtype, device=X.device)
+        return (
+            X
+            if self.projection_ is None
+            else X @ torch.as_tensor(self.projection_, dtype=X.dtype, device=X.device)
+        )
 
     @torch.no_grad()
     def fit(self, X, y=None):
         """Decompose the training tensor; y is ignored."""
         rng = np.random.default_rng(self.random_state)
         X = self._as_tensor(X)
-        self.projection_ = None if self.project_dim is None else (
-            rng.standard_normal((X.shape[2], self.project_dim)) / np.sqrt(self.project_dim)
-        ).astype(self.dtype)
+        self.projection_ = (
+            None
+            if self.project_dim is None
+            else (
+                rng.standard_normal((X.shape[2], self.project_dim)) / np.sqrt(self.project_dim)
+            ).astype(self.dtype)
+        )
         X = self._project_hidden(X)
         A, P, H, self.n_iter_ = cp_als(X, self.rank, self.n_iter_max, self.tol, self.init, rng)
         weights = A.norm(dim=0) * P.norm(dim=0) * H.norm(dim=0)
@@ -195,7 +223,8 @@ class CPFeatures(BaseEstimator, TransformerMixin):
             A, P, H, weights = A[:, order], P[:, order], H[:, order], weights[order]
         self.reconstruction_error_ = _relative_error(X, A, P, H)
         self.train_factors_, self.position_factors_, self.hidden_factors_, self.weights_ = (
-            M.cpu().numpy() for M in (A, P, H, weights))
+            M.cpu().numpy() for M in (A, P, H, weights)
+        )
         return self
 
     @torch.no_grad()
@@ -203,14 +232,21 @@ class CPFeatures(BaseEstimator, TransformerMixin):
         """Least-squares prompt factors of X against the fitted position/hidden factors."""
         check_is_fitted(self, "position_factors_")
         X = self._as_tensor(X)
-        fitted = (self.position_factors_.shape[0], self.hidden_factors_.shape[0]
-                  if self.projection_ is None else self.projection_.shape[0])
+        fitted = (
+            self.position_factors_.shape[0],
+            self.hidden_factors_.shape[0]
+            if self.projection_ is None
+            else self.projection_.shape[0],
+        )
         if tuple(X.shape[1:]) != fitted:
-            raise ValueError(f"X has (positions, hidden) = {tuple(X.shape[1:])}; "
-                             f"fitted on {fitted}")
+            raise ValueError(
+                f"X has (positions, hidden) = {tuple(X.shape[1:])}; fitted on {fitted}"
+            )
         X = self._project_hidden(X)
-        P, H = (torch.as_tensor(M, dtype=X.dtype, device=X.device)
-                for M in (self.position_factors_, self.hidden_factors_))
+        P, H = (
+            torch.as_tensor(M, dtype=X.dtype, device=X.device)
+            for M in (self.position_factors_, self.hidden_factors_)
+        )
         return _project(X, P, H).cpu().numpy()
 
     def fit_transform(self, X, y=None):

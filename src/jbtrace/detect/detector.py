@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -47,7 +47,9 @@ class Linear:
     intercept: np.ndarray
     position_factors: np.ndarray | None = None
     hidden_factors: np.ndarray | None = None
-    cv: dict | None = None  # cross-validated f1, f1_std, auroc of this detector (None in older files)
+    cv: dict | None = (
+        None  # cross-validated f1, f1_std, auroc of this detector (None in older files)
+    )
 
     @property
     def key(self) -> str:
@@ -57,7 +59,11 @@ class Linear:
         if self.kind != "cp":
             return X
         cp = CPFeatures(rank=self.position_factors.shape[1])
-        cp.position_factors_, cp.hidden_factors_, cp.projection_ = self.position_factors, self.hidden_factors, None
+        cp.position_factors_, cp.hidden_factors_, cp.projection_ = (
+            self.position_factors,
+            self.hidden_factors,
+            None,
+        )
         return cp.transform(X)
 
     def margin(self, X: np.ndarray) -> np.ndarray:
@@ -92,13 +98,27 @@ def text_hash(text: str) -> str:
 def from_fitted(source: str, layer: int, fitted, cv: dict | None = None) -> Linear:
     """Arrays of a fitted ``detect.Fitted`` (logreg or linsvm)."""
     if fitted.classifier not in SAVEABLE:
-        raise UserError(f"only linear detectors can be saved ({', '.join(SAVEABLE)}), not {fitted.classifier}")
+        raise UserError(
+            f"only linear detectors can be saved ({', '.join(SAVEABLE)}), not {fitted.classifier}"
+        )
     scaler, clf = fitted.pipeline[0], fitted.pipeline[-1]
     cp = fitted.cp
-    return Linear(source, layer, fitted.feature, fitted.kind, fitted.classifier, fitted.threshold, fitted.platt,
-                  scaler.mean_.copy(), scaler.scale_.copy(), clf.coef_[0].copy(), np.asarray(clf.intercept_, float).copy(),
-                  None if cp is None else cp.position_factors_.copy(), None if cp is None else cp.hidden_factors_.copy(),
-                  cv)
+    return Linear(
+        source,
+        layer,
+        fitted.feature,
+        fitted.kind,
+        fitted.classifier,
+        fitted.threshold,
+        fitted.platt,
+        scaler.mean_.copy(),
+        scaler.scale_.copy(),
+        clf.coef_[0].copy(),
+        np.asarray(clf.intercept_, float).copy(),
+        None if cp is None else cp.position_factors_.copy(),
+        None if cp is None else cp.hidden_factors_.copy(),
+        cv,
+    )
 
 
 @dataclass
@@ -114,10 +134,27 @@ class Detector:
         path.mkdir(parents=True, exist_ok=True)
         tensors, entries = {}, []
         for d in self.layers:
-            entries.append({"key": d.key, "source": d.source, "layer": d.layer, "feature": d.feature, "kind": d.kind,
-                            "classifier": d.classifier, "threshold": d.threshold,
-                            "platt": list(d.platt) if d.platt else None, "cv": d.cv})
-            for name in ("mean", "scale", "coef", "intercept", "position_factors", "hidden_factors"):
+            entries.append(
+                {
+                    "key": d.key,
+                    "source": d.source,
+                    "layer": d.layer,
+                    "feature": d.feature,
+                    "kind": d.kind,
+                    "classifier": d.classifier,
+                    "threshold": d.threshold,
+                    "platt": list(d.platt) if d.platt else None,
+                    "cv": d.cv,
+                }
+            )
+            for name in (
+                "mean",
+                "scale",
+                "coef",
+                "intercept",
+                "position_factors",
+                "hidden_factors",
+            ):
                 value = getattr(d, name)
                 if value is not None:
                     tensors[f"{d.key}/{name}"] = np.ascontiguousarray(value)
@@ -129,7 +166,7 @@ class Detector:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Detector":
+    def load(cls, path: str | Path) -> Detector:
         path = Path(path)
         if not (path / CONFIG).is_file() or not (path / TENSORS).is_file():
             raise UserError(f"{path}: not a saved detector (needs {CONFIG} and {TENSORS})")
@@ -137,15 +174,37 @@ class Detector:
             config = json.loads((path / CONFIG).read_text())
             tensors = load_file(str(path / TENSORS))
         except (ValueError, OSError) as error:
-            raise UserError(f"{path}: cannot read the detector: {str(error).splitlines()[0]}") from None
+            raise UserError(
+                f"{path}: cannot read the detector: {str(error).splitlines()[0]}"
+            ) from None
         if config.get("format") != FORMAT or config.get("version") != VERSION:
             raise UserError(f"{path}: not a {FORMAT} version {VERSION} file")
         layers = []
         for e in config.pop("detectors"):
-            arrays = {n: tensors.get(f"{e['key']}/{n}") for n in
-                      ("mean", "scale", "coef", "intercept", "position_factors", "hidden_factors")}
-            layers.append(Linear(e["source"], e["layer"], e["feature"], e["kind"], e["classifier"], e["threshold"],
-                                 tuple(e["platt"]) if e["platt"] else None, **arrays, cv=e.get("cv")))
+            arrays = {
+                n: tensors.get(f"{e['key']}/{n}")
+                for n in (
+                    "mean",
+                    "scale",
+                    "coef",
+                    "intercept",
+                    "position_factors",
+                    "hidden_factors",
+                )
+            }
+            layers.append(
+                Linear(
+                    e["source"],
+                    e["layer"],
+                    e["feature"],
+                    e["kind"],
+                    e["classifier"],
+                    e["threshold"],
+                    tuple(e["platt"]) if e["platt"] else None,
+                    **arrays,
+                    cv=e.get("cv"),
+                )
+            )
         for key in ("format", "version"):
             config.pop(key)
         return cls(config, layers, tensors.get("projection"))
@@ -158,36 +217,64 @@ class Detector:
             return chosen[0]
         scored = [d for d in self.layers if d.cv]
         if not scored:
-            raise UserError("this detector was saved without cross-validation results; name the layer to use")
+            raise UserError(
+                "this detector was saved without cross-validation results; name the layer to use"
+            )
         return max(scored, key=lambda d: (d.cv["f1"], d.cv["auroc"], -d.layer))
 
-    def only(self, detectors: list[Linear]) -> "Detector":
+    def only(self, detectors: list[Linear]) -> Detector:
         """The same detector restricted to some of its layer detectors (scoring captures only their layers)."""
         return Detector(self.config, list(detectors), self.projection)
 
-    def score(self, lm: LoadedModel, prompt_sets: list[PromptSet],
-              progress: Callable[[int], None] | None = None) -> list[dict]:
+    def score(
+        self,
+        lm: LoadedModel,
+        prompt_sets: list[PromptSet],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[dict]:
         """Per prompt and layer detector: jailbreak probability, native score and flag."""
         texts = [t for s in prompt_sets for t in s.texts]
-        enc = F.tokenize(lm, texts, self.config["max_tokens"], self.config.get("chat_template", False))
+        enc = F.tokenize(
+            lm, texts, self.config["max_tokens"], self.config.get("chat_template", False)
+        )
         requests = list(dict.fromkeys((d.source, d.layer) for d in self.layers))
         kinds = tuple(dict.fromkeys(d.kind for d in self.layers))
-        captured = F.capture(lm, enc, requests, kinds, self.config["cp_positions"], self.projection,
-                             self.config.get("batch_size", 8), progress=progress)
+        captured = F.capture(
+            lm,
+            enc,
+            requests,
+            kinds,
+            self.config["cp_positions"],
+            self.projection,
+            self.config.get("batch_size", 8),
+            progress=progress,
+        )
         where = [(s.name, i) for s in prompt_sets for i in range(len(s))]
         rows = []
         for d in self.layers:
             X = captured[(d.source, d.layer)][d.kind]
             score, prob = d.score(X), d.probability(X)
-            rows += [{"set": name, "prompt": i, "tokens": int(enc.lengths[k]), "source": d.source, "layer": d.layer,
-                      "feature": d.feature, "classifier": d.classifier, "probability": float(prob[k]),
-                      "score": float(score[k]), "flag": bool(score[k] >= d.threshold)}
-                     for k, (name, i) in enumerate(where)]
+            rows += [
+                {
+                    "set": name,
+                    "prompt": i,
+                    "tokens": int(enc.lengths[k]),
+                    "source": d.source,
+                    "layer": d.layer,
+                    "feature": d.feature,
+                    "classifier": d.classifier,
+                    "probability": float(prob[k]),
+                    "score": float(score[k]),
+                    "flag": bool(score[k] >= d.threshold),
+                }
+                for k, (name, i) in enumerate(where)
+            ]
         return rows
 
 
-def from_report(report, options, classifier: str, model_config: dict, every_layer: bool = False,
-                train_texts=()) -> Detector:
+def from_report(
+    report, options, classifier: str, model_config: dict, every_layer: bool = False, train_texts=()
+) -> Detector:
     """The ``classifier`` detector ranked first by ``report.ranked`` (or, ``every_layer``, all of them, the chosen first).
 
     Needs a report made with keep_fitted. The chosen one is the best on the protocol's selection
@@ -198,21 +285,42 @@ def from_report(report, options, classifier: str, model_config: dict, every_laye
     from jbtrace.detect.report import ranked
 
     if classifier not in SAVEABLE:
-        raise UserError(f"--save-classifier {classifier!r}: only {', '.join(SAVEABLE)} can be saved as arrays")
-    rows = {(r["source"], r["layer"], r["feature"], r["classifier"]): r for r in ranked(report.rows)
-            if r["classifier"] == classifier}
+        raise UserError(
+            f"--save-classifier {classifier!r}: only {', '.join(SAVEABLE)} can be saved as arrays"
+        )
+    rows = {
+        (r["source"], r["layer"], r["feature"], r["classifier"]): r
+        for r in ranked(report.rows)
+        if r["classifier"] == classifier
+    }
     order = list(rows)
     keys = order if every_layer else order[:1]
-    layers = [from_fitted(key[0], key[1], report.fitted[key], {k: rows[key][k] for k in ("f1", "f1_std", "auroc")})
-              for key in keys]
+    layers = [
+        from_fitted(
+            key[0], key[1], report.fitted[key], {k: rows[key][k] for k in ("f1", "f1_std", "auroc")}
+        )
+        for key in keys
+    ]
     chosen = rows[order[0]]
-    config = {"model": model_config, "max_tokens": options.max_tokens, "chat_template": options.chat_template,
-              "cp_positions": options.cp_positions,
-              "project_dim": options.project_dim, "batch_size": options.batch_size, "seed": options.seed,
-              "target_fpr": options.target_fpr, "protocol": options.protocol,
-              "chosen": {"key": layers[0].key, "selection": chosen["selection"],
-                         "worst_held_out": chosen["worst_held_out"], "tpr_at_fpr": chosen["tpr_at_fpr"]},
-              "training": report.data, "train_text_hashes": sorted({text_hash(t) for t in train_texts})}
+    config = {
+        "model": model_config,
+        "max_tokens": options.max_tokens,
+        "chat_template": options.chat_template,
+        "cp_positions": options.cp_positions,
+        "project_dim": options.project_dim,
+        "batch_size": options.batch_size,
+        "seed": options.seed,
+        "target_fpr": options.target_fpr,
+        "protocol": options.protocol,
+        "chosen": {
+            "key": layers[0].key,
+            "selection": chosen["selection"],
+            "worst_held_out": chosen["worst_held_out"],
+            "tpr_at_fpr": chosen["tpr_at_fpr"],
+        },
+        "training": report.data,
+        "train_text_hashes": sorted({text_hash(t) for t in train_texts}),
+    }
     return Detector(config, layers, report.projection)
 
 

@@ -30,7 +30,13 @@ from jbtrace.errors import UserError
 
 CLASSIFIERS = ("logreg", "linsvm", "rbfsvm", "forest")
 FPR_POINTS = (0.01, 0.05)  # TPR is always reported at these false-positive rates too
-LENGTH_EDGES = (0, 64, 128, 256, 512)  # token-count bins of the FPR-by-length tables (last bin open)
+LENGTH_EDGES = (
+    0,
+    64,
+    128,
+    256,
+    512,
+)  # token-count bins of the FPR-by-length tables (last bin open)
 INTERVAL = "Clopper-Pearson exact 95%"
 
 
@@ -102,8 +108,12 @@ class Design:
     """What the protocols need besides the features: labels, clusters, sources, lengths, settings."""
 
     y: np.ndarray
-    clusters: np.ndarray | None = None  # near-duplicate cluster per prompt (None: every prompt its own)
-    sources: np.ndarray | None = None  # source per prompt; given, each source is also held out in turn
+    clusters: np.ndarray | None = (
+        None  # near-duplicate cluster per prompt (None: every prompt its own)
+    )
+    sources: np.ndarray | None = (
+        None  # source per prompt; given, each source is also held out in turn
+    )
     lengths: np.ndarray | None = None  # full token counts (FPR by length)
     classifiers: tuple[str, ...] = ("logreg",)
     folds: int = 5
@@ -136,7 +146,9 @@ class Fitted:
     cp: CPFeatures | None
     pipeline: Pipeline
     threshold: float
-    platt: tuple[float, float] | None = None  # (a, b) on the native score, fitted on held-out scores
+    platt: tuple[float, float] | None = (
+        None  # (a, b) on the native score, fitted on held-out scores
+    )
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         return X if self.cp is None else self.cp.transform(X)
@@ -184,7 +196,9 @@ def _at_points(benign_scores: np.ndarray, target: float) -> dict[str, float]:
     return {f"{p:g}": threshold_at_fpr(benign_scores, p) for p in points}
 
 
-def _cv_metrics(d: Design, oof: np.ndarray, folds: list, threshold: float, thresholds: dict) -> dict:
+def _cv_metrics(
+    d: Design, oof: np.ndarray, folds: list, threshold: float, thresholds: dict
+) -> dict:
     """CV metrics at the operating threshold (mean ± std over folds), pooled rates and TPR at fixed FPRs."""
     y, flags = d.y, oof >= threshold
     per = {"f1": [], "accuracy": [], "auroc": []}
@@ -197,8 +211,10 @@ def _cv_metrics(d: Design, oof: np.ndarray, folds: list, threshold: float, thres
         out[m], out[f"{m}_std"] = float(np.nanmean(values)), float(np.nanstd(values, ddof=1))
     out["oof_auroc"] = float(roc_auc_score(y, oof))
     out["tpr"], out["fpr"] = rate(flags[y == 1]), rate(flags[y == 0])
-    out["tpr_at_fpr"] = {p: {**rate(oof[y == 1] >= t), "fpr": rate(oof[y == 0] >= t)["rate"]}
-                         for p, t in thresholds.items()}
+    out["tpr_at_fpr"] = {
+        p: {**rate(oof[y == 1] >= t), "fpr": rate(oof[y == 0] >= t)["rate"]}
+        for p, t in thresholds.items()
+    }
     if d.lengths is not None:
         out["fpr_by_length"] = by_length(flags[y == 0], d.lengths[y == 0])
     return out
@@ -219,15 +235,21 @@ def _held_out(X, feature, d: Design) -> tuple[dict, dict, int]:
         oof, _, w1 = _out_of_fold(X, feature, d, train)
         cp, pipes, w2 = _fit(X, feature, d, train)
         warned += w1 + w2
-        test_scores = _score(X, cp, pipes, test) if len(test) else {c: np.array([]) for c in d.classifiers}
+        test_scores = (
+            _score(X, cp, pipes, test) if len(test) else {c: np.array([]) for c in d.classifiers}
+        )
         benign_train = d.y[train] == 0
         for c in d.classifiers:
             points = _at_points(oof[c][benign_train], d.target_fpr)
             s = test_scores[c]
-            entry = {"label": "jailbreak" if label else "benign", "metric": "TPR" if label else "FPR",
-                     "near_duplicates_dropped": dropped, **rate(s >= points[f"{d.target_fpr:g}"]),
-                     "threshold": points[f"{d.target_fpr:g}"],
-                     "at_fpr": {p: rate(s >= t) for p, t in points.items()}}
+            entry = {
+                "label": "jailbreak" if label else "benign",
+                "metric": "TPR" if label else "FPR",
+                "near_duplicates_dropped": dropped,
+                **rate(s >= points[f"{d.target_fpr:g}"]),
+                "threshold": points[f"{d.target_fpr:g}"],
+                "at_fpr": {p: rate(s >= t) for p, t in points.items()},
+            }
             if not label and d.lengths is not None:
                 entry["fpr_by_length"] = by_length(s >= entry["threshold"], d.lengths[test])
             out[c][source] = entry
@@ -237,15 +259,20 @@ def _held_out(X, feature, d: Design) -> tuple[dict, dict, int]:
 
 def worst(held_out: dict) -> dict | None:
     """The held-out source with the lowest share of correct decisions (TPR, or 1 − FPR)."""
-    scored = [(e["rate"] if e["label"] == "jailbreak" else 1 - e["rate"], s, e) for s, e in held_out.items()
-              if e["rate"] is not None]
+    scored = [
+        (e["rate"] if e["label"] == "jailbreak" else 1 - e["rate"], s, e)
+        for s, e in held_out.items()
+        if e["rate"] is not None
+    ]
     if not scored:
         return None
     correct, source, e = min(scored, key=lambda t: t[0])
     return {"source": source, "metric": e["metric"], "rate": e["rate"], "correct": correct}
 
 
-def evaluate(X: np.ndarray, feature: tuple[str, str, int | None], d: Design) -> tuple[list[dict], dict[str, Fitted]]:
+def evaluate(
+    X: np.ndarray, feature: tuple[str, str, int | None], d: Design
+) -> tuple[list[dict], dict[str, Fitted]]:
     """Grouped CV (and, with sources, source-held-out) for every classifier on one feature set.
 
     X is (prompts, positions, hidden) for ``cp`` (decomposed inside each training fold) and
@@ -258,7 +285,11 @@ def evaluate(X: np.ndarray, feature: tuple[str, str, int | None], d: Design) -> 
     oof, folds, warned = _out_of_fold(X, feature, d, idx)
     cp, pipes, w = _fit(X, feature, d, idx)
     warned += w
-    held, _, w = _held_out(X, feature, d) if d.sources is not None else ({c: {} for c in d.classifiers}, None, 0)
+    held, _, w = (
+        _held_out(X, feature, d)
+        if d.sources is not None
+        else ({c: {} for c in d.classifiers}, None, 0)
+    )
     warned += w
     rows, fitted = [], {}
     for c in d.classifiers:
@@ -267,26 +298,45 @@ def evaluate(X: np.ndarray, feature: tuple[str, str, int | None], d: Design) -> 
         scale = platt(d.y, oof[c], d.seed)
         fitted[c] = Fitted(label, kind, rank, c, cp, pipes[c], threshold, scale)
         probs = calibrated(scale, oof[c])
-        row = {"feature": label, "kind": kind, "rank": rank, "classifier": c, "threshold": threshold,
-               **_cv_metrics(d, oof[c], folds, threshold, thresholds),
-               "brier": float(np.mean((probs - d.y) ** 2)), "held_out": held[c], "worst_held_out": worst(held[c]),
-               "unconverged_fits": warned}
-        row["selection"] = (row["worst_held_out"]["correct"] if row["worst_held_out"]
-                            else row["tpr_at_fpr"][f"{d.target_fpr:g}"]["rate"])
+        row = {
+            "feature": label,
+            "kind": kind,
+            "rank": rank,
+            "classifier": c,
+            "threshold": threshold,
+            **_cv_metrics(d, oof[c], folds, threshold, thresholds),
+            "brier": float(np.mean((probs - d.y) ** 2)),
+            "held_out": held[c],
+            "worst_held_out": worst(held[c]),
+            "unconverged_fits": warned,
+        }
+        row["selection"] = (
+            row["worst_held_out"]["correct"]
+            if row["worst_held_out"]
+            else row["tpr_at_fpr"][f"{d.target_fpr:g}"]["rate"]
+        )
         rows.append(row)
     return rows, fitted
 
 
-def apply(fitted: dict[str, Fitted], rows: list[dict], X_sets: dict[str, np.ndarray], y_sets: dict[str, int],
-          lengths: dict[str, np.ndarray]) -> None:
+def apply(
+    fitted: dict[str, Fitted],
+    rows: list[dict],
+    X_sets: dict[str, np.ndarray],
+    y_sets: dict[str, int],
+    lengths: dict[str, np.ndarray],
+) -> None:
     """Add to each row the flagged share of each test set at the detector's threshold (TPR or FPR, with CI)."""
     for row in rows:
         detector = fitted[row["classifier"]]
         row["tests"] = {}
         for name, X in X_sets.items():
             flags = detector.score(X) >= detector.threshold
-            entry = {"label": "jailbreak" if y_sets[name] else "benign", "metric": "TPR" if y_sets[name] else "FPR",
-                     **rate(flags)}
+            entry = {
+                "label": "jailbreak" if y_sets[name] else "benign",
+                "metric": "TPR" if y_sets[name] else "FPR",
+                **rate(flags),
+            }
             if not y_sets[name]:
                 entry["fpr_by_length"] = by_length(flags, lengths[name])
             row["tests"][name] = entry

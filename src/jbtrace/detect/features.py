@@ -13,8 +13,8 @@ deepest of them has fired.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -40,11 +40,19 @@ class Encoded:
     truncated: np.ndarray
 
 
-def tokenize(lm: LoadedModel, texts: list[str] | tuple[str, ...], max_tokens: int,
-             chat_template: bool | None = False) -> Encoded:
+def tokenize(
+    lm: LoadedModel,
+    texts: list[str] | tuple[str, ...],
+    max_tokens: int,
+    chat_template: bool | None = False,
+) -> Encoded:
     """Tokenize once (chat template if asked; None: where the tokenizer has one); untruncated lengths kept for the baseline."""
-    ids, truncated = encode(lm, texts, ExtractOptions(max_tokens=max_tokens, chat_template=chat_template))
-    full = np.array([len(x) for x in lm.tokenizer(list(texts), add_special_tokens=True)["input_ids"]])
+    ids, truncated = encode(
+        lm, texts, ExtractOptions(max_tokens=max_tokens, chat_template=chat_template)
+    )
+    full = np.array(
+        [len(x) for x in lm.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    )
     lengths = np.array([len(x) for x in ids])
     if (lengths == 0).any():
         raise UserError(f"{int((lengths == 0).sum())} prompts have no tokens for {lm.name}")
@@ -59,7 +67,9 @@ def points(lm: LoadedModel, source: str) -> list[tuple[torch.nn.Module, str] | N
         raise UserError(f"unknown feature source {source!r}: choose one of {', '.join(SOURCES)}")
     found = surgery.sublayer_points(lm.model, source)
     if all(p is None for p in found):
-        raise UserError(f"{lm.name} has no {source} sub-layer (model type {lm.model.config.model_type})")
+        raise UserError(
+            f"{lm.name} has no {source} sub-layer (model type {lm.model.config.model_type})"
+        )
     return found
 
 
@@ -67,7 +77,9 @@ def hidden_size(lm: LoadedModel) -> int:
     return int(lm.model.config.hidden_size)
 
 
-def plan_passes(requests: list[tuple[str, int]], bytes_per_request: int, budget: int) -> list[list[tuple[str, int]]]:
+def plan_passes(
+    requests: list[tuple[str, int]], bytes_per_request: int, budget: int
+) -> list[list[tuple[str, int]]]:
     """Group (source, layer) requests, shallowest first, into passes that each fit ``budget`` bytes."""
     passes, current = [], []
     for request in sorted(requests, key=lambda r: (r[1], r[0])):
@@ -78,7 +90,9 @@ def plan_passes(requests: list[tuple[str, int]], bytes_per_request: int, budget:
     return passes + ([current] if current else [])
 
 
-def request_bytes(n_prompts: int, hidden: int, kinds: tuple[str, ...], cp_positions: int, cp_dim: int | None) -> int:
+def request_bytes(
+    n_prompts: int, hidden: int, kinds: tuple[str, ...], cp_positions: int, cp_dim: int | None
+) -> int:
     """Memory the features of one (source, layer) take for ``n_prompts`` prompts."""
     per_prompt = sum(hidden for k in kinds if k != "cp")
     if "cp" in kinds:
@@ -96,7 +110,9 @@ def projection(hidden: int, dim: int | None, seed: int) -> np.ndarray | None:
         return None
     if dim < 1:
         raise UserError("--project-dim must be at least 1")
-    return (np.random.default_rng(seed).standard_normal((hidden, dim)) / np.sqrt(dim)).astype(np.float32)
+    return (np.random.default_rng(seed).standard_normal((hidden, dim)) / np.sqrt(dim)).astype(
+        np.float32
+    )
 
 
 def capture(
@@ -116,7 +132,9 @@ def capture(
     """
     unknown = set(kinds) - set(KINDS)
     if unknown:
-        raise UserError(f"unknown feature kind {sorted(unknown)[0]!r}: choose from {', '.join(KINDS)}")
+        raise UserError(
+            f"unknown feature kind {sorted(unknown)[0]!r}: choose from {', '.join(KINDS)}"
+        )
     hook_points = []
     for source, layer in requests:
         point = points(lm, source)[layer]
@@ -139,10 +157,14 @@ def capture(
             arr[rows, : cp.shape[1]] = cp.cpu().numpy()
         if "last" in kinds:
             last = h[torch.arange(len(rows), device=h.device), lengths - 1]
-            feats.setdefault("last", np.zeros((n, h.shape[-1]), np.float32))[rows] = last.cpu().numpy()
+            feats.setdefault("last", np.zeros((n, h.shape[-1]), np.float32))[rows] = (
+                last.cpu().numpy()
+            )
         if "mean" in kinds:
             mean = h.sum(1) / lengths[:, None]
-            feats.setdefault("mean", np.zeros((n, h.shape[-1]), np.float32))[rows] = mean.cpu().numpy()
+            feats.setdefault("mean", np.zeros((n, h.shape[-1]), np.float32))[rows] = (
+                mean.cpu().numpy()
+            )
         state["fired"] += 1
         if state["fired"] == len(requests):
             raise _Stop
@@ -153,7 +175,9 @@ def capture(
     with surgery.hooked(hook_points, hook), torch.inference_mode():
         for batch in plan_batches(encoded.lengths, options):
             # right padding: real tokens at positions 0..length-1
-            input_ids, mask = pad_batch(encoded.ids, encoded.lengths, batch, pad_id, "right", device)
+            input_ids, mask = pad_batch(
+                encoded.ids, encoded.lengths, batch, pad_id, "right", device
+            )
             state.update(rows=batch, lengths=mask.sum(-1), mask=mask.float(), fired=0)
             try:
                 backbone(**surgery.forward_kwargs(lm.model, input_ids, mask))

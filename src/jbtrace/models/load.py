@@ -12,7 +12,12 @@ from jbtrace.errors import UserError
 from jbtrace.models import builtin
 from jbtrace.models.surgery import attention_modules, layer_map_text, max_positions, num_blocks
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 
 
 @dataclass
@@ -30,7 +35,9 @@ class LoadedModel:
     max_positions: int | None
     layer_map: str
     provenance: dict = field(default_factory=dict)
-    weights_note: str | None = None  # e.g. "Q4_1 GGUF, de-quantized": shown wherever the model is named
+    weights_note: str | None = (
+        None  # e.g. "Q4_1 GGUF, de-quantized": shown wherever the model is named
+    )
 
     @property
     def device(self) -> torch.device:
@@ -57,13 +64,21 @@ def load_model(
 ) -> LoadedModel:
     """Load ``tiny:ARCH``, ``builtin:NAME``, ``gguf:PATH`` (or ``FILE.gguf``), a local directory or a hub id."""
     if dtype is None:  # a builtin model's own default, else float32
-        dtype = builtin.builtin(spec.removeprefix("builtin:")).dtype if spec.startswith("builtin:") else "float32"
+        dtype = (
+            builtin.builtin(spec.removeprefix("builtin:")).dtype
+            if spec.startswith("builtin:")
+            else "float32"
+        )
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     torch_dtype = DTYPES[dtype]
     random_init, note, extra = False, None, {}
     if spec.startswith("tiny:"):
-        model, tok, source = builtin.tiny_model(spec.removeprefix("tiny:"), seed, attn_implementation), builtin.tiny_tokenizer(), spec
+        model, tok, source = (
+            builtin.tiny_model(spec.removeprefix("tiny:"), seed, attn_implementation),
+            builtin.tiny_tokenizer(),
+            spec,
+        )
         random_init, revision = True, None
     elif spec.startswith("builtin:"):
         key = spec.removeprefix("builtin:")
@@ -71,9 +86,17 @@ def load_model(
         if entry.sha256 is None:
             model, tok = builtin.encoder(folder, attn_implementation)
         else:
-            model, tok, _ = _pretrained(str(folder), None, False, False, attn_implementation, device)
-            note, extra = f"{entry.quantization} GGUF, de-quantized", {"gguf_sha256": entry.sha256, "cache": str(folder)}
-        source, revision = f"{builtin.package_versions(key)} ({entry.gguf_name or folder.name})", None
+            model, tok, _ = _pretrained(
+                str(folder), None, False, False, attn_implementation, device
+            )
+            note, extra = (
+                f"{entry.quantization} GGUF, de-quantized",
+                {"gguf_sha256": entry.sha256, "cache": str(folder)},
+            )
+        source, revision = (
+            f"{builtin.package_versions(key)} ({entry.gguf_name or folder.name})",
+            None,
+        )
         extra["licence"] = entry.licence
     elif spec.startswith("gguf:") or spec.endswith(".gguf"):
         from jbtrace.models import gguf
@@ -84,7 +107,9 @@ def load_model(
         source, revision, note = str(path.resolve()), None, "GGUF, de-quantized"
         extra = {"gguf_sha256": sha, "cache": str(folder)}
     else:
-        model, tok, source = _pretrained(spec, revision, allow_pickle, trust_remote_code, attn_implementation, device)
+        model, tok, source = _pretrained(
+            spec, revision, allow_pickle, trust_remote_code, attn_implementation, device
+        )
     model = model.to(dtype=torch_dtype)
     if not _is_dispatched(model):
         model = model.to(_resolve_device(device))
@@ -94,7 +119,9 @@ def load_model(
     has_attention = any(m is not None for m in attention_modules(model))
     is_causal = model.can_generate()  # causal LMs generate; encoders (MiniLM) do not
     n_blocks = num_blocks(model.config)
-    label = name or (spec.split(":", 1)[1] if spec.startswith(("tiny:", "builtin:")) else _file_label(spec))
+    label = name or (
+        spec.split(":", 1)[1] if spec.startswith(("tiny:", "builtin:")) else _file_label(spec)
+    )
     return LoadedModel(
         name=label,
         spec=spec,
@@ -151,12 +178,18 @@ def _pretrained(spec, revision, allow_pickle, trust_remote_code, attn_implementa
     local = path.exists()
     if local:
         if not (path / "config.json").is_file():
-            raise UserError(f"{spec}: a model directory needs a config.json (saved with save_pretrained)")
+            raise UserError(
+                f"{spec}: a model directory needs a config.json (saved with save_pretrained)"
+            )
         has_safe = any(path.glob("*.safetensors"))
         if not has_safe and any(path.glob("*.bin")) and not allow_pickle:
-            raise UserError(f"{spec}: weights are pickle-only (.bin); pass --allow-pickle if you trust this file")
+            raise UserError(
+                f"{spec}: weights are pickle-only (.bin); pass --allow-pickle if you trust this file"
+            )
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise UserError(f"unknown model {spec!r}: not a directory, a hub id, tiny:ARCH or builtin:NAME")
+        raise UserError(
+            f"unknown model {spec!r}: not a directory, a hub id, tiny:ARCH or builtin:NAME"
+        )
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(spec, **common)

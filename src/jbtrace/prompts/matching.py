@@ -10,12 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 BINS = 10
-PROCEDURE = (f"coarsened exact matching on log token length: {BINS} quantile bins of the pooled lengths, "
-             "a seeded sample of min(n_A, n_B) prompts of each group per bin")
+PROCEDURE = (
+    f"coarsened exact matching on log token length: {BINS} quantile bins of the pooled lengths, "
+    "a seeded sample of min(n_A, n_B) prompts of each group per bin"
+)
 
 
-def match_lengths(tokens: np.ndarray, is_b: np.ndarray, rng: np.random.Generator | int,
-                  n_bins: int = BINS) -> np.ndarray:
+def match_lengths(
+    tokens: np.ndarray, is_b: np.ndarray, rng: np.random.Generator | int, n_bins: int = BINS
+) -> np.ndarray:
     """Sorted indices (into ``tokens``) of the matched subsample; ``is_b`` marks the second group."""
     rng = np.random.default_rng(rng)
     is_b = np.asarray(is_b).astype(bool)

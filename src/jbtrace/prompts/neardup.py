@@ -13,7 +13,6 @@ import numpy as np
 from jbtrace.prompts.dedup import NGRAM, THRESHOLD, NearDuplicateIndex  # noqa: F401 (NGRAM re-exported)
 
 
-
 def clusters(texts: list[str] | tuple[str, ...], threshold: float = THRESHOLD) -> np.ndarray:
     """Cluster id per text (0..k-1, in order of first appearance); near-duplicates share an id."""
     index = NearDuplicateIndex(threshold)

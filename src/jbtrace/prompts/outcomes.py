@@ -57,7 +57,9 @@ def read_outcomes(run: str | Path) -> list[Outcome]:
     run = Path(run).expanduser()
     path = run if run.suffix == ".jsonl" else run / FILE
     if not path.is_file():
-        raise UserError(f"{run}: no {FILE} here; write one with `jbtrace outcomes -m MODEL -p NAME=SOURCE -o {run}`")
+        raise UserError(
+            f"{run}: no {FILE} here; write one with `jbtrace outcomes -m MODEL -p NAME=SOURCE -o {run}`"
+        )
     outcomes = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -65,7 +67,9 @@ def read_outcomes(run: str | Path) -> list[Outcome]:
         try:
             outcomes.append(Outcome(**json.loads(line)))
         except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise UserError(f"{path}: line {i} is not an outcome record ({str(e).splitlines()[0]})") from None
+            raise UserError(
+                f"{path}: line {i} is not an outcome record ({str(e).splitlines()[0]})"
+            ) from None
     return outcomes
 
 
@@ -77,7 +81,9 @@ def parse_source(source: str) -> tuple[str, str, str | None]:
     elif len(parts) >= 3 and parts[-2] in LABELS:
         run, label, name = ":".join(parts[:-2]), parts[-2], parts[-1]
     else:
-        raise UserError(f"{source}: expected outcomes:RUN:LABEL or outcomes:RUN:LABEL:SET, LABEL one of {', '.join(LABELS)}")
+        raise UserError(
+            f"{source}: expected outcomes:RUN:LABEL or outcomes:RUN:LABEL:SET, LABEL one of {', '.join(LABELS)}"
+        )
     if not run or name == "":
         raise UserError(f"{source}: the run directory and the set name may not be empty")
     return run, label, name
@@ -93,6 +99,8 @@ def load_source(source: str) -> tuple[list[str], dict]:
     pool = [o for o in outcomes if name is None or o.set == name]
     texts = [o.prompt for o in pool if o.label == label]
     if not texts:
-        counts = ", ".join(f"{n} {lab}" for lab in LABELS if (n := sum(o.label == lab for o in pool)))
+        counts = ", ".join(
+            f"{n} {lab}" for lab in LABELS if (n := sum(o.label == lab for o in pool))
+        )
         raise UserError(f"{source}: no prompt was judged {label} ({counts or 'no outcomes'})")
     return texts, {"run": str(run), "label": label, "set": name, "of": len(pool)}

@@ -39,8 +39,19 @@ class Passage:
     licence: str
 
 
-VENDORED = ("tests", "test", "externals", "_vendored", "vendored", "idlelib", "lib2to3", "turtledemo",
-            "site-packages", "ensurepip", "__phello__")
+VENDORED = (
+    "tests",
+    "test",
+    "externals",
+    "_vendored",
+    "vendored",
+    "idlelib",
+    "lib2to3",
+    "turtledemo",
+    "site-packages",
+    "ensurepip",
+    "__phello__",
+)
 EXAMPLES = re.compile(r"\n(Examples|Example|See Also|References|Notes)\n-{3,}\n.*", re.S)
 FOREIGN_LICENCE = re.compile(r"licen[cs]e", re.I)
 
@@ -51,8 +62,11 @@ def distribution_origin(dist_name: str, package: str, licence: str, licence_name
     except importlib.metadata.PackageNotFoundError:
         raise UserError(f"{dist_name} is not installed: pip install {dist_name}") from None
     root = Path(dist.locate_file(package))
-    licence_file = next(p for p in map(Path, (dist.locate_file(f) for f in dist.files or []))
-                        if p.name == licence_name)
+    licence_file = next(
+        p
+        for p in map(Path, (dist.locate_file(f) for f in dist.files or []))
+        if p.name == licence_name
+    )
     return Origin(dist_name, root, dist.version, licence, licence_file, VENDORED)
 
 
@@ -108,13 +122,25 @@ def passages(origin: Origin, min_words: int = 120, max_words: int = 650) -> list
             doc = _clean(doc)
             words = doc.split()
             letters = sum(w.isalpha() for w in words)
-            if min_words <= len(words) <= max_words and letters >= 0.6 * len(words) and "\n\n" in doc:
-                found.append(Passage(doc, f"{origin.package} {origin.version}: {relative}: {name}", origin.licence))
+            if (
+                min_words <= len(words) <= max_words
+                and letters >= 0.6 * len(words)
+                and "\n\n" in doc
+            ):
+                found.append(
+                    Passage(
+                        doc,
+                        f"{origin.package} {origin.version}: {relative}: {name}",
+                        origin.licence,
+                    )
+                )
     return found
 
 
 def sample(found: list[Passage], count: int, seed: int) -> list[Passage]:
     """A seeded sample of `count` passages with distinct texts, in path order."""
     unique = list({p.text: p for p in found}.values())
-    chosen = np.sort(np.random.default_rng(seed).choice(len(unique), size=min(count, len(unique)), replace=False))
+    chosen = np.sort(
+        np.random.default_rng(seed).choice(len(unique), size=min(count, len(unique)), replace=False)
+    )
     return [unique[i] for i in chosen]

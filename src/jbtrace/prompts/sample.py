@@ -13,17 +13,23 @@ from jbtrace.prompts.load import PromptSet
 FILE = "prompts.jsonl"
 
 
-def write_sample(sets: list[PromptSet], run_dir: str | Path, per_set: int = 8, seed: int = 0) -> Path:
+def write_sample(
+    sets: list[PromptSet], run_dir: str | Path, per_set: int = 8, seed: int = 0
+) -> Path:
     """Write up to ``per_set`` prompts of each set (seeded, in set order): one JSON row per prompt."""
     rng = np.random.default_rng(seed)
     rows = []
     for ps in sets:
         chosen = sorted(rng.choice(len(ps), size=min(per_set, len(ps)), replace=False).tolist())
-        rows += [{"set": ps.name, "source": ps.source, "index": i, "text": ps.texts[i]} for i in chosen]
+        rows += [
+            {"set": ps.name, "source": ps.source, "index": i, "text": ps.texts[i]} for i in chosen
+        ]
     path = Path(run_dir) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{FILE}.tmp")
-    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    tmp.write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
+    )
     os.replace(tmp, path)
     return path
 

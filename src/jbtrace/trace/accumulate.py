@@ -31,8 +31,12 @@ class Moments:
         m2 = torch.zeros_like(self.m2).index_add_(0, cells, (values - mean[cells]) ** 2)
         self._merge(n, mean, m2)
 
-    def merge(self, other: "Moments") -> None:
-        self._merge(other.count.to(self.count.device), other.mean.to(self.count.device), other.m2.to(self.count.device))
+    def merge(self, other: Moments) -> None:
+        self._merge(
+            other.count.to(self.count.device),
+            other.mean.to(self.count.device),
+            other.m2.to(self.count.device),
+        )
         self.nonfinite += other.nonfinite.to(self.nonfinite.device)
 
     def _merge(self, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:

@@ -22,9 +22,9 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -64,9 +64,13 @@ def parse_layers(values: list[str] | None) -> list[int] | str:
     try:
         layers = sorted({int(v) for v in values})
     except ValueError:
-        raise UserError(f"--layer {' '.join(values)}: give layer numbers (repeatable) or auto, not both") from None
+        raise UserError(
+            f"--layer {' '.join(values)}: give layer numbers (repeatable) or auto, not both"
+        ) from None
     if layers[0] < 1:
-        raise UserError("--layer: layer 0 is the embedding output and has no attention; attention layers start at 1")
+        raise UserError(
+            "--layer: layer 0 is the embedding output and has no attention; attention layers start at 1"
+        )
     return layers
 
 
@@ -79,8 +83,12 @@ class AttentionMaps:
     n_heads: int
     layers: list[int]
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # scenario → (layer, head', P, P)
-    counts: dict[str, torch.Tensor] = field(default_factory=dict)  # scenario → (P, P), the same for every layer
-    divergence: dict[int, float] | None = None  # layer → mean JS divergence (bits), with --layer auto
+    counts: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # scenario → (P, P), the same for every layer
+    divergence: dict[int, float] | None = (
+        None  # layer → mean JS divergence (bits), with --layer auto
+    )
 
     def mean(self, scenario: str) -> np.ndarray:
         """(layer, head', P, P) mean probability; NaN where nothing was counted."""
@@ -96,11 +104,15 @@ class AttentionMaps:
 class _MapReducer:
     """Capture callback: folds one layer's probabilities (B, H, T, T) of a batch into per-cell sums."""
 
-    def __init__(self, layers: list[int], heads: str | int, n_heads: int, n_pos: int, causal: bool, device):
+    def __init__(
+        self, layers: list[int], heads: str | int, n_heads: int, n_pos: int, causal: bool, device
+    ):
         self.slot = {layer: i for i, layer in enumerate(layers)}
         self.heads, self.n_pos, self.causal = heads, n_pos, causal
         n_out = n_heads if heads == "all" else 1
-        self.sums = torch.zeros(len(layers), n_out, n_pos * n_pos, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(
+            len(layers), n_out, n_pos * n_pos, dtype=torch.float64, device=device
+        )
         self.counts = torch.zeros(n_pos * n_pos, dtype=torch.float64, device=device)
         self.cells: torch.Tensor | None = None
         self.keep: torch.Tensor | None = None
@@ -143,8 +155,10 @@ def collect(
     asked = available if auto else list(layers)
     missing = [layer for layer in asked if layer not in available]
     if missing:
-        raise UserError(f"--layer {', '.join(map(str, missing))}: {lm.name} has attention at layers "
-                        f"{available[0]}..{available[-1]}")
+        raise UserError(
+            f"--layer {', '.join(map(str, missing))}: {lm.name} has attention at layers "
+            f"{available[0]}..{available[-1]}"
+        )
     first_heads = "mean" if auto else heads
     maps = _run(lm, prompt_sets, asked, first_heads, n_heads, options, progress)
     if not auto:
@@ -174,13 +188,19 @@ def _run(lm, prompt_sets, layers, heads, n_heads, options, progress) -> Attentio
     for prompt_set in prompt_sets:
         reducer = _MapReducer(maps.layers, heads, n_heads, n_pos, lm.is_causal, device)
         k, n = options.shard
-        ids, _ = encode(lm, [prompt_set.texts[i] for i in range(k, len(prompt_set.texts), n)], options)
+        ids, _ = encode(
+            lm, [prompt_set.texts[i] for i in range(k, len(prompt_set.texts), n)], options
+        )
         lengths = np.array([len(x) for x in ids])
         if (lengths == 0).any():
-            raise UserError(f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens for {lm.name}")
+            raise UserError(
+                f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens for {lm.name}"
+            )
         with capture.probabilities_hooked(lm.model, maps.layers, reducer), torch.inference_mode():
             for batch in plan_batches(lengths, options):
-                input_ids, mask = pad_batch(ids, lengths, batch, lm.tokenizer.pad_token_id, options.padding_side, device)
+                input_ids, mask = pad_batch(
+                    ids, lengths, batch, lm.tokenizer.pad_token_id, options.padding_side, device
+                )
                 reducer.begin(mask)
                 backbone(**surgery.forward_kwargs(lm.model, input_ids, mask))
                 if progress:
@@ -228,13 +248,17 @@ def _kl_bits(p: np.ndarray, m: np.ndarray) -> float:
 # ---------------------------------------------------------------- store
 
 
-def to_dataset(all_maps: list[AttentionMaps], prompt_sets: list[PromptSet], info: dict | None = None) -> xr.Dataset:
+def to_dataset(
+    all_maps: list[AttentionMaps], prompt_sets: list[PromptSet], info: dict | None = None
+) -> xr.Dataset:
     """The attention variables of several models as one Dataset (cropped to the positions any prompt reached)."""
     scenarios = [p.name for p in prompt_sets]
     layers = sorted({layer for m in all_maps for layer in m.layers})
     keep_heads = all_maps[0].heads == "all"
     n_head = max(m.n_heads for m in all_maps) if keep_heads else 1
-    reached = [np.flatnonzero(m.counts[s].cpu().numpy().any(1)) for m in all_maps for s in scenarios]
+    reached = [
+        np.flatnonzero(m.counts[s].cpu().numpy().any(1)) for m in all_maps for s in scenarios
+    ]
     n_pos = max((int(r.max()) + 1 for r in reached if r.size), default=1)
     shape = (len(all_maps), len(scenarios), len(layers), n_head, n_pos, n_pos)
     mean, count = np.full(shape, np.nan), np.zeros(shape[:3] + shape[4:], np.int64)
@@ -253,15 +277,31 @@ def to_dataset(all_maps: list[AttentionMaps], prompt_sets: list[PromptSet], info
     if not keep_heads:
         mean, cell = mean[:, :, :, 0], tuple(d for d in cell if d != "head")
     data = {
-        "attn_mean": (cell, mean, {"heads": str(all_maps[0].heads),
-                                    "description": "mean attention probability over prompts (and heads unless kept)"}),
-        "attn_count": (("model", "scenario", "attn_layer", "query", "key"), count,
-                       {"description": "prompts in which both tokens are real and the key is visible to the query"}),
+        "attn_mean": (
+            cell,
+            mean,
+            {
+                "heads": str(all_maps[0].heads),
+                "description": "mean attention probability over prompts (and heads unless kept)",
+            },
+        ),
+        "attn_count": (
+            ("model", "scenario", "attn_layer", "query", "key"),
+            count,
+            {
+                "description": "prompts in which both tokens are real and the key is visible to the query"
+            },
+        ),
     }
     if any(m.divergence for m in all_maps):
-        data["attn_divergence"] = (("model", "layer"), divergence,
-                                   {"description": "mean Jensen-Shannon divergence (bits) between the two scenarios' "
-                                                   "mean attention rows (head mean), per layer"})
+        data["attn_divergence"] = (
+            ("model", "layer"),
+            divergence,
+            {
+                "description": "mean Jensen-Shannon divergence (bits) between the two scenarios' "
+                "mean attention rows (head mean), per layer"
+            },
+        )
     coords = {
         "model": [m.model.name for m in all_maps],
         "scenario": scenarios,
@@ -276,19 +316,21 @@ def to_dataset(all_maps: list[AttentionMaps], prompt_sets: list[PromptSet], info
     if "attn_divergence" in data:
         coords["layer"] = np.arange(n_layers)
     ds = xr.Dataset(data, coords=coords)
-    ds.attrs["attention"] = json.dumps({
-        "jbtrace_version": jbtrace.__version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "heads": str(all_maps[0].heads),
-        "layers": {m.model.name: m.layers for m in all_maps},
-        "ranking": {m.model.name: m.ranking() for m in all_maps if m.divergence},
-        "measure": "mean over query positions of the Jensen-Shannon divergence (bits) between the scenarios' mean "
-                   "attention rows, restricted to keys with data in both and renormalised",
-        "align": "start",
-        "models": {m.model.name: m.model.provenance for m in all_maps},
-        "prompt_sets": _sets_info(prompt_sets),
-        **(info or {}),
-    })
+    ds.attrs["attention"] = json.dumps(
+        {
+            "jbtrace_version": jbtrace.__version__,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "heads": str(all_maps[0].heads),
+            "layers": {m.model.name: m.layers for m in all_maps},
+            "ranking": {m.model.name: m.ranking() for m in all_maps if m.divergence},
+            "measure": "mean over query positions of the Jensen-Shannon divergence (bits) between the scenarios' mean "
+            "attention rows, restricted to keys with data in both and renormalised",
+            "align": "start",
+            "models": {m.model.name: m.model.provenance for m in all_maps},
+            "prompt_sets": _sets_info(prompt_sets),
+            **(info or {}),
+        }
+    )
     return ds
 
 
@@ -296,8 +338,11 @@ def save(ds: xr.Dataset, run_dir: str | Path) -> Path:
     """Put the attention variables into RUN/trace.zarr, replacing earlier ones; write the store if there is none."""
     path = store.store_path(run_dir)
     if path is None:
-        ds = ds.assign_attrs(provenance=json.dumps({"jbtrace_version": jbtrace.__version__,
-                                                    **json.loads(ds.attrs["attention"])}))
+        ds = ds.assign_attrs(
+            provenance=json.dumps(
+                {"jbtrace_version": jbtrace.__version__, **json.loads(ds.attrs["attention"])}
+            )
+        )
         return store.write(ds, run_dir)
     run = store.open_run(run_dir)
     runs.check_same_inputs(store.provenance(run), json.loads(ds.attrs["attention"]), str(path))
@@ -306,10 +351,14 @@ def save(ds: xr.Dataset, run_dir: str | Path) -> Path:
     for dim in ("model", "scenario"):
         extra = [str(v) for v in ds[dim].values if v not in run[dim].values]
         if extra:
-            raise UserError(f"{dim} {', '.join(extra)} is not in {path} (it has {', '.join(map(str, run[dim].values))}): "
-                            f"use the same names as the extract that wrote it, or another --out")
+            raise UserError(
+                f"{dim} {', '.join(extra)} is not in {path} (it has {', '.join(map(str, run[dim].values))}): "
+                f"use the same names as the extract that wrote it, or another --out"
+            )
     run = run.drop_vars([v for v in (*VARIABLES, *DIMS) if v in run.variables])
-    ds = ds.drop_vars(["model_label", "random_init"]).reindex(model=run.model, scenario=run.scenario)
+    ds = ds.drop_vars(["model_label", "random_init"]).reindex(
+        model=run.model, scenario=run.scenario
+    )
     ds["attn_count"] = ds["attn_count"].fillna(0).astype(np.int64)
     merged = run.merge(ds, join="left")
     merged.attrs = {**run.attrs, "attention": ds.attrs["attention"]}
@@ -345,7 +394,9 @@ def run(
     if len(prompt_sets) < 2:
         raise UserError("attention maps compare two prompt sets: give two --prompts")
     path, existing = store.store_path(run_dir), {}
-    if path is not None:  # before any model runs: the run's prompt sets (and below, models) must be these
+    if (
+        path is not None
+    ):  # before any model runs: the run's prompt sets (and below, models) must be these
         with xr.open_zarr(path) as ds:
             existing = store.provenance(ds)
         runs.check_same_inputs(existing, {"prompt_sets": _sets_info(prompt_sets)}, str(path))
@@ -366,7 +417,9 @@ def run(
             if checkpoint:
                 checkpoint.save(key, *maps_state(maps))
         if maps.model.name in names:
-            raise UserError(f"two models are named {maps.model.name!r}: label them with --model-name")
+            raise UserError(
+                f"two models are named {maps.model.name!r}: label them with --model-name"
+            )
         names.add(maps.model.name)
         results.append(maps)
     save(to_dataset(results, prompt_sets, info), run_dir)
@@ -376,23 +429,44 @@ def run(
 
 
 def _sets_info(prompt_sets: list[PromptSet]) -> list[dict]:
-    return [{"name": p.name, "source": p.source, "sha256": p.sha256, "size": len(p)} for p in prompt_sets]
+    return [
+        {"name": p.name, "source": p.source, "sha256": p.sha256, "size": len(p)}
+        for p in prompt_sets
+    ]
 
 
 def maps_state(maps: AttentionMaps) -> tuple[dict[str, np.ndarray], dict]:
     """One model's maps as arrays (exact float64 sums and counts) and JSON metadata, for a checkpoint."""
-    arrays = {f"{kind}/{name}": t.cpu().numpy() for kind, d in (("sums", maps.sums), ("counts", maps.counts))
-              for name, t in d.items()}
-    model = {f.name: getattr(maps.model, f.name) for f in dataclasses.fields(maps.model) if f.name not in ("model", "tokenizer")}
-    meta = {"model": model, "heads": maps.heads, "n_heads": maps.n_heads, "layers": maps.layers,
-            "scenarios": list(maps.sums), "divergence": {str(k): v for k, v in (maps.divergence or {}).items()} or None}
+    arrays = {
+        f"{kind}/{name}": t.cpu().numpy()
+        for kind, d in (("sums", maps.sums), ("counts", maps.counts))
+        for name, t in d.items()
+    }
+    model = {
+        f.name: getattr(maps.model, f.name)
+        for f in dataclasses.fields(maps.model)
+        if f.name not in ("model", "tokenizer")
+    }
+    meta = {
+        "model": model,
+        "heads": maps.heads,
+        "n_heads": maps.n_heads,
+        "layers": maps.layers,
+        "scenarios": list(maps.sums),
+        "divergence": {str(k): v for k, v in (maps.divergence or {}).items()} or None,
+    }
     return arrays, meta
 
 
 def maps_from_state(arrays: dict[str, np.ndarray], meta: dict) -> AttentionMaps:
     model = LoadedModel(model=None, tokenizer=None, **meta["model"])
     divergence = {int(k): v for k, v in meta["divergence"].items()} if meta["divergence"] else None
-    return AttentionMaps(model=model, heads=meta["heads"], n_heads=meta["n_heads"], layers=meta["layers"],
-                         sums={n: torch.from_numpy(arrays[f"sums/{n}"]) for n in meta["scenarios"]},
-                         counts={n: torch.from_numpy(arrays[f"counts/{n}"]) for n in meta["scenarios"]},
-                         divergence=divergence)
+    return AttentionMaps(
+        model=model,
+        heads=meta["heads"],
+        n_heads=meta["n_heads"],
+        layers=meta["layers"],
+        sums={n: torch.from_numpy(arrays[f"sums/{n}"]) for n in meta["scenarios"]},
+        counts={n: torch.from_numpy(arrays[f"counts/{n}"]) for n in meta["scenarios"]},
+        divergence=divergence,
+    )

@@ -28,7 +28,9 @@ from jbtrace.trace import hooks
 
 DIR = ".checkpoint"
 FINGERPRINT = "fingerprint.json"
-EVERY_SECONDS = float(os.environ.get("JBTRACE_CHECKPOINT_SECONDS", 120))  # between saves of one unit's state
+EVERY_SECONDS = float(
+    os.environ.get("JBTRACE_CHECKPOINT_SECONDS", 120)
+)  # between saves of one unit's state
 
 
 def _slug(key: str) -> str:
@@ -48,7 +50,13 @@ def atomic_write(path: Path, write) -> None:
 class Checkpoint:
     """The saved states of one command in one run directory."""
 
-    def __init__(self, run_dir: str | Path, command: str, fingerprint: dict, every_seconds: float | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        command: str,
+        fingerprint: dict,
+        every_seconds: float | None = None,
+    ):
         self.root = Path(run_dir) / DIR / command
         self.fingerprint = fingerprint
         self.every = EVERY_SECONDS if every_seconds is None else every_seconds
@@ -58,7 +66,11 @@ class Checkpoint:
     def saved_fingerprint(self) -> dict | None:
         """The fingerprint of the command whose states are here (None when no state was saved)."""
         path = self.root / FINGERPRINT
-        return json.loads(path.read_text()) if path.is_file() and any(self.root.glob("*.safetensors")) else None
+        return (
+            json.loads(path.read_text())
+            if path.is_file() and any(self.root.glob("*.safetensors"))
+            else None
+        )
 
     def started(self, key: str) -> None:
         """Count the interval to the next save of ``key`` from now."""
@@ -71,11 +83,18 @@ class Checkpoint:
         """Write one unit's state atomically."""
         self.root.mkdir(parents=True, exist_ok=True)
         fingerprint = self.root / FINGERPRINT
-        if not self._claimed:  # this command's fingerprint, over any left by a command that saved no state
-            atomic_write(fingerprint, lambda p: p.write_text(json.dumps(self.fingerprint, indent=1, sort_keys=True)))
+        if (
+            not self._claimed
+        ):  # this command's fingerprint, over any left by a command that saved no state
+            atomic_write(
+                fingerprint,
+                lambda p: p.write_text(json.dumps(self.fingerprint, indent=1, sort_keys=True)),
+            )
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-        atomic_write(self.root / f"{_slug(key)}.safetensors",
-                     lambda p: save_file(arrays, str(p), metadata={"meta": json.dumps(meta)}))
+        atomic_write(
+            self.root / f"{_slug(key)}.safetensors",
+            lambda p: save_file(arrays, str(p), metadata={"meta": json.dumps(meta)}),
+        )
         self._last[key] = time.monotonic()
         self._claimed = True
 
@@ -123,13 +142,31 @@ class ExtractCheckpoint:
         self._base[key] = base
         return meta["batches_done"]
 
-    def step(self, key: str, batches_done: int, n_batches: int, moments, per_prompt: dict[str, np.ndarray], trace) -> None:
+    def step(
+        self,
+        key: str,
+        batches_done: int,
+        n_batches: int,
+        moments,
+        per_prompt: dict[str, np.ndarray],
+        trace,
+    ) -> None:
         """After a batch: save when the interval has passed, and always after the last batch."""
         if batches_done < n_batches and not self.checkpoint.due(key):
             return
         processed, padded = self._base[key]
-        arrays = {name: getattr(moments, name).cpu().numpy() for name in ("count", "mean", "m2", "nonfinite")}
+        arrays = {
+            name: getattr(moments, name).cpu().numpy()
+            for name in ("count", "mean", "m2", "nonfinite")
+        }
         arrays.update(per_prompt)
-        self.checkpoint.save(key, arrays, {"batches_done": batches_done, "n_batches": n_batches,
-                                           "tokens_processed": trace.tokens_processed - processed,
-                                           "tokens_padded": trace.tokens_padded - padded})
+        self.checkpoint.save(
+            key,
+            arrays,
+            {
+                "batches_done": batches_done,
+                "n_batches": n_batches,
+                "tokens_processed": trace.tokens_processed - processed,
+                "tokens_padded": trace.tokens_padded - padded,
+            },
+        )

@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -48,7 +48,9 @@ class ModelSpec:
     seed: int = 0
 
     def load(self) -> LoadedModel:
-        return load_model(self.spec, **{k: v for k, v in dataclasses.asdict(self).items() if k != "spec"})
+        return load_model(
+            self.spec, **{k: v for k, v in dataclasses.asdict(self).items() if k != "spec"}
+        )
 
     def identity(self) -> dict:
         """What makes two runs' models the same model (for fingerprints)."""
@@ -59,7 +61,9 @@ class ModelSpec:
 class Engine:
     kind: str = "local"
     ray_address: str | None = None  # an existing cluster; None starts a local one
-    workers: int | None = None  # actors per model (default: the cluster's GPUs with --device cuda, else its CPUs)
+    workers: int | None = (
+        None  # actors per model (default: the cluster's GPUs with --device cuda, else its CPUs)
+    )
     shards: int | None = None  # shards per model (default: 4 per worker)
 
     def __post_init__(self):
@@ -75,16 +79,23 @@ class Engine:
 Progress = Callable[[str, int], Callable[[int], None]]
 
 
-def extract_models(models: list[ModelSpec], prompt_sets: list[PromptSet], options: ExtractOptions,
-                   engine: Engine = Engine(), checkpoint: Checkpoint | None = None,
-                   progress: Progress | None = None) -> list[ModelTrace]:
+def extract_models(
+    models: list[ModelSpec],
+    prompt_sets: list[PromptSet],
+    options: ExtractOptions,
+    engine: Engine = Engine(),
+    checkpoint: Checkpoint | None = None,
+    progress: Progress | None = None,
+) -> list[ModelTrace]:
     """Extract every model over every prompt set, on ``engine``, resuming from ``checkpoint``."""
     run = _extract_ray if engine.kind == "ray" else _extract_local
     traces, seen = [], set()
     total = sum(len(range(options.shard[0], len(p), options.shard[1])) for p in prompt_sets)
     for trace in run(models, prompt_sets, options, engine, checkpoint, progress, total):
         if trace.model.name in seen:
-            raise UserError(f"two models are named {trace.model.name!r}: label them with --model-name")
+            raise UserError(
+                f"two models are named {trace.model.name!r}: label them with --model-name"
+            )
         seen.add(trace.model.name)
         traces.append(trace)
     return traces
@@ -121,30 +132,51 @@ def trace_state(trace: ModelTrace) -> tuple[dict[str, np.ndarray], dict]:
         for field in _PROMPTS:
             arrays[f"{name}/{field}"] = np.asarray(getattr(st, field))
     model = describe(trace.model)
-    meta = {"model": {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("model", "tokenizer")},
-            "scenarios": list(trace.scenarios), "n_positions": trace.n_positions,
-            "tokens_processed": trace.tokens_processed, "tokens_padded": trace.tokens_padded}
+    meta = {
+        "model": {
+            f.name: getattr(model, f.name)
+            for f in dataclasses.fields(model)
+            if f.name not in ("model", "tokenizer")
+        },
+        "scenarios": list(trace.scenarios),
+        "n_positions": trace.n_positions,
+        "tokens_processed": trace.tokens_processed,
+        "tokens_padded": trace.tokens_padded,
+    }
     return arrays, meta
 
 
-def trace_from_state(arrays: dict[str, np.ndarray], meta: dict, options: ExtractOptions) -> ModelTrace:
+def trace_from_state(
+    arrays: dict[str, np.ndarray], meta: dict, options: ExtractOptions
+) -> ModelTrace:
     model = LoadedModel(model=None, tokenizer=None, **meta["model"])
-    trace = ModelTrace(model=model, options=options, n_positions=meta["n_positions"],
-                       tokens_processed=meta["tokens_processed"], tokens_padded=meta["tokens_padded"])
+    trace = ModelTrace(
+        model=model,
+        options=options,
+        n_positions=meta["n_positions"],
+        tokens_processed=meta["tokens_processed"],
+        tokens_padded=meta["tokens_padded"],
+    )
     for name in meta["scenarios"]:
         moments = Moments(0)
         for field in _MOMENTS:
             setattr(moments, field, torch.from_numpy(np.array(arrays[f"{name}/{field}"])))
-        trace.scenarios[name] = ScenarioTrace(moments, **{f: np.array(arrays[f"{name}/{f}"]) for f in _PROMPTS})
+        trace.scenarios[name] = ScenarioTrace(
+            moments, **{f: np.array(arrays[f"{name}/{f}"]) for f in _PROMPTS}
+        )
     return trace
 
 
 def merge_traces(shards: list[ModelTrace]) -> ModelTrace:
     """One model's shard traces (disjoint prompts) as the trace of all prompts: moments merged in order, rows by index."""
     first = shards[0]
-    merged = ModelTrace(model=first.model, options=first.options, n_positions=first.n_positions,
-                        tokens_processed=sum(s.tokens_processed for s in shards),
-                        tokens_padded=sum(s.tokens_padded for s in shards))
+    merged = ModelTrace(
+        model=first.model,
+        options=first.options,
+        n_positions=first.n_positions,
+        tokens_processed=sum(s.tokens_processed for s in shards),
+        tokens_padded=sum(s.tokens_padded for s in shards),
+    )
     for name in first.scenarios:
         parts = [s.scenarios[name] for s in shards]
         moments = Moments(parts[0].moments.count.numel())
@@ -152,7 +184,9 @@ def merge_traces(shards: list[ModelTrace]) -> ModelTrace:
             moments.merge(part.moments)
         index = np.concatenate([p.prompt_index for p in parts])
         order = np.argsort(index, kind="stable")
-        rows = {f: np.concatenate([getattr(p, f) for p in parts], axis=-1)[..., order] for f in _PROMPTS}
+        rows = {
+            f: np.concatenate([getattr(p, f) for p in parts], axis=-1)[..., order] for f in _PROMPTS
+        }
         merged.scenarios[name] = ScenarioTrace(moments, **rows)
     return merged
 
@@ -180,9 +214,18 @@ class _Worker:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.spec, self.lm = None, None
 
-    def run(self, spec: ModelSpec, prompt_sets: list[PromptSet], options: ExtractOptions, shard: tuple[int, int]):
+    def run(
+        self,
+        spec: ModelSpec,
+        prompt_sets: list[PromptSet],
+        options: ExtractOptions,
+        shard: tuple[int, int],
+    ):
         if spec != self.spec:
-            self.spec, self.lm = None, None  # free the previous model's memory before loading the next
+            self.spec, self.lm = (
+                None,
+                None,
+            )  # free the previous model's memory before loading the next
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             self.lm, self.spec = spec.load(), spec
@@ -192,8 +235,10 @@ class _Worker:
 
 def _worker_test_env() -> dict[str, str]:
     """JBTRACE_TEST_KILL_WORKER (and _ONCE) of the driver become a worker's JBTRACE_TEST_KILL (and _ONCE)."""
-    env = {"JBTRACE_TEST_KILL": os.environ.get("JBTRACE_TEST_KILL_WORKER"),
-           "JBTRACE_TEST_KILL_ONCE": os.environ.get("JBTRACE_TEST_KILL_ONCE")}
+    env = {
+        "JBTRACE_TEST_KILL": os.environ.get("JBTRACE_TEST_KILL_WORKER"),
+        "JBTRACE_TEST_KILL_ONCE": os.environ.get("JBTRACE_TEST_KILL_ONCE"),
+    }
     return {k: v for k, v in env.items() if v}
 
 
@@ -208,7 +253,9 @@ def _connect(ray, engine: Engine, device: str) -> tuple[int, bool]:
             else:
                 ray.init(num_cpus=engine.workers or os.cpu_count(), **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise UserError(f"cannot start or reach the Ray cluster ({engine.ray_address or 'local'}): {error}") from None
+            raise UserError(
+                f"cannot start or reach the Ray cluster ({engine.ray_address or 'local'}): {error}"
+            ) from None
         started = True
     resources = ray.cluster_resources()
     gpu = device.startswith("cuda") or device == "auto" and resources.get("GPU", 0) > 0
@@ -225,7 +272,9 @@ def _extract_ray(models, prompt_sets, options, engine, checkpoint, progress, tot
     if options.shard != (0, 1):
         raise UserError("--shard is for splitting by hand; --engine ray splits the prompts itself")
     workers, started = _connect(ray, engine, models[0].device)
-    n_shards = min(engine.shards or 4 * workers, min(len(p) for p in prompt_sets))  # no shard without prompts
+    n_shards = min(
+        engine.shards or 4 * workers, min(len(p) for p in prompt_sets)
+    )  # no shard without prompts
     gpu = models[0].device.startswith("cuda") or models[0].device == "auto"
     Worker = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(_Worker)
     sets_ref = ray.put(prompt_sets)
@@ -238,15 +287,23 @@ def _extract_ray(models, prompt_sets, options, engine, checkpoint, progress, tot
                 if saved is not None:
                     states[k] = saved
             advance = progress(spec.name or spec.spec, total) if progress else None
-            sizes = [sum(len(range(k, len(p), n_shards)) for p in prompt_sets) for k in range(n_shards)]
+            sizes = [
+                sum(len(range(k, len(p), n_shards)) for p in prompt_sets) for k in range(n_shards)
+            ]
             if advance and states:
                 advance(sum(sizes[k] for k in states))
             todo = [k for k in range(n_shards) if k not in states]
-            actors += [Worker.options(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1).remote(_worker_test_env())
-                       for _ in range(min(workers, len(todo)) - len(actors))]
+            actors += [
+                Worker.options(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1).remote(
+                    _worker_test_env()
+                )
+                for _ in range(min(workers, len(todo)) - len(actors))
+            ]
             if todo:
-                pool = ActorPool(actors[:len(todo)])
-                for k, state in pool.map_unordered(lambda a, k: a.run.remote(spec, sets_ref, options, (k, n_shards)), todo):
+                pool = ActorPool(actors[: len(todo)])
+                for k, state in pool.map_unordered(
+                    lambda a, k: a.run.remote(spec, sets_ref, options, (k, n_shards)), todo
+                ):
                     states[k] = state
                     if checkpoint:
                         checkpoint.save(key(k), *state)

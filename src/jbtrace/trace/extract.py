@@ -10,8 +10,8 @@ layer's states of one batch; the values are folded into float64 moments per
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,13 +37,17 @@ class ExtractOptions:
     max_batch_tokens: int = 8192
     padding_side: str = "right"
     bucket: bool = True
-    chat_template: bool | None = None  # None: on where the tokenizer has a chat template (instruction-tuned models)
+    chat_template: bool | None = (
+        None  # None: on where the tokenizer has a chat template (instruction-tuned models)
+    )
     shard: tuple[int, int] = (0, 1)  # (k, n): only prompts whose index is k modulo n
 
     def __post_init__(self):
         stats.get(self.stats)
         if self.align not in ALIGNMENTS:
-            raise UserError(f"unknown alignment {self.align!r}: choose one of {', '.join(ALIGNMENTS)}")
+            raise UserError(
+                f"unknown alignment {self.align!r}: choose one of {', '.join(ALIGNMENTS)}"
+            )
         if self.padding_side not in ("left", "right"):
             raise UserError(f"unknown padding side {self.padding_side!r}: choose left or right")
         for name in ("bins", "max_tokens", "batch_size", "max_batch_tokens"):
@@ -61,7 +65,9 @@ class ScenarioTrace:
     moments: Moments  # cells: stat × layer × position
     prompt_index: np.ndarray  # (prompt,) index in the prompt set (differs from 0..n-1 when sharded)
     prompt_values: np.ndarray  # (stat, layer, prompt): mean over the prompt's tokens
-    prompt_slope: np.ndarray  # (stat, layer, prompt): least-squares slope of the prompt's values on position
+    prompt_slope: (
+        np.ndarray
+    )  # (stat, layer, prompt): least-squares slope of the prompt's values on position
     prompt_tokens: np.ndarray  # (prompt,) real tokens after truncation
     truncated: np.ndarray  # (prompt,) bool
 
@@ -123,14 +129,21 @@ def _tokenize(tok, texts, limit: int, special: bool):
     full = [
         ids
         for start in range(0, len(texts), ENCODE_CHUNK)
-        for ids in tok(list(texts[start:start + ENCODE_CHUNK]), add_special_tokens=special, truncation=True,
-                       max_length=limit + 1, return_attention_mask=False)["input_ids"]
+        for ids in tok(
+            list(texts[start : start + ENCODE_CHUNK]),
+            add_special_tokens=special,
+            truncation=True,
+            max_length=limit + 1,
+            return_attention_mask=False,
+        )["input_ids"]
     ]
     return full, np.array([len(ids) > limit for ids in full], dtype=bool)
 
 
 def _render(tok, content: str) -> str:
-    return tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return tok.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def _fit_chat(tok, text: str, limit: int) -> list[int]:
@@ -138,12 +151,16 @@ def _fit_chat(tok, text: str, limit: int) -> list[int]:
     overhead = len(tok(_render(tok, ""), add_special_tokens=False)["input_ids"])
     content = tok(text, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
     budget = limit - overhead
-    while budget > 0:  # token boundaries may shift when the cut content is re-rendered: shrink until it fits
+    while (
+        budget > 0
+    ):  # token boundaries may shift when the cut content is re-rendered: shrink until it fits
         ids = tok(_render(tok, tok.decode(content[:budget])), add_special_tokens=False)["input_ids"]
         if len(ids) <= limit:
             return ids
         budget -= len(ids) - limit
-    raise UserError(f"--max-tokens {limit}: the chat template alone takes {overhead} tokens; raise --max-tokens")
+    raise UserError(
+        f"--max-tokens {limit}: the chat template alone takes {overhead} tokens; raise --max-tokens"
+    )
 
 
 # A batch closes before its padding would exceed this share of its positions (and the slack):
@@ -159,8 +176,11 @@ def plan_batches(lengths: np.ndarray, options: ExtractOptions) -> list[np.ndarra
         grow = max(longest, int(lengths[i]))
         size = grow * (len(current) + 1)
         padding = size - real - int(lengths[i])
-        if current and (len(current) == options.batch_size or size > options.max_batch_tokens
-                        or padding > max(MAX_PADDING * size, PADDING_SLACK)):
+        if current and (
+            len(current) == options.batch_size
+            or size > options.max_batch_tokens
+            or padding > max(MAX_PADDING * size, PADDING_SLACK)
+        ):
             batches.append(np.array(current))
             current, grow, real = [], int(lengths[i]), 0
         current.append(i)
@@ -170,7 +190,9 @@ def plan_batches(lengths: np.ndarray, options: ExtractOptions) -> list[np.ndarra
     return batches
 
 
-def pad_batch(ids, lengths, batch, pad_id: int, side: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    ids, lengths, batch, pad_id: int, side: str, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask (B, longest) of the prompts in ``batch``, padded on ``side``."""
     width = int(lengths[batch].max())
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -191,7 +213,9 @@ def positions(mask: torch.Tensor, align: str, n_positions: int) -> torch.Tensor:
     elif align == "end":
         pos = length - 1 - rank
     else:
-        pos = torch.div(rank * n_positions, length.clamp(min=1), rounding_mode="floor").clamp(max=n_positions - 1)
+        pos = torch.div(rank * n_positions, length.clamp(min=1), rounding_mode="floor").clamp(
+            max=n_positions - 1
+        )
     return torch.where(mask.bool(), pos, -1)
 
 
@@ -217,7 +241,9 @@ def prompt_slopes(values: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -
     return torch.where(sxx > 0, sxy / sxx, float("nan"))
 
 
-def bin_means(values: torch.Tensor, pos: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+def bin_means(
+    values: torch.Tensor, pos: torch.Tensor, n_bins: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Relative alignment: one value per (prompt, bin), the prompt's mean over its tokens in the bin.
 
     values (stat, layer, B, T), pos (B, T) bin per token (-1 padding). Returns values
@@ -227,8 +253,12 @@ def bin_means(values: torch.Tensor, pos: torch.Tensor, n_bins: int) -> tuple[tor
     real = pos >= 0
     slot = (torch.arange(batch, device=pos.device)[:, None] * n_bins + pos)[real]
     flat = values.double()[..., real]  # (stat, layer, real tokens)
-    sums = torch.zeros(*flat.shape[:2], batch * n_bins, dtype=torch.float64, device=pos.device).index_add_(-1, slot, flat)
-    counts = torch.zeros(batch * n_bins, dtype=torch.float64, device=pos.device).index_add_(0, slot, torch.ones_like(slot, dtype=torch.float64))
+    sums = torch.zeros(
+        *flat.shape[:2], batch * n_bins, dtype=torch.float64, device=pos.device
+    ).index_add_(-1, slot, flat)
+    counts = torch.zeros(batch * n_bins, dtype=torch.float64, device=pos.device).index_add_(
+        0, slot, torch.ones_like(slot, dtype=torch.float64)
+    )
     means = (sums / counts.clamp(min=1)).view(*flat.shape[:2], batch, n_bins)
     bins = torch.arange(n_bins, device=pos.device).expand(batch, n_bins)
     return means, torch.where(counts.view(batch, n_bins) > 0, bins, -1)
@@ -242,12 +272,19 @@ class _Reducer:
         self.n_layers = n_layers
         self.values: torch.Tensor | None = None
         self.prev: torch.Tensor | None = None
-        self.key_mask: torch.Tensor | None = None  # (B, T) real tokens of the batch, for attention statistics
+        self.key_mask: torch.Tensor | None = (
+            None  # (B, T) real tokens of the batch, for attention statistics
+        )
 
     def _buffer(self, like: torch.Tensor, batch_tokens) -> torch.Tensor:
         if self.values is None:
             n_stats = len(self.statistics)
-            self.values = torch.full((n_stats, self.n_layers, *batch_tokens), float("nan"), dtype=like.dtype, device=like.device)
+            self.values = torch.full(
+                (n_stats, self.n_layers, *batch_tokens),
+                float("nan"),
+                dtype=like.dtype,
+                device=like.device,
+            )
         return self.values
 
     def __call__(self, layer: int, hidden: torch.Tensor) -> None:
@@ -288,19 +325,34 @@ def extract(
     """
     statistics = stats.get(options.stats)
     options = with_chat_template(lm, options)
-    n_positions = options.bins if options.align == "relative" else min(options.max_tokens, lm.max_positions or options.max_tokens)
+    n_positions = (
+        options.bins
+        if options.align == "relative"
+        else min(options.max_tokens, lm.max_positions or options.max_tokens)
+    )
     trace = ModelTrace(model=lm, options=options, n_positions=n_positions)
     reducer = _Reducer(statistics, lm.n_layers)
     points = surgery.hidden_state_points(lm.model)
-    attention = surgery.attention_layers(lm.model) if any(s.source == "attention" for s in statistics) else {}
-    with surgery.hooked(points, reducer), capture.probabilities_hooked(lm.model, attention, reducer.attention), \
-            torch.inference_mode():
+    attention = (
+        surgery.attention_layers(lm.model)
+        if any(s.source == "attention" for s in statistics)
+        else {}
+    )
+    with (
+        surgery.hooked(points, reducer),
+        capture.probabilities_hooked(lm.model, attention, reducer.attention),
+        torch.inference_mode(),
+    ):
         for prompt_set in prompt_sets:
-            trace.scenarios[prompt_set.name] = _extract_set(lm, prompt_set, options, trace, reducer, progress, checkpoint)
+            trace.scenarios[prompt_set.name] = _extract_set(
+                lm, prompt_set, options, trace, reducer, progress, checkpoint
+            )
     return trace
 
 
-def _extract_set(lm, prompt_set, options, trace, reducer, progress, checkpoint=None) -> ScenarioTrace:
+def _extract_set(
+    lm, prompt_set, options, trace, reducer, progress, checkpoint=None
+) -> ScenarioTrace:
     n_stats, n_layers, n_pos = len(reducer.statistics), lm.n_layers, trace.n_positions
     device = lm.device
     k, n = options.shard
@@ -308,22 +360,35 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress, checkpoint=N
     ids, truncated = encode(lm, [prompt_set.texts[i] for i in index], options)
     lengths = np.array([len(x) for x in ids])
     if (lengths == 0).any():
-        raise UserError(f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens for {lm.name}")
+        raise UserError(
+            f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens for {lm.name}"
+        )
     moments = Moments(n_stats * n_layers * n_pos, device=device)
     prompt_values = np.full((n_stats, n_layers, len(ids)), np.nan)
     prompt_slope = np.full((n_stats, n_layers, len(ids)), np.nan)
     backbone = surgery.backbone(lm.model)
     pad_id = lm.tokenizer.pad_token_id
-    cell_base = (torch.arange(n_stats * n_layers, device=device) * n_pos).view(n_stats, n_layers, 1, 1)
+    cell_base = (torch.arange(n_stats * n_layers, device=device) * n_pos).view(
+        n_stats, n_layers, 1, 1
+    )
     has_layer = torch.ones(n_stats, n_layers, dtype=torch.bool, device=device)
-    attention_layers = surgery.attention_layers(lm.model)  # once: each call walks every module of the model
-    with_attention = torch.tensor([layer in attention_layers for layer in range(n_layers)], device=device)
+    attention_layers = surgery.attention_layers(
+        lm.model
+    )  # once: each call walks every module of the model
+    with_attention = torch.tensor(
+        [layer in attention_layers for layer in range(n_layers)], device=device
+    )
     for s, stat in enumerate(reducer.statistics):
         has_layer[s, 0] = not stat.needs_prev
-        if stat.source == "attention":  # layer l >= 1: the attention of block l; none at layer 0 or in Mamba2
+        if (
+            stat.source == "attention"
+        ):  # layer l >= 1: the attention of block l; none at layer 0 or in Mamba2
             has_layer[s] = with_attention
     batches, key = plan_batches(lengths, options), f"{lm.name}/{prompt_set.name}"
-    per_prompt = {"prompt_values": prompt_values, "prompt_slope": prompt_slope}  # checkpointed with the moments
+    per_prompt = {
+        "prompt_values": prompt_values,
+        "prompt_slope": prompt_slope,
+    }  # checkpointed with the moments
     done = checkpoint.restore(key, moments, per_prompt, trace) if checkpoint else 0
     if progress and done:
         progress(sum(len(b) for b in batches[:done]))
@@ -335,7 +400,9 @@ def _extract_set(lm, prompt_set, options, trace, reducer, progress, checkpoint=N
         pos = positions(mask, options.align, n_pos)
         keep = (pos >= 0)[None, None] & has_layer[:, :, None, None]
         prompt_values[:, :, batch] = prompt_means(values, keep).cpu().numpy()
-        if options.align == "relative":  # one value per (prompt, bin): counts are prompts, not tokens
+        if (
+            options.align == "relative"
+        ):  # one value per (prompt, bin): counts are prompts, not tokens
             values, pos = bin_means(values, pos, n_pos)
             keep = (pos >= 0)[None, None] & has_layer[:, :, None, None]
         prompt_slope[:, :, batch] = prompt_slopes(values, pos, keep).cpu().numpy()

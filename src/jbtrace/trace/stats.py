@@ -9,8 +9,8 @@ An attention statistic maps one layer's attention probabilities
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,9 @@ def get(names: list[str] | tuple[str, ...] | str) -> list[Statistic]:
     names = [names] if isinstance(names, str) else list(names)
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
-        raise UserError(f"unknown statistic {', '.join(unknown)}: choose from {', '.join(REGISTRY)}")
+        raise UserError(
+            f"unknown statistic {', '.join(unknown)}: choose from {', '.join(REGISTRY)}"
+        )
     if len(set(names)) != len(names):
         raise UserError(f"statistic given twice: {', '.join(names)}")
     return [REGISTRY[n] for n in names]
@@ -52,11 +54,19 @@ def _norm(h: torch.Tensor) -> torch.Tensor:
 
 
 for _stat in (
-    Statistic("log_norm", "natural log of the L2 norm of the hidden state", lambda h: torch.log(_norm(h))),
+    Statistic(
+        "log_norm", "natural log of the L2 norm of the hidden state", lambda h: torch.log(_norm(h))
+    ),
     Statistic("norm", "L2 norm of the hidden state", _norm),
     Statistic("mean", "mean of the hidden state's coordinates", lambda h: h.mean(dim=-1)),
-    Statistic("rms", "root mean square of the hidden state's coordinates", lambda h: h.pow(2).mean(dim=-1).sqrt()),
-    Statistic("max_abs", "largest absolute coordinate of the hidden state", lambda h: h.abs().amax(dim=-1)),
+    Statistic(
+        "rms",
+        "root mean square of the hidden state's coordinates",
+        lambda h: h.pow(2).mean(dim=-1).sqrt(),
+    ),
+    Statistic(
+        "max_abs", "largest absolute coordinate of the hidden state", lambda h: h.abs().amax(dim=-1)
+    ),
     Statistic(
         "cos_prev",
         "cosine similarity with the same token's hidden state at the previous layer (none at layer 0)",
@@ -80,9 +90,17 @@ def _attn_sink(probs: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
 
 
 for _stat in (
-    Statistic("attn_entropy", "entropy (nats) of the query token's attention over keys, mean over heads",
-              _attn_entropy, source="attention"),
-    Statistic("attn_sink", "share of the query token's attention on the first real token, mean over heads",
-              _attn_sink, source="attention"),
+    Statistic(
+        "attn_entropy",
+        "entropy (nats) of the query token's attention over keys, mean over heads",
+        _attn_entropy,
+        source="attention",
+    ),
+    Statistic(
+        "attn_sink",
+        "share of the query token's attention on the first real token, mean over heads",
+        _attn_sink,
+        source="attention",
+    ),
 ):
     register(_stat)

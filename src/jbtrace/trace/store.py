@@ -98,7 +98,7 @@ def build(traces: list[ModelTrace], prompt_sets, extra: dict | None = None) -> x
 
 def _provenance(traces, prompt_sets, extra) -> dict:
     options = traces[0].options
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return {
         "jbtrace_version": jbtrace.__version__,
         "created": now,
@@ -113,7 +113,8 @@ def _provenance(traces, prompt_sets, extra) -> dict:
             for t in traces
         },
         "prompt_sets": [
-            {"name": p.name, "source": p.source, "sha256": p.sha256, "size": len(p), "info": p.info} for p in prompt_sets
+            {"name": p.name, "source": p.source, "sha256": p.sha256, "size": len(p), "info": p.info}
+            for p in prompt_sets
         ],
         "statistics": list(options.stats),
         "align": options.align,
@@ -146,7 +147,9 @@ def write(ds: xr.Dataset, run_dir: str | Path) -> Path:
         ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
         hooks.reached("publish")
         if target.exists():
-            if old.exists():  # a store from an older interrupted publish; the current one is complete
+            if (
+                old.exists()
+            ):  # a store from an older interrupted publish; the current one is complete
                 shutil.rmtree(old)
             target.rename(old)
             hooks.reached("publish-swap")
@@ -188,10 +191,18 @@ def merge(shards: list[xr.Dataset]) -> xr.Dataset:
     or overlapping prompts are refused (``runs.check_mergeable``).
     """
     n_pos = max(s.sizes["position"] for s in shards)
-    shards = [s.reindex(position=np.arange(n_pos), fill_value={"count": 0, "nonfinite": 0}) for s in shards]
+    shards = [
+        s.reindex(position=np.arange(n_pos), fill_value={"count": 0, "nonfinite": 0})
+        for s in shards
+    ]
     first = shards[0]
-    runs.check_mergeable([provenance(s) for s in shards],
-                         [list(zip(s["prompt_scenario"].values.tolist(), s["prompt_index"].values.tolist())) for s in shards])
+    runs.check_mergeable(
+        [provenance(s) for s in shards],
+        [
+            list(zip(s["prompt_scenario"].values.tolist(), s["prompt_index"].values.tolist()))
+            for s in shards
+        ],
+    )
     for other in shards[1:]:
         for dim in ("model", "scenario", "stat", "layer"):
             if not np.array_equal(first[dim].values, other[dim].values):
@@ -206,8 +217,15 @@ def merge(shards: list[xr.Dataset]) -> xr.Dataset:
     shape = first["count"].shape
     count = totals.count.view(shape).numpy().astype(np.int64)
     mean = np.where(count > 0, totals.mean.view(shape).numpy(), np.nan)
-    prompts = xr.concat([s.drop_vars(list(s.data_vars.keys() - _PROMPT_VARS)) for s in shards], dim="prompt")
-    order = np.lexsort((prompts["prompt_index"].values, [list(first.scenario.values).index(x) for x in prompts["prompt_scenario"].values]))
+    prompts = xr.concat(
+        [s.drop_vars(list(s.data_vars.keys() - _PROMPT_VARS)) for s in shards], dim="prompt"
+    )
+    order = np.lexsort(
+        (
+            prompts["prompt_index"].values,
+            [list(first.scenario.values).index(x) for x in prompts["prompt_scenario"].values],
+        )
+    )
     prompts = prompts.isel(prompt=order).assign_coords(prompt=np.arange(len(order)))
     out = xr.Dataset(
         {
@@ -219,7 +237,9 @@ def merge(shards: list[xr.Dataset]) -> xr.Dataset:
         coords={k: v for k, v in first.coords.items() if "prompt" not in v.dims},
     ).merge(prompts)
     out.attrs = dict(first.attrs)
-    out.attrs["provenance"] = json.dumps({**provenance(first), "shard": [0, 1], "merged_from": [provenance(s) for s in shards]})
+    out.attrs["provenance"] = json.dumps(
+        {**provenance(first), "shard": [0, 1], "merged_from": [provenance(s) for s in shards]}
+    )
     return out
 
 
@@ -231,6 +251,8 @@ def _moments(ds: xr.Dataset) -> Moments:
     moments = Moments(count.numel())
     moments.count = count
     moments.mean = torch.from_numpy(np.nan_to_num(ds["mean"].values.reshape(-1)))
-    moments.m2 = torch.from_numpy(np.nan_to_num(ds["var"].values.reshape(-1)) * (count.numpy() - 1).clip(min=0))
+    moments.m2 = torch.from_numpy(
+        np.nan_to_num(ds["var"].values.reshape(-1)) * (count.numpy() - 1).clip(min=0)
+    )
     moments.nonfinite = torch.from_numpy(ds["nonfinite"].values.reshape(-1).astype(np.int64))
     return moments

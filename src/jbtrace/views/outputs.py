@@ -43,9 +43,16 @@ def write_compare(result: CompareResult, run_dir, svg: bool = False) -> list[Pat
     with staged(run_dir, "compare.json") as tmp:
         for k, stat in enumerate(map(str, result.cells.stat.values)):
             suffix = "" if k == 0 else f"_{stat}"
-            plot.save(plot.significance_grid(result.cells, stat, q=result.params["q"]), tmp / f"figure_significance{suffix}",
-                      svg=svg)
-            plot.save(plot.profiles(result.layer_profile, result.position_profile, stat), tmp / f"profiles{suffix}", svg=svg)
+            plot.save(
+                plot.significance_grid(result.cells, stat, q=result.params["q"]),
+                tmp / f"figure_significance{suffix}",
+                svg=svg,
+            )
+            plot.save(
+                plot.profiles(result.layer_profile, result.position_profile, stat),
+                tmp / f"profiles{suffix}",
+                svg=svg,
+            )
         (tmp / "summary.md").write_text(result.summary_markdown(), encoding="utf-8")
         (tmp / "compare.json").write_text(json.dumps(result.to_json(), indent=1), encoding="utf-8")
         names = sorted(p.name for p in tmp.iterdir() if p.name != "compare.json") + ["compare.json"]
@@ -53,15 +60,24 @@ def write_compare(result: CompareResult, run_dir, svg: bool = False) -> list[Pat
     return [run_dir / name for name in names]
 
 
-def write_detect(reports: list[ModelReport], run_dir: str | Path, options: DetectOptions, command: str) -> list[Path]:
+def write_detect(
+    reports: list[ModelReport], run_dir: str | Path, options: DetectOptions, command: str
+) -> list[Path]:
     """Write RUN/detect.md|png|pdf and detect.json (last) together."""
     dicts = [report.to_dict(r) for r in reports]
     with staged(run_dir, "detect.json") as tmp:
         (tmp / "detect.md").write_text(report.markdown(command, options, dicts))
         plot.save(plot.detect_curves(dicts), tmp / "detect")
-        options_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
-        (tmp / "detect.json").write_text(json.dumps({"command": command, "options": options_dict, "models": dicts},
-                                                    indent=1, default=float))
+        options_dict = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()
+        }
+        (tmp / "detect.json").write_text(
+            json.dumps(
+                {"command": command, "options": options_dict, "models": dicts},
+                indent=1,
+                default=float,
+            )
+        )
     return [Path(run_dir) / n for n in report.FILES]
 
 
@@ -77,17 +93,27 @@ def write_guard(result, run_dir: str | Path, command: str) -> list[Path]:
             for row in result.rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         (tmp / "guard.md").write_text(markdown(result, command), encoding="utf-8")
-        (tmp / "guard.json").write_text(json.dumps({"command": command, **result.summary}, indent=1, default=float))
+        (tmp / "guard.json").write_text(
+            json.dumps({"command": command, **result.summary}, indent=1, default=float)
+        )
     return [Path(run_dir) / n for n in GUARD_FILES]
 
 
 def write_outcomes(result, run_dir: str | Path, command: str) -> list[Path]:
     """Write RUN/outcomes.md, outcomes.json, then outcomes.jsonl (last: what ``outcomes:`` sources read)."""
-    from jbtrace.prompts.outcomes import FILE, write_outcomes as write_records
+    from jbtrace.prompts.outcomes import FILE
+    from jbtrace.prompts.outcomes import write_outcomes as write_records
 
     with staged(run_dir, FILE) as tmp:
         (tmp / "outcomes.md").write_text(f"`{command}`\n\n" + result.markdown(), encoding="utf-8")
-        summary = {"command": command, **result.config, "rates": result.rates, "paired": result.paired}
-        (tmp / "outcomes.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
+        summary = {
+            "command": command,
+            **result.config,
+            "rates": result.rates,
+            "paired": result.paired,
+        }
+        (tmp / "outcomes.json").write_text(
+            json.dumps(summary, indent=1, default=float), encoding="utf-8"
+        )
         write_records(result.outcomes, tmp / FILE)
     return [Path(run_dir) / n for n in ("outcomes.md", "outcomes.json", FILE)]

@@ -16,7 +16,11 @@ from jbtrace.errors import UserError  # noqa: E402
 
 MASK_COLOUR = "#d9d9d9"
 SEQUENTIAL, DIVERGING = "viridis", "RdBu_r"
-POSITION_LABELS = {"start": "Token Positions", "end": "Token Positions (from the end)", "relative": "Relative Position (bin)"}
+POSITION_LABELS = {
+    "start": "Token Positions",
+    "end": "Token Positions (from the end)",
+    "relative": "Relative Position (bin)",
+}
 
 
 def parse_range(text: str | None, coord: xr.DataArray, what: str) -> slice | None:
@@ -46,15 +50,19 @@ def ticks(n: int, preferred: int) -> np.ndarray:
 def cell_panels(ds: xr.Dataset, stat: str, min_count: int) -> xr.Dataset:
     """Per model: the two scenarios' means (masked below min_count) and their difference B − A."""
     if stat not in ds.stat.values:
-        raise UserError(f"statistic {stat!r} is not in this run: it has {', '.join(map(str, ds.stat.values))}")
+        raise UserError(
+            f"statistic {stat!r} is not in this run: it has {', '.join(map(str, ds.stat.values))}"
+        )
     if ds.sizes["scenario"] < 2:
         raise UserError("this run has one scenario: a comparison needs two")
     a, b = ds.scenario.values[:2]
     sel = ds.sel(stat=stat)
     masked = sel["mean"].where(sel["count"] >= min_count)
-    return xr.Dataset({"A": masked.sel(scenario=a, drop=True), "B": masked.sel(scenario=b, drop=True)}).assign(
-        diff=lambda d: d["B"] - d["A"]
-    ).assign_attrs(a=str(a), b=str(b))
+    return (
+        xr.Dataset({"A": masked.sel(scenario=a, drop=True), "B": masked.sel(scenario=b, drop=True)})
+        .assign(diff=lambda d: d["B"] - d["A"])
+        .assign_attrs(a=str(a), b=str(b))
+    )
 
 
 def select(ds: xr.Dataset, models: list[str] | None, positions: str | None) -> xr.Dataset:
@@ -62,7 +70,9 @@ def select(ds: xr.Dataset, models: list[str] | None, positions: str | None) -> x
     if models:
         missing = [m for m in models if m not in ds.model.values]
         if missing:
-            raise UserError(f"model {', '.join(missing)} is not in this run: it has {', '.join(ds.model.values)}")
+            raise UserError(
+                f"model {', '.join(missing)} is not in this run: it has {', '.join(ds.model.values)}"
+            )
         ds = ds.sel(model=models)
     crop = parse_range(positions, ds.position, "positions")
     return ds if crop is None else ds.sel(position=crop)
@@ -96,21 +106,37 @@ def heatmap_grid(
     ds = select(ds, models, positions)
     panels = cell_panels(ds, stat, min_count)
     n_rows = ds.sizes["model"]
-    fig, axes = plt.subplots(n_rows, 3, figsize=(15, 3.4 * n_rows + 0.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        n_rows, 3, figsize=(15, 3.4 * n_rows + 0.8), squeeze=False, layout="constrained"
+    )
     columns = [panels.attrs["a"].capitalize(), panels.attrs["b"].capitalize(), "Difference"]
     align = ds.attrs.get("align", "start")
     for row, model in enumerate(ds.model.values):
         has_layer = (ds["count"].sel(model=model).sum(["scenario", "stat", "position"]) > 0).values
-        n_layers = int(np.flatnonzero(has_layer).max()) + 1 if has_layer.any() else ds.sizes["layer"]
-        grids = [panels[k].sel(model=model).isel(layer=slice(0, n_layers)).values for k in ("A", "B", "diff")]
+        n_layers = (
+            int(np.flatnonzero(has_layer).max()) + 1 if has_layer.any() else ds.sizes["layer"]
+        )
+        grids = [
+            panels[k].sel(model=model).isel(layer=slice(0, n_layers)).values
+            for k in ("A", "B", "diff")
+        ]
         shared = _limits(np.concatenate([grids[0].ravel(), grids[1].ravel()]), symmetric=False)
-        label = str(ds["model_label"].sel(model=model).values) if "model_label" in ds else str(model)
+        label = (
+            str(ds["model_label"].sel(model=model).values) if "model_label" in ds else str(model)
+        )
         for col, (grid, title) in enumerate(zip(grids, columns)):
             ax = axes[row, col]
             vmin, vmax = _limits(grid, symmetric=True) if col == 2 else shared
             cmap = masked_cmap(DIVERGING if col == 2 else SEQUENTIAL)
-            image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap,
-                              vmin=vmin, vmax=vmax, interpolation="nearest")
+            image = ax.imshow(
+                np.ma.masked_invalid(grid),
+                origin="lower",
+                aspect="auto",
+                cmap=cmap,
+                vmin=vmin,
+                vmax=vmax,
+                interpolation="nearest",
+            )
             ax.set_title(f"{label} — {title}", fontsize=10)
             pos_values = ds.position.values
             xt = ticks(len(pos_values), 64)
@@ -121,7 +147,12 @@ def heatmap_grid(
             if col == 1:
                 fig.colorbar(image, ax=axes[row, :2].tolist(), label=stat, extend="both")
             elif col == 2:
-                fig.colorbar(image, ax=ax, label=f"Δ {stat} ({panels.attrs['b']} − {panels.attrs['a']})", extend="both")
+                fig.colorbar(
+                    image,
+                    ax=ax,
+                    label=f"Δ {stat} ({panels.attrs['b']} − {panels.attrs['a']})",
+                    extend="both",
+                )
     fig.suptitle(
         f"{stat}: mean over prompts per (layer, position); Difference = {panels.attrs['b']} − {panels.attrs['a']}.\n"
         f"Grey cells: fewer than {min_count} prompt(s) reach that position in a scenario (masked, not zero). "
@@ -154,10 +185,15 @@ def detect_curves(reports: list[dict]) -> Figure:
     n = len(reports)
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 3.8 * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(6.4 * cols, 3.8 * rows), squeeze=False, layout="constrained"
+    )
     features = list(dict.fromkeys(r["feature"] for rep in reports for r in rep["rows"]))
     order = ("resid", "attn_out", "mlp_out", "mixer")
-    sources = sorted({r["source"] for rep in reports for r in rep["rows"]}, key=lambda s: (s not in order, order.index(s) if s in order else 0, s))
+    sources = sorted(
+        {r["source"] for rep in reports for r in rep["rows"]},
+        key=lambda s: (s not in order, order.index(s) if s in order else 0, s),
+    )
     colours = dict(zip(features, plt.get_cmap("tab10").colors))
     styles = dict(zip(sources, ("-", "--", ":", "-.")))
     value = lambda r: -1.0 if r["selection"] is None else r["selection"]  # noqa: E731
@@ -166,15 +202,33 @@ def detect_curves(reports: list[dict]) -> Figure:
             for feature in features:
                 best = {}
                 for r in rep["rows"]:
-                    if r["source"] == source and r["feature"] == feature and (r["layer"] not in best or value(r) > value(best[r["layer"]])):
+                    if (
+                        r["source"] == source
+                        and r["feature"] == feature
+                        and (r["layer"] not in best or value(r) > value(best[r["layer"]]))
+                    ):
                         best[r["layer"]] = r
                 if not best:
                     continue
                 layers = sorted(best)
                 label = feature if len(sources) == 1 else f"{source} {feature}"
-                ax.plot(layers, [value(best[k]) for k in layers], styles[source], marker="o", ms=3, color=colours[feature], label=label)
+                ax.plot(
+                    layers,
+                    [value(best[k]) for k in layers],
+                    styles[source],
+                    marker="o",
+                    ms=3,
+                    color=colours[feature],
+                    label=label,
+                )
         length = max(rep["baseline"], key=value)
-        ax.axhline(value(length), color="0.4", ls=(0, (4, 3)), lw=1.2, label=f"length only ({length['classifier']})")
+        ax.axhline(
+            value(length),
+            color="0.4",
+            ls=(0, (4, 3)),
+            lw=1.2,
+            label=f"length only ({length['classifier']})",
+        )
         ax.set_title(rep["label"], fontsize=10)
         ax.set_xlabel("Layer")
         ax.set_ylabel("Selection score (worst held-out source, or TPR at target FPR)", fontsize=8)
@@ -186,20 +240,29 @@ def detect_curves(reports: list[dict]) -> Figure:
     return fig
 
 
-def significance_grid(cells: xr.Dataset, stat: str | None = None, models: list[str] | None = None,
-                      positions: str | None = None, q: float = 0.05) -> Figure:
+def significance_grid(
+    cells: xr.Dataset,
+    stat: str | None = None,
+    models: list[str] | None = None,
+    positions: str | None = None,
+    q: float = 0.05,
+) -> Figure:
     """Difference (B − A) per model, layers × positions; cells not significant at ``q`` washed out, untested grey.
 
     ``cells`` is ``CompareResult.cells`` (or a store with ``diff`` and ``significant``).
     """
     stat = stat or str(cells.stat.values[0])
     if stat not in cells.stat.values:
-        raise UserError(f"statistic {stat!r} is not in this comparison: it has {', '.join(map(str, cells.stat.values))}")
+        raise UserError(
+            f"statistic {stat!r} is not in this comparison: it has {', '.join(map(str, cells.stat.values))}"
+        )
     cells = select(cells, models, positions).sel(stat=stat)
     n = cells.sizes["model"]
     cols = min(n, 2)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 3.3 * rows + 0.9), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(7.5 * cols, 3.3 * rows + 0.9), squeeze=False, layout="constrained"
+    )
     wash = np.array([1.0, 1.0, 1.0, 0.78])
     for ax, model in zip(axes.flat, cells.model.values):
         c = cells.sel(model=model)
@@ -209,14 +272,23 @@ def significance_grid(cells: xr.Dataset, stat: str | None = None, models: list[s
         sig = c["significant"].values[:n_layers].astype(bool)
         lo, hi = _limits(diff, symmetric=True)
         cmap = masked_cmap(DIVERGING)
-        image = ax.imshow(np.ma.masked_invalid(diff), origin="lower", aspect="auto", cmap=cmap, vmin=lo, vmax=hi,
-                          interpolation="nearest")
+        image = ax.imshow(
+            np.ma.masked_invalid(diff),
+            origin="lower",
+            aspect="auto",
+            cmap=cmap,
+            vmin=lo,
+            vmax=hi,
+            interpolation="nearest",
+        )
         overlay = np.zeros((*diff.shape, 4))
         overlay[np.isfinite(diff) & ~sig] = wash
         ax.imshow(overlay, origin="lower", aspect="auto", interpolation="nearest")
         share = sig.sum() / max(int(np.isfinite(c["p"].values).sum()), 1) if "p" in c else np.nan
         label = str(c["model_label"].values) if "model_label" in c.coords else str(model)
-        ax.set_title(f"{label} — {int(sig.sum())} cells significant ({share:.0%} of tested)", fontsize=10)
+        ax.set_title(
+            f"{label} — {int(sig.sum())} cells significant ({share:.0%} of tested)", fontsize=10
+        )
         xt = ticks(c.sizes["position"], 64)
         ax.set_xticks(xt, [str(c.position.values[i]) for i in xt])
         ax.set_yticks(ticks(n_layers, 4))
@@ -225,12 +297,17 @@ def significance_grid(cells: xr.Dataset, stat: str | None = None, models: list[s
         fig.colorbar(image, ax=ax, label=f"Δ {stat}")
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    fig.suptitle(f"Difference of {stat} per (layer, position). Full colour: significant at q={q} (Welch, BH per model); "
-                 f"washed out: not significant; grey: not tested (too few prompts in a scenario).", fontsize=9)
+    fig.suptitle(
+        f"Difference of {stat} per (layer, position). Full colour: significant at q={q} (Welch, BH per model); "
+        f"washed out: not significant; grey: not tested (too few prompts in a scenario).",
+        fontsize=9,
+    )
     return fig
 
 
-def profiles(layer_profile: xr.Dataset, position_profile: xr.Dataset, stat: str | None = None) -> Figure:
+def profiles(
+    layer_profile: xr.Dataset, position_profile: xr.Dataset, stat: str | None = None
+) -> Figure:
     """Layer and position profiles of B − A with 95% CI bands, one line per model.
 
     Left: per layer, difference of prompt means (bootstrap CI; filled dots significant).
@@ -243,13 +320,19 @@ def profiles(layer_profile: xr.Dataset, position_profile: xr.Dataset, stat: str 
     bounds = []
     for k, model in enumerate(position_profile.model.values):
         colour = colours[k % len(colours)]
-        label = str(position_profile["model_label"].sel(model=model).values) if "model_label" in position_profile.coords else str(model)
+        label = (
+            str(position_profile["model_label"].sel(model=model).values)
+            if "model_label" in position_profile.coords
+            else str(model)
+        )
         if model in layer_profile.get("model", xr.DataArray([])).values:
             lp = layer_profile.sel(model=model, stat=stat)
             ok = np.isfinite(lp["diff"].values)
             x = lp.layer.values[ok]
             left.plot(x, lp["diff"].values[ok], dashes[k % 4], color=colour, lw=1.3, label=label)
-            left.fill_between(x, lp["ci_low"].values[ok], lp["ci_high"].values[ok], color=colour, alpha=0.18, lw=0)
+            left.fill_between(
+                x, lp["ci_low"].values[ok], lp["ci_high"].values[ok], color=colour, alpha=0.18, lw=0
+            )
             sig = lp["significant"].values[ok].astype(bool)
             left.plot(x[sig], lp["diff"].values[ok][sig], "o", color=colour, ms=3.5)
             left.plot(x[~sig], lp["diff"].values[ok][~sig], "o", mfc="white", color=colour, ms=3.5)
@@ -257,10 +340,14 @@ def profiles(layer_profile: xr.Dataset, position_profile: xr.Dataset, stat: str 
         ok = np.isfinite(pp["diff"].values)
         x = pp.position.values[ok]
         right.plot(x, pp["diff"].values[ok], dashes[k % 4], color=colour, lw=1, label=label)
-        right.fill_between(x, pp["ci_low"].values[ok], pp["ci_high"].values[ok], color=colour, alpha=0.18, lw=0)
+        right.fill_between(
+            x, pp["ci_low"].values[ok], pp["ci_high"].values[ok], color=colour, alpha=0.18, lw=0
+        )
         bounds += [pp["ci_low"].values[ok], pp["ci_high"].values[ok]]
     bounds = np.concatenate(bounds) if bounds else np.array([])
-    if np.isfinite(bounds).any():  # the few deepest positions (few prompts) have huge CIs: keep the axis on the bulk
+    if np.isfinite(
+        bounds
+    ).any():  # the few deepest positions (few prompts) have huge CIs: keep the axis on the bulk
         lo, hi = np.nanpercentile(bounds, [2, 98])
         pad = 0.1 * (hi - lo) or 1e-3
         right.set_ylim(lo - pad, hi + pad)
@@ -269,9 +356,15 @@ def profiles(layer_profile: xr.Dataset, position_profile: xr.Dataset, stat: str 
         ax.grid(alpha=0.3)
         ax.set_ylabel(f"Δ {stat}")
     left.set_xlabel("Layer")
-    left.set_title("Layer profile: difference of prompt means (95% bootstrap CI; filled = significant)", fontsize=9)
+    left.set_title(
+        "Layer profile: difference of prompt means (95% bootstrap CI; filled = significant)",
+        fontsize=9,
+    )
     right.set_xlabel("Token Positions")
-    right.set_title("Position profile: mean over layers of cell differences (95% CI, conservative; axis clipped)", fontsize=9)
+    right.set_title(
+        "Position profile: mean over layers of cell differences (95% CI, conservative; axis clipped)",
+        fontsize=9,
+    )
     left.legend(fontsize=7)
     return fig
 
@@ -291,7 +384,9 @@ def attention_grid(
     if models:
         missing = [m for m in models if m not in ds.model.values]
         if missing:
-            raise UserError(f"model {', '.join(missing)} is not in this run: it has {', '.join(ds.model.values)}")
+            raise UserError(
+                f"model {', '.join(missing)} is not in this run: it has {', '.join(ds.model.values)}"
+            )
         ds = ds.sel(model=models)
     crop = parse_range(positions, ds["query"], "positions")
     if crop is not None:
@@ -299,26 +394,47 @@ def attention_grid(
     mean = ds["attn_mean"].mean("head") if "head" in ds["attn_mean"].dims else ds["attn_mean"]
     logp = np.log10(np.maximum(mean.where(ds["attn_count"] >= min_count), floor))
     a, b = (str(s) for s in ds.scenario.values[:2])
-    rows = [(m, int(layer)) for m in ds.model.values for layer in ds.attn_layer.values
-            if int(ds["attn_count"].sel(model=m, attn_layer=layer).sum()) > 0]
+    rows = [
+        (m, int(layer))
+        for m in ds.model.values
+        for layer in ds.attn_layer.values
+        if int(ds["attn_count"].sel(model=m, attn_layer=layer).sum()) > 0
+    ]
     if not rows:
         raise UserError("no attention cells to draw in this range")
-    fig, axes = plt.subplots(len(rows), 3, figsize=(15, 4.2 * len(rows) + 0.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(rows), 3, figsize=(15, 4.2 * len(rows) + 0.8), squeeze=False, layout="constrained"
+    )
     low = float(np.log10(floor))
     for row, (model, layer) in enumerate(rows):
         sel = logp.sel(model=model, attn_layer=layer)
-        reached = np.flatnonzero((ds["attn_count"].sel(model=model, attn_layer=layer) > 0).any(["scenario", "key"]).values)
+        reached = np.flatnonzero(
+            (ds["attn_count"].sel(model=model, attn_layer=layer) > 0)
+            .any(["scenario", "key"])
+            .values
+        )
         n = int(reached.max()) + 1 if crop is None else sel.sizes["query"]
         grids = [sel.sel(scenario=s).values[:n, :n] for s in (a, b)]
         grids.append(grids[1] - grids[0])
-        label = str(ds["model_label"].sel(model=model).values) if "model_label" in ds else str(model)
+        label = (
+            str(ds["model_label"].sel(model=model).values) if "model_label" in ds else str(model)
+        )
         values = ds["query"].values[:n]
-        for col, (grid, title) in enumerate(zip(grids, [a.capitalize(), b.capitalize(), "Difference"])):
+        for col, (grid, title) in enumerate(
+            zip(grids, [a.capitalize(), b.capitalize(), "Difference"])
+        ):
             ax = axes[row, col]
             vmin, vmax = _limits(grid, symmetric=True) if col == 2 else (low, 0.0)
             cmap = masked_cmap(DIVERGING if col == 2 else SEQUENTIAL)
-            image = ax.imshow(np.ma.masked_invalid(grid), origin="upper", aspect="equal", cmap=cmap,
-                              vmin=vmin, vmax=vmax, interpolation="nearest")
+            image = ax.imshow(
+                np.ma.masked_invalid(grid),
+                origin="upper",
+                aspect="equal",
+                cmap=cmap,
+                vmin=vmin,
+                vmax=vmax,
+                interpolation="nearest",
+            )
             ax.set_title(f"{label} — Layer {layer}: {title}", fontsize=10)
             tick = ticks(n, 64)
             ax.set_xticks(tick, [str(values[i]) for i in tick])
@@ -326,7 +442,9 @@ def attention_grid(
             ax.set_xlabel("Key Token")
             ax.set_ylabel("Query Token")
             if col == 1:
-                fig.colorbar(image, ax=axes[row, :2].tolist(), label="log10 mean attention probability")
+                fig.colorbar(
+                    image, ax=axes[row, :2].tolist(), label="log10 mean attention probability"
+                )
             elif col == 2:
                 fig.colorbar(image, ax=ax, label=f"Δ log10 probability ({b} − {a})")
     heads = ds["attn_mean"].attrs.get("heads", "mean")
