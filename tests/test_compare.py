@@ -15,8 +15,9 @@ import xarray as xr
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from jbtrace.analysis import compare
+from jbtrace.analysis import compare, inference
 from jbtrace.analysis.observe import ranking_sentences
+from jbtrace.analysis.trends import position_trends
 from jbtrace.errors import UserError
 from jbtrace.models import load_model
 from jbtrace.trace import store
@@ -182,18 +183,18 @@ def test_bh_matches_statsmodels():
         [rng.uniform(size=300), rng.uniform(0, 1e-3, size=40), [0.5, 0.5, 0.5], [np.nan] * 7]
     )
     rng.shuffle(p)
-    q = compare.bh(p)
+    q = inference.bh(p)
     finite = np.isfinite(p)
     np.testing.assert_allclose(q[finite], multipletests(p[finite], method="fdr_bh")[1], rtol=1e-12)
     assert np.isnan(q[~finite]).all()
-    assert np.isnan(compare.bh(np.full(4, np.nan))).all()
+    assert np.isnan(inference.bh(np.full(4, np.nan))).all()
 
 
 def test_hedges_j_exact():
     from math import gamma, sqrt
 
     for df in (2, 5, 17, 60):
-        assert compare.hedges_j(df) == pytest.approx(
+        assert inference.hedges_j(df) == pytest.approx(
             gamma(df / 2) / (sqrt(df / 2) * gamma((df - 1) / 2)), rel=1e-12
         )
 
@@ -228,7 +229,7 @@ def test_relative_bins_count_prompts_and_keep_the_cell_level():
                 m, keep = Moments(bins), p[rows] >= 0
                 m.add(v[0, 0][rows][keep], p[rows][keep])
                 moments += [m.count.numpy(), m.mean.numpy(), m.variance().numpy()]
-            rejected[kind].append(compare.welch(*moments)["p"] < 0.05)
+            rejected[kind].append(inference.welch(*moments)["p"] < 0.05)
     assert 0.02 <= np.mean(rejected["prompt"]) <= 0.08
     assert np.mean(rejected["token"]) > 0.2
 
@@ -412,7 +413,7 @@ def test_no_position_trend_from_length_alone():
     )
     slopes = synthetic_store({"m0": models["m0"]}, is_b)["prompt_slope"].values[0, 0]
     assert all(
-        t["trend"] for t in compare._trends(slopes, is_b, 200, 0, 0.05)
+        t["trend"] for t in position_trends(slopes, is_b, 200, 0, 0.05)
     )  # unmatched: length looks like a trend
 
 
@@ -455,7 +456,7 @@ def test_sensitivity_index_and_ranking():
         sp = np.sqrt(
             ((a.shape[0] - 1) * a.var(0, ddof=1) + (b.shape[0] - 1) * b.var(0, ddof=1)) / (n - 2)
         )
-        expect = np.mean(np.abs((b.mean(0) - a.mean(0)) / sp * compare.hedges_j(n - 2)))
+        expect = np.mean(np.abs((b.mean(0) - a.mean(0)) / sp * inference.hedges_j(n - 2)))
         assert idx[m]["value"] == pytest.approx(expect, rel=1e-10)
         assert idx[m]["ci_low"] < idx[m]["value"] < idx[m]["ci_high"]
     # prompt means over 6 standard-normal tokens: sd 1/√6, so the planted shifts are g ≈ 2.4 and 0.7

@@ -1,4 +1,5 @@
-"""The package's shape: light import, entry points importable from `jbtrace`, imports pointing down the stages."""
+"""The package's shape: light import, entry points importable from `jbtrace`, imports pointing
+down the stages, functions and modules small enough to read."""
 
 import ast
 import pathlib
@@ -58,3 +59,26 @@ def test_imports_point_down_the_stages():
         for path in (SRC / stage).rglob("*.py"):
             upward = _imported_stages(path) - allowed - {stage}
             assert not upward, f"{path.relative_to(SRC)} imports {sorted(upward)}"
+
+
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 500
+
+
+def test_functions_and_modules_stay_small():
+    too_long = []
+    for path in sorted(SRC.rglob("*.py")):
+        name = path.relative_to(SRC).as_posix()
+        text = path.read_text(encoding="utf-8")
+        n_lines = len(text.splitlines())
+        if n_lines > MAX_MODULE_LINES:
+            too_long.append(f"module {name}: {n_lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    too_long.append(f"function {name}:{node.lineno} {node.name}: {n} lines")
+    assert not too_long, (
+        f"over {MAX_FUNCTION_LINES} lines a function or {MAX_MODULE_LINES} a module:\n"
+        + "\n".join(too_long)
+    )

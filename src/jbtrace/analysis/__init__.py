@@ -1,1 +1,4 @@
-"""Analysis: which differences between two prompt sets are real (``compare``), and sentences about them (``observe``)."""
+"""Analysis: which differences between two prompt sets are real (``compare``).
+
+Sentences about them come from ``observe``.
+"""
