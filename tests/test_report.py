@@ -19,7 +19,7 @@ import xarray as xr
 
 from jbtrace import cli
 from jbtrace.prompts.sample import read_sample
-from jbtrace.views import report
+from jbtrace.views import report, report_maps
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -246,7 +246,7 @@ def test_pool_is_the_mean_of_every_value_in_the_bin():
     counts = rng.integers(0, 5, size=(3, 11))
     raw = [[rng.normal(size=n) for n in row] for row in counts]
     mean = np.array([[v.mean() if v.size else np.nan for v in row] for row in raw])
-    pooled, most = report.pool(mean, counts, axis=1, width=4)
+    pooled, most = report_maps.pool(mean, counts, axis=1, width=4)
     for i in range(3):
         for k, start in enumerate(range(0, 11, 4)):
             values = np.concatenate(raw[i][start : start + 4])
@@ -258,7 +258,7 @@ def test_pool_is_the_mean_of_every_value_in_the_bin():
 
 
 def test_compact_rounds_and_nulls():
-    assert report.compact([[1.234567, np.nan], [np.inf, -0.000123456]]) == [
+    assert report_maps.compact([[1.234567, np.nan], [np.inf, -0.000123456]]) == [
         [1.235, None],
         [None, -0.0001235],
     ]
@@ -289,7 +289,7 @@ def test_heatmap_data_matches_the_store(demo_run):
 
 
 def test_long_runs_are_drawn_in_bins(demo_run, monkeypatch):
-    monkeypatch.setattr(report, "MAX_COLUMNS", 16)
+    monkeypatch.setattr(report_maps, "MAX_COLUMNS", 16)
     ds = xr.open_zarr(demo_run / "trace.zarr").sel(model="llama", stat="log_norm")
     m = report.heatmaps(xr.open_zarr(demo_run / "trace.zarr"))["maps"]["log_norm"]["llama"]
     assert m["width"] == 3 and m["positions"] == list(range(0, 40, 3)) and "g" not in m
