@@ -1,4 +1,7 @@
-"""Static figures from the trace store. Every function returns a matplotlib Figure; nothing is shown."""
+"""Static figures from the trace store.
+
+Every function returns a matplotlib Figure; nothing is shown.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ def parse_range(text: str | None, coord: xr.DataArray, what: str) -> slice | Non
 
 
 def ticks(n: int, preferred: int) -> np.ndarray:
-    """Tick positions every ``preferred`` cells when that gives at least two ticks, else a smaller round step."""
+    """Tick positions every ``preferred`` cells when that gives at least two ticks, else a smaller
+    round step."""
     step = preferred
     while step > 1 and n // step < 2:
         step //= 2
@@ -66,16 +70,23 @@ def cell_panels(ds: xr.Dataset, stat: str, min_count: int) -> xr.Dataset:
 
 
 def select(ds: xr.Dataset, models: list[str] | None, positions: str | None) -> xr.Dataset:
-    """The models asked for (all by default) and the positions START:END; unknown ones are user errors."""
-    if models:
-        missing = [m for m in models if m not in ds.model.values]
-        if missing:
-            raise UserError(
-                f"model {', '.join(missing)} is not in this run: it has {', '.join(ds.model.values)}"
-            )
-        ds = ds.sel(model=models)
+    """The models asked for (all by default) and the positions START:END; unknown ones are user
+    errors."""
+    ds = _select_models(ds, models)
     crop = parse_range(positions, ds.position, "positions")
     return ds if crop is None else ds.sel(position=crop)
+
+
+def _select_models(ds: xr.Dataset, models: list[str] | None) -> xr.Dataset:
+    """The models asked for (all by default); an unknown one is a user error."""
+    if not models:
+        return ds
+    missing = [m for m in models if m not in ds.model.values]
+    if missing:
+        raise UserError(
+            f"model {', '.join(missing)} is not in this run: it has {', '.join(ds.model.values)}"
+        )
+    return ds.sel(model=models)
 
 
 def masked_cmap(name: str):
@@ -101,7 +112,8 @@ def heatmap_grid(
     positions: str | None = None,
     min_count: int = 1,
 ) -> Figure:
-    """The seed figure: one row per model; columns A (benign), B (jailbreak), B − A; layers × positions."""
+    """The seed figure: one row per model; columns A (benign), B (jailbreak), B − A; layers ×
+    positions."""
     stat = stat or str(ds.stat.values[0])
     ds = select(ds, models, positions)
     panels = cell_panels(ds, stat, min_count)
@@ -124,7 +136,7 @@ def heatmap_grid(
         label = (
             str(ds["model_label"].sel(model=model).values) if "model_label" in ds else str(model)
         )
-        for col, (grid, title) in enumerate(zip(grids, columns)):
+        for col, (grid, title) in enumerate(zip(grids, columns, strict=True)):
             ax = axes[row, col]
             vmin, vmax = _limits(grid, symmetric=True) if col == 2 else shared
             cmap = masked_cmap(DIVERGING if col == 2 else SEQUENTIAL)
@@ -154,8 +166,10 @@ def heatmap_grid(
                     extend="both",
                 )
     fig.suptitle(
-        f"{stat}: mean over prompts per (layer, position); Difference = {panels.attrs['b']} − {panels.attrs['a']}.\n"
-        f"Grey cells: fewer than {min_count} prompt(s) reach that position in a scenario (masked, not zero). "
+        f"{stat}: mean over prompts per (layer, position); "
+        f"Difference = {panels.attrs['b']} − {panels.attrs['a']}.\n"
+        f"Grey cells: fewer than {min_count} prompt(s) reach that position in a scenario "
+        "(masked, not zero). "
         "Colour scales clip at the 2nd–98th percentile (arrows on the colour bars).",
         fontsize=9,
     )
@@ -194,10 +208,11 @@ def detect_curves(reports: list[dict]) -> Figure:
         {r["source"] for rep in reports for r in rep["rows"]},
         key=lambda s: (s not in order, order.index(s) if s in order else 0, s),
     )
-    colours = dict(zip(features, plt.get_cmap("tab10").colors))
-    styles = dict(zip(sources, ("-", "--", ":", "-.")))
+    # a palette is as long as it is: features and sources beyond it get no colour / style
+    colours = dict(zip(features, plt.get_cmap("tab10").colors, strict=False))
+    styles = dict(zip(sources, ("-", "--", ":", "-."), strict=False))
     value = lambda r: -1.0 if r["selection"] is None else r["selection"]  # noqa: E731
-    for ax, rep in zip(axes.flat, reports):
+    for ax, rep in zip(axes.flat, reports, strict=False):  # spare axes are hidden below
         for source in sources:
             for feature in features:
                 best = {}
@@ -247,14 +262,17 @@ def significance_grid(
     positions: str | None = None,
     q: float = 0.05,
 ) -> Figure:
-    """Difference (B − A) per model, layers × positions; cells not significant at ``q`` washed out, untested grey.
+    """Difference (B − A) per model, layers × positions.
+
+    Cells not significant at ``q`` are washed out, untested cells grey.
 
     ``cells`` is ``CompareResult.cells`` (or a store with ``diff`` and ``significant``).
     """
     stat = stat or str(cells.stat.values[0])
     if stat not in cells.stat.values:
         raise UserError(
-            f"statistic {stat!r} is not in this comparison: it has {', '.join(map(str, cells.stat.values))}"
+            f"statistic {stat!r} is not in this comparison: "
+            f"it has {', '.join(map(str, cells.stat.values))}"
         )
     cells = select(cells, models, positions).sel(stat=stat)
     n = cells.sizes["model"]
@@ -264,7 +282,7 @@ def significance_grid(
         rows, cols, figsize=(7.5 * cols, 3.3 * rows + 0.9), squeeze=False, layout="constrained"
     )
     wash = np.array([1.0, 1.0, 1.0, 0.78])
-    for ax, model in zip(axes.flat, cells.model.values):
+    for ax, model in zip(axes.flat, cells.model.values, strict=False):  # spare axes hidden below
         c = cells.sel(model=model)
         has = np.isfinite(c["diff"].values)
         n_layers = int(np.flatnonzero(has.any(axis=1)).max()) + 1 if has.any() else c.sizes["layer"]
@@ -298,7 +316,8 @@ def significance_grid(
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     fig.suptitle(
-        f"Difference of {stat} per (layer, position). Full colour: significant at q={q} (Welch, BH per model); "
+        f"Difference of {stat} per (layer, position). "
+        f"Full colour: significant at q={q} (Welch, BH per model); "
         f"washed out: not significant; grey: not tested (too few prompts in a scenario).",
         fontsize=9,
     )
@@ -362,7 +381,8 @@ def profiles(
     )
     right.set_xlabel("Token Positions")
     right.set_title(
-        "Position profile: mean over layers of cell differences (95% CI, conservative; axis clipped)",
+        "Position profile: mean over layers of cell differences "
+        "(95% CI, conservative; axis clipped)",
         fontsize=9,
     )
     left.legend(fontsize=7)
@@ -376,21 +396,11 @@ def attention_grid(
     floor: float = 1e-10,
     min_count: int = 1,
 ) -> Figure:
-    """Query × key attention: one row per (model, layer); columns A, B (log10 mean probability), log difference B − A."""
-    if "attn_mean" not in ds:
-        raise UserError("this run has no attention maps: run `jbtrace attention` first")
-    if not 0 < floor < 1:
-        raise UserError(f"--floor {floor}: choose a probability between 0 and 1, e.g. 1e-10")
-    if models:
-        missing = [m for m in models if m not in ds.model.values]
-        if missing:
-            raise UserError(
-                f"model {', '.join(missing)} is not in this run: it has {', '.join(ds.model.values)}"
-            )
-        ds = ds.sel(model=models)
-    crop = parse_range(positions, ds["query"], "positions")
-    if crop is not None:
-        ds = ds.sel(query=crop, key=crop)
+    """Query × key attention: one row per (model, layer).
+
+    Columns A, B (log10 mean probability) and the log difference B − A.
+    """
+    ds, crop = _attention_selection(ds, models, positions, floor)
     mean = ds["attn_mean"].mean("head") if "head" in ds["attn_mean"].dims else ds["attn_mean"]
     logp = np.log10(np.maximum(mean.where(ds["attn_count"] >= min_count), floor))
     a, b = (str(s) for s in ds.scenario.values[:2])
@@ -419,39 +429,69 @@ def attention_grid(
         label = (
             str(ds["model_label"].sel(model=model).values) if "model_label" in ds else str(model)
         )
-        values = ds["query"].values[:n]
-        for col, (grid, title) in enumerate(
-            zip(grids, [a.capitalize(), b.capitalize(), "Difference"])
-        ):
-            ax = axes[row, col]
-            vmin, vmax = _limits(grid, symmetric=True) if col == 2 else (low, 0.0)
-            cmap = masked_cmap(DIVERGING if col == 2 else SEQUENTIAL)
-            image = ax.imshow(
-                np.ma.masked_invalid(grid),
-                origin="upper",
-                aspect="equal",
-                cmap=cmap,
-                vmin=vmin,
-                vmax=vmax,
-                interpolation="nearest",
-            )
-            ax.set_title(f"{label} — Layer {layer}: {title}", fontsize=10)
-            tick = ticks(n, 64)
-            ax.set_xticks(tick, [str(values[i]) for i in tick])
-            ax.set_yticks(tick, [str(values[i]) for i in tick])
-            ax.set_xlabel("Key Token")
-            ax.set_ylabel("Query Token")
-            if col == 1:
-                fig.colorbar(
-                    image, ax=axes[row, :2].tolist(), label="log10 mean attention probability"
-                )
-            elif col == 2:
-                fig.colorbar(image, ax=ax, label=f"Δ log10 probability ({b} − {a})")
+        titles = [
+            f"{label} — Layer {layer}: {title}"
+            for title in (a.capitalize(), b.capitalize(), "Difference")
+        ]
+        _attention_row(fig, axes[row], grids, titles, ds["query"].values[:n], n, low, (a, b))
     heads = ds["attn_mean"].attrs.get("heads", "mean")
     fig.suptitle(
-        f"Attention probability averaged over prompts (heads: {heads}), log10 with floor {floor:g}. Grey: fewer than "
+        f"Attention probability averaged over prompts (heads: {heads}), "
+        f"log10 with floor {floor:g}. Grey: fewer than "
         f"{min_count} prompt(s) with both tokens, or a key after the query (causal mask). "
         f"Difference = log10 {b} − log10 {a}.",
         fontsize=9,
     )
     return fig
+
+
+def _attention_selection(
+    ds: xr.Dataset, models: list[str] | None, positions: str | None, floor: float
+) -> tuple[xr.Dataset, slice | None]:
+    """The run's attention maps cut to the models and positions asked for, and the crop."""
+    if "attn_mean" not in ds:
+        raise UserError("this run has no attention maps: run `jbtrace attention` first")
+    if not 0 < floor < 1:
+        raise UserError(f"--floor {floor}: choose a probability between 0 and 1, e.g. 1e-10")
+    ds = _select_models(ds, models)
+    crop = parse_range(positions, ds["query"], "positions")
+    if crop is not None:
+        ds = ds.sel(query=crop, key=crop)
+    return ds, crop
+
+
+def _attention_row(
+    fig: Figure,
+    axes: np.ndarray,
+    grids: list[np.ndarray],
+    titles: list[str],
+    values: np.ndarray,
+    n: int,
+    low: float,
+    scenarios: tuple[str, str],
+) -> None:
+    """One (model, layer) row: A and B on one log scale, then their difference."""
+    a, b = scenarios
+    for col, (grid, title) in enumerate(zip(grids, titles, strict=True)):
+        ax = axes[col]
+        vmin, vmax = _limits(grid, symmetric=True) if col == 2 else (low, 0.0)
+        cmap = masked_cmap(DIVERGING if col == 2 else SEQUENTIAL)
+        image = ax.imshow(
+            np.ma.masked_invalid(grid),
+            origin="upper",
+            aspect="equal",
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            interpolation="nearest",
+        )
+        ax.set_title(title, fontsize=10)
+        tick = ticks(n, 64)
+        ax.set_xticks(tick, [str(values[i]) for i in tick])
+        ax.set_yticks(tick, [str(values[i]) for i in tick])
+        ax.set_xlabel("Key Token")
+        ax.set_ylabel("Query Token")
+        if col == 1:
+            fig.colorbar(image, ax=axes[:2].tolist(), label="log10 mean attention probability")
+        elif col == 2:
+            fig.colorbar(image, ax=ax, label=f"Δ log10 probability ({b} − {a})")
