@@ -35,9 +35,8 @@ class LoadedModel:
     max_positions: int | None
     layer_map: str
     provenance: dict = field(default_factory=dict)
-    weights_note: str | None = (
-        None  # e.g. "Q4_1 GGUF, de-quantized": shown wherever the model is named
-    )
+    # e.g. "Q4_1 GGUF, de-quantized": shown wherever the model is named
+    weights_note: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -62,58 +61,17 @@ def load_model(
     attn_implementation: str | None = None,
     seed: int = 0,
 ) -> LoadedModel:
-    """Load ``tiny:ARCH``, ``builtin:NAME``, ``gguf:PATH`` (or ``FILE.gguf``), a local directory or a hub id."""
-    if dtype is None:  # a builtin model's own default, else float32
-        dtype = (
-            builtin.builtin(spec.removeprefix("builtin:")).dtype
-            if spec.startswith("builtin:")
-            else "float32"
-        )
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    torch_dtype = DTYPES[dtype]
-    random_init, note, extra = False, None, {}
-    if spec.startswith("tiny:"):
-        model, tok, source = (
-            builtin.tiny_model(spec.removeprefix("tiny:"), seed, attn_implementation),
-            builtin.tiny_tokenizer(),
-            spec,
-        )
-        random_init, revision = True, None
-    elif spec.startswith("builtin:"):
-        key = spec.removeprefix("builtin:")
-        entry, folder = builtin.builtin(key), builtin.builtin_folder(key)
-        if entry.sha256 is None:
-            model, tok = builtin.encoder(folder, attn_implementation)
-        else:
-            model, tok, _ = _pretrained(
-                str(folder), None, False, False, attn_implementation, device
-            )
-            note, extra = (
-                f"{entry.quantization} GGUF, de-quantized",
-                {"gguf_sha256": entry.sha256, "cache": str(folder)},
-            )
-        source, revision = (
-            f"{builtin.package_versions(key)} ({entry.gguf_name or folder.name})",
-            None,
-        )
-        extra["licence"] = entry.licence
-    elif spec.startswith("gguf:") or spec.endswith(".gguf"):
-        from jbtrace.models import gguf
-
-        path = Path(spec.removeprefix("gguf:")).expanduser()
-        folder, sha = gguf.from_path(path)
-        model, tok, _ = _pretrained(str(folder), None, False, False, attn_implementation, device)
-        source, revision, note = str(path.resolve()), None, "GGUF, de-quantized"
-        extra = {"gguf_sha256": sha, "cache": str(folder)}
-    else:
-        model, tok, source = _pretrained(
-            spec, revision, allow_pickle, trust_remote_code, attn_implementation, device
-        )
-    model = model.to(dtype=torch_dtype)
+    """Load ``tiny:ARCH``, ``builtin:NAME``, ``gguf:PATH`` (or ``FILE.gguf``), a local directory
+    or a hub id."""
+    dtype = _dtype(spec, dtype)
+    got = _load_spec(
+        spec, revision, allow_pickle, trust_remote_code, attn_implementation, device, seed
+    )
+    model = got.model.to(dtype=DTYPES[dtype])
     if not _is_dispatched(model):
         model = model.to(_resolve_device(device))
     model.eval()
+    tok = got.tokenizer
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     has_attention = any(m is not None for m in attention_modules(model))
@@ -130,26 +88,101 @@ def load_model(
         n_layers=n_blocks + 1,
         has_attention=has_attention,
         is_causal=is_causal,
-        random_init=random_init,
+        random_init=got.random_init,
         max_positions=max_positions(model.config),
         layer_map=layer_map_text(model),
-        provenance={
-            "spec": spec,
-            "source": source,
-            "revision": revision,
-            "class": type(model).__name__,
-            "model_type": model.config.model_type,
-            "dtype": dtype,
-            "device": str(next(model.parameters()).device),
-            "random_init": random_init,
-            "seed": seed if random_init else None,
-            "blocks": n_blocks,
-            "layer_map": layer_map_text(model),
-            "weights": note or ("random-init" if random_init else "as stored"),
-            **extra,
-        },
-        weights_note=note,
+        provenance=_provenance(spec, got, model, dtype, seed, n_blocks),
+        weights_note=got.note,
     )
+
+
+@dataclass
+class _Weights:
+    """What a spec's loader found, before the dtype and the device are applied."""
+
+    model: nn.Module
+    tokenizer: object
+    source: str
+    revision: str | None = None
+    random_init: bool = False
+    note: str | None = None  # as LoadedModel.weights_note
+    extra: dict = field(default_factory=dict)  # further provenance (GGUF hash, cache, licence)
+
+
+def _dtype(spec: str, dtype: str | None) -> str:
+    """The dtype asked for, else a builtin model's own default, else float32."""
+    if dtype is None:
+        dtype = (
+            builtin.builtin(spec.removeprefix("builtin:")).dtype
+            if spec.startswith("builtin:")
+            else "float32"
+        )
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def _load_spec(
+    spec, revision, allow_pickle, trust_remote_code, attn_implementation, device, seed
+) -> _Weights:
+    """The model and tokenizer a spec names, with where they came from."""
+    if spec.startswith("tiny:"):
+        return _Weights(
+            builtin.tiny_model(spec.removeprefix("tiny:"), seed, attn_implementation),
+            builtin.tiny_tokenizer(),
+            spec,
+            random_init=True,
+        )
+    if spec.startswith("builtin:"):
+        return _builtin(spec.removeprefix("builtin:"), attn_implementation, device)
+    if spec.startswith("gguf:") or spec.endswith(".gguf"):
+        from jbtrace.models import gguf
+
+        path = Path(spec.removeprefix("gguf:")).expanduser()
+        folder, sha = gguf.from_path(path)
+        model, tok, _ = _pretrained(str(folder), None, False, False, attn_implementation, device)
+        extra = {"gguf_sha256": sha, "cache": str(folder)}
+        return _Weights(model, tok, str(path.resolve()), note="GGUF, de-quantized", extra=extra)
+    model, tok, source = _pretrained(
+        spec, revision, allow_pickle, trust_remote_code, attn_implementation, device
+    )
+    return _Weights(model, tok, source, revision)
+
+
+def _builtin(key: str, attn_implementation: str | None, device: str) -> _Weights:
+    """A builtin model: an encoder from its package, or a GGUF file's de-quantized cache."""
+    entry, folder = builtin.builtin(key), builtin.builtin_folder(key)
+    note, extra = None, {}
+    if entry.sha256 is None:
+        model, tok = builtin.encoder(folder, attn_implementation)
+    else:
+        model, tok, _ = _pretrained(str(folder), None, False, False, attn_implementation, device)
+        note = f"{entry.quantization} GGUF, de-quantized"
+        extra = {"gguf_sha256": entry.sha256, "cache": str(folder)}
+    source = f"{builtin.package_versions(key)} ({entry.gguf_name or folder.name})"
+    extra["licence"] = entry.licence
+    return _Weights(model, tok, source, note=note, extra=extra)
+
+
+def _provenance(
+    spec: str, got: _Weights, model: nn.Module, dtype: str, seed: int, n_blocks: int
+) -> dict:
+    """What the store records about a loaded model."""
+    return {
+        "spec": spec,
+        "source": got.source,
+        "revision": got.revision,
+        "class": type(model).__name__,
+        "model_type": model.config.model_type,
+        "dtype": dtype,
+        "device": str(next(model.parameters()).device),
+        "random_init": got.random_init,
+        "seed": seed if got.random_init else None,
+        "blocks": n_blocks,
+        "layer_map": layer_map_text(model),
+        "weights": got.note or ("random-init" if got.random_init else "as stored"),
+        **got.extra,
+    }
 
 
 def _file_label(spec: str) -> str:
@@ -184,7 +217,8 @@ def _pretrained(spec, revision, allow_pickle, trust_remote_code, attn_implementa
         has_safe = any(path.glob("*.safetensors"))
         if not has_safe and any(path.glob("*.bin")) and not allow_pickle:
             raise UserError(
-                f"{spec}: weights are pickle-only (.bin); pass --allow-pickle if you trust this file"
+                f"{spec}: weights are pickle-only (.bin); "
+                "pass --allow-pickle if you trust this file"
             )
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise UserError(
