@@ -5,8 +5,10 @@ the process's peak RSS (Linux /proc/self/clear_refs), map the attention of one l
 over N prompts of a fixed length, then read the peak RSS (VmHWM) and report its
 growth over the RSS before the run. Two modes side by side:
 
-- capture: jbtrace's capture (sdpa kept, probabilities of the mapped layer reduced per batch into fixed sums);
-- naive: eager attention with output_attentions=True, each prompt's map of that layer kept, averaged at the end.
+- capture: jbtrace's capture (sdpa kept, probabilities of the mapped layer reduced per batch
+  into fixed sums);
+- naive: eager attention with output_attentions=True, each prompt's map of that layer kept,
+  averaged at the end.
 
 On CUDA (``--device cuda``) torch.cuda.max_memory_allocated is reported as well.
 Prints a table and writes bench/results/attention_memory.json.
@@ -34,7 +36,8 @@ def _rss_kb(field: str) -> int:
 
 
 def _prompts(n: int, tokens: int, seed: int = 0) -> list[str]:
-    """n distinct prompts of ``tokens`` words: just long enough (a word is one token or more) to be cut to ``tokens``."""
+    """n distinct prompts of ``tokens`` words: just long enough (a word is one token or more) to
+    be cut to ``tokens``."""
     import numpy as np
 
     from jbtrace.prompts import load_prompts
@@ -158,7 +161,8 @@ def main() -> None:
                 sys.exit(f"{mode} {n}: child failed:\n{done.stderr[-2000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(
-        f"{'mode':8} {'prompts/set':>11} {'peak RSS growth MB':>19} {'ratio to smallest':>18} {'seconds':>8}"
+        f"{'mode':8} {'prompts/set':>11} {'peak RSS growth MB':>19} "
+        f"{'ratio to smallest':>18} {'seconds':>8}"
         + ("  cuda peak MB" if args.device.startswith("cuda") else "")
     )
     for mode in args.modes:
@@ -170,7 +174,8 @@ def main() -> None:
             r["ratio_to_smallest"] = round(max(r["peak_rss_growth_mb"], 1.0) / base, 2)
             extra = f"  {r['cuda_peak_allocated_mb']:.1f}" if "cuda_peak_allocated_mb" in r else ""
             print(
-                f"{mode:8} {r['prompts_per_set']:>11} {r['peak_rss_growth_mb']:>19.1f} {r['ratio_to_smallest']:>18.2f} "
+                f"{mode:8} {r['prompts_per_set']:>11} {r['peak_rss_growth_mb']:>19.1f} "
+                f"{r['ratio_to_smallest']:>18.2f} "
                 f"{r['seconds']:>8.1f}{extra}"
             )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,8 @@ def _status_mib(field: str) -> float:
 
 
 def reset_peak() -> dict:
-    """Reset this process's peak RSS (VmHWM) to its current RSS, and the CUDA peak; return the baselines.
+    """Reset this process's peak RSS (VmHWM) to its current RSS, and the CUDA peak; return the
+    baselines.
 
     ru_maxrss cannot be reset and is inherited across exec, so it is not used.
     """
@@ -146,7 +147,8 @@ def synthetic_texts(n: int, max_words: int, seed: int, min_words: int = 4) -> li
 
 
 def llama8b_random(device: str = "cuda"):
-    """A LoadedModel with Llama-3.1-8B's shapes, random weights, bfloat16, built directly on the device.
+    """A LoadedModel with Llama-3.1-8B's shapes, random weights, bfloat16, built directly on the
+    device.
 
     No download: the config is written out here, and the tiny stand-ins' tokenizer is used
     (its ids are valid in the 128,256-token vocabulary). Needs a CUDA device.

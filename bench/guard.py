@@ -7,7 +7,8 @@ alternate (ABAB…) ``--repeats`` times; the ratio is guarded / plain per pair, 
 for wall-clock and process CPU time (the CPU figure is less sensitive to a shared machine).
 The target is ≤ 1.1×.
 
-    python bench/guard.py --model tiny:llama --prompts 16 --max-new-tokens 32 --out bench/results/guard.json
+    python bench/guard.py --model tiny:llama --prompts 16 --max-new-tokens 32 \
+        --out bench/results/guard.json
     python bench/guard.py --model builtin:smollm2 --detector runs/smol-det ...
 """
 
@@ -25,7 +26,8 @@ from common import RESULTS, machine_info, set_threads  # noqa: E402
 
 
 def quick_detector(lm, sets, layer: int):
-    """A last-token logistic detector at one layer (what `jbtrace detect --save` writes), fitted here."""
+    """A last-token logistic detector at one layer (what `jbtrace detect --save` writes), fitted
+    here."""
     from jbtrace.detect.detector import from_report
     from jbtrace.detect.train import DetectOptions, detect_model
 
@@ -137,7 +139,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(
-        f"{args.model}: guarded (nothing flagged) / plain generate = {result['ratio_wall_median']:.3f}x wall, "
+        f"{args.model}: guarded (nothing flagged) / plain generate = "
+        f"{result['ratio_wall_median']:.3f}x wall, "
         f"{result['ratio_cpu_median']:.3f}x CPU (median of {args.repeats} pairs; target <= 1.1x)"
     )
 

@@ -118,7 +118,8 @@ def main(argv=None) -> None:
     rows = []
     print(f"{args.model}, max_tokens {args.max_tokens}, {args.threads or 'default'} thread(s)")
     print(
-        f"{'prompts':>8}{'real tokens':>13}{'seconds':>10}{'s / 1k tok':>12}{'peak RSS MiB':>14}{'peak CUDA MiB':>15}"
+        f"{'prompts':>8}{'real tokens':>13}{'seconds':>10}{'s / 1k tok':>12}"
+        f"{'peak RSS MiB':>14}{'peak CUDA MiB':>15}"
     )
     for n in args.prompts:
         row = common.run_child(__file__, [*passed, "--child", str(n)])
@@ -141,7 +142,8 @@ def main(argv=None) -> None:
     }
     print(
         f"\n{summary['prompts_ratio']:.0f}x prompts ({summary['tokens_ratio']:.1f}x tokens): "
-        f"{summary['time_ratio']:.1f}x time, time per token x{summary['time_per_token_ratio']:.2f}, "
+        f"{summary['time_ratio']:.1f}x time, "
+        f"time per token x{summary['time_per_token_ratio']:.2f}, "
         f"peak RSS {summary['peak_rss_growth_mib']:+.1f} MiB"
     )
     common.write_json(
