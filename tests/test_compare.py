@@ -28,7 +28,8 @@ from jbtrace.views import outputs
 def synthetic_store(
     models: dict, is_b: np.ndarray, names=("benign", "jailbreak"), slopes: bool = True
 ) -> xr.Dataset:
-    """A store from raw values (prompt, layer, position) per model; NaN marks positions a prompt does not reach.
+    """A store from raw values (prompt, layer, position) per model; NaN marks positions a prompt
+    does not reach.
 
     A model's value is one array (statistic log_norm) or a dict {stat: array}. ``prompt_slope``
     is each prompt's least-squares slope on position from numpy's polyfit.
@@ -88,7 +89,8 @@ def synthetic_store(
 
 
 def _polyfit_slopes(raw: np.ndarray) -> np.ndarray:
-    """(prompt, layer) slope of each prompt's reached values on position; NaN with fewer than two or any not finite."""
+    """(prompt, layer) slope of each prompt's reached values on position; NaN with fewer than two
+    or any not finite."""
     out = np.full(raw.shape[:2], np.nan)
     for i, j in np.ndindex(*raw.shape[:2]):
         y = raw[i, j]
@@ -124,7 +126,8 @@ def raw_values(rng, n_prompts, n_layers, n_pos, lengths):
 
 @pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
 def test_welch_cells_match_scipy_on_per_prompt_values(prompt_sets):
-    """Extract with jbtrace, then recompute every cell from output_hidden_states with scipy's Welch test."""
+    """Extract with jbtrace, then recompute every cell from output_hidden_states with scipy's
+    Welch test."""
     import torch
 
     lm = load_model(
@@ -234,7 +237,7 @@ def test_relative_bins_count_prompts_and_keep_the_cell_level():
     assert np.mean(rejected["token"]) > 0.2
 
 
-# ---------------------------------------------------------------- prompt-level tests, cells of one scenario
+# ------------------------------------------------------- prompt-level tests, cells of one scenario
 
 
 def test_layer_profile_matches_numpy_and_scipy_permutation_test():
@@ -263,7 +266,8 @@ def test_layer_profile_matches_numpy_and_scipy_permutation_test():
 
 
 def test_layer_profile_keeps_its_level_with_unequal_sizes_and_spreads():
-    """Equal means, n 200 vs 40, sd 1 vs 3: the raw mean difference rejected 28% at 5%; Welch's t keeps 5%.
+    """Equal means, n 200 vs 40, sd 1 vs 3: the raw mean difference rejected 28% at 5%; Welch's t
+    keeps 5%.
 
     Each of 400 layers is an independent null replicate (one value per prompt and layer).
     """
@@ -324,7 +328,8 @@ def _welch_t(x, y, axis):
 
 
 def test_position_trend_found_with_right_sign_and_matches_scipy():
-    """A trend planted in B only: the difference of per-prompt polyfit slopes, Welch CI and permutation p (scipy)."""
+    """A trend planted in B only: the difference of per-prompt polyfit slopes, Welch CI and
+    permutation p (scipy)."""
     ds = _trend_store(0.01, 0)
     result = compare.compare(ds, n_permutations=2000, n_bootstrap=50)
     trends = result.models["m"]["stats"]["log_norm"]["trends"]
@@ -351,7 +356,8 @@ def test_no_position_trend_reported_without_one():
 
 
 def _null_models(rng, n_models, n, n_layers, max_len, offset_sd=1.0):
-    """Null replicates: lognormal lengths, a per-prompt offset, AR(1) noise over positions, the same law in A and B."""
+    """Null replicates: lognormal lengths, a per-prompt offset, AR(1) noise over positions, the
+    same law in A and B."""
     models = {}
     for m in range(n_models):
         lengths = np.clip(np.round(np.exp(rng.normal(2.8, 0.8, n))), 2, max_len).astype(int)
@@ -373,10 +379,11 @@ def _null_models(rng, n_models, n, n_layers, max_len, offset_sd=1.0):
 
 
 def test_position_trends_keep_their_level_with_unequal_lengths_and_prompt_offsets():
-    """Two random halves of one pool (every trend is false): lengths differ per prompt, each prompt has its own offset.
+    """Two random halves of one pool (every trend is false): lengths differ per prompt, each
+    prompt has its own offset.
 
-    Tested over the positions of the cell means, about half of such bands showed a trend; at the prompt
-    level the share of false trends stays at the nominal level (BH over 3 bands at q = 0.05).
+    Tested over the positions of the cell means, about half of such bands showed a trend; at the
+    prompt level the share of false trends stays at the nominal level (BH over 3 bands at q = 0.05).
     """
     rng = np.random.default_rng(11)
     n = 60
@@ -394,7 +401,8 @@ def test_position_trends_keep_their_level_with_unequal_lengths_and_prompt_offset
 
 
 def test_no_position_trend_from_length_alone():
-    """Jailbreak prompts longer, a large first token, nothing else: unmatched per-prompt slopes differ by length only."""
+    """Jailbreak prompts longer, a large first token, nothing else: unmatched per-prompt slopes
+    differ by length only."""
     rng = np.random.default_rng(16)
     n, width = 200, 96
     is_b = np.arange(n) >= n // 2
@@ -476,7 +484,8 @@ def test_sensitivity_index_and_ranking():
 
 
 def test_length_matching_removes_a_difference_caused_only_by_length():
-    """Token values grow with the prompt's length; jailbreak prompts are longer; nothing else differs."""
+    """Token values grow with the prompt's length; jailbreak prompts are longer; nothing else
+    differs."""
     rng = np.random.default_rng(5)
     n = 300
     is_b = np.arange(n) >= n // 2
@@ -516,7 +525,8 @@ def test_length_matching_keeps_a_real_difference():
 
 
 def _overflowed(n_a: int, n_b: int, seed: int = 14):
-    """An fp16-like overflow: from layer 2 on, every value of the first n_a A and n_b B prompts is not finite."""
+    """An fp16-like overflow: from layer 2 on, every value of the first n_a A and n_b B prompts is
+    not finite."""
     rng = np.random.default_rng(seed)
     is_b = np.arange(40) >= 20
     raw = raw_values(rng, 40, 5, 8, np.full(40, 8))
@@ -551,7 +561,8 @@ def test_non_finite_values_are_reported_per_scenario():
 
 
 def test_fp16_overflow_in_a_model_is_reported_and_refused():
-    """A real forward pass: a token whose fp16 embedding overflows poisons its prompt at every later layer."""
+    """A real forward pass: a token whose fp16 embedding overflows poisons its prompt at every
+    later layer."""
     import torch
 
     from tests.conftest import make_set

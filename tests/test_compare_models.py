@@ -30,7 +30,8 @@ def halves(texts, n, seed):
 
 
 def token_values(lm, texts, max_tokens=64) -> np.ndarray:
-    """log_norm of every real token at every layer, (prompt, layer, position), from output_hidden_states."""
+    """log_norm of every real token at every layer, (prompt, layer, position), from
+    output_hidden_states."""
     enc = lm.tokenizer(
         list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
     )
@@ -43,7 +44,8 @@ def token_values(lm, texts, max_tokens=64) -> np.ndarray:
 
 @pytest.mark.slow
 def test_null_calibration_a_a_splits(llama):
-    """One prompt set split in two seeded halves, 20 times: BH keeps false discoveries at the nominal rate.
+    """One prompt set split in two seeded halves, 20 times: BH keeps false discoveries at the
+    nominal rate.
 
     Under the complete null the FDR is the chance of any discovery, so at q = 0.05 about 1 split in
     20 may show one; 4 or more would happen with probability < 2% if the rate were right. The token

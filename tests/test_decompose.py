@@ -106,7 +106,7 @@ def test_no_leakage_in_cross_validation():
     res = cv_pipeline(X, y, SpyCP(rank=3, tensor_shape=SHAPE[1:]))
     train_folds, test_folds = res["indices"]["train"], res["indices"]["test"]
     assert len(SpyCP.seen) == len(train_folds)
-    for seen, train in zip(SpyCP.seen, train_folds):
+    for seen, train in zip(SpyCP.seen, train_folds, strict=True):
         np.testing.assert_array_equal(seen, X[train])
     assert res["test_score"].mean() > 0.8
 

@@ -1,4 +1,5 @@
-"""Real models from GGUF files (builtin:smollm2, builtin:gemma3, gguf:PATH) against transformers' own GGUF loader.
+"""Real models from GGUF files (builtin:smollm2, builtin:gemma3, gguf:PATH) against transformers'
+own GGUF loader.
 
 The conversions go to the user's cache (JBTRACE_CACHE or ~/.cache/jbtrace), so a machine converts
 each file once; the bad-input cases use an empty cache of their own and check that it stays empty.
@@ -39,7 +40,8 @@ def package_file(dist: str, inside: str) -> Path:
 
 @pytest.fixture(scope="session")
 def gguf_files(tmp_path_factory) -> dict[str, Path]:
-    """The two GGUF files as a user has them: SmolLM2's as shipped, Gemma's chunks concatenated by hand."""
+    """The two GGUF files as a user has them: SmolLM2's as shipped, Gemma's chunks concatenated by
+    hand."""
     gemma = tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf"
     with open(gemma, "wb") as out:
         for i in range(4):
@@ -72,7 +74,8 @@ def transformers_gguf(path: Path):
 
 
 def reference_stats(model, tokenizer, text: str, chat: bool) -> dict[str, np.ndarray]:
-    """(layers, tokens) per statistic for one prompt, from output_hidden_states, in numpy float64."""
+    """(layers, tokens) per statistic for one prompt, from output_hidden_states, in numpy
+    float64."""
     if chat:
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True

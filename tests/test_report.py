@@ -1,8 +1,10 @@
-"""RUN/report.html: its numbers against the store, and the page in a real browser (Debian's chromium via playwright).
+"""RUN/report.html: its numbers against the store, and the page in a real browser (Debian's
+chromium via playwright).
 
-The browser tests build a small run of the demo's shape (two tiny stand-ins, two statistics, compare,
-attention, detect, a synthetic guard.json / guard.jsonl with the fields of the guard issue) and a run
-whose prompt sets are hostile. Chromium is required: without /usr/bin/chromium they fail, never skip.
+The browser tests build a small run of the demo's shape (two tiny stand-ins, two statistics,
+compare, attention, detect, a synthetic guard.json / guard.jsonl with the fields of the guard
+issue) and a run whose prompt sets are hostile. Chromium is required: without /usr/bin/chromium
+they fail, never skip.
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ def invoke(*args) -> None:
 
 
 def guard_files(run: Path) -> None:
-    """guard.json and guard.jsonl with the fields the guard issue lists (rates with CIs per set and mode,
-    detector rates; per prompt: set, text, flagged, score, bypassed, response, baseline, verdicts)."""
+    """guard.json and guard.jsonl with the fields the guard issue lists (rates with CIs per set and
+    mode, detector rates; per prompt: set, text, flagged, score, bypassed, response, baseline,
+    verdicts)."""
     summary = {
         "command": "jbtrace guard -m tiny:llama --detector det --mode guard -o run",
         "detector": {"layer": 3, "threshold": 0.41, "tpr": 0.8, "fpr": 0.1},
@@ -127,7 +130,8 @@ def guard_files(run: Path) -> None:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """A run of the demo's shape from tiny models: run (2 statistics, compare), attention, detect, guard files."""
+    """A run of the demo's shape from tiny models: run (2 statistics, compare), attention, detect,
+    guard files."""
     run = tmp_path_factory.mktemp("report") / "run"
     common = [
         "-p",
@@ -424,7 +428,8 @@ def test_demo_shaped_report_renders(demo_page, demo_run, tmp_path):
     for selector in (".profile", ".detect-curve", ".guard-chart"):
         counts = page.eval_on_selector_all(
             selector,
-            "els => els.map(e => e.querySelectorAll('.scatterlayer .trace, .barlayer .trace').length)",
+            "els => els.map(e => "
+            "e.querySelectorAll('.scatterlayer .trace, .barlayer .trace').length)",
         )
         assert counts and min(counts) > 0, selector
     shot = tmp_path / "heatmap.png"
@@ -480,9 +485,12 @@ def test_difference_hover_shows_g_q_and_ci(demo_page):
 
 def test_csp_blocks_inline_handlers(demo_page):
     page = demo_page.page
-    page.evaluate("""() => { const d = document.createElement('div');
-        d.innerHTML = '<img src="data:," onerror="window.__pwned = 1"><img src="x" onerror="window.__pwned = 2">';
-        document.body.appendChild(d); }""")
+    page.evaluate(
+        """() => { const d = document.createElement('div');
+        d.innerHTML = '<img src="data:," onerror="window.__pwned = 1">"""
+        """<img src="x" onerror="window.__pwned = 2">';
+        document.body.appendChild(d); }"""
+    )
     page.wait_for_timeout(500)
     assert page.evaluate("window.__pwned") is None
     assert any("Content Security Policy" in line for line in demo_page.console)
@@ -511,7 +519,8 @@ def test_hostile_prompts_stay_text(browser, hostile_run):
     assert "4. <b>benign</b> · guard · coherent · kept" in ticks
     assert (
         page.evaluate(
-            "document.querySelectorAll('img, iframe, svg[onload], textarea, meta[http-equiv=refresh]').length"
+            "document.querySelectorAll("
+            "'img, iframe, svg[onload], textarea, meta[http-equiv=refresh]').length"
         )
         == 0
     )
