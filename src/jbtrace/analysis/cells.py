@@ -13,9 +13,8 @@ from scipy import stats as sps
 from jbtrace.analysis.inference import LEVEL, bh, welch
 from jbtrace.errors import UserError
 
-CONSTANT_RTOL = (
-    1e-6  # a cell whose spread is below this (relative) is numerically constant, not tested
-)
+# a cell whose spread is below this (relative) is numerically constant, not tested
+CONSTANT_RTOL = 1e-6
 
 
 def cell_tests(ds: xr.Dataset, q: float = 0.05, min_count: int = 2) -> xr.Dataset:

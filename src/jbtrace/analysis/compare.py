@@ -35,9 +35,8 @@ from jbtrace.errors import UserError
 from jbtrace.prompts.matching import match_lengths
 
 CELL_VARS = ("diff", "g", "ci_low", "ci_high", "p", "q", "significant")
-MAX_EXCLUDED_GAP = (
-    0.05  # refuse when non-finite values exclude shares of prompts this far apart in A and B
-)
+# refuse when non-finite values exclude shares of prompts this far apart in A and B
+MAX_EXCLUDED_GAP = 0.05
 PROFILE_VARS = ("diff", "ci_low", "ci_high", "g", "p", "q")
 
 

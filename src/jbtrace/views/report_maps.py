@@ -12,9 +12,8 @@ import math
 import numpy as np
 import xarray as xr
 
-MAX_COLUMNS = (
-    512  # heatmap positions drawn per model; longer runs are pooled into bins of equal width
-)
+# heatmap positions drawn per model; longer runs are pooled into bins of equal width
+MAX_COLUMNS = 512
 # heatmap cells drawn over all models and statistics (the demo draws 52k); more are pooled
 MAX_CELLS = 250_000
 MAX_ATTENTION = 128  # query and key positions drawn per attention map
