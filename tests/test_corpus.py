@@ -1,7 +1,13 @@
-"""The builtin benign corpus: sources, licences, duplicates, length quota, selection, rebuild. No network."""
+"""The builtin benign corpus: sources, licences, duplicates, length quota, selection, rebuild.
+
+No network.
+"""
 
 import importlib.metadata
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +18,8 @@ from sklearn.feature_extraction.text import CountVectorizer
 from jbtrace.errors import UserError
 from jbtrace.prompts import corpus as C
 from jbtrace.prompts import list_sources, load_prompts, texts_sha256
-from jbtrace.prompts.compose import compose
+from jbtrace.prompts.corpus_build import benign as B
+from jbtrace.prompts.corpus_build.compose import compose
 from jbtrace.prompts.dedup import NearDuplicateIndex, jaccard, normalise, shingles
 
 # sha256 of the 398 texts of jbtrace's first benign set, as shipped before the corpus grew:
@@ -27,7 +34,7 @@ def rows():
 
 @pytest.fixture(scope="module")
 def jailbreak_texts():
-    return {s: load_prompts("j", s, seed=0).texts for s in C.JAILBREAK_SOURCES}
+    return {s: load_prompts("j", s, seed=0).texts for s in B.JAILBREAK_SOURCES}
 
 
 def _jaccard_matrix(a: list[str], b: list[str]) -> np.ndarray:
@@ -149,10 +156,10 @@ def test_build_drops_planted_copies(tmp_path, monkeypatch):
     planted = unique[0].replace("w3", "W3!").upper()  # normalises to unique[0]
     jail_file = tmp_path / "jail.jsonl"
     jail_file.write_text(json.dumps({"text": planted}) + "\n")
-    monkeypatch.setattr(C, "JAILBREAK_SOURCES", (str(jail_file),))
-    monkeypatch.setattr(C, "SOURCES", (C.Source("own-test", "test", "own", "MIT"),))
-    monkeypatch.setattr(C, "_composed", lambda source: composed)
-    report = C.build(tmp_path / "out")
+    monkeypatch.setattr(B, "JAILBREAK_SOURCES", (str(jail_file),))
+    monkeypatch.setattr(B, "SOURCES", (B.Source("own-test", "test", "own", "MIT"),))
+    monkeypatch.setattr(B, "_composed", lambda source: composed)
+    report = B.build(tmp_path / "out")
     kept = [
         json.loads(line)["text"]
         for line in (tmp_path / "out" / "own-test.jsonl").read_text().splitlines()
@@ -187,7 +194,9 @@ def test_length_quota_with_minilm_tokenizer(rows):
     )
     assert (lengths > 300).mean() >= 0.25
     long_own = [
-        r["source"] for r, n in zip(rows, lengths) if n > 300 and r["source"].startswith("own-")
+        r["source"]
+        for r, n in zip(rows, lengths, strict=True)
+        if n > 300 and r["source"].startswith("own-")
     ]
     assert len(long_own) >= 200  # long prompts are not only package passages
 
@@ -257,11 +266,26 @@ def test_list_sources_shows_each_benign_source_with_licence():
     assert listed["builtin:benign"]["size"] == sum(s["size"] for s in C.manifest()["sources"])
 
 
+def test_runtime_never_imports_the_build():
+    """Reading the corpus (load, list) does not load the builder, its grammars or passages."""
+    code = (
+        "import sys; from jbtrace.prompts import load_prompts, list_sources;"
+        "load_prompts('b', 'builtin:benign'); load_prompts('b', 'builtin:benign:own-code');"
+        "list_sources();"
+        "print(sorted(m for m in sys.modules if m.startswith('jbtrace.prompts.corpus_build')))"
+    )
+    src = str(Path(C.__file__).parents[2])  # this jbtrace, installed or not
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 # ---------------------------------------------------------------- reproducible
 
 
 def test_compose_is_seeded_and_expands_every_slot():
-    from jbtrace.prompts.compose import SLOT, grammar_files, load_grammar
+    from jbtrace.prompts.corpus_build.compose import SLOT, grammar_files, load_grammar
 
     for name, path in grammar_files().items():
         grammar = load_grammar(path)
@@ -298,7 +322,7 @@ def test_compose_list_slots_and_pairs():
 def test_rebuild_reproduces_shipped_corpus(tmp_path):
     """Rebuilding from the grammars and installed packages gives the shipped files byte for byte
     (package passages only where the installed version is the one recorded)."""
-    C.build(tmp_path)
+    B.build(tmp_path)
     shipped = C.data_dir()
     for s in C.manifest()["sources"]:
         if s["kind"] == "package":

@@ -211,7 +211,7 @@ def test_grouped_folds_never_split_a_cluster():
 
 
 def test_loader_groups_follow_their_prompts_through_cleaning_and_limit(monkeypatch):
-    from jbtrace.prompts import load as L
+    from jbtrace.prompts import sets as L
 
     raw = ["  a  ", "b", "", "a", "c", "d"]
     groups = ["g1", "g2", "g3", "g4", "g1", "g2"]

@@ -13,7 +13,7 @@ from jbtrace.defend.guard import GenerateOptions
 from jbtrace.errors import UserError
 from jbtrace.models import load_model
 from jbtrace.prompts import PromptSet, advbench_behaviours, load_prompts
-from jbtrace.prompts.outcomes import Outcome, parse_source, read_outcomes, write_outcomes
+from jbtrace.prompts.judged_answers import Outcome, parse_source, read_outcomes, write_outcomes
 
 
 def _outcome(set_, prompt, label, behaviour=None):

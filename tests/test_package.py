@@ -82,3 +82,45 @@ def test_functions_and_modules_stay_small():
         f"over {MAX_FUNCTION_LINES} lines a function or {MAX_MODULE_LINES} a module:\n"
         + "\n".join(too_long)
     )
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _jbtrace_imports(path: pathlib.Path, modules: set[str]) -> set[str]:
+    """The jbtrace modules `path` imports, at module level or inside a function (lazy imports
+    count: a circle hidden in a function is still a circle). `from PKG import NAME` points at
+    the submodule PKG.NAME where there is one, else at PKG itself (its __init__)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            found |= subs & modules
+            if subs - modules:
+                found.add(node.module)
+    return found & modules
+
+
+def test_no_import_cycles():
+    paths = {_module_name(p): p for p in SRC.rglob("*.py")}
+    graph = {name: _jbtrace_imports(path, set(paths)) - {name} for name, path in paths.items()}
+    assert "jbtrace.prompts.sources" in graph["jbtrace.prompts.sets"]  # the walk sees imports
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                cycle = trail[trail.index(target) :] + [target]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if target not in state:
+                visit(target, [*trail, target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])

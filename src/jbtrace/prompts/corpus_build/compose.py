@@ -13,8 +13,9 @@ variant), then a template, then expands slots recursively with one seeded genera
 - `{name,2-3}`   2 to 3 distinct options joined as "a, b and c"
 
 A grammar's `paired` lists slots drawn with one index (a task and the snippet it is
-about), so their option lists must be equally long. Composition is deterministic for a given seed and grammar; the frozen corpus files are
-its output (after de-duplication), and a test rebuilds them to check.
+about), so their option lists must be equally long. Composition is deterministic for a given
+seed and grammar; the frozen corpus files are its output (after de-duplication), and a test
+rebuilds them to check.
 """
 
 from __future__ import annotations
