@@ -102,7 +102,7 @@ def test_bad_chunks_are_refused_in_one_line_and_nothing_is_cached(tmp_path, case
 def test_qwen_refuses_the_direct_harmful_request_and_answers_the_others(tmp_path):
     """The short real check: three prompts, a handful of new tokens, the direct harmful one refused."""
     _installed()
-    from jbtrace.defend import outcomes as O
+    from jbtrace.defend import attack_success as O
     from jbtrace.defend.guard import GenerateOptions
     from jbtrace.models import load_model
     from jbtrace.prompts import PromptSet
