@@ -12,10 +12,11 @@ from pathlib import Path
 
 from jbtrace.analysis import compare
 from jbtrace.analysis.compare import CompareResult
-from jbtrace.detect import report
+from jbtrace.detect.ranking import to_dict
 from jbtrace.detect.train import DetectOptions, ModelReport
 from jbtrace.trace import store
 from jbtrace.views import plot
+from jbtrace.views.detect_md import detect_markdown
 from jbtrace.views.guard_md import guard_markdown
 from jbtrace.views.outcomes_md import outcomes_markdown
 
@@ -65,13 +66,16 @@ def write_compare(result: CompareResult, run_dir, svg: bool = False) -> list[Pat
     return [run_dir / name for name in names]
 
 
+DETECT_FILES = ("detect.json", "detect.md", "detect.png", "detect.pdf")
+
+
 def write_detect(
     reports: list[ModelReport], run_dir: str | Path, options: DetectOptions, command: str
 ) -> list[Path]:
     """Write RUN/detect.md|png|pdf and detect.json (last) together."""
-    dicts = [report.to_dict(r) for r in reports]
+    dicts = [to_dict(r) for r in reports]
     with staged(run_dir, "detect.json") as tmp:
-        (tmp / "detect.md").write_text(report.markdown(command, options, dicts))
+        (tmp / "detect.md").write_text(detect_markdown(command, options, dicts))
         plot.save(plot.detect_curves(dicts), tmp / "detect")
         options_dict = {
             k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()
@@ -83,7 +87,7 @@ def write_detect(
                 default=float,
             )
         )
-    return [Path(run_dir) / n for n in report.FILES]
+    return [Path(run_dir) / n for n in DETECT_FILES]
 
 
 GUARD_FILES = ("guard.jsonl", "guard.md", "guard.json")
