@@ -16,6 +16,7 @@ from jbtrace.detect.ranking import to_dict
 from jbtrace.detect.train import DetectOptions, ModelReport
 from jbtrace.trace import store
 from jbtrace.views import plot
+from jbtrace.views.compare_md import compare_markdown
 from jbtrace.views.detect_md import detect_markdown
 from jbtrace.views.guard_md import guard_markdown
 from jbtrace.views.outcomes_md import outcomes_markdown
@@ -59,7 +60,7 @@ def write_compare(result: CompareResult, run_dir, svg: bool = False) -> list[Pat
                 tmp / f"profiles{suffix}",
                 svg=svg,
             )
-        (tmp / "summary.md").write_text(result.summary_markdown(), encoding="utf-8")
+        (tmp / "summary.md").write_text(compare_markdown(result), encoding="utf-8")
         (tmp / "compare.json").write_text(json.dumps(result.to_json(), indent=1), encoding="utf-8")
         names = sorted(p.name for p in tmp.iterdir() if p.name != "compare.json") + ["compare.json"]
         store.update(run_dir, result.cells[list(compare.CELL_VARS)])
