@@ -23,6 +23,7 @@ from jbtrace.models import load_model
 from jbtrace.trace import store
 from jbtrace.trace.extract import ExtractOptions, extract
 from jbtrace.views import outputs
+from jbtrace.views.compare_md import compare_markdown
 
 
 def synthetic_store(
@@ -554,10 +555,10 @@ def test_non_finite_values_are_reported_per_scenario():
         "24 benign and 24 jailbreak values" in line
         and "1 of 20 benign and 1 of 20 jailbreak prompts" in line
     )
-    assert "| m | log_norm | 24 | 24 | 1 of 20 | 1 of 20 |" in result.summary_markdown()
+    assert "| m | log_norm | 24 | 24 | 1 of 20 | 1 of 20 |" in compare_markdown(result)
     clean = compare.compare(_overflowed(0, 0), n_permutations=50, n_bootstrap=20)
     assert not any("not finite" in s for s in clean.observations["m"])
-    assert "Non-finite" not in clean.summary_markdown()
+    assert "Non-finite" not in compare_markdown(clean)
 
 
 def test_fp16_overflow_in_a_model_is_reported_and_refused():
@@ -617,7 +618,7 @@ def test_json_and_markdown_and_observations_say_only_what_tests_support():
     s = data["models"]["m"]["stats"]["log_norm"]
     assert set(s) >= {"cells", "layer_profile", "position_profile", "bands", "trends", "index"}
     assert data["scenarios"] == {"a": "benign", "b": "jailbreak"}
-    assert "| m | log_norm |" in result.summary_markdown()
+    assert "| m | log_norm |" in compare_markdown(result)
 
 
 def test_write_compare_adds_cell_variables_to_the_store(tmp_path):

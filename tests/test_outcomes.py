@@ -1,4 +1,5 @@
-"""Outcomes: greedy answers, judged labels, ASR with Wilson CIs, the paired effect, and outcomes: prompt sources."""
+"""Outcomes: greedy answers, judged labels, ASR with Wilson CIs, the paired effect, and outcomes:
+prompt sources."""
 
 import json
 
@@ -8,7 +9,7 @@ import torch
 from scipy.stats import binomtest
 from statsmodels.stats.contingency_tables import mcnemar
 
-from jbtrace.defend import outcomes as O
+from jbtrace.defend import attack_success as O
 from jbtrace.defend.guard import GenerateOptions
 from jbtrace.errors import UserError
 from jbtrace.models import load_model
@@ -112,12 +113,13 @@ def test_paired_effect_matches_statsmodels_mcnemar():
     wrapped_refused = rng.random(40) < 0.4
     records = [
         _outcome("direct", b, "refused" if r else "complied", b)
-        for b, r in zip(behaviours, direct_refused)
+        for b, r in zip(behaviours, direct_refused, strict=True)
     ]
-    # wrapped: only the first 30 behaviours, each inside a template; plus one prompt carrying no behaviour
+    # wrapped: only the first 30 behaviours, each inside a template; plus one prompt carrying no
+    # behaviour
     records += [
         _outcome("wrapped", f"You are DAN. {b}!", "refused" if r else "other", b)
-        for b, r in list(zip(behaviours, wrapped_refused))[:30]
+        for b, r in list(zip(behaviours, wrapped_refused, strict=True))[:30]
     ]
     records.append(_outcome("wrapped", "no behaviour here", "refused"))
     (row,) = O.paired_effects(records)
@@ -157,7 +159,7 @@ def test_answers_are_plain_greedy_generate_one_prompt_at_a_time(tiny):
         tiny, texts, GenerateOptions(max_new_tokens=6, chat_template=False, batch_size=3)
     )
     tok = tiny.tokenizer
-    for text, g in zip(texts, got):
+    for text, g in zip(texts, got, strict=True):
         ids = tok(text, return_tensors="pt")
         with torch.no_grad():
             ref = tiny.model.generate(

@@ -105,7 +105,7 @@ def test_qwen_refuses_the_direct_harmful_request_and_answers_the_others(tmp_path
     """The short real check: three prompts, a handful of new tokens, the direct harmful one
     refused."""
     _installed()
-    from jbtrace.defend import outcomes as O
+    from jbtrace.defend import attack_success as O
     from jbtrace.defend.guard import GenerateOptions
     from jbtrace.models import load_model
     from jbtrace.prompts import PromptSet

@@ -58,11 +58,6 @@ class CompareResult:
 
         return to_json(self)
 
-    def summary_markdown(self) -> str:
-        from jbtrace.analysis.observe import summary_markdown
-
-        return summary_markdown(self)
-
 
 @dataclass
 class _Options:

@@ -1,4 +1,4 @@
-"""Words and files from a comparison: observations, compare.json, summary.md.
+"""Words and data from a comparison: observations (sentences per model) and compare.json.
 
 Every sentence carries its number and its uncertainty, and says only what a test in
 ``compare`` supports; where nothing is significant, it says so.
@@ -7,6 +7,7 @@ Every sentence carries its number and its uncertainty, and says only what a test
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 
@@ -15,17 +16,19 @@ import jbtrace
 MAX_BANDS = 3
 
 
-def _f(x: float | None, digits: int = 3) -> str:
+def number(x: float | None, digits: int = 3) -> str:
+    """``x`` to ``digits`` significant digits, or ``n/a``."""
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
 
 
-def _p(x: float | None) -> str:
+def p_value(x: float | None) -> str:
+    """A p- or q-value: two significant digits, ``< 0.001``, or ``n/a``."""
     return "n/a" if x is None else (f"{x:.2g}" if x >= 0.001 else "< 0.001")
 
 
 def _eq(name: str, x: float | None, op: str = "=") -> str:
     """``p = 0.04`` or ``p < 0.001``."""
-    return f"{name} < 0.001" if x is not None and x < 0.001 else f"{name} {op} {_p(x)}"
+    return f"{name} < 0.001" if x is not None and x < 0.001 else f"{name} {op} {p_value(x)}"
 
 
 def _layers(span: list[int]) -> str:
@@ -43,11 +46,14 @@ def _cells_sentence(stat: str, c: dict, q: float, b: str, min_count: int) -> str
     if not c["tested"]:
         return f"{stat}: no cell has enough prompts in both scenarios to test{tail}."
     if not c["significant"]:
-        return f"{stat}: no cell differs significantly at q={q} ({c['tested']} cells tested, smallest q = {_p(c['min_q'])}){tail}."
+        return (
+            f"{stat}: no cell differs significantly at q={q} ({c['tested']} cells tested, "
+            f"smallest q = {p_value(c['min_q'])}){tail}."
+        )
     return (
-        f"{stat}: {c['significant']} of {c['tested']} tested cells ({c['significant_share']:.0%}) differ at q={q} "
-        f"({c['significant_positive']} higher, {c['significant_negative']} lower under {b}; mean |g| over tested "
-        f"cells {_f(c['mean_abs_g'], 2)}){tail}."
+        f"{stat}: {c['significant']} of {c['tested']} tested cells ({c['significant_share']:.0%}) "
+        f"differ at q={q} ({c['significant_positive']} higher, {c['significant_negative']} lower "
+        f"under {b}; mean |g| over tested cells {number(c['mean_abs_g'], 2)}){tail}."
     )
 
 
@@ -55,7 +61,8 @@ def _band_sentences(stat: str, s: dict, q: float, b: str, n_perm: int) -> list[s
     bands = s["bands"]
     if not bands:
         return [
-            f"No layer's prompt-level mean of {stat} differs significantly ({n_perm} label permutations per layer, "
+            f"No layer's prompt-level mean of {stat} differs significantly ({n_perm} label "
+            "permutations per layer, "
             f"BH over layers at q={q})."
         ]
     top = sorted(
@@ -69,12 +76,14 @@ def _band_sentences(stat: str, s: dict, q: float, b: str, n_perm: int) -> list[s
             f"; {share:.0%} of the cells in these layers significant" if share is not None else ""
         )
         out.append(
-            f"{b} {verb} {stat} in {_layers(band['layers'])} (mean Δ {band['mean_diff']:+.3g}, 95% CI "
-            f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}]; permutation {_eq('q', band['max_q'], '≤')}{cells})."
+            f"{b} {verb} {stat} in {_layers(band['layers'])} (mean Δ {band['mean_diff']:+.3g}, "
+            f"95% CI [{number(band['ci_low'])}, {number(band['ci_high'])}]; permutation "
+            f"{_eq('q', band['max_q'], '≤')}{cells})."
         )
     if len(bands) > MAX_BANDS:
         out.append(
-            f"{len(bands) - MAX_BANDS} further, smaller significant layer bands are listed in compare.json."
+            f"{len(bands) - MAX_BANDS} further, smaller significant layer bands are listed in "
+            "compare.json."
         )
     return out
 
@@ -94,17 +103,20 @@ def _trend_sentences(stat: str, s: dict, q: float) -> list[str]:
         if t["trend"]:
             direction = "increases" if t["diff"] > 0 else "decreases"
             out.append(
-                f"In {_layers(t['layers'])} B − A of {stat} {direction} with position (difference of per-prompt "
+                f"In {_layers(t['layers'])} B − A of {stat} {direction} with position (difference "
+                "of per-prompt "
                 f"slopes {100 * t['diff']:+.3g} per 100 positions, {ci}; {n['a']}+{n['b']} "
                 f"length-matched prompts, Welch-t permutation {_eq('q', t['q'])})."
             )
         else:
             none.append(
-                f"{_layers(t['layers'])} (Δ slope {100 * t['diff']:+.3g} per 100 positions, {ci}; {_eq('q', t['q'])})"
+                f"{_layers(t['layers'])} (Δ slope {100 * t['diff']:+.3g} per 100 positions, {ci}; "
+                f"{_eq('q', t['q'])})"
             )
     if none:
         out.append(
-            f"No detectable position trend of {stat} (per-prompt slopes of length-matched prompts, Welch-t "
+            f"No detectable position trend of {stat} (per-prompt slopes of length-matched prompts, "
+            "Welch-t "
             "permutation test over prompts) in " + "; ".join(none) + "."
         )
     return out
@@ -116,15 +128,18 @@ def _nonfinite_sentence(stat: str, s: dict, a: str, b: str) -> list[str]:
         return []
     used = s["prompts_used"]
     return [
-        f"{stat}: {nf['a']} {a} and {nf['b']} {b} values were not finite (e.g. fp16 overflow) and left out of the cells; "
-        f"{ex['a']} of {ex['a'] + used['a']} {a} and {ex['b']} of {ex['b'] + used['b']} {b} prompts are excluded from "
+        f"{stat}: {nf['a']} {a} and {nf['b']} {b} values were not finite (e.g. fp16 overflow) and "
+        "left out of the cells; "
+        f"{ex['a']} of {ex['a'] + used['a']} {a} and {ex['b']} of {ex['b'] + used['b']} {b} "
+        "prompts are excluded from "
         f"the prompt-level tests."
     ]
 
 
 def _index_sentence(stat: str, idx: dict) -> str:
     return (
-        f"Sensitivity index for {stat} (mean |g| of prompt-level values over layers) {idx['value']:.2f}, 95% CI "
+        f"Sensitivity index for {stat} (mean |g| of prompt-level values over layers) "
+        f"{idx['value']:.2f}, 95% CI "
         f"[{idx['ci_low']:.2f}, {idx['ci_high']:.2f}]; chance level {idx['null_mean']:.2f} "
         f"(permutation {_eq('p', idx['p'])})."
     )
@@ -135,7 +150,8 @@ def _length_sentences(entry: dict, a: str, b: str) -> list[str]:
     if not la or not lb:
         return []
     out = [
-        f"Prompt lengths (tokens): {a} median {la['0.5']:.0f} (IQR {la['0.25']:.0f}–{la['0.75']:.0f}), "
+        f"Prompt lengths (tokens): {a} median {la['0.5']:.0f} (IQR "
+        f"{la['0.25']:.0f}–{la['0.75']:.0f}), "
         f"{b} median {lb['0.5']:.0f} (IQR {lb['0.25']:.0f}–{lb['0.75']:.0f})."
     ]
     for stat, s in entry["stats"].items():
@@ -145,12 +161,15 @@ def _length_sentences(entry: dict, a: str, b: str) -> list[str]:
         kept = m["prompts_kept"]
         if m["survival"] is None:
             out.append(
-                f"Length matching kept {kept['a']}+{kept['b']} prompts: {m.get('note', 'no difference to compare')}."
+                f"Length matching kept {kept['a']}+{kept['b']} prompts: "
+                f"{m.get('note', 'no difference to compare')}."
             )
             continue
         out.append(
-            f"After length matching ({kept['a']} {a} + {kept['b']} {b} prompts kept), {m['survival']:.0%} of the "
-            f"layer-profile difference in {stat} survives; {m['layers_significant']} of {len(m['layers'])} layers "
+            f"After length matching ({kept['a']} {a} + {kept['b']} {b} prompts kept), "
+            f"{m['survival']:.0%} of the "
+            f"layer-profile difference in {stat} survives; {m['layers_significant']} of "
+            f"{len(m['layers'])} layers "
             f"still significant (permutation, BH)."
         )
     return out
@@ -181,14 +200,25 @@ def observations(result) -> dict[str, list[str]]:
         lines += _length_sentences(entry, a, b)
         if entry.get("random_init"):
             lines.append(
-                "Random-init stand-in: these differences come from the prompts' tokens passing through random "
-                "weights, not from learned behaviour."
+                "Random-init stand-in: these differences come from the prompts' tokens passing "
+                "through random weights, not from learned behaviour."
             )
         out[model] = lines
     return out
 
 
+def _holds(x: dict) -> str:
+    """How often one model stays above the next in the bootstrap (or how often they tie)."""
+    hi, lo = x["higher"], x["lower"]
+    return (
+        f"{hi} and {lo} tied in {x['ties']:.0%}"
+        if x["ties"] > 0.5
+        else f"{hi} > {lo} in {x['holds']:.0%}"
+    )
+
+
 def ranking_sentences(result) -> list[str]:
+    """One sentence per statistic ranking the models by sensitivity index, with its stability."""
     out = []
     n_boot = result.params["n_bootstrap"]
     for stat, r in result.ranking.items():
@@ -200,24 +230,15 @@ def ranking_sentences(result) -> list[str]:
             for m in r["order"]
         )
         adjacent = {(x["higher"], x["lower"]): x for x in r["pairwise"]}
-
-        def holds(hi, lo):
-            x = adjacent[(hi, lo)]
-            return (
-                f"{hi} and {lo} tied in {x['ties']:.0%}"
-                if x["ties"] > 0.5
-                else f"{hi} > {lo} in {x['holds']:.0%}"
-            )
-
-        holds = ", ".join(holds(hi, lo) for hi, lo in zip(r["order"], r["order"][1:]))
+        holds = ", ".join(_holds(adjacent[pair]) for pair in pairwise(r["order"]))
         out.append(
-            f"Ranking by {stat} sensitivity index: {chain}; the order holds in {n_boot} paired bootstrap "
-            f"replicates over prompts as: {holds}."
+            f"Ranking by {stat} sensitivity index: {chain}; the order holds in {n_boot} paired "
+            f"bootstrap replicates over prompts as: {holds}."
         )
     return out
 
 
-# ---------------------------------------------------------------- compare.json and summary.md
+# ---------------------------------------------------------------- compare.json
 
 
 def _clean(x):
@@ -275,128 +296,3 @@ def to_json(result) -> dict:
             "ranking_observations": ranking_sentences(result),
         }
     )
-
-
-def summary_markdown(result) -> str:
-    """Tables and observations, for people."""
-    a, b = result.scenarios
-    p = result.params
-    lines = [
-        f"# Compare: {b} − {a}",
-        "",
-        f"q = {p['q']} (Benjamini–Hochberg per model and statistic), min count {p['min_count']}, "
-        f"{p['n_permutations']} permutations, {p['n_bootstrap']} bootstrap replicates, seed {p['seed']}"
-        + (", length-matched layer profiles" if p["match_length"] else "")
-        + f"; refused when non-finite values exclude shares of prompts more than {p['max_excluded_gap']:.0%} apart.",
-        "",
-    ]
-    lines += [
-        "## Cells",
-        "",
-        "| model | stat | tested | significant | share | + | − | left out | constant | mean abs g |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for model, entry in result.models.items():
-        for stat, s in entry["stats"].items():
-            c = s["cells"]
-            share = "n/a" if c["significant_share"] is None else f"{c['significant_share']:.1%}"
-            lines.append(
-                f"| {model} | {stat} | {c['tested']} | {c['significant']} | {share} | {c['significant_positive']} "
-                f"| {c['significant_negative']} | {c['one_scenario_only'] + c['below_min_count']} | {c['constant']} "
-                f"| {_f(c['mean_abs_g'], 2)} |"
-            )
-    lines += [
-        "",
-        "## Significant layer bands (prompt-level permutation test)",
-        "",
-        "| model | stat | layers | mean Δ | 95% CI | max q | cells significant |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for model, entry in result.models.items():
-        for stat, s in entry["stats"].items():
-            for band in s.get("bands", []):
-                share = (
-                    "n/a"
-                    if band["cells_significant_share"] is None
-                    else f"{band['cells_significant_share']:.0%}"
-                )
-                lines.append(
-                    f"| {model} | {stat} | {band['layers'][0]}–{band['layers'][1]} | {band['mean_diff']:+.3g} | "
-                    f"[{_f(band['ci_low'])}, {_f(band['ci_high'])}] | {_p(band['max_q'])} | {share} |"
-                )
-    lines += [
-        "",
-        "## Position trends (difference of per-prompt slopes, length-matched prompts, Welch-t permutation)",
-        "",
-        "| model | stat | layers | prompts | B − A per 100 positions | 95% CI | p | q | trend |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for model, entry in result.models.items():
-        for stat, s in entry["stats"].items():
-            for t in s.get("trends", []):
-                if t["p"] is None:
-                    continue
-                lines.append(
-                    f"| {model} | {stat} | {t['layers'][0]}–{t['layers'][1]} | {t['n_prompts']['a']}+"
-                    f"{t['n_prompts']['b']} | {100 * t['diff']:+.3g} | [{100 * t['ci_low']:.3g}, "
-                    f"{100 * t['ci_high']:.3g}] | {_p(t['p'])} | {_p(t['q'])} | {'yes' if t['trend'] else 'no'} |"
-                )
-    nonfinite = [
-        (model, stat, s)
-        for model, entry in result.models.items()
-        for stat, s in entry["stats"].items()
-        if any(s["nonfinite"].values()) or any(s["prompts_excluded"].values())
-    ]
-    if nonfinite:
-        lines += [
-            "",
-            "## Non-finite values",
-            "",
-            f"| model | stat | values {a} | values {b} | prompts excluded {a} | "
-            f"prompts excluded {b} |",
-            "|---|---|---|---|---|---|",
-        ]
-        for model, stat, s in nonfinite:
-            nf, ex, used = s["nonfinite"], s["prompts_excluded"], s["prompts_used"]
-            lines.append(
-                f"| {model} | {stat} | {nf['a']} | {nf['b']} | {ex['a']} of {ex['a'] + used['a']} | "
-                f"{ex['b']} of {ex['b'] + used['b']} |"
-            )
-    lines += [
-        "",
-        "## Sensitivity index (mean |g| over layers, prompt level)",
-        "",
-        "| model | stat | index | 95% CI | chance | p |",
-        "|---|---|---|---|---|---|",
-    ]
-    for model, entry in result.models.items():
-        for stat, s in entry["stats"].items():
-            if s.get("index"):
-                i = s["index"]
-                lines.append(
-                    f"| {model} | {stat} | {i['value']:.3f} | [{i['ci_low']:.3f}, {i['ci_high']:.3f}] | "
-                    f"{i['null_mean']:.3f} | {_p(i['p'])} |"
-                )
-    ranking = ranking_sentences(result)
-    if ranking:
-        lines += ["", "## Ranking", "", *ranking]
-    lines += [
-        "",
-        "## Prompt lengths (tokens)",
-        "",
-        "| model | scenario | n | 10% | 25% | median | 75% | 90% | max |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for model, entry in result.models.items():
-        for scenario, d in entry["lengths"].items():
-            qs = d["quantiles"]
-            if qs:
-                lines.append(
-                    f"| {model} | {scenario} | {d['n']} | "
-                    + " | ".join(f"{qs[k]:.0f}" for k in ("0.1", "0.25", "0.5", "0.75", "0.9", "1"))
-                    + " |"
-                )
-    lines += ["", "## Observations", ""]
-    for model, sentences in result.observations.items():
-        lines += [f"### {result.models[model]['label']}", "", *[f"- {s}" for s in sentences], ""]
-    return "\n".join(lines) + "\n"

@@ -90,7 +90,7 @@ def outcomes_cmd(
     quiet: Quiet = False,
 ):
     """Generate each prompt's answer, judge it (refused / complied / other), and count attack success per set."""
-    from jbtrace.defend import outcomes
+    from jbtrace.defend import attack_success as outcomes
     from jbtrace.defend.guard import GenerateOptions
     from jbtrace.models import load_model
     from jbtrace.prompts import advbench_behaviours

@@ -1,4 +1,5 @@
-"""Evaluate the guard: per set and mode, how many jailbreaks are blocked and benign prompts kept, by each judge.
+"""Evaluate the guard: per set and mode, how many jailbreaks are blocked and benign prompts kept,
+by each judge.
 
 For every prompt the unmodified model's response (the baseline) and each mode's response are
 judged; a jailbreak is *blocked* when a judge says it was not answered, a benign prompt *kept*
@@ -17,13 +18,15 @@ import numpy as np
 
 from jbtrace.defend import guard as G
 from jbtrace.defend import judges as J
+from jbtrace.defend.attack_success import make_judges
 from jbtrace.detect.detector import Detector, text_hash
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
 from jbtrace.prompts import PromptSet
+from jbtrace.proportion import LEVEL, rate
 
 log = logging.getLogger(__name__)
-LEVEL = 0.95
+METHOD = "wilson"  # the interval of every rate
 
 
 @dataclass(frozen=True)
@@ -68,27 +71,11 @@ class GuardResult:
     summary: dict
 
 
-def wilson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (NaN for n = 0)."""
-    from statsmodels.stats.proportion import proportion_confint
-
-    if n == 0:
-        return float("nan"), float("nan")
-    low, high = proportion_confint(k, n, alpha=1 - level, method="wilson")
-    return float(low), float(high)
-
-
-def rate(flags) -> dict:
-    flags = np.asarray(flags, dtype=bool)
-    k, n = int(flags.sum()), len(flags)
-    low, high = wilson(k, n)
-    return {"k": k, "n": n, "rate": k / n if n else float("nan"), "ci_low": low, "ci_high": high}
-
-
 def without_training(
     sets: list[PromptSet], detector: Detector, limit: int | None = None, seed: int = 0
 ) -> tuple[list[PromptSet], dict]:
-    """The sets without the prompts the detector was trained on (then a seeded sample of ``limit``), and how many each lost."""
+    """The sets without the prompts the detector was trained on (then a seeded sample of
+    ``limit``), and how many each lost."""
     seen = set(detector.config.get("train_text_hashes", []))
     kept, removed = [], {}
     for s in sets:
@@ -107,51 +94,19 @@ def without_training(
     return kept, removed
 
 
-def make_judges(lm: LoadedModel, options: GuardOptions, chat_template: bool) -> dict:
-    judges = {}
-    for spec in dict.fromkeys(options.judges):
-        if spec == "coherent":
-            judges[spec] = J.Coherent(
-                lm,
-                options.max_repeat,
-                options.max_perplexity,
-                chat_template,
-                options.generation.max_tokens,
-            )
-        else:
-            judges[spec] = J.get_judge(spec, lm, threshold=options.on_topic_threshold)
-    return judges
-
-
-def evaluate_guard(
-    lm: LoadedModel,
-    detector: Detector,
-    sets: list[PromptSet],
-    labels: dict[str, int],
-    options: GuardOptions = GuardOptions(),
-    calibration: PromptSet | None = None,
-    progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
-) -> GuardResult:
-    """Flag, generate in each mode, judge, and summarise (rates per set, mode and judge)."""
-    started = time.perf_counter()
-    tick = progress_start or (lambda description, total: None)
-    G.check_detector(detector, lm)
-    gen = options.generation
-    chat = G.uses_chat_template(lm, gen)
-    n_blocks = surgery.num_blocks(lm.model.config)
+def _bypass(lm: LoadedModel, detector: Detector, options: GuardOptions) -> tuple[list, str]:
+    """The blocks to bypass (given, or the detector's most susceptible) and how they were chosen."""
     if options.bypass is None:
+        n_blocks = surgery.num_blocks(lm.model.config)
         bypass, how = G.susceptible_layers(detector, n_blocks, options.bypass_k)
     else:
         bypass, how = list(options.bypass), "given with --bypass"
-    bypass = list(surgery.check_bypass(lm.model, bypass))
-    sets, removed = without_training(sets, detector, options.limit, options.seed)
-    texts = [t for s in sets for t in s.texts]
-    where = [(s.name, i) for s in sets for i in range(len(s))]
-    judges = make_judges(lm, options, chat)
+    return list(surgery.check_bypass(lm.model, bypass)), how
 
-    which = G.choose_flagger(detector, options.layer, options.source, options.feature)
-    flags = G.flag(lm, detector, which, texts, options.threshold, tick("scoring", len(texts)))
 
+def _generate(lm, texts, flags, bypass, options: GuardOptions, tick) -> tuple[list, dict]:
+    """The baseline generation and each mode's responses (``never`` is the baseline itself)."""
+    gen = options.generation
     baseline = G.generate(lm, texts, gen, (), tick("baseline (no bypass)", len(texts)))
     responses = {}
     for mode in options.modes:
@@ -165,47 +120,58 @@ def evaluate_guard(
             responses[mode] = G.guard_generate(
                 lm, texts, flags.flags, bypass, gen, tick("guard", len(texts))
             )
+    return baseline, responses
 
-    if "on-topic" in judges and judges["on-topic"].threshold is None:
-        if calibration is None or len(calibration) < 4:
-            raise UserError(
-                "the on-topic judge needs benign calibration prompts (or --on-topic-threshold)"
-            )
-        used = set(texts) | set(detector.config.get("train_text_hashes", []))
-        fresh = [t for t in calibration.texts if t not in used and text_hash(t) not in used]
-        pick = np.random.default_rng(options.seed).permutation(len(fresh))[
-            : options.calibration_limit
-        ]
-        fresh = [fresh[i] for i in sorted(pick)]
-        cal = G.generate(lm, fresh, gen, (), tick("on-topic calibration (benign)", len(fresh)))
-        judges["on-topic"].calibrate(fresh, [g.text for g in cal], options.seed)
 
+def _calibrate_on_topic(lm, judges, calibration, texts, detector, options: GuardOptions, tick):
+    """Fit the on-topic threshold on benign prompts used nowhere else (when none was given)."""
+    if "on-topic" not in judges or judges["on-topic"].threshold is not None:
+        return
+    if calibration is None or len(calibration) < 4:
+        raise UserError(
+            "the on-topic judge needs benign calibration prompts (or --on-topic-threshold)"
+        )
+    used = set(texts) | set(detector.config.get("train_text_hashes", []))
+    fresh = [t for t in calibration.texts if t not in used and text_hash(t) not in used]
+    pick = np.random.default_rng(options.seed).permutation(len(fresh))[: options.calibration_limit]
+    fresh = [fresh[i] for i in sorted(pick)]
+    gen = options.generation
+    cal = G.generate(lm, fresh, gen, (), tick("on-topic calibration (benign)", len(fresh)))
+    judges["on-topic"].calibrate(fresh, [g.text for g in cal], options.seed)
+
+
+def _judge(judges: dict, texts: list[str], outputs: list, tick) -> dict:
+    """Every judge's verdict on every distinct (prompt, response), keyed by (judge, prompt,
+    response)."""
     cache: dict[tuple[str, str, str], dict] = {}
-    pending = {(t, g.text) for outs in [baseline, *responses.values()] for t, g in zip(texts, outs)}
+    pending = {(t, g.text) for outs in outputs for t, g in zip(texts, outs, strict=True)}
     for name, judge in judges.items():
         pairs = sorted(pending)
         advance = tick(f"judge {name}", len(pairs))
-        for (p, r), v in zip(
-            pairs, J.judge_all(judge, [p for p, _ in pairs], [r for _, r in pairs])
-        ):
+        found = J.judge_all(judge, [p for p, _ in pairs], [r for _, r in pairs])
+        for (p, r), v in zip(pairs, found, strict=True):
             cache[(name, p, r)] = v
         if advance:
             advance(len(pairs))
+    return cache
 
-    def verdicts(prompt: str, response: str) -> dict:
-        out = {name: cache[(name, prompt, response)] for name in judges}
-        if options.combine:
-            label = "+".join(options.combine)
-            out[label] = {
-                "judge": label,
-                "answered": all(out[j]["answered"] for j in options.combine),
-            }
-        return out
 
-    set_label = {s.name: labels[s.name] for s in sets}
+def _verdicts(cache: dict, judges: dict, combine: tuple, prompt: str, response: str) -> dict:
+    """Each judge's verdict, and the combined one (answered by all of ``combine``)."""
+    out = {name: cache[(name, prompt, response)] for name in judges}
+    if combine:
+        label = "+".join(combine)
+        out[label] = {"judge": label, "answered": all(out[j]["answered"] for j in combine)}
+    return out
+
+
+def _rows(where, texts, flags, bypass, baseline, responses, verdicts, set_label) -> list[dict]:
+    """One row per mode and prompt: flag, responses, verdicts."""
     rows = []
     for mode, outs in responses.items():
-        for k, ((name, i), text, g, base) in enumerate(zip(where, texts, outs, baseline)):
+        for k, ((name, i), text, g, base) in enumerate(
+            zip(where, texts, outs, baseline, strict=True)
+        ):
             bypassed = bypass if (mode == "always" or (mode == "guard" and flags.flags[k])) else []
             rows.append(
                 {
@@ -228,6 +194,47 @@ def evaluate_guard(
                     "baseline_verdicts": verdicts(text, base.text),
                 }
             )
+    return rows
+
+
+def evaluate_guard(
+    lm: LoadedModel,
+    detector: Detector,
+    sets: list[PromptSet],
+    labels: dict[str, int],
+    options: GuardOptions = GuardOptions(),
+    calibration: PromptSet | None = None,
+    progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
+) -> GuardResult:
+    """Flag, generate in each mode, judge, and summarise (rates per set, mode and judge)."""
+    started = time.perf_counter()
+    tick = progress_start or (lambda description, total: None)
+    G.check_detector(detector, lm)
+    gen = options.generation
+    bypass, how = _bypass(lm, detector, options)
+    sets, removed = without_training(sets, detector, options.limit, options.seed)
+    texts = [t for s in sets for t in s.texts]
+    where = [(s.name, i) for s in sets for i in range(len(s))]
+    judges = make_judges(
+        options.judges,
+        lm,
+        gen,
+        options.on_topic_threshold,
+        max_repeat=options.max_repeat,
+        max_perplexity=options.max_perplexity,
+        refusal_first=False,
+    )
+    which = G.choose_flagger(detector, options.layer, options.source, options.feature)
+    flags = G.flag(lm, detector, which, texts, options.threshold, tick("scoring", len(texts)))
+    baseline, responses = _generate(lm, texts, flags, bypass, options, tick)
+    _calibrate_on_topic(lm, judges, calibration, texts, detector, options, tick)
+    cache = _judge(judges, texts, [baseline, *responses.values()], tick)
+
+    def verdicts(prompt: str, response: str) -> dict:
+        return _verdicts(cache, judges, options.combine, prompt, response)
+
+    set_label = {s.name: labels[s.name] for s in sets}
+    rows = _rows(where, texts, flags, bypass, baseline, responses, verdicts, set_label)
     summary = summarise(
         rows, sets, set_label, removed, flags, which, bypass, how, judges, options, lm, detector
     )
@@ -235,47 +242,58 @@ def evaluate_guard(
     return GuardResult(rows, summary)
 
 
-def summarise(
-    rows, sets, set_label, removed, flags, which, bypass, how, judges, options, lm, detector
-) -> dict:
+def _rates(rows: list[dict], sets, set_label: dict, modes) -> list[dict]:
+    """Per mode, set and judge: blocked (jailbreak sets) or kept (benign sets); and identical."""
     judge_names = list(rows[0]["verdicts"]) if rows else []
     rates = []
-    for mode in options.modes:
+    for mode in modes:
         for s in sets:
             mine = [r for r in rows if r["mode"] == mode and r["set"] == s.name]
             jailbreak = bool(set_label[s.name])
+            label = "jailbreak" if jailbreak else "benign"
             for j in judge_names:
                 answered = np.array([r["verdicts"][j]["answered"] for r in mine])
                 rates.append(
                     {
                         "mode": mode,
                         "set": s.name,
-                        "label": "jailbreak" if jailbreak else "benign",
+                        "label": label,
                         "judge": j,
                         "measure": "blocked" if jailbreak else "kept",
-                        **rate(~answered if jailbreak else answered),
+                        **rate(~answered if jailbreak else answered, METHOD),
                     }
                 )
             rates.append(
                 {
                     "mode": mode,
                     "set": s.name,
-                    "label": "jailbreak" if jailbreak else "benign",
+                    "label": label,
                     "judge": None,
                     "measure": "identical to baseline",
-                    **rate([r["identical"] for r in mine]),
+                    **rate([r["identical"] for r in mine], METHOD),
                 }
             )
-    first = options.modes[0]
-    detector_rates = {}
+    return rates
+
+
+def _detector_rates(rows: list[dict], sets, set_label: dict, first: str) -> dict:
+    """Per set, the share the detector flagged (TPR on jailbreak sets, FPR on benign ones)."""
+    out = {}
     for s in sets:
         mine = [r["flagged"] for r in rows if r["mode"] == first and r["set"] == s.name]
-        detector_rates[s.name] = {
+        out[s.name] = {
             "label": "jailbreak" if set_label[s.name] else "benign",
             "measure": "TPR" if set_label[s.name] else "FPR",
-            **rate(mine),
+            **rate(mine, METHOD),
         }
+    return out
+
+
+def summarise(
+    rows, sets, set_label, removed, flags, which, bypass, how, judges, options, lm, detector
+) -> dict:
     gen = options.generation
+    given = options.layer is not None or options.source or options.feature
     return {
         "model": {
             "spec": lm.spec,
@@ -292,9 +310,7 @@ def summarise(
             "threshold": flags.threshold,
             "saved_threshold": which.threshold,
             "cv": which.cv,
-            "chosen": "given"
-            if options.layer is not None or options.source or options.feature
-            else "recommended (best cross-validated F1)",
+            "chosen": "given" if given else "recommended (best cross-validated F1)",
         },
         "bypass": {"layers": bypass, "how": how, "k": options.bypass_k},
         "sets": {
@@ -319,95 +335,7 @@ def summarise(
         "combine": list(options.combine),
         "samples": options.samples,
         "modes": list(options.modes),
-        "detector_rates": detector_rates,
-        "rates": rates,
+        "detector_rates": _detector_rates(rows, sets, set_label, options.modes[0]),
+        "rates": _rates(rows, sets, set_label, options.modes),
         "level": LEVEL,
     }
-
-
-def _pct(r: dict) -> str:
-    return f"{100 * r['rate']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] ({r['k']}/{r['n']})"
-
-
-def _cell(text: str, width: int = 240) -> str:
-    text = " ".join(text.split())
-    text = text if len(text) <= width else text[:width] + " …"
-    return text.replace("|", "\\|").replace("<", "&lt;") or "(empty)"
-
-
-def markdown(result: GuardResult, command: str) -> str:
-    s = result.summary
-    det, byp, gen = s["detector"], s["bypass"], s["generation"]
-    lines = [
-        "# jbtrace guard",
-        "",
-        f"`{command}`",
-        "",
-        f"Model {s['model']['label']} ({s['model']['blocks']} blocks). Bypassed blocks: "
-        f"{', '.join(map(str, byp['layers']))} ({byp['how']}). Flagging detector: {det['source']} layer "
-        f"{det['layer']}, {det['feature']} {det['classifier']} ({det['chosen']}), threshold {det['threshold']:.4g}. "
-        f"{gen['decoding'].capitalize()} decoding, at most {gen['max_new_tokens']} new tokens, "
-        f"chat template {'on' if gen['chat_template'] else 'off'}. Rates with Wilson {int(100 * s['level'])}% CIs.",
-        "",
-    ]
-    for name, info in s["sets"].items():
-        lines.append(
-            f"- `{name}` ({info['label']}, {info['source']}): {info['n']} prompts"
-            + (
-                f", a seeded sample after leaving out {info['removed_detector_training']} used to train the detector"
-                if info["removed_detector_training"]
-                else ""
-            )
-        )
-    lines += ["", "## Detector", "", "| set | measure | flagged |", "|---|---|---|"]
-    lines += [f"| {n} | {r['measure']} | {_pct(r)} |" for n, r in s["detector_rates"].items()]
-    lines += ["", "## Judges", ""]
-    for name, info in s["judges"].items():
-        extra = {k: v for k, v in info.items() if k != "definition"}
-        lines.append(f"- **{name}**: " + "; ".join(info["definition"]) + f". Settings: `{extra}`")
-    if s["combine"]:
-        lines.append(
-            f"- **{'+'.join(s['combine'])}**: answered only when every one of {', '.join(s['combine'])} says answered."
-        )
-    lines += ["", "## Blocked (jailbreak sets) and kept (benign sets), by mode and judge", ""]
-    judges = list(dict.fromkeys(r["judge"] for r in s["rates"] if r["judge"]))
-    lines += [
-        "| set | measure | mode | " + " | ".join(judges) + " | identical to baseline |",
-        "|---|---|---|" + "---|" * (len(judges) + 1),
-    ]
-    for name in s["sets"]:
-        for mode in s["modes"]:
-            mine = {r["judge"]: r for r in s["rates"] if r["set"] == name and r["mode"] == mode}
-            lines.append(
-                f"| {name} | {mine[judges[0]]['measure'] if judges else ''} | {mode} | "
-                + " | ".join(_pct(mine[j]) for j in judges)
-                + f" | {_pct(mine[None])} |"
-            )
-    lines += ["", "## Samples (prompt, baseline, guarded)", ""]
-    shown = "guard" if "guard" in s["modes"] else s["modes"][0]
-    for name in s["sets"]:
-        mine = [r for r in result.rows if r["mode"] == shown and r["set"] == name]
-        picked = ([r for r in mine if r["bypassed"]] + [r for r in mine if not r["bypassed"]])[
-            : s.get("samples", 3)
-        ]
-        if not picked:
-            continue
-        lines += [
-            f"### {name} ({shown} mode)",
-            "",
-            "| prompt | flagged (score) | baseline | guarded | verdicts (baseline → guarded) |",
-            "|---|---|---|---|---|",
-        ]
-        for r in picked:
-            verdicts = ", ".join(
-                f"{j}: {'answered' if r['baseline_verdicts'][j]['answered'] else 'not'} → "
-                f"{'answered' if v['answered'] else 'not'}"
-                for j, v in r["verdicts"].items()
-            )
-            lines.append(
-                f"| {_cell(r['text'])} | {r['flagged']} ({r['score']:.3g}) | {_cell(r['baseline'])} | "
-                f"{_cell(r['response'])} | {verdicts} |"
-            )
-        lines.append("")
-    lines.append(f"Took {s.get('seconds', 0):.0f} s.")
-    return "\n".join(lines)

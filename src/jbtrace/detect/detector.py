@@ -1,4 +1,5 @@
-"""Saved per-layer detectors: one writer and one reader (JSON config + safetensors, no pickle), and scoring.
+"""Saved per-layer detectors: one writer and one reader (JSON config + safetensors, no pickle),
+and scoring.
 
 A saved detector holds, for each (source, layer, feature), the CP position and hidden factors
 (for ``cp`` features), the standardiser's mean and scale, the linear classifier's weights and
@@ -210,8 +211,8 @@ class Detector:
         return cls(config, layers, tensors.get("projection"))
 
     def recommended(self) -> Linear:
-        """The detector ``detect`` chose (best on its selection score), else the best cross-validated F1
-        (ties: AUROC, then the earlier layer)."""
+        """The detector ``detect`` chose (best on its selection score), else the best
+        cross-validated F1 (ties: AUROC, then the earlier layer)."""
         chosen = [d for d in self.layers if d.key == self.config.get("chosen", {}).get("key")]
         if chosen:
             return chosen[0]
@@ -223,7 +224,8 @@ class Detector:
         return max(scored, key=lambda d: (d.cv["f1"], d.cv["auroc"], -d.layer))
 
     def only(self, detectors: list[Linear]) -> Detector:
-        """The same detector restricted to some of its layer detectors (scoring captures only their layers)."""
+        """The same detector restricted to some of its layer detectors (scoring captures only their
+        layers)."""
         return Detector(self.config, list(detectors), self.projection)
 
     def score(
@@ -275,14 +277,15 @@ class Detector:
 def from_report(
     report, options, classifier: str, model_config: dict, every_layer: bool = False, train_texts=()
 ) -> Detector:
-    """The ``classifier`` detector ranked first by ``report.ranked`` (or, ``every_layer``, all of them, the chosen first).
+    """The ``classifier`` detector ranked first by ``ranking.ranked`` (or, ``every_layer``, all of
+    them, the chosen first).
 
     Needs a report made with keep_fitted. The chosen one is the best on the protocol's selection
     score (the worst held-out source under cross-source), recorded in the config. Each layer
     detector keeps its cross-validated F1 and AUROC; ``train_texts`` (the loaded training prompts)
     are saved as short hashes so that evaluations can leave them out.
     """
-    from jbtrace.detect.report import ranked
+    from jbtrace.detect.ranking import ranked
 
     if classifier not in SAVEABLE:
         raise UserError(

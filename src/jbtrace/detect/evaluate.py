@@ -23,8 +23,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
-from statsmodels.stats.proportion import proportion_confint
 
+from jbtrace import proportion
 from jbtrace.detect.decompose import CPFeatures
 from jbtrace.errors import UserError
 
@@ -37,6 +37,7 @@ LENGTH_EDGES = (
     256,
     512,
 )  # token-count bins of the FPR-by-length tables (last bin open)
+METHOD = "clopper-pearson"  # the interval of every rate
 INTERVAL = "Clopper-Pearson exact 95%"
 
 
@@ -54,19 +55,21 @@ def make_classifier(name: str, seed: int) -> Pipeline:
 
 
 def native_score(pipe: Pipeline, name: str, Z: np.ndarray) -> np.ndarray:
-    """Continuous jailbreak score: the margin (decision function), or the vote share for a forest."""
+    """Continuous jailbreak score: the margin (decision function), or a forest's vote share."""
     return pipe.predict_proba(Z)[:, 1] if name == "forest" else pipe.decision_function(Z)
 
 
 def threshold_at_fpr(benign_scores: np.ndarray, target: float) -> float:
-    """The lowest threshold (flag when score ≥ t) that flags at most ``target`` of these benign scores."""
+    """The lowest threshold (flag when score ≥ t) that flags at most ``target`` of these benign
+    scores."""
     s = np.sort(np.asarray(benign_scores, float))[::-1]
     allowed = int(np.floor(target * len(s) + 1e-9))
     return float(np.nextafter(s[allowed], np.inf)) if allowed < len(s) else float(s[-1])
 
 
 def youden_threshold(y: np.ndarray, scores: np.ndarray) -> float:
-    """The threshold (flag when score ≥ t) that maximises TPR − FPR: for a score that separates two known kinds."""
+    """The threshold (flag when score ≥ t) that maximises TPR − FPR: for a score that separates
+    two known kinds."""
     fpr, tpr, thresholds = roc_curve(y, scores)
     return float(thresholds[int(np.argmax(tpr - fpr))])
 
@@ -84,19 +87,14 @@ def calibrated(scale: tuple[float, float], scores: np.ndarray) -> np.ndarray:
 
 
 def rate(flags: np.ndarray) -> dict:
-    """Share flagged with its Clopper–Pearson 95% interval."""
-    flags = np.asarray(flags, bool)
-    n, k = len(flags), int(flags.sum())
-    if n == 0:
-        return {"rate": None, "ci_low": None, "ci_high": None, "n": 0}
-    low, high = proportion_confint(k, n, alpha=0.05, method="beta")
-    return {"rate": k / n, "ci_low": float(low), "ci_high": float(high), "n": n}
+    """Share flagged with its Clopper–Pearson 95% interval (``INTERVAL``)."""
+    return proportion.rate(flags, METHOD)
 
 
 def by_length(flags: np.ndarray, lengths: np.ndarray) -> list[dict]:
     """Share flagged per token-length bin (for benign prompts: the FPR by length)."""
     out = []
-    for lo, hi in zip(LENGTH_EDGES, (*LENGTH_EDGES[1:], None)):
+    for lo, hi in zip(LENGTH_EDGES, (*LENGTH_EDGES[1:], None), strict=True):
         inside = (lengths >= lo) & ((lengths < hi) if hi else True)
         if inside.any():
             out.append({"tokens": f"{lo}-{hi - 1}" if hi else f"{lo}+", **rate(flags[inside])})
@@ -105,7 +103,8 @@ def by_length(flags: np.ndarray, lengths: np.ndarray) -> list[dict]:
 
 @dataclass
 class Design:
-    """What the protocols need besides the features: labels, clusters, sources, lengths, settings."""
+    """What the protocols need besides the features: labels, clusters, sources, lengths and
+    settings."""
 
     y: np.ndarray
     clusters: np.ndarray | None = (
@@ -158,7 +157,8 @@ class Fitted:
 
 
 def _fit(X, feature, d: Design, train: np.ndarray) -> tuple[CPFeatures | None, dict, int]:
-    """CP (for cp features) and every classifier fitted on ``train`` only; count of unconverged fits."""
+    """CP (for cp features) and every classifier fitted on ``train`` only; count of unconverged
+    fits."""
     label, kind, rank = feature
     cp, Z = None, X[train]
     if kind == "cp":
@@ -199,7 +199,8 @@ def _at_points(benign_scores: np.ndarray, target: float) -> dict[str, float]:
 def _cv_metrics(
     d: Design, oof: np.ndarray, folds: list, threshold: float, thresholds: dict
 ) -> dict:
-    """CV metrics at the operating threshold (mean ± std over folds), pooled rates and TPR at fixed FPRs."""
+    """CV metrics at the operating threshold (mean ± std over folds), pooled rates and TPR at
+    fixed FPRs."""
     y, flags = d.y, oof >= threshold
     per = {"f1": [], "accuracy": [], "auroc": []}
     for test in folds:
@@ -326,7 +327,8 @@ def apply(
     y_sets: dict[str, int],
     lengths: dict[str, np.ndarray],
 ) -> None:
-    """Add to each row the flagged share of each test set at the detector's threshold (TPR or FPR, with CI)."""
+    """Add to each row the flagged share of each test set at the detector's threshold (TPR or
+    FPR, with CI)."""
     for row in rows:
         detector = fitted[row["classifier"]]
         row["tests"] = {}

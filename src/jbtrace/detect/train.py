@@ -22,6 +22,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from jbtrace.detect import features as F
 from jbtrace.detect.evaluate import CLASSIFIERS, Design, apply, evaluate
+from jbtrace.detect.holdout import test_set_prompts
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
 from jbtrace.prompts import PromptSet, matching, neardup
@@ -30,31 +31,26 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("cv", "cross-source")
 LABELS = {"benign": 0, "jailbreak": 1}
-DEFAULT_MAX_LAYERS = (
-    8  # layers read when none are asked: all of a shallow model, else evenly spaced
-)
+# layers read when none are asked: all of a shallow model, else evenly spaced
+DEFAULT_MAX_LAYERS = 8
 
 
 @dataclass(frozen=True)
 class DetectOptions:
     sources: tuple[str, ...] = ("resid",)
-    layers: tuple[int, ...] | str | None = (
-        None  # None: all of a shallow model, else DEFAULT_MAX_LAYERS evenly spaced; "all"
-    )
+    # None: all of a shallow model, else DEFAULT_MAX_LAYERS evenly spaced; "all"
+    layers: tuple[int, ...] | str | None = None
     kinds: tuple[str, ...] = ("cp", "last", "mean")
     ranks: tuple[int, ...] = (8,)
     classifiers: tuple[str, ...] = ("logreg",)
     folds: int = 5
-    test_split: float = (
-        0.0  # fraction of training prompts held out (grouped, stratified), scored once at the end
-    )
+    # fraction of training prompts held out (grouped, stratified), scored once at the end
+    test_split: float = 0.0
     protocol: str = "cv"
-    target_fpr: float = (
-        0.01  # operating point: threshold flagging this share of held-out benign prompts
-    )
-    near_duplicate: float = (
-        neardup.THRESHOLD
-    )  # word 5-gram Jaccard at or above which prompts share a cluster
+    # operating point: threshold flagging this share of held-out benign prompts
+    target_fpr: float = 0.01
+    # word 5-gram Jaccard at or above which prompts share a cluster
+    near_duplicate: float = neardup.THRESHOLD
     match_length: bool = False
     test_min_tokens: int = 0
     test_limit: int | None = None  # seeded sample of each test set, taken after the filters above
@@ -62,9 +58,8 @@ class DetectOptions:
     project_dim: int | None = None
     cp_iters: int = 100
     max_tokens: int = 512
-    chat_template: bool | None = (
-        None  # None: where the tokenizer has one; the prompt as the model sees it before answering
-    )
+    # None: where the tokenizer has one; the prompt as the model sees it before answering
+    chat_template: bool | None = None
     batch_size: int = 8
     memory_budget: int = 2 * 2**30
     seed: int = 0
@@ -112,7 +107,7 @@ class DetectOptions:
 
 
 def resolve_labels(names: list[str], explicit: dict[str, str], training: bool) -> dict[str, int]:
-    """0 (benign) or 1 (jailbreak) per set: --label, else the name's prefix, else (two training sets) order."""
+    """0 (benign) or 1 (jailbreak) per set: --label, else the name's prefix, else (two) order."""
     bad = [v for v in explicit.values() if v not in LABELS]
     if bad:
         raise UserError(f"--label value {bad[0]!r}: use NAME=benign or NAME=jailbreak")
@@ -170,15 +165,14 @@ class ModelReport:
     plan: dict
     data: dict
     notes: list[str] = field(default_factory=list)
-    fitted: dict = field(
-        default_factory=dict
-    )  # (source, layer, feature, classifier) -> evaluate.Fitted
+    # (source, layer, feature, classifier) -> evaluate.Fitted
+    fitted: dict = field(default_factory=dict)
     projection: np.ndarray | None = None
     seconds: float = 0.0
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | str | None:
-    """``"1,3,5"``, ``"0:7"`` (end exclusive) or both mixed → sorted layer indices; None/empty → default; "all"."""
+    """``"1,3,5"``, ``"0:7"`` (end exclusive) or both → sorted indices; None/"" → default; all."""
     if not text:
         return None
     if text == "all":
@@ -199,7 +193,7 @@ def parse_layers(text: str | None) -> tuple[int, ...] | str | None:
 
 
 def default_layers(n: int) -> list[int]:
-    """All layers of a model with at most DEFAULT_MAX_LAYERS, else that many evenly spaced from 1 to the last."""
+    """All layers of a shallow model, else DEFAULT_MAX_LAYERS evenly spaced from 1 to the last."""
     if n <= DEFAULT_MAX_LAYERS:
         return list(range(n))
     return sorted({int(round(x)) for x in np.linspace(1, n - 1, DEFAULT_MAX_LAYERS)})
@@ -264,65 +258,32 @@ def _near_duplicate_summary(clusters: np.ndarray, threshold: float) -> dict:
     }
 
 
-def _test_prompts(
-    lm,
-    s: PromptSet,
-    clusters: np.ndarray,
-    train_texts: set,
-    train_clusters: np.ndarray,
-    options: DetectOptions,
-) -> tuple[list[str], dict]:
-    """A test set without near-duplicates of training prompts, then the length filter and limit."""
-    near = np.isin(clusters, train_clusters)
-    exact = np.array([t in train_texts for t in s.texts], bool)
-    fresh = [t for t, dup in zip(s.texts, near) if not dup]
-    lengths = (
-        F.tokenize(lm, fresh, options.max_tokens, options.chat_template).full_lengths
-        if fresh
-        else np.array([], dtype=int)
-    )
-    fresh = [t for t, n in zip(fresh, lengths) if n >= options.test_min_tokens]
-    if options.test_limit and len(fresh) > options.test_limit:
-        pick = np.random.default_rng(options.seed).choice(
-            len(fresh), options.test_limit, replace=False
-        )
-        fresh = [fresh[i] for i in np.sort(pick)]
-    if not fresh:
-        raise UserError(
-            f"test set {s.name!r}: no prompts left after removing near-duplicates of training prompts "
-            f"and those under --test-min-tokens {options.test_min_tokens}"
-        )
-    return fresh, {
-        "source": s.source,
-        "loaded": len(s),
-        "overlap_removed": int(exact.sum()),
-        "near_duplicates_removed": int((near & ~exact).sum()),
-        "n": len(fresh),
-    }
+@dataclass
+class _Prompts:
+    """The loaded training prompts, which of them train, and the test prompts to score."""
+
+    texts: list[str]  # every training prompt loaded
+    y: np.ndarray  # label per loaded prompt
+    sources: np.ndarray  # source per loaded prompt
+    full: np.ndarray  # full token count per loaded prompt
+    clusters: np.ndarray  # near-duplicate cluster per loaded prompt
+    test_clusters: np.ndarray  # near-duplicate cluster per test-set prompt (same numbering)
+    keep: np.ndarray  # the loaded prompts that train (after length matching and --test-split)
+    test_texts: dict[str, list[str]] = field(default_factory=dict)
+    test_y: dict[str, int] = field(default_factory=dict)
 
 
-def detect_model(
-    lm: LoadedModel,
-    train_sets: list[PromptSet],
-    test_sets: list[PromptSet] = (),
-    options: DetectOptions = DetectOptions(),
-    labels: dict[str, str] | None = None,
-    on_note: Callable[[str], None] | None = None,
-    progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
-) -> ModelReport:
-    """Capture features layer group by layer group, evaluate every detector, refit, score test sets."""
-    started = time.perf_counter()
-    notes: list[str] = []
-    train_labels, test_labels = _split_sets(train_sets, test_sets, labels or {})
+def _training_prompts(lm, train_sets, test_sets, train_labels, options) -> tuple[_Prompts, dict]:
+    """Labels, lengths, near-duplicate clusters and length matching of the training prompts."""
     texts = [t for s in train_sets for t in s.texts]
     y_all = np.concatenate([np.full(len(s), train_labels[s.name]) for s in train_sets])
     sources = prompt_sources(train_sets)
     full = F.tokenize(lm, texts, options.max_tokens, options.chat_template).full_lengths
-    # one clustering over training and test prompts, so that equal ids mean near-duplicates across sets
+    # one clustering over training and test prompts: equal ids mean near-duplicates across sets
     clusters = neardup.clusters(
         texts + [t for s in test_sets for t in s.texts], options.near_duplicate
     )
-    train_clusters, test_clusters = clusters[: len(texts)], clusters[len(texts) :]
+    train_clusters = clusters[: len(texts)]
     keep = (
         matching.match_lengths(full, y_all == 1, options.seed)
         if options.match_length
@@ -348,40 +309,42 @@ def detect_model(
         "lengths_loaded": length_summary(full, y_all),
         "lengths_used": length_summary(full[keep], y_all[keep]),
     }
-    test_texts, test_y = {}, {}
+    prompts = _Prompts(texts, y_all, sources, full, train_clusters, clusters[len(texts) :], keep)
+    return prompts, data
+
+
+def _add_tests(lm, p: _Prompts, test_sets, test_labels, options, data: dict) -> None:
+    """The --test-split hold-out (taken from ``p.keep``) and the test sets, into ``p``."""
     if options.test_split:
         cv = StratifiedGroupKFold(
             max(2, round(1 / options.test_split)), shuffle=True, random_state=options.seed
         )
-        part, hold = next(cv.split(keep, y_all[keep], train_clusters[keep]))
-        keep, hold = keep[part], keep[hold]
-        _check_counts(y_all[keep], options.folds, "training set after --test-split")
+        part, hold = next(cv.split(p.keep, p.y[p.keep], p.clusters[p.keep]))
+        p.keep, hold = p.keep[part], p.keep[hold]
+        _check_counts(p.y[p.keep], options.folds, "training set after --test-split")
         for name, c in LABELS.items():
-            test_texts[f"split_{name}"] = [texts[i] for i in hold if y_all[i] == c]
-            test_y[f"split_{name}"] = c
+            p.test_texts[f"split_{name}"] = [p.texts[i] for i in hold if p.y[i] == c]
+            p.test_y[f"split_{name}"] = c
     offset = 0
     for s in test_sets:
-        fresh, info = _test_prompts(
-            lm, s, test_clusters[offset : offset + len(s)], set(texts), train_clusters, options
+        fresh, info = test_set_prompts(
+            lm, s, p.test_clusters[offset : offset + len(s)], set(p.texts), p.clusters, options
         )
         offset += len(s)
         data.setdefault("test_sets", {})[s.name] = {
             "label": "jailbreak" if test_labels[s.name] else "benign",
             **info,
         }
-        test_texts[s.name], test_y[s.name] = fresh, test_labels[s.name]
-    chosen = [texts[i] for i in keep]
-    spans, start = {}, len(chosen)
-    for name, fresh in test_texts.items():
-        chosen += fresh
-        spans[name] = slice(start, start + len(fresh))
-        start += len(fresh)
-    enc = F.tokenize(lm, chosen, options.max_tokens, options.chat_template)
+        p.test_texts[s.name], p.test_y[s.name] = fresh, test_labels[s.name]
+
+
+def _design(lm, p: _Prompts, options, notes: list[str], data: dict) -> Design:
+    """The evaluation design of the training prompts (sources held out under cross-source)."""
     design = Design(
-        y=y_all[keep],
-        clusters=train_clusters[keep],
-        lengths=full[keep],
-        sources=sources[keep] if options.protocol == "cross-source" else None,
+        y=p.y[p.keep],
+        clusters=p.clusters[p.keep],
+        lengths=p.full[p.keep],
+        sources=p.sources[p.keep] if options.protocol == "cross-source" else None,
         classifiers=options.classifiers,
         folds=options.folds,
         seed=options.seed,
@@ -392,26 +355,29 @@ def detect_model(
         ok, alone = design.held_out_sources()
         if not ok:
             raise UserError(
-                "--protocol cross-source needs two sources of one class (two benign or two jailbreak "
-                "--prompts sets, or a set whose prompts carry sources)"
+                "--protocol cross-source needs two sources of one class (two benign or two "
+                "jailbreak --prompts sets, or a set whose prompts carry sources)"
             )
         notes += [f"source {s} is the only one of its class, so it is not held out" for s in alone]
         data["held_out_sources"], data["not_held_out"] = ok, alone
-    dev = slice(0, len(keep))
+    return design
 
+
+def _plan(lm, options, notes, n_prompts: int, n_train: int, on_note) -> tuple[list, dict]:
+    """The layer reads in passes that fit the memory budget, and the plan's sizes (logged)."""
     requests = _requests(lm, options, notes)
     hidden = F.hidden_size(lm)
     per_request = F.request_bytes(
-        len(chosen), hidden, options.kinds, options.cp_positions, options.project_dim
+        n_prompts, hidden, options.kinds, options.cp_positions, options.project_dim
     )
     passes = F.plan_passes(requests, per_request, options.memory_budget)
     cp_bytes = (
-        len(keep) * options.cp_positions * (options.project_dim or hidden) * F.BYTES
+        n_train * options.cp_positions * (options.project_dim or hidden) * F.BYTES
         if "cp" in options.kinds
         else 0
     )
     plan = {
-        "prompts": len(chosen),
+        "prompts": n_prompts,
         "layer_reads": len(requests),
         "hidden": hidden,
         "bytes_per_layer_read": per_request,
@@ -421,34 +387,75 @@ def detect_model(
         "budget_bytes": options.memory_budget,
     }
     message = (
-        f"{lm.name}: {len(chosen)} prompts, {len(requests)} layer reads in {len(passes)} pass(es); "
+        f"{lm.name}: {n_prompts} prompts, {len(requests)} layer reads in {len(passes)} pass(es); "
         f"features {_gib(plan['feature_bytes_per_pass'])} per pass"
         + (f", CP tensor {_gib(cp_bytes)} per fit" if cp_bytes else "")
     )
     log.info(message)
     if on_note:
         on_note(message)
+    return passes, plan
 
+
+@dataclass
+class _Scorer:
+    """Evaluates one feature set on the training prompts, scores the test sets, adds the rows."""
+
+    report: ModelReport
+    design: Design
+    n_train: int  # the first n_train captured prompts train; the test sets follow
+    spans: dict[str, slice]  # test set -> its captured prompts
+    test_y: dict[str, int]
+    test_lengths: dict[str, np.ndarray]
+    keep_fitted: bool
+
+    def __call__(self, X: np.ndarray, feature, where: dict) -> None:
+        rows, fitted = evaluate(X[: self.n_train], feature, self.design)
+        tests = {n: X[sp] for n, sp in self.spans.items()}
+        apply(fitted, rows, tests, self.test_y, self.test_lengths)
+        for row in rows:
+            row.update(where)
+            if self.keep_fitted and where.get("source"):
+                key = (where["source"], where["layer"], row["feature"], row["classifier"])
+                self.report.fitted[key] = fitted[row["classifier"]]
+        (self.report.rows if where.get("source") else self.report.baseline).extend(rows)
+
+
+def detect_model(
+    lm: LoadedModel,
+    train_sets: list[PromptSet],
+    test_sets: list[PromptSet] = (),
+    options: DetectOptions = DetectOptions(),
+    labels: dict[str, str] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
+) -> ModelReport:
+    """Capture features layer group by layer group, evaluate every detector, refit, score tests."""
+    started = time.perf_counter()
+    notes: list[str] = []
+    train_labels, test_labels = _split_sets(train_sets, test_sets, labels or {})
+    p, data = _training_prompts(lm, train_sets, test_sets, train_labels, options)
+    _add_tests(lm, p, test_sets, test_labels, options, data)
+    chosen = [p.texts[i] for i in p.keep]
+    spans, start = {}, len(chosen)
+    for name, fresh in p.test_texts.items():
+        chosen += fresh
+        spans[name] = slice(start, start + len(fresh))
+        start += len(fresh)
+    enc = F.tokenize(lm, chosen, options.max_tokens, options.chat_template)
+    design = _design(lm, p, options, notes, data)
+    passes, plan = _plan(lm, options, notes, len(chosen), len(p.keep), on_note)
     projection = (
-        F.projection(hidden, options.project_dim, options.seed) if "cp" in options.kinds else None
+        F.projection(plan["hidden"], options.project_dim, options.seed)
+        if "cp" in options.kinds
+        else None
     )
     report = ModelReport(
         lm.name, lm.label, lm.spec, lm.random_init, [], [], plan, data, notes, projection=projection
     )
     test_lengths = {name: enc.full_lengths[sp] for name, sp in spans.items()}
-
-    def evaluate_all(X: np.ndarray, feature, where: dict) -> None:
-        rows, fitted = evaluate(X[dev], feature, design)
-        apply(fitted, rows, {n: X[sp] for n, sp in spans.items()}, test_y, test_lengths)
-        for row in rows:
-            row.update(where)
-            if options.keep_fitted and where.get("source"):
-                report.fitted[
-                    (where["source"], where["layer"], row["feature"], row["classifier"])
-                ] = fitted[row["classifier"]]
-        (report.rows if where.get("source") else report.baseline).extend(rows)
-
-    evaluate_all(
+    score = _Scorer(report, design, len(p.keep), spans, p.test_y, test_lengths, options.keep_fitted)
+    score(
         np.log(enc.full_lengths.astype(float))[:, None],
         ("length", "length", None),
         {"model": lm.name},
@@ -470,10 +477,9 @@ def detect_model(
             progress=tick,
         )
         for (source, layer), feats in captured.items():
+            where = {"model": lm.name, "source": source, "layer": layer}
             for feature in options.features():
-                evaluate_all(
-                    feats[feature[1]], feature, {"model": lm.name, "source": source, "layer": layer}
-                )
+                score(feats[feature[1]], feature, where)
         del captured
     report.seconds = time.perf_counter() - started
     return report

@@ -1,4 +1,5 @@
-"""Write a result's files into a run: figures beside the numbers, the summary file last (its presence means complete)."""
+"""Write a result's files into a run: figures and markdown beside the numbers, the summary file
+last (its presence means complete)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ from pathlib import Path
 
 from jbtrace.analysis import compare
 from jbtrace.analysis.compare import CompareResult
-from jbtrace.detect import report
+from jbtrace.detect.ranking import to_dict
 from jbtrace.detect.train import DetectOptions, ModelReport
 from jbtrace.trace import store
 from jbtrace.views import plot
+from jbtrace.views.compare_md import compare_markdown
+from jbtrace.views.detect_md import detect_markdown
+from jbtrace.views.guard_md import guard_markdown
+from jbtrace.views.outcomes_md import outcomes_markdown
 
 
 @contextmanager
 def staged(run_dir: str | Path, last: str):
-    """Yield a temporary folder inside ``run_dir``; when the block succeeds, move its files into the run,
-    ``last`` after the others (so ``last`` present means the set is complete). On failure the run keeps
-    its previous files untouched."""
+    """Yield a temporary folder inside ``run_dir``; when the block succeeds, move its files into
+    the run, ``last`` after the others (so ``last`` present means the set is complete). On failure
+    the run keeps its previous files untouched."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{Path(last).stem}-", dir=run_dir))
@@ -35,9 +40,11 @@ def staged(run_dir: str | Path, last: str):
 
 
 def write_compare(result: CompareResult, run_dir, svg: bool = False) -> list[Path]:
-    """Write figures, summary.md and compare.json (last), and add the per-cell variables to RUN/trace.zarr.
+    """Write figures, summary.md and compare.json (last), and add the per-cell variables to
+    RUN/trace.zarr.
 
-    Everything is made in a temporary folder first, so a failure leaves the previous result untouched.
+    Everything is made in a temporary folder first, so a failure leaves the previous result
+    untouched.
     """
     run_dir = Path(run_dir)
     with staged(run_dir, "compare.json") as tmp:
@@ -53,20 +60,23 @@ def write_compare(result: CompareResult, run_dir, svg: bool = False) -> list[Pat
                 tmp / f"profiles{suffix}",
                 svg=svg,
             )
-        (tmp / "summary.md").write_text(result.summary_markdown(), encoding="utf-8")
+        (tmp / "summary.md").write_text(compare_markdown(result), encoding="utf-8")
         (tmp / "compare.json").write_text(json.dumps(result.to_json(), indent=1), encoding="utf-8")
         names = sorted(p.name for p in tmp.iterdir() if p.name != "compare.json") + ["compare.json"]
         store.update(run_dir, result.cells[list(compare.CELL_VARS)])
     return [run_dir / name for name in names]
 
 
+DETECT_FILES = ("detect.json", "detect.md", "detect.png", "detect.pdf")
+
+
 def write_detect(
     reports: list[ModelReport], run_dir: str | Path, options: DetectOptions, command: str
 ) -> list[Path]:
     """Write RUN/detect.md|png|pdf and detect.json (last) together."""
-    dicts = [report.to_dict(r) for r in reports]
+    dicts = [to_dict(r) for r in reports]
     with staged(run_dir, "detect.json") as tmp:
-        (tmp / "detect.md").write_text(report.markdown(command, options, dicts))
+        (tmp / "detect.md").write_text(detect_markdown(command, options, dicts))
         plot.save(plot.detect_curves(dicts), tmp / "detect")
         options_dict = {
             k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()
@@ -78,7 +88,7 @@ def write_detect(
                 default=float,
             )
         )
-    return [Path(run_dir) / n for n in report.FILES]
+    return [Path(run_dir) / n for n in DETECT_FILES]
 
 
 GUARD_FILES = ("guard.jsonl", "guard.md", "guard.json")
@@ -86,13 +96,11 @@ GUARD_FILES = ("guard.jsonl", "guard.md", "guard.json")
 
 def write_guard(result, run_dir: str | Path, command: str) -> list[Path]:
     """Write RUN/guard.jsonl, guard.md and guard.json (last: its presence means complete)."""
-    from jbtrace.defend.evaluate import markdown
-
     with staged(run_dir, "guard.json") as tmp:
         with (tmp / "guard.jsonl").open("w", encoding="utf-8") as f:
             for row in result.rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (tmp / "guard.md").write_text(markdown(result, command), encoding="utf-8")
+        (tmp / "guard.md").write_text(guard_markdown(result, command), encoding="utf-8")
         (tmp / "guard.json").write_text(
             json.dumps({"command": command, **result.summary}, indent=1, default=float)
         )
@@ -100,12 +108,14 @@ def write_guard(result, run_dir: str | Path, command: str) -> list[Path]:
 
 
 def write_outcomes(result, run_dir: str | Path, command: str) -> list[Path]:
-    """Write RUN/outcomes.md, outcomes.json, then outcomes.jsonl (last: what ``outcomes:`` sources read)."""
+    """Write RUN/outcomes.md, outcomes.json, then outcomes.jsonl (last: what ``outcomes:``
+    sources read)."""
     from jbtrace.prompts.judged_answers import FILE
     from jbtrace.prompts.judged_answers import write_outcomes as write_records
 
     with staged(run_dir, FILE) as tmp:
-        (tmp / "outcomes.md").write_text(f"`{command}`\n\n" + result.markdown(), encoding="utf-8")
+        md = f"`{command}`\n\n" + outcomes_markdown(result.rates, result.paired)
+        (tmp / "outcomes.md").write_text(md, encoding="utf-8")
         summary = {
             "command": command,
             **result.config,

@@ -1,0 +1,36 @@
+"""outcomes.md: the attack success rate per set and the paired effects, as markdown."""
+
+from __future__ import annotations
+
+
+def _pct(x: float, ci: tuple[float, float]) -> str:
+    return f"{100 * x:.0f}% ({100 * ci[0]:.0f}–{100 * ci[1]:.0f})"
+
+
+def outcomes_markdown(rates: list[dict], paired: list[dict]) -> str:
+    """The ASR table per set and the paired effects (``defend.attack_success`` rates and pairs)."""
+    lines = [
+        "| set | source | n | complied | refused | other | ASR (95% CI) | not refused (95% CI) |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rates:
+        lines.append(
+            f"| {r['set']} | {r['source']} | {r['n']} | {r['complied']} | {r['refused']} "
+            f"| {r['other']} | {_pct(r['asr'], r['asr_ci'])} "
+            f"| {_pct(r['not_refused'], r['not_refused_ci'])} |"
+        )
+    if paired:
+        lines += [
+            "",
+            "| direct | wrapped | pairs | refused directly | of those answered wrapped | "
+            "answered directly, refused wrapped | McNemar exact p |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for p in paired:
+            lines.append(
+                f"| {p['direct']} | {p['wrapped']} | {p['pairs']} | {p['refused_direct']} | "
+                f"{p['refused_direct_answered_wrapped']} "
+                f"| {p['answered_direct_refused_wrapped']} | "
+                f"{p['mcnemar_p']:.3g} |"
+            )
+    return "\n".join(lines) + "\n"
