@@ -137,7 +137,7 @@ def evaluate_guard(
     tick = progress_start or (lambda description, total: None)
     G.check_detector(detector, lm)
     gen = options.generation
-    chat = G.uses_chat_template(lm, gen)
+    chat = gen.tokenization.resolve(lm).chat_template
     n_blocks = surgery.num_blocks(lm.model.config)
     if options.bypass is None:
         bypass, how = G.susceptible_layers(detector, n_blocks, options.bypass_k)
@@ -309,7 +309,7 @@ def summarise(
         },
         "generation": {
             **asdict(gen),
-            "chat_template": G.uses_chat_template(lm, gen),
+            "chat_template": gen.tokenization.resolve(lm).chat_template,
             "decoding": "sampling" if gen.sample else "greedy",
         },
         "judges": {

@@ -24,7 +24,7 @@ from scipy.stats import binomtest
 
 from jbtrace.defend import judges as J
 from jbtrace.defend.evaluate import wilson
-from jbtrace.defend.guard import GenerateOptions, generate, prompt_ids, uses_chat_template
+from jbtrace.defend.guard import GenerateOptions, generate, prompt_ids
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
 from jbtrace.prompts import PromptSet
@@ -84,7 +84,9 @@ def make_judges(
             name == "coherent"
         ):  # perplexity of the answer given the prompt as generation formatted it
             judges[name] = J.Coherent(
-                lm, chat_template=uses_chat_template(lm, options), max_tokens=options.max_tokens
+                lm,
+                chat_template=options.tokenization.resolve(lm).chat_template,
+                max_tokens=options.max_tokens,
             )
         else:
             judges[name] = J.get_judge(name, lm, threshold=on_topic_threshold)
@@ -235,7 +237,7 @@ def generation_config(lm: LoadedModel, options: GenerateOptions) -> dict:
     return {
         "model": {k: lm.provenance.get(k) for k in IDENTITY},
         "max_new_tokens": options.max_new_tokens,
-        "chat_template": uses_chat_template(lm, options),
+        "chat_template": options.tokenization.resolve(lm).chat_template,
         "max_tokens": options.max_tokens,
     }
 
