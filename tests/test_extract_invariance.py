@@ -7,8 +7,9 @@ import pytest
 import xarray as xr
 
 from jbtrace.models import load_model
+from jbtrace.models.tokens import plan_batches
 from jbtrace.trace import store
-from jbtrace.trace.extract import ExtractOptions, extract, plan_batches, positions
+from jbtrace.trace.extract import ExtractOptions, extract, positions
 
 STATS = ("log_norm", "cos_prev", "max_abs")
 
@@ -123,7 +124,7 @@ def test_nonfinite_values_are_counted_not_averaged(prompt_sets):
 
 def test_chat_template_wraps_every_prompt(prompt_sets):
     from jbtrace.errors import UserError
-    from jbtrace.trace.extract import encode
+    from jbtrace.models.tokens import encode
 
     lm = load_model("tiny:llama")
     options = ExtractOptions(chat_template=True)

@@ -15,8 +15,8 @@ ALLOWED = {
     "models": {"prompts"},
     "trace": {"prompts", "models"},
     "analysis": {"prompts", "models", "trace"},
-    "detect": {"prompts", "models", "trace"},
-    "defend": {"prompts", "models", "trace", "analysis", "detect"},
+    "detect": {"prompts", "models"},  # tokenizing lives in models.tokens, not trace
+    "defend": {"prompts", "models", "analysis", "detect"},
     "views": {"prompts", "models", "trace", "analysis", "detect", "defend"},
 }
 

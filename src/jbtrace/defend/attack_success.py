@@ -23,7 +23,7 @@ from pathlib import Path
 from scipy.stats import binomtest
 
 from jbtrace.defend import judges as J
-from jbtrace.defend.guard import GenerateOptions, generate, prompt_ids, uses_chat_template
+from jbtrace.defend.guard import GenerateOptions, generate, prompt_ids
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
 from jbtrace.prompts import PromptSet
@@ -97,7 +97,7 @@ def make_judges(
                 lm,
                 max_repeat,
                 max_perplexity,
-                chat_template=uses_chat_template(lm, options),
+                chat_template=options.tokenization.resolve(lm).chat_template,
                 max_tokens=options.max_tokens,
             )
         else:
@@ -222,7 +222,7 @@ def generation_config(lm: LoadedModel, options: GenerateOptions) -> dict:
     return {
         "model": {k: lm.provenance.get(k) for k in IDENTITY},
         "max_new_tokens": options.max_new_tokens,
-        "chat_template": uses_chat_template(lm, options),
+        "chat_template": options.tokenization.resolve(lm).chat_template,
         "max_tokens": options.max_tokens,
     }
 

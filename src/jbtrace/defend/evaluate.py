@@ -325,7 +325,7 @@ def summarise(
         },
         "generation": {
             **asdict(gen),
-            "chat_template": G.uses_chat_template(lm, gen),
+            "chat_template": gen.tokenization.resolve(lm).chat_template,
             "decoding": "sampling" if gen.sample else "greedy",
         },
         "judges": {

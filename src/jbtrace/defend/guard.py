@@ -1,4 +1,5 @@
-"""The guard: flag a prompt with a saved detector, then generate with jailbreak-susceptible blocks bypassed.
+"""The guard: flag a prompt with a saved detector, then generate with jailbreak-susceptible blocks
+bypassed.
 
 Modes: ``guard`` (flagged prompts are generated with the blocks bypassed, the rest untouched),
 ``always`` (every prompt bypassed: the cost of removing the blocks alone) and ``never`` (the
@@ -17,8 +18,15 @@ import torch
 from jbtrace.detect.detector import Detector, Linear
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
+from jbtrace.models.tokens import (
+    MAX_TOKENS,
+    Batching,
+    Tokenization,
+    encode,
+    pad_batch,
+    plan_batches,
+)
 from jbtrace.prompts import PromptSet
-from jbtrace.trace.extract import ExtractOptions, encode, pad_batch, plan_batches
 
 MODES = ("guard", "always", "never")
 
@@ -29,7 +37,7 @@ class GenerateOptions:
 
     max_new_tokens: int = 64
     batch_size: int = 8
-    max_tokens: int = 512  # prompts are truncated to this many tokens (counted)
+    max_tokens: int = MAX_TOKENS  # prompts are truncated to this many tokens (counted)
     chat_template: bool | None = None  # None: the tokenizer's chat template when it has one
     sample: bool = False  # greedy unless True
     temperature: float = 1.0
@@ -45,6 +53,11 @@ class GenerateOptions:
         if self.sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise UserError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
 
+    @property
+    def tokenization(self) -> Tokenization:
+        """How prompts are tokenized for generation (left-padded batches)."""
+        return Tokenization(self.max_tokens, self.chat_template, padding_side="left")
+
 
 @dataclass
 class Generated:
@@ -56,24 +69,12 @@ class Generated:
     truncated: bool
 
 
-def uses_chat_template(lm: LoadedModel, options: GenerateOptions) -> bool:
-    has = bool(getattr(lm.tokenizer, "chat_template", None))
-    if options.chat_template and not has:
-        raise UserError(f"{lm.name}: its tokenizer has no chat template; drop --chat-template")
-    return has if options.chat_template is None else options.chat_template
-
-
 def prompt_ids(
     lm: LoadedModel, texts, options: GenerateOptions
 ) -> tuple[list[list[int]], np.ndarray]:
-    """Token ids of each prompt as generation sees it (chat template when used), and which were truncated."""
-    return encode(
-        lm,
-        list(texts),
-        ExtractOptions(
-            max_tokens=options.max_tokens, chat_template=uses_chat_template(lm, options)
-        ),
-    )
+    """Token ids of each prompt as generation sees it (chat template when used), and which were
+    truncated."""
+    return encode(lm, list(texts), options.tokenization)
 
 
 def generate(
@@ -83,7 +84,8 @@ def generate(
     bypass=(),
     progress: Callable[[int], None] | None = None,
 ) -> list[Generated]:
-    """Responses to ``texts`` with blocks ``bypass`` skipped (none: the model as it is), in the order given."""
+    """Responses to ``texts`` with blocks ``bypass`` skipped (none: the model as it is), in the
+    order given."""
     if not lm.is_causal:
         raise UserError(f"{lm.name} cannot generate text (not a causal language model)")
     texts = list(texts)
@@ -92,9 +94,7 @@ def generate(
     tok = lm.tokenizer
     ids, truncated = prompt_ids(lm, texts, options)
     lengths = np.array([len(x) for x in ids])
-    batches = plan_batches(
-        lengths, ExtractOptions(batch_size=options.batch_size, max_tokens=options.max_tokens)
-    )
+    batches = plan_batches(lengths, Batching(batch_size=options.batch_size))
     out: list[Generated | None] = [None] * len(texts)
     eos = lm.model.generation_config.eos_token_id
     kwargs = {
@@ -110,7 +110,9 @@ def generate(
     stops = set(np.atleast_1d(kwargs["eos_token_id"]).tolist())
     with surgery.bypass(lm.model, bypass), torch.inference_mode():
         for number, batch in enumerate(batches):
-            input_ids, mask = pad_batch(ids, lengths, batch, tok.pad_token_id, "left", lm.device)
+            input_ids, mask = pad_batch(
+                ids, lengths, batch, tok.pad_token_id, options.tokenization.padding_side, lm.device
+            )
             if options.sample:
                 torch.manual_seed(options.seed * 100_003 + number)
             new = lm.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)[
@@ -145,7 +147,8 @@ def guard_generate(
     out: list[Generated | None] = [None] * len(texts)
     for on, skip in ((False, ()), (True, bypass)):
         where = np.flatnonzero(flags == on)
-        for i, g in zip(where, generate(lm, [texts[i] for i in where], options, skip, progress)):
+        answers = generate(lm, [texts[i] for i in where], options, skip, progress)
+        for i, g in zip(where, answers, strict=True):
             out[i] = g
     return out
 
@@ -182,7 +185,8 @@ def choose_flagger(
     source: str | None = None,
     feature: str | None = None,
 ) -> Linear:
-    """The layer detector to flag with: the recommended one, or the best-CV one matching what is asked."""
+    """The layer detector to flag with: the recommended one, or the best-CV one matching what is
+    asked."""
     if layer is None and source is None and feature is None:
         return detector.recommended()
     matches = [
@@ -209,7 +213,8 @@ def flag(
     threshold: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Flags:
-    """Score ``texts`` with one layer detector; flag at its saved threshold unless another is given."""
+    """Score ``texts`` with one layer detector; flag at its saved threshold unless another is
+    given."""
     texts = list(texts)
     threshold = which.threshold if threshold is None else float(threshold)
     if not texts:
@@ -222,7 +227,8 @@ def flag(
 
 
 def susceptible_layers(detector: Detector, n_blocks: int, k: int = 2) -> tuple[list[int], str]:
-    """The k blocks most susceptible to jailbreaks according to the detect results, and how they were chosen.
+    """The k blocks most susceptible to jailbreaks according to the detect results, and how they
+    were chosen.
 
     A block's susceptibility is the best cross-validated F1 (ties: AUROC, then the earlier block)
     among the saved detectors that read what that block writes: its sub-layer outputs

@@ -21,7 +21,7 @@ import torch
 
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
-from jbtrace.trace.extract import ExtractOptions, encode, pad_batch, plan_batches
+from jbtrace.models.tokens import Batching, Tokenization, encode, pad_batch, plan_batches
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,9 @@ def tokenize(
     max_tokens: int,
     chat_template: bool | None = False,
 ) -> Encoded:
-    """Tokenize once (chat template if asked; None: where the tokenizer has one); untruncated lengths kept for the baseline."""
-    ids, truncated = encode(
-        lm, texts, ExtractOptions(max_tokens=max_tokens, chat_template=chat_template)
-    )
+    """Tokenize once (chat template if asked; None: where the tokenizer has one); untruncated
+    lengths kept for the baseline."""
+    ids, truncated = encode(lm, texts, Tokenization(max_tokens, chat_template))
     full = np.array(
         [len(x) for x in lm.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
     )
@@ -80,7 +79,8 @@ def hidden_size(lm: LoadedModel) -> int:
 def plan_passes(
     requests: list[tuple[str, int]], bytes_per_request: int, budget: int
 ) -> list[list[tuple[str, int]]]:
-    """Group (source, layer) requests, shallowest first, into passes that each fit ``budget`` bytes."""
+    """Group (source, layer) requests, shallowest first, into passes that each fit ``budget``
+    bytes."""
     passes, current = [], []
     for request in sorted(requests, key=lambda r: (r[1], r[0])):
         if current and (len(current) + 1) * bytes_per_request > budget:
@@ -171,9 +171,9 @@ def capture(
 
     backbone = surgery.backbone(lm.model)
     pad_id = lm.tokenizer.pad_token_id
-    options = ExtractOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    batching = Batching(batch_size=batch_size, max_batch_tokens=max_batch_tokens)
     with surgery.hooked(hook_points, hook), torch.inference_mode():
-        for batch in plan_batches(encoded.lengths, options):
+        for batch in plan_batches(encoded.lengths, batching):
             # right padding: real tokens at positions 0..length-1
             input_ids, mask = pad_batch(
                 encoded.ids, encoded.lengths, batch, pad_id, "right", device

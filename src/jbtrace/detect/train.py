@@ -25,6 +25,7 @@ from jbtrace.detect.evaluate import CLASSIFIERS, Design, apply, evaluate
 from jbtrace.detect.holdout import test_set_prompts
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
+from jbtrace.models.tokens import MAX_TOKENS
 from jbtrace.prompts import PromptSet, matching, neardup
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class DetectOptions:
     cp_positions: int = 64
     project_dim: int | None = None
     cp_iters: int = 100
-    max_tokens: int = 512
+    max_tokens: int = MAX_TOKENS
     # None: where the tokenizer has one; the prompt as the model sees it before answering
     chat_template: bool | None = None
     batch_size: int = 8

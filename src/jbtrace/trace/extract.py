@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
+from jbtrace.models.tokens import Batching, Tokenization, encode, pad_batch, plan_batches
 from jbtrace.prompts import PromptSet
 from jbtrace.trace import capture, hooks, stats
 from jbtrace.trace.accumulate import Moments
@@ -28,18 +29,12 @@ ALIGNMENTS = ("start", "end", "relative")
 
 
 @dataclass(frozen=True)
-class ExtractOptions:
+class ExtractOptions(Tokenization, Batching):
+    """What to measure, where, and how prompts are tokenized and batched."""
+
     stats: tuple[str, ...] = (stats.DEFAULT,)
     align: str = "start"
     bins: int = 16
-    max_tokens: int = 512
-    batch_size: int = 8
-    max_batch_tokens: int = 8192
-    padding_side: str = "right"
-    bucket: bool = True
-    chat_template: bool | None = (
-        None  # None: on where the tokenizer has a chat template (instruction-tuned models)
-    )
     shard: tuple[int, int] = (0, 1)  # (k, n): only prompts whose index is k modulo n
 
     def __post_init__(self):
@@ -48,11 +43,10 @@ class ExtractOptions:
             raise UserError(
                 f"unknown alignment {self.align!r}: choose one of {', '.join(ALIGNMENTS)}"
             )
-        if self.padding_side not in ("left", "right"):
-            raise UserError(f"unknown padding side {self.padding_side!r}: choose left or right")
-        for name in ("bins", "max_tokens", "batch_size", "max_batch_tokens"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        Tokenization.__post_init__(self)
+        if self.bins < 1:
+            raise UserError("--bins must be at least 1")
+        Batching.__post_init__(self)
         k, n = self.shard
         if not 0 <= k < n:
             raise UserError(f"bad shard {k}/{n}: need 0 <= K < N")
@@ -88,122 +82,6 @@ class ModelTrace:
         return self.tokens_padded / max(self.tokens_processed, 1)
 
 
-def with_chat_template(lm: LoadedModel, options: ExtractOptions) -> ExtractOptions:
-    """``options`` with ``chat_template`` decided for ``lm``: as asked, else whether its tokenizer has one."""
-    if options.chat_template is not None:
-        return options
-    return replace(options, chat_template=bool(getattr(lm.tokenizer, "chat_template", None)))
-
-
-ENCODE_CHUNK = 256  # prompts tokenized per tokenizer call
-
-
-def encode(lm: LoadedModel, texts: tuple[str, ...] | list[str], options: ExtractOptions):
-    """Token ids per prompt (truncated to max_tokens) and which prompts were truncated.
-
-    With the chat template, a prompt too long loses the end of its user content, never the
-    template: every prompt keeps the same assistant header at its last positions.
-    """
-    tok = lm.tokenizer
-    options = with_chat_template(lm, options)
-    limit = min(options.max_tokens, lm.max_positions or options.max_tokens)
-    if options.chat_template:
-        if not getattr(tok, "chat_template", None):
-            raise UserError(f"{lm.name}: its tokenizer has no chat template; drop --chat-template")
-        rendered = [_render(tok, t) for t in texts]
-        full, truncated = _tokenize(tok, rendered, limit, special=False)
-        for i in np.flatnonzero(truncated):
-            full[i] = _fit_chat(tok, texts[i], limit)
-        return full, truncated
-    full, truncated = _tokenize(tok, texts, limit, special=True)
-    if truncated.any():
-        idx = np.flatnonzero(truncated)
-        cut = tok([texts[i] for i in idx], truncation=True, max_length=limit)["input_ids"]
-        for i, ids in zip(idx, cut):
-            full[i] = ids
-    return full, truncated
-
-
-def _tokenize(tok, texts, limit: int, special: bool):
-    """Ids cut at limit + 1 (one token over is enough to see truncation; memory stays bounded), in chunks."""
-    full = [
-        ids
-        for start in range(0, len(texts), ENCODE_CHUNK)
-        for ids in tok(
-            list(texts[start : start + ENCODE_CHUNK]),
-            add_special_tokens=special,
-            truncation=True,
-            max_length=limit + 1,
-            return_attention_mask=False,
-        )["input_ids"]
-    ]
-    return full, np.array([len(ids) > limit for ids in full], dtype=bool)
-
-
-def _render(tok, content: str) -> str:
-    return tok.apply_chat_template(
-        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-    )
-
-
-def _fit_chat(tok, text: str, limit: int) -> list[int]:
-    """The chat template around the longest start of ``text`` that fits in ``limit`` tokens."""
-    overhead = len(tok(_render(tok, ""), add_special_tokens=False)["input_ids"])
-    content = tok(text, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
-    budget = limit - overhead
-    while (
-        budget > 0
-    ):  # token boundaries may shift when the cut content is re-rendered: shrink until it fits
-        ids = tok(_render(tok, tok.decode(content[:budget])), add_special_tokens=False)["input_ids"]
-        if len(ids) <= limit:
-            return ids
-        budget -= len(ids) - limit
-    raise UserError(
-        f"--max-tokens {limit}: the chat template alone takes {overhead} tokens; raise --max-tokens"
-    )
-
-
-# A batch closes before its padding would exceed this share of its positions (and the slack):
-# small prompt samples have few close lengths, and the padded positions cost a full forward pass.
-MAX_PADDING, PADDING_SLACK = 0.1, 16
-
-
-def plan_batches(lengths: np.ndarray, options: ExtractOptions) -> list[np.ndarray]:
-    """Prompt indices per batch: sorted by length when bucketing, capped by size, padded tokens and padding share."""
-    order = np.argsort(-lengths, kind="stable") if options.bucket else np.arange(len(lengths))
-    batches, current, longest, real = [], [], 0, 0
-    for i in order:
-        grow = max(longest, int(lengths[i]))
-        size = grow * (len(current) + 1)
-        padding = size - real - int(lengths[i])
-        if current and (
-            len(current) == options.batch_size
-            or size > options.max_batch_tokens
-            or padding > max(MAX_PADDING * size, PADDING_SLACK)
-        ):
-            batches.append(np.array(current))
-            current, grow, real = [], int(lengths[i]), 0
-        current.append(i)
-        longest, real = grow, real + int(lengths[i])
-    if current:
-        batches.append(np.array(current))
-    return batches
-
-
-def pad_batch(
-    ids, lengths, batch, pad_id: int, side: str, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask (B, longest) of the prompts in ``batch``, padded on ``side``."""
-    width = int(lengths[batch].max())
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, i in enumerate(batch):
-        span = slice(width - lengths[i], width) if side == "left" else slice(0, lengths[i])
-        input_ids[row, span] = torch.tensor(ids[i])
-        mask[row, span] = 1
-    return input_ids.to(device), mask.to(device)
-
-
 def positions(mask: torch.Tensor, align: str, n_positions: int) -> torch.Tensor:
     """Position index of each real token (B, T): start, end or relative bins; padding gives -1."""
     rank = mask.long().cumsum(-1) - 1
@@ -220,14 +98,19 @@ def positions(mask: torch.Tensor, align: str, n_positions: int) -> torch.Tensor:
 
 
 def prompt_means(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """(stat, layer, B): each prompt's mean over its kept tokens; NaN if none, not finite if any of them is not."""
+    """(stat, layer, B): each prompt's mean over its kept tokens.
+
+    NaN if none, not finite if any of them is not.
+    """
     sums = torch.where(keep, values.double(), 0.0).sum(-1)
     counts = keep.sum(-1)
     return torch.where(counts > 0, sums / counts.clamp(min=1), float("nan"))
 
 
 def prompt_slopes(values: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """(stat, layer, B): least-squares slope of each prompt's values on its positions (per position).
+    """(stat, layer, B): least-squares slope of each prompt's values on its positions.
+
+    The slope is per position.
 
     NaN where the prompt has fewer than two distinct positions, or a value that is not finite,
     so that a prompt with an overflow is excluded, never half-counted.
@@ -244,7 +127,9 @@ def prompt_slopes(values: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -
 def bin_means(
     values: torch.Tensor, pos: torch.Tensor, n_bins: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relative alignment: one value per (prompt, bin), the prompt's mean over its tokens in the bin.
+    """Relative alignment: one value per (prompt, bin).
+
+    The value is the prompt's mean over its tokens in the bin.
 
     values (stat, layer, B, T), pos (B, T) bin per token (-1 padding). Returns values
     (stat, layer, B, n_bins) and positions (B, n_bins), -1 where a prompt has no token in a bin.
@@ -265,7 +150,10 @@ def bin_means(
 
 
 class _Reducer:
-    """Hook callback: turns each layer's hidden states into statistic values, keeping only (B, T) tensors."""
+    """Hook callback: each layer's hidden states into statistic values.
+
+    Only (B, T) tensors are kept.
+    """
 
     def __init__(self, statistics: list[stats.Statistic], n_layers: int):
         self.statistics = list(statistics)
@@ -300,7 +188,10 @@ class _Reducer:
         self.prev = h
 
     def attention(self, layer: int, probs: torch.Tensor) -> None:
-        """Capture callback: one layer's attention probabilities (B, heads, T, T) → attention statistics."""
+        """Capture callback: one layer's attention probabilities (B, heads, T, T).
+
+        They become attention statistics.
+        """
         values = self._buffer(probs, (probs.shape[0], probs.shape[2]))
         for s, stat in enumerate(self.statistics):
             if stat.source == "attention":
@@ -324,12 +215,8 @@ def extract(
     before its first batch and saves it after batches, so an interrupted run resumes.
     """
     statistics = stats.get(options.stats)
-    options = with_chat_template(lm, options)
-    n_positions = (
-        options.bins
-        if options.align == "relative"
-        else min(options.max_tokens, lm.max_positions or options.max_tokens)
-    )
+    options = options.resolve(lm)
+    n_positions = options.bins if options.align == "relative" else options.limit(lm)
     trace = ModelTrace(model=lm, options=options, n_positions=n_positions)
     reducer = _Reducer(statistics, lm.n_layers)
     points = surgery.hidden_state_points(lm.model)
