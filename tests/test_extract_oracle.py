@@ -7,12 +7,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 
 from jbtrace.models import load_model
 from jbtrace.trace import stats
 from jbtrace.trace.extract import ExtractOptions, extract
 
 ALL_STATS = tuple(stats.REGISTRY)
+_MAMBA2_OLD_LAYOUT = Version(transformers.__version__).release < (5, 25)
 
 
 def reference_layers(lm, text: str) -> np.ndarray:
@@ -21,8 +24,9 @@ def reference_layers(lm, text: str) -> np.ndarray:
     with torch.no_grad():
         out = lm.model(**enc, output_hidden_states=True)
     hs = [h[0].double().numpy() for h in out.hidden_states]
-    if lm.model.config.model_type == "mamba2":
-        # transformers' Mamba2 reports block outputs then the final norm, with no embedding entry
+    if lm.model.config.model_type == "mamba2" and _MAMBA2_OLD_LAYOUT:
+        # transformers < 5.25 reports Mamba2's block outputs then the final norm, with no
+        # embedding entry; 5.25 (output capturing) reports the common layout (embedding first)
         with torch.no_grad():
             embedded = lm.model.get_input_embeddings()(enc["input_ids"])[0].double().numpy()
         hs = [embedded] + hs[:-2] + [hs[-1]]
