@@ -1,4 +1,4 @@
-"""kill -9 of an extraction, then the same command: the store equals an uninterrupted run, bit for bit.
+"""kill -9 of an extraction (or attention), then the same command: equal to one run, bit for bit.
 
 Each interrupted run is a real subprocess killed with SIGKILL, at a point named by
 JBTRACE_TEST_KILL (see trace.hooks): after a batch, in the middle of a checkpoint write
@@ -113,7 +113,8 @@ def reference(files, tmp_path_factory):
     return load(out)
 
 
-# (point, occurrence): batches are counted over both models and both sets (7 + 5 per model at batch size 2)
+# (point, occurrence): batches are counted over both models and both sets
+# (7 + 5 per model at batch size 2)
 KILLS = [
     ("batch", 9),
     ("batch", 20),
@@ -139,12 +140,13 @@ def test_killed_then_rerun_equals_uninterrupted(files, reference, tmp_path, poin
 
 
 def test_resume_skips_the_work_already_done(files, tmp_path):
-    """The rerun restores the saved states: it folds only the remaining batches (counted by the batch hook)."""
+    """The rerun restores the saved states: it folds only the remaining batches (batch hook)."""
     out = tmp_path / "run"
     assert run(command(files, out), JBTRACE_TEST_KILL="batch:13").returncode == -signal.SIGKILL
     saved = json.loads((out / ".checkpoint" / "extract" / "fingerprint.json").read_text())
     assert saved["models"][0]["spec"] == "tiny:llama"
-    # llama's 12 batches are saved; the rerun reaches gptj's 12 batches only, so batch 13 is never reached
+    # llama's 12 batches are saved; the rerun reaches gptj's 12 batches only,
+    # so batch 13 is never reached
     resumed = run(command(files, out), JBTRACE_TEST_KILL="batch:13")
     assert resumed.returncode == 0, resumed.stderr
 
@@ -170,7 +172,7 @@ def test_killed_from_outside_at_an_unchosen_moment(files, reference, tmp_path):
 
 
 def test_killed_between_publishing_renames_keeps_the_old_store(tmp_path, reference):
-    """store.write over an existing store, killed after the old one is renamed aside: it is still read, then replaced."""
+    """store.write over a store, killed after the old one is renamed aside: read, then replaced."""
     run_dir = tmp_path / "run"
     store.write(reference.isel(prompt=slice(0, 3)), run_dir)
     script = (
@@ -185,3 +187,29 @@ def test_killed_between_publishing_renames_keeps_the_old_store(tmp_path, referen
     assert load(run_dir).sizes["prompt"] == 3  # the old store, complete
     store.write(reference.isel(prompt=slice(0, 4)), run_dir)
     assert load(run_dir).sizes["prompt"] == 4 and not (run_dir / store.OLD_STORE).exists()
+
+
+def attention_command(files, out):
+    sets = ["-p", f"benign={files / 'benign.txt'}", "-p", f"jailbreak={files / 'jailbreak.txt'}"]
+    models = ["-m", "tiny:llama", "-m", "tiny:gptj", "--dtype", "float64"]
+    return [sys.executable, "-m", "jbtrace", "attention", *models, *sets, "--layer", "auto"] + [
+        "--batch-size",
+        "2",
+        "-q",
+        "-o",
+        str(out),
+    ]
+
+
+@pytest.mark.parametrize("point,nth", [("checkpoint-write", 1), ("checkpoint-write", 2)])
+def test_attention_killed_then_rerun_equals_uninterrupted(files, tmp_path, point, nth):
+    """kill -9 of attention while a model's maps are saved: the rerun is bit-identical."""
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert run(attention_command(files, ref)).returncode == 0
+    killed = run(attention_command(files, out), JBTRACE_TEST_KILL=f"{point}:{nth}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    done = run(attention_command(files, out))
+    assert done.returncode == 0, done.stderr
+    a, b = load(ref), load(out)
+    for var in ("attn_mean", "attn_count", "attn_divergence"):
+        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)

@@ -1,4 +1,4 @@
-"""Runs that cannot mix: merge refuses shards of different runs, attention refuses other inputs, --overwrite."""
+"""Runs that cannot mix: merge refuses other runs' shards, attention other inputs; --overwrite."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from jbtrace.models import load_model
 from jbtrace.trace import attention, runs, store
 from jbtrace.trace.checkpoint import Checkpoint
 from jbtrace.trace.extract import ExtractOptions, extract
+from tests import test_cli
 from tests.conftest import BENIGN, JAILBREAK, make_set
-from tests.test_cli import files, jbtrace  # noqa: F401  (fixture)
+from tests.test_cli import jbtrace
+
+files = test_cli.files  # the fixture
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +150,41 @@ def test_overwrite_never_removes_a_folder_that_is_not_a_run(monkeypatch, capsys,
     assert (out / "notes.txt").read_text() == "keep me"
 
 
+def test_overwrite_keeps_a_project_folder_and_the_users_files(monkeypatch, capsys, tmp_path):
+    """Issue 25: -o "$PWD" --overwrite in a project with src/main.py and its own prompts.jsonl."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('mine')\n")
+    (project / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": p}) + "\n" for p in BENIGN[:4])
+    )
+    (project / "jb.jsonl").write_text(
+        "".join(json.dumps({"prompt": p}) + "\n" for p in JAILBREAK[:4])
+    )
+    sets = ["-p", f"benign={project / 'prompts.jsonl'}", "-p", f"jailbreak={project / 'jb.jsonl'}"]
+    args = ["extract", "-m", "tiny:llama", *sets, "--max-tokens", "32", "-q", "--overwrite"]
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    code, _, stderr = jbtrace(monkeypatch, capsys, *args, "-o", project)
+    last = stderr.strip().splitlines()[-1]  # one line, after the prompt sets' notes
+    assert code == 2 and "not a jbtrace run" in last and "another --out" in last
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
+    # a real run is still replaced, and a file of the user's inside it is kept
+    out = tmp_path / "run"
+    assert jbtrace(monkeypatch, capsys, *args, "-o", out)[0] == 0
+    assert json.loads((out / "run.json").read_text())["jbtrace"]["kind"] == "run"
+    (out / "notes.txt").write_text("keep me")
+    (out / "figure.png").write_text("old")
+    code, _, stderr = jbtrace(monkeypatch, capsys, *args, "-o", out)
+    assert code == 0, stderr
+    assert (out / "notes.txt").read_text() == "keep me" and not (out / "figure.png").exists()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "notes.txt",
+        "prompts.jsonl",
+        "run.json",
+        "trace.zarr",
+    ]
+
+
 def test_attention_refuses_other_prompt_sets_and_models(monkeypatch, capsys, files, tmp_path):
     benign, jailbreak = files
     out = tmp_path / "run"
@@ -200,7 +238,7 @@ def test_attention_refuses_other_prompt_sets_and_models(monkeypatch, capsys, fil
 
 
 def test_attention_resumes_after_the_models_done(prompt_sets, tmp_path):
-    """A crash while loading the second model: the rerun reuses the first model's saved maps, equal to one pass."""
+    """A crash loading the second model: the rerun reuses the first's maps, equal to one pass."""
     loads = []
 
     def load(spec, label, fail=False):
@@ -237,7 +275,7 @@ def test_attention_resumes_after_the_models_done(prompt_sets, tmp_path):
         checkpoint=runs.prepare(tmp_path / "run", "attention", fingerprint),
     )
     assert loads == ["tiny:gptj"]
-    for a, b in zip(reference, resumed):
+    for a, b in zip(reference, resumed, strict=True):
         for name in a.sums:
             assert np.array_equal(a.sums[name].numpy(), b.sums[name].numpy())
             assert np.array_equal(a.counts[name].numpy(), b.counts[name].numpy())
@@ -247,7 +285,7 @@ def test_attention_resumes_after_the_models_done(prompt_sets, tmp_path):
 
 
 def test_a_fingerprint_without_saved_state_is_replaced(tmp_path):
-    """A command that stopped before saving any state does not claim the folder for its fingerprint."""
+    """A command that stopped before saving any state does not claim the folder."""
     first = Checkpoint(tmp_path, "extract", {"a": 1})
     first.root.mkdir(parents=True)
     (first.root / "fingerprint.json").write_text(json.dumps({"a": 1}))

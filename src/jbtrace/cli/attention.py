@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from jbtrace.cli.common import (
-    MinCount,
-    Positions,
-    app,
-    check_positions,
-    command_line,
-    load_prompt_sets,
-    model_labels,
-    out,
-    progress_bar,
-)
+from jbtrace.cli.common import MinCount, Positions, app, command_line, out, progress_bar
 from jbtrace.cli.run import ENGINE_OPTIONS, with_extract_options
-from jbtrace.errors import UserError
 
 
 @app.command("attention")
@@ -31,7 +18,9 @@ def attention_cmd(
         list[str] | None,
         typer.Option(
             "--layer",
-            help="Layer whose attention to map, repeatable (1..L: the attention of the block whose output is layer L), or auto: per model, the layer where the two sets differ most (ranking printed).",
+            help="Layer whose attention to map, repeatable (1..L: the attention of the block "
+            "whose output is layer L), or auto: per model, the layer where the two sets differ "
+            "most (ranking printed).",
         ),
     ] = None,
     heads: Annotated[
@@ -43,7 +32,8 @@ def attention_cmd(
     eager: Annotated[
         bool,
         typer.Option(
-            help="Load models with eager attention (default: their fused kernel, probabilities computed for the mapped layers only)."
+            help="Load models with eager attention (default: their fused kernel, "
+            "probabilities computed for the mapped layers only)."
         ),
     ] = False,
     floor: Annotated[
@@ -54,75 +44,21 @@ def attention_cmd(
     svg: Annotated[bool, typer.Option(help="Also write attention.svg.")] = False,
     **common,
 ):
-    """Query × key attention maps (Benign, Jailbreak, Difference of logs) into RUN/trace.zarr and RUN/attention.png|pdf."""
-    from jbtrace.models import load_model
-    from jbtrace.trace import attention, runs, store
-    from jbtrace.trace.extract import ExtractOptions
-    from jbtrace.views import plot
+    """Query × key attention maps (Benign, Jailbreak, Difference of logs) into RUN/trace.zarr and RUN/attention.png|pdf."""  # noqa: E501 (the help text)
+    from jbtrace.commands.attention import attention_run
 
-    if not common["model"]:
-        raise UserError("give at least one --model (see `jbtrace models`)")
-    layers, head = attention.parse_layers(layer), attention.parse_heads(heads)
-    if not 0 < floor < 1:
-        raise UserError(f"--floor {floor}: choose a probability between 0 and 1, e.g. 1e-10")
-    options = ExtractOptions(
-        max_tokens=common["max_tokens"],
-        batch_size=common["batch_size"],
-        padding_side=common["padding_side"],
-        chat_template=common["chat_template"],
-    )
-    check_positions(positions, common["max_tokens"])
-    model, seed, out_dir = common["model"], common["seed"], common["out_dir"]
-    specs = list(zip(model, model_labels(model, common["model_name"])))
-    sets = load_prompt_sets(common["prompts"], common["text_field"], common["limit"], seed)
-
-    def load(spec, label):
-        return load_model(
-            spec,
-            name=label,
-            dtype=common["dtype"],
-            device=common["device"],
-            revision=common["revision"],
-            allow_pickle=common["allow_pickle"],
-            trust_remote_code=common["trust_remote_code"],
-            seed=seed,
-            attn_implementation="eager" if eager else None,
-        )
-
-    identity = [
-        {"spec": s, "name": n, **{k: common[k] for k in ("dtype", "revision")}, "seed": seed}
-        for s, n in specs
-    ]
-    fingerprint = runs.fingerprint(
-        "attention",
-        identity,
-        sets,
-        **dataclasses.asdict(options),
-        layers=layers,
-        heads=head,
+    results, paths = attention_run(
+        common,
+        layer=layer,
+        heads=heads,
         eager=eager,
+        floor=floor,
+        positions=positions,
+        min_count=min_count,
+        svg=svg,
+        command=command_line(),
+        progress=lambda: progress_bar(common["quiet"]),
     )
-    checkpoint = runs.prepare(
-        out_dir, "attention", fingerprint, common["overwrite"], inputs_of="extract"
-    )
-    with progress_bar(common["quiet"]) as start:
-        results = attention.run(
-            out_dir,
-            load,
-            specs,
-            sets,
-            layers=layers,
-            heads=head,
-            options=options,
-            progress=start,
-            info={
-                "command": command_line(),
-                "eager": eager,
-                "limit": common["limit"],
-                "seed": seed,
-            },
-            checkpoint=checkpoint,
-        )
     for maps in results:
         if maps.divergence:
             ranking = ", ".join(f"{layer} ({value:.3g})" for layer, value in maps.ranking())
@@ -134,12 +70,5 @@ def attention_cmd(
             f"{maps.model.name}: attention of layer {', '.join(map(str, maps.layers))}",
             highlight=False,
         )
-    fig = plot.attention_grid(
-        store.open_run(out_dir),
-        models=[m.model.name for m in results],
-        positions=positions,
-        floor=floor,
-        min_count=min_count,
-    )
-    for path in plot.save(fig, Path(out_dir) / "attention", svg=svg):
+    for path in paths:
         out.print(f"wrote {path}", highlight=False)

@@ -135,7 +135,15 @@ def extract_run(
     )
     path = store.write(ds, out_dir)
     summary = store.provenance(ds)
-    run_json = json.dumps({"command": command, "store": str(path), "provenance": summary}, indent=2)
+    run_json = json.dumps(
+        {
+            "command": command,
+            "store": str(path),
+            "provenance": summary,
+            "jbtrace": runs.SIGNATURE,
+        },
+        indent=2,
+    )
     atomic_write(Path(out_dir) / "run.json", lambda p: p.write_text(run_json))
     write_sample(sets, out_dir, seed=seed)  # RUN/prompts.jsonl: the texts the report shows
     checkpoint.clear()

@@ -1,4 +1,4 @@
-"""Query × key attention maps of chosen layers, averaged over prompts, and the layer where scenarios differ most.
+"""Query × key attention maps of chosen layers, averaged over prompts; where scenarios differ most.
 
 For each asked layer, the attention probabilities of each batch (captured for that
 layer only, see ``capture``) are reduced on the device into float64 sums and counts
@@ -69,14 +69,15 @@ def parse_layers(values: list[str] | None) -> list[int] | str:
         ) from None
     if layers[0] < 1:
         raise UserError(
-            "--layer: layer 0 is the embedding output and has no attention; attention layers start at 1"
+            "--layer: layer 0 is the embedding output and has no attention; "
+            "attention layers start at 1"
         )
     return layers
 
 
 @dataclass
 class AttentionMaps:
-    """One model's maps: float64 sums and counts per scenario, layer, (head,) query, key; and the auto ranking."""
+    """One model's maps: float64 sums and counts per scenario, layer, (head,) query, key."""
 
     model: LoadedModel
     heads: str | int
@@ -102,7 +103,7 @@ class AttentionMaps:
 
 
 class _MapReducer:
-    """Capture callback: folds one layer's probabilities (B, H, T, T) of a batch into per-cell sums."""
+    """Capture callback: folds one layer's probabilities (B, H, T, T) of a batch into cell sums."""
 
     def __init__(
         self, layers: list[int], heads: str | int, n_heads: int, n_pos: int, causal: bool, device
@@ -118,7 +119,7 @@ class _MapReducer:
         self.keep: torch.Tensor | None = None
 
     def begin(self, mask: torch.Tensor) -> None:
-        """Cells of the batch's (query, key) pairs that count: both real, key visible to the query."""
+        """Cells of the batch's (query, key) pairs that count: both real, key visible to query."""
         pos = positions(mask, "start", self.n_pos)
         keep = (pos[:, :, None] >= 0) & (pos[:, None, :] >= 0)
         if self.causal:
@@ -141,10 +142,14 @@ def collect(
     prompt_sets: list[PromptSet],
     layers: list[int] | str = "auto",
     heads: str | int = "mean",
-    options: ExtractOptions = ExtractOptions(),
+    options: ExtractOptions | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> AttentionMaps:
-    """Mean attention maps of ``lm`` for each prompt set; ``layers="auto"`` ranks all layers and keeps the top one."""
+    """Mean attention maps of ``lm`` for each prompt set.
+
+    ``layers="auto"`` ranks all layers and keeps the top one.
+    """
+    options = options or ExtractOptions()
     if not lm.has_attention:
         raise UserError(f"not applicable: {lm.name} has no attention")
     available = sorted(surgery.attention_layers(lm.model))
@@ -194,7 +199,8 @@ def _run(lm, prompt_sets, layers, heads, n_heads, options, progress) -> Attentio
         lengths = np.array([len(x) for x in ids])
         if (lengths == 0).any():
             raise UserError(
-                f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens for {lm.name}"
+                f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens "
+                f"for {lm.name}"
             )
         with capture.probabilities_hooked(lm.model, maps.layers, reducer), torch.inference_mode():
             for batch in plan_batches(lengths, options):
@@ -220,7 +226,7 @@ def _n_heads(lm: LoadedModel) -> int:
 
 
 def js_divergence(a: np.ndarray, b: np.ndarray, count: np.ndarray, min_count: int = 1) -> float:
-    """Mean over query rows of the Jensen–Shannon divergence (bits) between two mean attention maps (query, key).
+    """Mean over query rows of the Jensen–Shannon divergence (bits) of two mean maps (query, key).
 
     Each row is restricted to the keys with at least ``min_count`` prompts in both
     scenarios and renormalised; rows with no such key are skipped.
@@ -248,18 +254,9 @@ def _kl_bits(p: np.ndarray, m: np.ndarray) -> float:
 # ---------------------------------------------------------------- store
 
 
-def to_dataset(
-    all_maps: list[AttentionMaps], prompt_sets: list[PromptSet], info: dict | None = None
-) -> xr.Dataset:
-    """The attention variables of several models as one Dataset (cropped to the positions any prompt reached)."""
-    scenarios = [p.name for p in prompt_sets]
-    layers = sorted({layer for m in all_maps for layer in m.layers})
-    keep_heads = all_maps[0].heads == "all"
-    n_head = max(m.n_heads for m in all_maps) if keep_heads else 1
-    reached = [
-        np.flatnonzero(m.counts[s].cpu().numpy().any(1)) for m in all_maps for s in scenarios
-    ]
-    n_pos = max((int(r.max()) + 1 for r in reached if r.size), default=1)
+def _grids(all_maps: list[AttentionMaps], scenarios: list[str], layers: list[int], n_pos: int):
+    """Mean and count (model, scenario, layer, head, query, key) and divergence (model, layer)."""
+    n_head = max(m.n_heads for m in all_maps) if all_maps[0].heads == "all" else 1
     shape = (len(all_maps), len(scenarios), len(layers), n_head, n_pos, n_pos)
     mean, count = np.full(shape, np.nan), np.zeros(shape[:3] + shape[4:], np.int64)
     n_layers = max(m.model.n_layers for m in all_maps)
@@ -273,6 +270,25 @@ def to_dataset(
                 count[i, j, layers.index(layer)] = counts
         for layer, value in (maps.divergence or {}).items():
             divergence[i, layer] = value
+    return mean, count, divergence
+
+
+def to_dataset(
+    all_maps: list[AttentionMaps], prompt_sets: list[PromptSet], info: dict | None = None
+) -> xr.Dataset:
+    """The attention variables of several models as one Dataset.
+
+    Cropped to the positions any prompt reached.
+    """
+    scenarios = [p.name for p in prompt_sets]
+    layers = sorted({layer for m in all_maps for layer in m.layers})
+    keep_heads = all_maps[0].heads == "all"
+    reached = [
+        np.flatnonzero(m.counts[s].cpu().numpy().any(1)) for m in all_maps for s in scenarios
+    ]
+    n_pos = max((int(r.max()) + 1 for r in reached if r.size), default=1)
+    mean, count, divergence = _grids(all_maps, scenarios, layers, n_pos)
+    n_head, n_layers = mean.shape[3], divergence.shape[1]
     cell = ("model", "scenario", "attn_layer", "head", "query", "key")
     if not keep_heads:
         mean, cell = mean[:, :, :, 0], tuple(d for d in cell if d != "head")
@@ -289,7 +305,8 @@ def to_dataset(
             ("model", "scenario", "attn_layer", "query", "key"),
             count,
             {
-                "description": "prompts in which both tokens are real and the key is visible to the query"
+                "description": "prompts in which both tokens are real "
+                "and the key is visible to the query"
             },
         ),
     }
@@ -323,8 +340,9 @@ def to_dataset(
             "heads": str(all_maps[0].heads),
             "layers": {m.model.name: m.layers for m in all_maps},
             "ranking": {m.model.name: m.ranking() for m in all_maps if m.divergence},
-            "measure": "mean over query positions of the Jensen-Shannon divergence (bits) between the scenarios' mean "
-            "attention rows, restricted to keys with data in both and renormalised",
+            "measure": "mean over query positions of the Jensen-Shannon divergence (bits) "
+            "between the scenarios' mean attention rows, restricted to keys with data in both "
+            "and renormalised",
             "align": "start",
             "models": {m.model.name: m.model.provenance for m in all_maps},
             "prompt_sets": _sets_info(prompt_sets),
@@ -335,7 +353,7 @@ def to_dataset(
 
 
 def save(ds: xr.Dataset, run_dir: str | Path) -> Path:
-    """Put the attention variables into RUN/trace.zarr, replacing earlier ones; write the store if there is none."""
+    """Put the attention variables into RUN/trace.zarr, replacing earlier ones (or a new store)."""
     path = store.store_path(run_dir)
     if path is None:
         ds = ds.assign_attrs(
@@ -352,7 +370,8 @@ def save(ds: xr.Dataset, run_dir: str | Path) -> Path:
         extra = [str(v) for v in ds[dim].values if v not in run[dim].values]
         if extra:
             raise UserError(
-                f"{dim} {', '.join(extra)} is not in {path} (it has {', '.join(map(str, run[dim].values))}): "
+                f"{dim} {', '.join(extra)} is not in {path} "
+                f"(it has {', '.join(map(str, run[dim].values))}): "
                 f"use the same names as the extract that wrote it, or another --out"
             )
     run = run.drop_vars([v for v in (*VARIABLES, *DIMS) if v in run.variables])
@@ -381,16 +400,17 @@ def run(
     *,
     layers: list[int] | str = "auto",
     heads: str | int = "mean",
-    options: ExtractOptions = ExtractOptions(),
+    options: ExtractOptions | None = None,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     info: dict | None = None,
     checkpoint=None,
 ) -> list[AttentionMaps]:
-    """Load each model (``load(spec, label)``), collect its maps, then write them all into RUN/trace.zarr.
+    """Load each model (``load(spec, label)``), collect its maps, write them into RUN/trace.zarr.
 
     With a ``checkpoint.Checkpoint``, each model's maps are saved when it is done and a
     rerun skips the models already done.
     """
+    options = options or ExtractOptions()
     if len(prompt_sets) < 2:
         raise UserError("attention maps compare two prompt sets: give two --prompts")
     path, existing = store.store_path(run_dir), {}
@@ -436,7 +456,7 @@ def _sets_info(prompt_sets: list[PromptSet]) -> list[dict]:
 
 
 def maps_state(maps: AttentionMaps) -> tuple[dict[str, np.ndarray], dict]:
-    """One model's maps as arrays (exact float64 sums and counts) and JSON metadata, for a checkpoint."""
+    """One model's maps as arrays (exact float64 sums and counts) and JSON metadata (checkpoint)."""
     arrays = {
         f"{kind}/{name}": t.cpu().numpy()
         for kind, d in (("sums", maps.sums), ("counts", maps.counts))

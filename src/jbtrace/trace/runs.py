@@ -3,30 +3,58 @@
 One rule for every command that writes a run: the same command on the same ``-o``
 resumes its checkpoint; a finished run, a run of another command, prompt set or model,
 or a folder with other files is refused in one line unless ``--overwrite``, which removes
-the whole run (store, figures, comparisons, checkpoints) before anything is written.
+the files jbtrace wrote there (store, figures, comparisons, checkpoints) before anything is
+written. A folder is a run only if it holds a marker no other program writes: a ``run.json``
+signed by jbtrace (``SIGNATURE``), a result JSON whose command is a jbtrace command line, or
+a checkpoint; any other folder is never removed.
 ``check_mergeable`` and ``check_same_inputs`` refuse shards and attention maps whose
 provenance differs from the run they would join.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
 
+from jbtrace import __version__
 from jbtrace.errors import UserError
 from jbtrace.trace.checkpoint import DIR, Checkpoint
 
 # Files a finished command leaves (the rest of a run is derived from them).
 FINISHED = ("trace.zarr", "trace.zarr.old", "run.json", "detect.json")
-# Names only jbtrace writes into a run: a folder holding any of them is a run that --overwrite may remove.
-MARKERS = (*FINISHED, DIR, "compare.json", "summary.md", "report.html", "prompts.jsonl")
+# The signature run.json carries (key "jbtrace"): the marker that a folder is a jbtrace run.
+SIGNATURE = {"kind": "run", "version": __version__}
+# Result files whose "command" is the jbtrace command line that wrote them (also markers).
+RESULTS = ("detect.json", "guard.json", "outcomes.json")
+# What jbtrace writes into a run (names or patterns): all that --overwrite removes.
+OWN = (
+    *FINISHED,
+    DIR,
+    *RESULTS,
+    "compare.json",
+    "summary.md",
+    "report.html",
+    "prompts.jsonl",
+    "detect.md",
+    "guard.md",
+    "guard.jsonl",
+    "outcomes.md",
+    "outcomes.jsonl",
+    "*.png",
+    "*.pdf",
+    "*.svg",
+)
 
 
 def fingerprint(command: str, models: list[dict], prompt_sets, **options) -> dict:
-    """What must be equal for a rerun to continue a checkpoint: models, prompt sets (by sha256) and options."""
+    """What must be equal for a rerun to continue a checkpoint.
+
+    That is the models, the prompt sets (by sha256) and the options.
+    """
     return {
         "command": command,
         "models": models,
@@ -68,7 +96,9 @@ def prepare(
     overwrite: bool = False,
     inputs_of: str | None = None,
 ) -> Checkpoint:
-    """Claim ``run_dir`` for ``command``: resume its own checkpoint, or refuse a mix, or clear it on ``overwrite``.
+    """Claim ``run_dir`` for ``command``: resume, refuse a mix, or clear it on ``overwrite``.
+
+    The same command resumes its own checkpoint.
 
     ``inputs_of`` names a finished command whose run this command adds to (attention
     maps into an extract's run): such a run is not refused here; its provenance is
@@ -81,13 +111,17 @@ def prepare(
     if overwrite:
         remove(run_dir)
         return checkpoint
-    hint = "give --overwrite to replace it (its figures, comparisons and checkpoints go too), or another --out"
+    hint = (
+        "give --overwrite to replace it (its figures, comparisons and checkpoints go too), "
+        "or another --out"
+    )
     saved = checkpoint.saved_fingerprint()
     if saved is not None:
         if saved != fingerprint:
             raise UserError(
                 f"{run_dir} holds a partial run of a different {command} (differs in: "
-                f"{', '.join(differences(saved, fingerprint))}): rerun that command to resume it, or {hint}"
+                f"{', '.join(differences(saved, fingerprint))}): "
+                f"rerun that command to resume it, or {hint}"
             )
         return checkpoint  # the same command: resume
     names = {p.name for p in run_dir.iterdir()}
@@ -99,21 +133,47 @@ def prepare(
     others = sorted(names - {DIR})
     if others:
         raise UserError(
-            f"{run_dir} is not empty ({', '.join(others[:3])}{', …' if len(others) > 3 else ''}): {hint}"
+            f"{run_dir} is not empty "
+            f"({', '.join(others[:3])}{', …' if len(others) > 3 else ''}): {hint}"
         )
     return checkpoint  # only other commands' checkpoints, without saved states
 
 
+def _json_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a marker only jbtrace writes.
+
+    That is a signed run.json, a result written by a jbtrace command, or a checkpoint.
+    """
+    if (run_dir / DIR).is_dir():
+        return True
+    signed = _json_file(run_dir / "run.json").get("jbtrace")
+    if isinstance(signed, dict) and signed.get("kind") == SIGNATURE["kind"]:
+        return True
+    return any(
+        str(_json_file(run_dir / name).get("command", "")).startswith("jbtrace ")
+        for name in RESULTS
+    )
+
+
 def remove(run_dir: Path) -> None:
-    """Remove a run directory's contents, refusing a folder that is not a jbtrace run."""
-    names = {p.name for p in run_dir.iterdir()}
-    if not names & set(MARKERS):
+    """Remove the files jbtrace wrote into a run directory; refuse a folder that is not a run."""
+    if not is_run(run_dir):
         raise UserError(
-            f"{run_dir} is not a jbtrace run (no {', '.join(FINISHED[:3])}): not removing it; choose another --out"
+            f"{run_dir} is not a jbtrace run (no signed run.json, result or checkpoint): "
+            "not removing anything; choose another --out"
         )
+    own = [p for p in run_dir.iterdir() if any(fnmatch.fnmatch(p.name, n) for n in OWN)]
     trash = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}-removed-", dir=run_dir.parent))
-    run_dir.rename(trash / run_dir.name)  # the run disappears at once; its files are deleted after
-    run_dir.mkdir()
+    for path in own:  # the run's files disappear at once; they are deleted after
+        path.rename(trash / path.name)
     shutil.rmtree(trash)
 
 
@@ -139,7 +199,10 @@ def _models(prov: dict) -> dict:
 
 
 def check_mergeable(provenances: list[dict], rows: list[list[tuple[str, int]]]) -> None:
-    """Refuse shards that are not one split of one run: same inputs, each shard index once, each prompt once."""
+    """Refuse shards that are not one split of one run.
+
+    One split: the same inputs, each shard index once, each prompt once.
+    """
     first = provenances[0]
     for i, prov in enumerate(provenances[1:], start=2):
         differ = [k for k in SAME_FOR_MERGE if prov.get(k) != first.get(k)]
@@ -153,7 +216,8 @@ def check_mergeable(provenances: list[dict], rows: list[list[tuple[str, int]]]) 
     n = {s[1] for s in shards}
     if len(n) != 1:
         raise UserError(
-            f"cannot merge: the runs were split in different ways ({', '.join(f'{k}/{m}' for k, m in shards)})"
+            "cannot merge: the runs were split in different ways "
+            f"({', '.join(f'{k}/{m}' for k, m in shards)})"
         )
     n = n.pop()
     indices = Counter(k for k, _ in shards)
@@ -172,18 +236,20 @@ def check_mergeable(provenances: list[dict], rows: list[list[tuple[str, int]]]) 
     if twice:
         scenario, index = twice[0]
         raise UserError(
-            f"cannot merge: {len(twice)} prompts appear in more than one run (e.g. {scenario} #{index})"
+            f"cannot merge: {len(twice)} prompts appear in more than one run "
+            f"(e.g. {scenario} #{index})"
         )
 
 
 def check_same_inputs(run_prov: dict, new_prov: dict, where: str) -> None:
-    """Refuse results (``new_prov``) from other prompt sets, or other models under the same name, than the run's."""
+    """Refuse results (``new_prov``) from prompt sets or same-named models other than the run's."""
     theirs, ours = {p[0]: p for p in _sets(run_prov)}, _sets(new_prov)
     changed = [p[0] for p in ours if p[0] in theirs and theirs[p[0]][2:] != p[2:]]
     if changed:
         raise UserError(
-            f"prompt set {', '.join(changed)} differs from the one in {where} (other prompts: sha256, size): "
-            f"use the run's prompt sets, --overwrite, or another --out"
+            f"prompt set {', '.join(changed)} differs from the one in {where} "
+            "(other prompts: sha256, size): "
+            "use the run's prompt sets, --overwrite, or another --out"
         )
     run_models, new_models = _models(run_prov), _models(new_prov)
     clash = [
@@ -191,6 +257,7 @@ def check_same_inputs(run_prov: dict, new_prov: dict, where: str) -> None:
     ]
     if clash:
         raise UserError(
-            f"model {', '.join(clash)} is not the model of that name in {where} (source, revision, dtype "
-            f"or seed differ): label it with --model-name, --overwrite, or another --out"
+            f"model {', '.join(clash)} is not the model of that name in {where} "
+            "(source, revision, dtype or seed differ): "
+            "label it with --model-name, --overwrite, or another --out"
         )
