@@ -1,4 +1,5 @@
-"""The package's shape: light import, entry points importable from `jbtrace`, imports pointing down the stages."""
+"""The package's shape: light import, entry points importable from `jbtrace`, imports pointing
+down the stages."""
 
 import ast
 import pathlib
@@ -17,6 +18,7 @@ ALLOWED = {
     "detect": {"prompts", "models", "trace"},
     "defend": {"prompts", "models", "trace", "analysis", "detect"},
     "views": {"prompts", "models", "trace", "analysis", "detect", "defend"},
+    "commands": {"prompts", "models", "trace", "analysis", "detect", "defend", "views"},
 }
 
 

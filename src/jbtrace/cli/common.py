@@ -20,8 +20,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from jbtrace.commands.prompts import load_prompt_sets as prompt_sets
+from jbtrace.commands.prompts import model_labels, parse_shard  # noqa: F401  (shared by the commands)
 from jbtrace.errors import UserError
-from jbtrace.models.presets import DEMO_PROMPTS
 
 app = typer.Typer(
     help="See and measure what a jailbreak does inside a language model: layer × position heatmaps "
@@ -161,42 +162,14 @@ def progress_bar(quiet: bool):
         yield start
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard {text!r}: expected K/N, e.g. 0/2") from None
-    return k, n
+def say(line: str) -> None:
+    """A line for the user on stderr (what the library reports through ``note``)."""
+    err.print(line, highlight=False)
 
 
 def load_prompt_sets(prompts, text_field, limit, seed):
-    from jbtrace.prompts import load_prompts, parse_prompt_specs
-
-    sets = [
-        load_prompts(name, source, text_field=text_field, limit=limit, seed=seed)
-        for name, source in parse_prompt_specs(prompts or DEMO_PROMPTS)
-    ]
-    for ps in sets:
-        notes = [
-            f"{ps.info[k]} {what}"
-            for k, what in (
-                ("empty_removed", "empty removed"),
-                ("duplicates_removed", "duplicates removed"),
-            )
-            if ps.info.get(k)
-        ]
-        err.print(
-            f"{ps.name}: {len(ps)} prompts from {ps.source}"
-            + (f" ({', '.join(notes)})" if notes else ""),
-            highlight=False,
-        )
-    return sets
-
-
-def model_labels(models: list[str], names: list[str] | None) -> list[str | None]:
-    if names and len(names) != len(models):
-        raise UserError(f"--model-name given {len(names)} times for {len(models)} --model")
-    return list(names) if names else [None] * len(models)
+    """Load the --prompts sets, saying on stderr what each holds."""
+    return prompt_sets(prompts, text_field, limit, seed, note=say)
 
 
 def command_line() -> str:

@@ -3,9 +3,7 @@ comparison."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import json
 from pathlib import Path
 from typing import Annotated, get_type_hints
 
@@ -38,116 +36,20 @@ from jbtrace.cli.common import (
     app,
     check_positions,
     command_line,
-    err,
-    load_prompt_sets,
-    model_labels,
     out,
-    parse_shard,
     progress_bar,
+    say,
 )
 from jbtrace.cli.report import publish
+from jbtrace.commands import extract_run
 from jbtrace.errors import UserError
 from jbtrace.models.presets import DEMO_LIMIT, DEMO_MAX_TOKENS, DEMO_PAPER_LOAD, DEMO_PROMPTS
 
 
-def extract_run(
-    *,
-    prompts,
-    text_field,
-    limit,
-    seed,
-    model,
-    model_name,
-    dtype,
-    device,
-    revision,
-    allow_pickle,
-    trust_remote_code,
-    stat,
-    align,
-    bins,
-    max_tokens,
-    batch_size,
-    padding_side,
-    bucket,
-    chat_template,
-    shard,
-    quiet,
-    out_dir,
-    command,
-    engine="local",
-    ray_address=None,
-    workers=None,
-    shards=None,
-    overwrite=False,
-    name="extract",
-):
-    """Load everything, extract every model (resuming a checkpoint), publish the store and run.json; return the Dataset."""  # noqa: E501
-    from jbtrace.prompts.sample import write_sample
-    from jbtrace.trace import runs, store
-    from jbtrace.trace.checkpoint import atomic_write
-    from jbtrace.trace.engine import Engine, ModelSpec, extract_models
-    from jbtrace.trace.extract import ExtractOptions
-
-    options = ExtractOptions(
-        stats=tuple(stat or ["log_norm"]),
-        align=align,
-        bins=bins,
-        max_tokens=max_tokens,
-        batch_size=batch_size,
-        padding_side=padding_side,
-        bucket=bucket,
-        chat_template=chat_template,
-        shard=parse_shard(shard),
-    )
-    where = Engine(engine, ray_address=ray_address, workers=workers, shards=shards)
-    if not model:
-        raise UserError("give at least one --model (see `jbtrace models`)")
-    specs = [
-        ModelSpec(
-            spec,
-            label,
-            dtype=dtype,
-            device=device,
-            revision=revision,
-            allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code,
-            seed=seed,
-        )
-        for spec, label in zip(model, model_labels(model, model_name), strict=True)
-    ]
-    sets = load_prompt_sets(prompts, text_field, limit, seed)
-    fingerprint = runs.fingerprint(
-        name,
-        [s.identity() for s in specs],
-        sets,
-        **dataclasses.asdict(options),
-        engine=engine,
-        shards=shards,
-        workers=workers if engine == "ray" else None,
-    )
-    checkpoint = runs.prepare(out_dir, "extract", fingerprint, overwrite)
+def extract(*, quiet: bool, **options):
+    """`commands.extract_run` with a progress bar (unless ``quiet``) and its notes on stderr."""
     with progress_bar(quiet) as start:
-        traces = extract_models(specs, sets, options, where, checkpoint, progress=start)
-    ds = store.build(
-        traces, sets, extra={"command": command, "seed": seed, "limit": limit, "engine": engine}
-    )
-    path = store.write(ds, out_dir)
-    summary = store.provenance(ds)
-    run_json = json.dumps({"command": command, "store": str(path), "provenance": summary}, indent=2)
-    atomic_write(Path(out_dir) / "run.json", lambda p: p.write_text(run_json))
-    write_sample(sets, out_dir, seed=seed)  # RUN/prompts.jsonl: the texts the report shows
-    checkpoint.clear()
-    for name, info in summary["models"].items():
-        truncated = ", ".join(f"{k} {v}" for k, v in info["truncated"].items())
-        nonfinite = sum(info["nonfinite"].values())
-        err.print(
-            f"{name}: truncated to {max_tokens} tokens: {truncated}; padding waste "
-            f"{info['padding_waste']:.1%}"
-            + (f"; {nonfinite} non-finite values excluded" if nonfinite else ""),
-            highlight=False,
-        )
-    return ds
+        return extract_run(**options, progress=start, note=say)
 
 
 @app.command("extract")
@@ -215,7 +117,7 @@ def extract_cmd(
     quiet: Quiet = False,
 ):
     """Run prompt sets through models; write per-(layer, position) statistics to RUN/trace.zarr."""
-    extract_run(**locals(), command=command_line())
+    extract(**locals(), command=command_line())
     out.print(f"wrote {out_dir / 'trace.zarr'}", highlight=False)
 
 
@@ -304,7 +206,7 @@ def run_cmd(
 def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extract_options) -> None:
     """extract → plot → downstream analyses; the shared body of `run` and `demo`."""
     check_positions(positions, extract_options["max_tokens"])
-    extract_run(**extract_options, shard="0/1", out_dir=out_dir, command=command_line(), name="run")
+    extract(**extract_options, shard="0/1", out_dir=out_dir, command=command_line(), name="run")
     for path in draw(out_dir, min_count=min_count, positions=positions, svg=svg):
         out.print(f"wrote {path}", highlight=False)
     compare_run(out_dir, min_count=max(min_count, 2), seed=extract_options.get("seed", 0), svg=svg)

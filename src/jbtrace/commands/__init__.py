@@ -1,0 +1,6 @@
+"""Commands as library functions: each does the whole job of one `jbtrace` command (loads,
+runs, writes the run) and reports through callbacks; the CLI only parses options and prints."""
+
+from jbtrace.commands.extract import extract_run
+
+__all__ = ["extract_run"]
