@@ -41,8 +41,7 @@ from jbtrace.cli.common import (
     say,
 )
 from jbtrace.cli.report import publish
-from jbtrace.commands import extract_run
-from jbtrace.errors import UserError
+from jbtrace.commands import extract_run, merge_run
 from jbtrace.models.presets import DEMO_LIMIT, DEMO_MAX_TOKENS, DEMO_PAPER_LOAD, DEMO_PROMPTS
 
 
@@ -330,12 +329,4 @@ def merge_cmd(
     overwrite: Overwrite = False,
 ):
     """Combine shard runs into the store one run over all prompts would have written."""
-    from jbtrace.trace import runs as run_dirs
-    from jbtrace.trace import store
-
-    if len(runs) < 2:
-        raise UserError("merge needs at least two runs")
-    shards = [store.open_run(r) for r in runs]
-    run_dirs.prepare(out_dir, "merge", {}, overwrite)
-    path = store.write(store.merge(shards), out_dir)
-    out.print(f"wrote {path}", highlight=False)
+    out.print(f"wrote {merge_run(runs, out_dir, overwrite)}", highlight=False)

@@ -2,5 +2,6 @@
 runs, writes the run) and reports through callbacks; the CLI only parses options and prints."""
 
 from jbtrace.commands.extract import extract_run
+from jbtrace.commands.merge import merge_run
 
-__all__ = ["extract_run"]
+__all__ = ["extract_run", "merge_run"]
