@@ -27,6 +27,7 @@ _ENTRY_POINTS = {
     "UserError": "jbtrace.errors",
     "extract_run": "jbtrace.commands",
     "merge_run": "jbtrace.commands",
+    "compare_run": "jbtrace.commands",
 }
 _ALIASES = {"build_store": "build", "write_run": "write"}
 

@@ -41,7 +41,7 @@ from jbtrace.cli.common import (
     say,
 )
 from jbtrace.cli.report import publish
-from jbtrace.commands import extract_run, merge_run
+from jbtrace.commands import compare_run, extract_run, merge_run
 from jbtrace.models.presets import DEMO_LIMIT, DEMO_MAX_TOKENS, DEMO_PAPER_LOAD, DEMO_PROMPTS
 
 
@@ -208,7 +208,7 @@ def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extra
     extract(**extract_options, shard="0/1", out_dir=out_dir, command=command_line(), name="run")
     for path in draw(out_dir, min_count=min_count, positions=positions, svg=svg):
         out.print(f"wrote {path}", highlight=False)
-    compare_run(out_dir, min_count=max(min_count, 2), seed=extract_options.get("seed", 0), svg=svg)
+    compare(out_dir, min_count=max(min_count, 2), seed=extract_options.get("seed", 0), svg=svg)
 
 
 @app.command("compare")
@@ -249,7 +249,7 @@ def compare_cmd(
     svg: Annotated[bool, typer.Option(help="Also write the figures as SVG.")] = False,
 ):
     """Which differences are real: Welch + FDR per cell, profiles, trends, ranking; RUN/compare.json, summary.md, figures."""  # noqa: E501
-    compare_run(
+    compare(
         run,
         q=q,
         min_count=min_count,
@@ -262,15 +262,12 @@ def compare_cmd(
     )
 
 
-def compare_run(run: Path, svg: bool = False, **options) -> None:
-    """Compare a run's two scenarios, write the outputs into the run, print the observations."""
-    from jbtrace.analysis import compare
+def compare(run: Path, svg: bool = False, **options) -> None:
+    """`commands.compare_run`, then print the paths written and the observations."""
     from jbtrace.analysis.observe import ranking_sentences
-    from jbtrace.trace import store
-    from jbtrace.views import outputs
 
-    result = compare.compare(store.open_run(run), **options)
-    for path in outputs.write_compare(result, run, svg=svg):
+    result, paths = compare_run(run, svg=svg, **options)
+    for path in paths:
         out.print(f"wrote {path}", highlight=False)
     for model, lines in result.observations.items():
         out.print(f"{result.models[model]['label']}:", highlight=False)
