@@ -51,16 +51,10 @@ def extract_run(
     overwrite=False,
     name="extract",
 ):
-    """The whole of `jbtrace extract`: load prompts and models, extract every model (resuming a
-    checkpoint), publish RUN/trace.zarr, RUN/run.json and RUN/prompts.jsonl; return the Dataset.
-
-    ``progress(description, total) -> advance(n)`` reports progress; ``note(line)`` gets the
-    lines a user reads (prompt sets loaded, truncation per model).
-    """
-    from jbtrace.prompts.sample import write_sample
+    """The whole of `jbtrace extract` (prompts, models, resumable extraction, RUN/trace.zarr,
+    run.json, prompts.jsonl); reports via ``progress(what, total) -> advance`` and ``note(line)``."""
     from jbtrace.trace import runs, store
-    from jbtrace.trace.checkpoint import atomic_write
-    from jbtrace.trace.engine import Engine, ModelSpec, extract_models
+    from jbtrace.trace.engine import Engine, extract_models
     from jbtrace.trace.extract import ExtractOptions
 
     options = ExtractOptions(
@@ -75,21 +69,16 @@ def extract_run(
         shard=parse_shard(shard),
     )
     where = Engine(engine, ray_address=ray_address, workers=workers, shards=shards)
-    if not model:
-        raise UserError("give at least one --model (see `jbtrace models`)")
-    specs = [
-        ModelSpec(
-            spec,
-            label,
-            dtype=dtype,
-            device=device,
-            revision=revision,
-            allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code,
-            seed=seed,
-        )
-        for spec, label in zip(model, model_labels(model, model_name), strict=True)
-    ]
+    specs = _model_specs(
+        model,
+        model_name,
+        dtype=dtype,
+        device=device,
+        revision=revision,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+        seed=seed,
+    )
     sets = load_prompt_sets(prompts, text_field, limit, seed, note)
     fingerprint = runs.fingerprint(
         name,
@@ -105,13 +94,14 @@ def extract_run(
     ds = store.build(
         traces, sets, extra={"command": command, "seed": seed, "limit": limit, "engine": engine}
     )
-    path = store.write(ds, out_dir)
-    summary = store.provenance(ds)
-    run_json = json.dumps({"command": command, "store": str(path), "provenance": summary}, indent=2)
-    atomic_write(Path(out_dir) / "run.json", lambda p: p.write_text(run_json))
-    write_sample(sets, out_dir, seed=seed)  # RUN/prompts.jsonl: the texts the report shows
+    _write(ds, sets, out_dir, command, seed)
     checkpoint.clear()
-    note = note or _ignore
+    _note_models(store.provenance(ds), max_tokens, note or _ignore)
+    return ds
+
+
+def _note_models(summary: dict, max_tokens: int, note) -> None:
+    """One line per model: how many prompts were truncated, padding waste, non-finite values."""
     for name, info in summary["models"].items():
         truncated = ", ".join(f"{k} {v}" for k, v in info["truncated"].items())
         nonfinite = sum(info["nonfinite"].values())
@@ -120,4 +110,27 @@ def extract_run(
             f"{info['padding_waste']:.1%}"
             + (f"; {nonfinite} non-finite values excluded" if nonfinite else ""),
         )
-    return ds
+
+
+def _model_specs(model, model_name, **load) -> list:
+    """One engine ModelSpec per --model, labelled by --model-name."""
+    from jbtrace.trace.engine import ModelSpec
+
+    if not model:
+        raise UserError("give at least one --model (see `jbtrace models`)")
+    labels = model_labels(model, model_name)
+    return [ModelSpec(spec, label, **load) for spec, label in zip(model, labels, strict=True)]
+
+
+def _write(ds, sets, out_dir, command, seed) -> None:
+    """Publish RUN/trace.zarr, RUN/run.json and RUN/prompts.jsonl (the texts the report shows)."""
+    from jbtrace.prompts.sample import write_sample
+    from jbtrace.trace import store
+    from jbtrace.trace.checkpoint import atomic_write
+
+    path = store.write(ds, out_dir)
+    run_json = json.dumps(
+        {"command": command, "store": str(path), "provenance": store.provenance(ds)}, indent=2
+    )
+    atomic_write(Path(out_dir) / "run.json", lambda p: p.write_text(run_json))
+    write_sample(sets, out_dir, seed=seed)
