@@ -52,7 +52,7 @@ def extract_run(
     name="extract",
 ):
     """The whole of `jbtrace extract` (prompts, models, resumable extraction, RUN/trace.zarr,
-    run.json, prompts.jsonl); reports via ``progress(what, total) -> advance`` and ``note(line)``."""
+    run.json, prompts.jsonl); reports via ``progress(what, total)->advance``, ``note(line)``."""
     from jbtrace.trace import runs, store
     from jbtrace.trace.engine import Engine, extract_models
     from jbtrace.trace.extract import ExtractOptions
