@@ -28,6 +28,8 @@ _ENTRY_POINTS = {
     "extract_run": "jbtrace.commands",
     "merge_run": "jbtrace.commands",
     "compare_run": "jbtrace.commands",
+    "detect_run": "jbtrace.commands",
+    "score_run": "jbtrace.commands",
 }
 _ALIASES = {"build_store": "build", "write_run": "write"}
 

@@ -20,15 +20,136 @@ from jbtrace.cli.common import (
     app,
     command_line,
     err,
-    load_prompt_sets,
-    model_labels,
     out,
-    pairs,
     progress_bar,
+    say,
 )
 from jbtrace.cli.report import publish
 from jbtrace.cli.run import ENGINE_OPTIONS, with_extract_options
-from jbtrace.errors import UserError
+from jbtrace.commands import detect_options, detect_run, score_run
+
+# detect's own options
+TestPrompts = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--test-prompts",
+        "-t",
+        help="NAME=SOURCE, repeatable: score the fitted detectors on other prompt sets (TPR on "
+        "jailbreak sets, FPR on benign sets); prompts in the training sets are removed first, "
+        "then --limit applies.",
+    ),
+]
+Label = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--label",
+        "--test-label",
+        help="NAME=benign|jailbreak for a set whose name does not start with benign/jailbreak.",
+    ),
+]
+Source = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--source",
+        help="Where layers are read, repeatable: resid (default), attn_out, mlp_out, mixer.",
+    ),
+]
+Layers = Annotated[
+    str | None,
+    typer.Option(
+        help="Layers, e.g. 1,3,5 or 0:7, or all (default: all of a model with at most 8, else 8 "
+        "evenly spaced)."
+    ),
+]
+Kind = Annotated[
+    list[str] | None,
+    typer.Option("--kind", help="Feature kind, repeatable: cp, last, mean (default: all)."),
+]
+Rank = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--rank", help="CP rank, repeatable (default 8; e.g. --rank 4 --rank 8 --rank 16)."
+    ),
+]
+Classifier = Annotated[
+    list[str] | None,
+    typer.Option("--classifier", help="Repeatable: logreg (default), linsvm, rbfsvm, forest."),
+]
+Folds = Annotated[
+    int,
+    typer.Option(
+        help="Stratified k-fold cross-validation folds, grouped by near-duplicate cluster."
+    ),
+]
+TestSplit = Annotated[
+    float,
+    typer.Option(
+        help="Fraction of training prompts held out (grouped by near-duplicate cluster) and scored "
+        "once at the end."
+    ),
+]
+Protocol = Annotated[
+    str,
+    typer.Option(
+        help="cv, or cross-source: also leave each prompt source out in turn (each benign and "
+        "each jailbreak --prompts set, and the per-prompt sources of a corpus), train on the rest "
+        "and score it; ranking and --save use the worst held-out source."
+    ),
+]
+TargetFpr = Annotated[
+    float,
+    typer.Option(
+        help="Operating point: the threshold flags this share of held-out benign prompts; all "
+        "rates are reported there."
+    ),
+]
+NearDuplicate = Annotated[
+    float,
+    typer.Option(
+        help="Word 5-gram Jaccard at which prompts count as near-duplicates (kept on one side of "
+        "every split; removed from test sets)."
+    ),
+]
+MatchLength = Annotated[
+    bool,
+    typer.Option(
+        help="Subsample the training sets so benign and jailbreak token lengths match (coarsened "
+        "exact matching, 10 quantile bins)."
+    ),
+]
+TestMinTokens = Annotated[
+    int, typer.Option(help="Score only test prompts with at least this many tokens.")
+]
+CpPositions = Annotated[
+    int, typer.Option(help="Token positions kept for CP (start-aligned, zero padded).")
+]
+ProjectDim = Annotated[
+    int | None, typer.Option(help="Seeded random projection of the hidden mode for CP.")
+]
+CpIters = Annotated[int, typer.Option(help="Maximum CP-ALS sweeps.")]
+MemoryGb = Annotated[
+    float,
+    typer.Option(help="Feature memory per pass over the prompts; layers are grouped to fit."),
+]
+Save = Annotated[
+    Path | None,
+    typer.Option(
+        help="Write the best-ranked detector of --save-classifier here (safetensors + JSON)."
+    ),
+]
+SaveAll = Annotated[
+    bool,
+    typer.Option(
+        help="With --save: every layer and feature of --save-classifier, the best-ranked first."
+    ),
+]
+SaveClassifier = Annotated[
+    str, typer.Option(help="Classifier of the saved detectors: logreg or linsvm.")
+]
+DetectLimit = Annotated[
+    int | None, typer.Option(help="Seeded random sample of at most N prompts per set.")
+]
+LOAD = ("dtype", "device", "revision", "allow_pickle", "trust_remote_code")
 
 
 @app.command("detect")
@@ -36,135 +157,38 @@ from jbtrace.errors import UserError
 def detect_cmd(
     *,
     out_dir: Out = Path("runs/detect"),
-    test_prompts: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--test-prompts",
-            "-t",
-            help="NAME=SOURCE, repeatable: score the fitted detectors on other prompt sets (TPR on jailbreak sets, FPR on benign sets); prompts in the training sets are removed first, then --limit applies.",
-        ),
-    ] = None,
-    label: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--label",
-            "--test-label",
-            help="NAME=benign|jailbreak for a set whose name does not start with benign/jailbreak.",
-        ),
-    ] = None,
-    source: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--source",
-            help="Where layers are read, repeatable: resid (default), attn_out, mlp_out, mixer.",
-        ),
-    ] = None,
-    layers: Annotated[
-        str | None,
-        typer.Option(
-            help="Layers, e.g. 1,3,5 or 0:7, or all (default: all of a model with at most 8, else 8 evenly spaced)."
-        ),
-    ] = None,
-    kind: Annotated[
-        list[str] | None,
-        typer.Option("--kind", help="Feature kind, repeatable: cp, last, mean (default: all)."),
-    ] = None,
-    rank: Annotated[
-        list[int] | None,
-        typer.Option(
-            "--rank", help="CP rank, repeatable (default 8; e.g. --rank 4 --rank 8 --rank 16)."
-        ),
-    ] = None,
-    classifier: Annotated[
-        list[str] | None,
-        typer.Option("--classifier", help="Repeatable: logreg (default), linsvm, rbfsvm, forest."),
-    ] = None,
-    folds: Annotated[
-        int,
-        typer.Option(
-            help="Stratified k-fold cross-validation folds, grouped by near-duplicate cluster."
-        ),
-    ] = 5,
-    test_split: Annotated[
-        float,
-        typer.Option(
-            help="Fraction of training prompts held out (grouped by near-duplicate cluster) and scored once at the end."
-        ),
-    ] = 0.0,
-    protocol: Annotated[
-        str,
-        typer.Option(
-            help="cv, or cross-source: also leave each prompt source out in turn (each benign and each jailbreak --prompts set, and the per-prompt sources of a corpus), train on the rest and score it; ranking and --save use the worst held-out source."
-        ),
-    ] = "cv",
-    target_fpr: Annotated[
-        float,
-        typer.Option(
-            help="Operating point: the threshold flags this share of held-out benign prompts; all rates are reported there."
-        ),
-    ] = 0.01,
-    near_duplicate: Annotated[
-        float,
-        typer.Option(
-            help="Word 5-gram Jaccard at which prompts count as near-duplicates (kept on one side of every split; removed from test sets)."
-        ),
-    ] = 0.8,
-    match_length: Annotated[
-        bool,
-        typer.Option(
-            help="Subsample the training sets so benign and jailbreak token lengths match (coarsened exact matching, 10 quantile bins)."
-        ),
-    ] = False,
-    test_min_tokens: Annotated[
-        int, typer.Option(help="Score only test prompts with at least this many tokens.")
-    ] = 0,
-    cp_positions: Annotated[
-        int, typer.Option(help="Token positions kept for CP (start-aligned, zero padded).")
-    ] = 64,
-    project_dim: Annotated[
-        int | None, typer.Option(help="Seeded random projection of the hidden mode for CP.")
-    ] = None,
-    cp_iters: Annotated[int, typer.Option(help="Maximum CP-ALS sweeps.")] = 100,
-    memory_gb: Annotated[
-        float,
-        typer.Option(help="Feature memory per pass over the prompts; layers are grouped to fit."),
-    ] = 2.0,
-    save: Annotated[
-        Path | None,
-        typer.Option(
-            help="Write the best-ranked detector of --save-classifier here (safetensors + JSON)."
-        ),
-    ] = None,
-    save_all: Annotated[
-        bool,
-        typer.Option(
-            help="With --save: every layer and feature of --save-classifier, the best-ranked first."
-        ),
-    ] = False,
-    save_classifier: Annotated[
-        str, typer.Option(help="Classifier of the saved detectors: logreg or linsvm.")
-    ] = "logreg",
-    limit: Annotated[
-        int | None, typer.Option(help="Seeded random sample of at most N prompts per set.")
-    ] = 200,
+    test_prompts: TestPrompts = None,
+    label: Label = None,
+    source: Source = None,
+    layers: Layers = None,
+    kind: Kind = None,
+    rank: Rank = None,
+    classifier: Classifier = None,
+    folds: Folds = 5,
+    test_split: TestSplit = 0.0,
+    protocol: Protocol = "cv",
+    target_fpr: TargetFpr = 0.01,
+    near_duplicate: NearDuplicate = 0.8,
+    match_length: MatchLength = False,
+    test_min_tokens: TestMinTokens = 0,
+    cp_positions: CpPositions = 64,
+    project_dim: ProjectDim = None,
+    cp_iters: CpIters = 100,
+    memory_gb: MemoryGb = 2.0,
+    save: Save = None,
+    save_all: SaveAll = False,
+    save_classifier: SaveClassifier = "logreg",
+    limit: DetectLimit = 200,
     **common,
 ):
-    """Per-layer jailbreak detectors (CP factors, last / mean states) cross-validated: RUN/detect.json|md|png|pdf."""
-    from jbtrace.detect import detector
-    from jbtrace.detect import train as detect
-    from jbtrace.models import load_model
-    from jbtrace.prompts import load_prompts, parse_prompt_specs
-    from jbtrace.views import outputs
-
-    model, prompts, text_field, seed, quiet = (
-        common[k] for k in ("model", "prompts", "text_field", "seed", "quiet")
-    )
-    dtype, device, revision = common["dtype"], common["device"], common["revision"]
-    max_tokens, batch_size = common["max_tokens"], common["batch_size"]
-    kw = {"sources": source, "kinds": kind, "ranks": rank, "classifiers": classifier}
-    options = detect.DetectOptions(
-        **{k: tuple(v) for k, v in kw.items() if v},
-        layers=detect.parse_layers(layers),
+    """Per-layer jailbreak detectors (CP factors, last / mean states) cross-validated: RUN/detect.json|md|png|pdf."""  # noqa: E501
+    options = detect_options(
+        **{k: common[k] for k in ("max_tokens", "chat_template", "batch_size", "seed")},
+        source=source,
+        kind=kind,
+        rank=rank,
+        classifier=classifier,
+        layers=layers,
         folds=folds,
         test_split=test_split,
         protocol=protocol,
@@ -175,76 +199,31 @@ def detect_cmd(
         cp_positions=cp_positions,
         project_dim=project_dim,
         cp_iters=cp_iters,
-        max_tokens=max_tokens,
-        chat_template=common["chat_template"],
-        batch_size=batch_size,
-        memory_budget=int(memory_gb * 2**30),
-        seed=seed,
-        keep_fitted=save is not None,
-        test_limit=limit,
+        memory_gb=memory_gb,
+        save=save,
+        limit=limit,
     )
-    if not model:
-        raise UserError("give at least one --model (see `jbtrace models`)")
-    if save is not None and (len(model) != 1 or save_classifier not in options.classifiers):
-        raise UserError(
-            "--save needs exactly one --model and --save-classifier among the --classifier values"
-        )
-    if save is not None and save_classifier not in detector.SAVEABLE:
-        raise UserError(
-            f"--save-classifier {save_classifier!r}: only {', '.join(detector.SAVEABLE)} can be saved"
-        )
-    from jbtrace.trace import runs
-
-    if (out_dir / "detect.json").exists() and not common["overwrite"]:
-        raise UserError(
-            f"{out_dir} already holds detect results: give --overwrite to replace them, or another --out"
-        )
-    if not (out_dir / "trace.zarr").exists():  # a run of its own follows the run-directory rule
-        runs.prepare(out_dir, "detect", {}, common["overwrite"])
-    # beside an extract's store, detect adds its files (replaced together, detect.json last) and keeps the store
-    labels = pairs(label, "--label")
-    train = load_prompt_sets(prompts, text_field, limit, seed)
-    tests = [
-        load_prompts(n, s, text_field=text_field, seed=seed)
-        for n, s in parse_prompt_specs(test_prompts or [])
-    ]
-    reports = []
-    with progress_bar(quiet) as start:
-        for spec, name in zip(model, model_labels(model, common["model_name"])):
-            lm = load_model(
-                spec,
-                name=name,
-                dtype=dtype,
-                device=device,
-                revision=revision,
-                allow_pickle=common["allow_pickle"],
-                trust_remote_code=common["trust_remote_code"],
-                seed=seed,
-            )
-            note = (lambda m: None) if quiet else (lambda m: err.print(m, highlight=False))
-            reports.append(detect.detect_model(lm, train, tests, options, labels, note, start))
-    paths = outputs.write_detect(reports, out_dir, options, command_line())
-    if save is not None:
-        config = {
-            "spec": lm.spec,
-            "name": lm.name,
-            "seed": seed,
-            "dtype": lm.provenance["dtype"],
-            "revision": revision,
-        }
-        paths.append(
-            detector.from_report(
-                reports[0],
-                options,
-                save_classifier,
-                config,
-                save_all,
-                [t for s in train for t in s.texts],
-            ).save(save)
-        )
-    for path in paths:
+    quiet = common["quiet"]
+    result = detect_run(
+        **{k: common[k] for k in ("model", "prompts", "text_field", "seed", "model_name")},
+        load={k: common[k] for k in LOAD},
+        overwrite=common["overwrite"],
+        out_dir=out_dir,
+        options=options,
+        test_prompts=test_prompts,
+        label=label,
+        limit=limit,
+        save=save,
+        save_all=save_all,
+        save_classifier=save_classifier,
+        command=command_line(),
+        progress=lambda: progress_bar(quiet),
+        note=say,
+        plan_note=None if quiet else say,
+    )
+    for path in result.paths:
         out.print(f"wrote {path}", highlight=False)
-    publish(out_dir, prompt_sets=train + tests, seed=seed)
+    publish(out_dir, prompt_sets=result.prompt_sets, seed=common["seed"])
 
 
 @app.command("score")
@@ -277,29 +256,12 @@ def score_cmd(
     quiet: Quiet = False,
 ):
     """Per-layer jailbreak probabilities of new prompts from a saved detector."""
-    from jbtrace.detect.detector import Detector, write_scores
-    from jbtrace.models import load_model
-
-    det = Detector.load(detector_dir)
-    if not prompts:
-        raise UserError("give the prompts to score with --prompts NAME=SOURCE")
-    sets = load_prompt_sets(prompts, text_field, limit, seed)
-    info = det.config["model"]
-    lm = load_model(
-        model or info["spec"],
-        name=info["name"],
-        dtype=info["dtype"],
-        device=device,
-        revision=info["revision"],
-        allow_pickle=allow_pickle,
-        seed=info["seed"],
+    options = {k: v for k, v in locals().items() if k not in ("detector_dir", "quiet")}
+    result = score_run(
+        detector=detector_dir, **options, progress=lambda: progress_bar(quiet), note=say
     )
-    with progress_bar(quiet) as start:
-        rows = det.score(lm, sets, progress=start("scoring", sum(len(s) for s in sets)))
-    table, flagged = Table("set", "source", "layer", "feature", "flagged"), {}
-    for r in rows:
-        flagged.setdefault((r["set"], r["source"], r["layer"], r["feature"]), []).append(r["flag"])
-    for key, flags in flagged.items():
-        table.add_row(*map(str, key), f"{sum(flags)}/{len(flags)}")
+    table = Table("set", "source", "layer", "feature", "flagged")
+    for key, (flagged, scored) in result.flagged().items():
+        table.add_row(*map(str, key), f"{flagged}/{scored}")
     err.print(table)
-    out.print(f"wrote {write_scores(rows, out_path)}", highlight=False)
+    out.print(f"wrote {result.path}", highlight=False)

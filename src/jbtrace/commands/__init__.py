@@ -2,7 +2,8 @@
 runs, writes the run) and reports through callbacks; the CLI only parses options and prints."""
 
 from jbtrace.commands.compare import compare_run
+from jbtrace.commands.detect import detect_options, detect_run, score_run
 from jbtrace.commands.extract import extract_run
 from jbtrace.commands.merge import merge_run
 
-__all__ = ["compare_run", "extract_run", "merge_run"]
+__all__ = ["compare_run", "detect_options", "detect_run", "extract_run", "merge_run", "score_run"]

@@ -1,0 +1,223 @@
+"""detect and score: per-layer jailbreak detectors into RUN/detect.*, and a saved detector
+applied to new prompts (`jbtrace detect`, `jbtrace score`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jbtrace.commands.prompts import load_prompt_sets, model_labels
+from jbtrace.errors import UserError
+
+if TYPE_CHECKING:  # the heavy stages load only when a command runs
+    from jbtrace.detect.train import DetectOptions, ModelReport
+    from jbtrace.prompts import PromptSet
+
+Note = Callable[[str], None] | None
+# opens the progress display, yielding ``start(description, total) -> advance(n)`` (or None)
+Progress = Callable[[], contextlib.AbstractContextManager] | None
+
+
+@dataclass
+class DetectResult:
+    """What `detect_run` fitted and wrote."""
+
+    reports: list[ModelReport]  # one per model
+    options: DetectOptions
+    prompt_sets: list[PromptSet]  # the training sets, then the test sets
+    paths: list[Path]  # RUN/detect.*, then the saved detector (with --save)
+
+
+@dataclass
+class ScoreResult:
+    """What `score_run` scored and wrote."""
+
+    rows: list[dict]  # one per prompt and layer detector
+    path: Path  # the scores file
+
+    def flagged(self) -> dict[tuple, tuple[int, int]]:
+        """(set, source, layer, feature) -> (prompts flagged, prompts scored), in row order."""
+        flags: dict[tuple, list[bool]] = {}
+        for r in self.rows:
+            flags.setdefault((r["set"], r["source"], r["layer"], r["feature"]), []).append(
+                r["flag"]
+            )
+        return {key: (sum(f), len(f)) for key, f in flags.items()}
+
+
+def detect_options(
+    *,
+    source=None,
+    kind=None,
+    rank=None,
+    classifier=None,
+    layers=None,
+    memory_gb: float = 2.0,
+    save: Path | None = None,
+    limit: int | None = 200,
+    **options,
+) -> DetectOptions:
+    """DetectOptions from the command's values: repeatable options (None: the defaults),
+    --layers text, --memory-gb, keep_fitted for --save, --limit also for the test sets."""
+    from jbtrace.detect import train
+
+    kw = {"sources": source, "kinds": kind, "ranks": rank, "classifiers": classifier}
+    return train.DetectOptions(
+        **{k: tuple(v) for k, v in kw.items() if v},
+        layers=train.parse_layers(layers),
+        memory_budget=int(memory_gb * 2**30),
+        keep_fitted=save is not None,
+        test_limit=limit,
+        **options,
+    )
+
+
+def pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    """NAME=VALUE options (e.g. --label NAME=benign) as a dict; one-line error otherwise."""
+    found = {}
+    for value in values or []:
+        name, eq, right = value.partition("=")
+        if not eq or not name or not right:
+            raise UserError(f"{what} {value!r}: expected NAME=VALUE")
+        found[name] = right
+    return found
+
+
+def _check(model, options, out_dir: Path, save, save_classifier: str, overwrite: bool) -> None:
+    """Refuse what cannot run before anything loads; a run of detect's own is prepared."""
+    from jbtrace.detect import detector
+    from jbtrace.trace import runs
+
+    if not model:
+        raise UserError("give at least one --model (see `jbtrace models`)")
+    if save is not None and (len(model) != 1 or save_classifier not in options.classifiers):
+        raise UserError(
+            "--save needs exactly one --model and --save-classifier among the --classifier values"
+        )
+    if save is not None and save_classifier not in detector.SAVEABLE:
+        raise UserError(
+            f"--save-classifier {save_classifier!r}: only {', '.join(detector.SAVEABLE)} "
+            "can be saved"
+        )
+    if (out_dir / "detect.json").exists() and not overwrite:
+        raise UserError(
+            f"{out_dir} already holds detect results: give --overwrite to replace them, "
+            "or another --out"
+        )
+    if not (out_dir / "trace.zarr").exists():  # a run of its own follows the run-directory rule
+        runs.prepare(out_dir, "detect", {}, overwrite)
+    # beside an extract's store, detect adds its files (replaced together, detect.json last)
+    # and keeps the store
+
+
+def detect_run(
+    *,
+    model: list[str],
+    prompts: list[str] | None,
+    out_dir: Path,
+    options: DetectOptions,
+    test_prompts: list[str] | None = None,
+    label: list[str] | None = None,
+    text_field: str | None = None,
+    limit: int | None = 200,
+    seed: int = 0,
+    model_name: list[str] | None = None,
+    load: dict | None = None,
+    save: Path | None = None,
+    save_all: bool = False,
+    save_classifier: str = "logreg",
+    overwrite: bool = False,
+    command: str | None = None,
+    progress: Progress = None,
+    note: Note = None,
+    plan_note: Note = None,
+) -> DetectResult:
+    """The whole of `jbtrace detect`: load the prompt sets and every model, fit and score the
+    detectors (``options``: a DetectOptions, see `detect_options`), write RUN/detect.* and, with
+    ``save``, the best detector. ``label``: NAME=benign|jailbreak for the sets; ``load``:
+    load_model's dtype, device, revision, allow_pickle, trust_remote_code. Reports via
+    ``note(line)`` (the prompt sets), ``plan_note(line)`` (each model's passes) and
+    ``progress()`` (see `Progress`), opened once the prompts are loaded."""
+    from jbtrace.detect import train
+    from jbtrace.models import load_model
+    from jbtrace.prompts import load_prompts, parse_prompt_specs
+    from jbtrace.views import outputs
+
+    _check(model, options, out_dir, save, save_classifier, overwrite)
+    labels = pairs(label, "--label")
+    train_sets = load_prompt_sets(prompts, text_field, limit, seed, note=note)
+    tests = [
+        load_prompts(n, s, text_field=text_field, seed=seed)
+        for n, s in parse_prompt_specs(test_prompts or [])
+    ]
+    reports = []
+    with (progress or contextlib.nullcontext)() as start:
+        for spec, name in zip(model, model_labels(model, model_name), strict=True):
+            lm = load_model(spec, name=name, seed=seed, **(load or {}))
+            reports.append(
+                train.detect_model(lm, train_sets, tests, options, labels, plan_note, start)
+            )
+    paths = outputs.write_detect(reports, out_dir, options, command)
+    if save is not None:
+        paths.append(
+            _save(reports[0], lm, options, train_sets, save, save_classifier, save_all, load)
+        )
+    return DetectResult(reports, options, train_sets + tests, paths)
+
+
+def _save(report, lm, options, train_sets, save, classifier, every_layer, load) -> Path:
+    """Write the best-ranked detector (or all of them) of one model's report."""
+    from jbtrace.detect import detector
+
+    config = {
+        "spec": lm.spec,
+        "name": lm.name,
+        "seed": options.seed,
+        "dtype": lm.provenance["dtype"],
+        "revision": (load or {}).get("revision"),
+    }
+    texts = [t for s in train_sets for t in s.texts]
+    return detector.from_report(report, options, classifier, config, every_layer, texts).save(save)
+
+
+def score_run(
+    *,
+    detector: Path,
+    prompts: list[str] | None,
+    out_path: Path = Path("scores.csv"),
+    model: str | None = None,
+    text_field: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    allow_pickle: bool = False,
+    progress: Progress = None,
+    note: Note = None,
+) -> ScoreResult:
+    """The whole of `jbtrace score`: load a saved detector, its model (or ``model``) and the
+    prompt sets, score every prompt with every layer detector, write ``out_path`` (.csv or
+    .json). Reports via ``note(line)`` and ``progress()`` (see `Progress`), opened to score."""
+    from jbtrace.detect.detector import Detector, write_scores
+    from jbtrace.models import load_model
+
+    det = Detector.load(detector)
+    if not prompts:
+        raise UserError("give the prompts to score with --prompts NAME=SOURCE")
+    sets = load_prompt_sets(prompts, text_field, limit, seed, note=note)
+    info = det.config["model"]
+    lm = load_model(
+        model or info["spec"],
+        name=info["name"],
+        dtype=info["dtype"],
+        device=device,
+        revision=info["revision"],
+        allow_pickle=allow_pickle,
+        seed=info["seed"],
+    )
+    total = sum(len(s) for s in sets)
+    with (progress or contextlib.nullcontext)() as start:
+        rows = det.score(lm, sets, progress=start("scoring", total) if start else None)
+    return ScoreResult(rows, write_scores(rows, out_path))
