@@ -1,4 +1,5 @@
-"""Attention maps and capture agree with transformers' eager output_attentions; padding, batching and causality."""
+"""Attention maps and capture agree with transformers' eager output_attentions; padding,
+batching and causality."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from jbtrace.trace.extract import ExtractOptions
 
 
 def reference_maps(spec, texts, layers, heads):
-    """Per-(query, key) sums and counts over prompts, from eager output_attentions run one prompt at a time."""
+    """Per-(query, key) sums and counts over prompts, from eager output_attentions run one
+    prompt at a time."""
     lm = load_model(spec, attn_implementation="eager")
     n = max(len(lm.tokenizer(t)["input_ids"]) for t in texts)
     n_out = 1 if heads != "all" else lm.model.config.num_attention_heads

@@ -1,4 +1,5 @@
-"""`jbtrace attention` end to end: into an extract run's store, the figure, and one-line errors with exit code 2."""
+"""`jbtrace attention` end to end: into an extract run's store, the figure, and one-line errors
+with exit code 2."""
 
 from __future__ import annotations
 

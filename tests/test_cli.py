@@ -1,4 +1,5 @@
-"""The command line end to end on tiny models, and one clear line with exit code 2 for every user error."""
+"""The command line end to end on tiny models, and one clear line with exit code 2 for every
+user error."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Detectors: a planted signal is found where it is, CP never sees held-out prompts, length
-matching, labels, test sets lose near-duplicates of training prompts, and saved detectors round-trip."""
+matching, labels, test sets lose near-duplicates of training prompts, and saved detectors
+round-trip."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from tests.test_detect_features import capture
 
 
 def plantedcapture(lm, texts, block: int, layers, kinds):
-    """Features of ``texts`` twice: as they are, and with a fixed direction added to block ``block``'s output."""
+    """Features of ``texts`` twice: as they are, and with a fixed direction added to block
+    ``block``'s output."""
     requests = [("resid", layer) for layer in layers]
     plain = capture(lm, texts, requests, kinds, cp_positions=32)
     direction = torch.randn(lm.model.config.hidden_size, generator=torch.Generator().manual_seed(3))
@@ -95,7 +97,7 @@ def test_cp_is_fitted_on_training_folds_only(monkeypatch):
         StratifiedGroupKFold(4, shuffle=True, random_state=0).split(X, y, np.arange(len(y)))
     )
     assert len(SpyCP.seen) == len(folds) + 1  # one fit per fold, then the refit on everything
-    for seen, (train, _) in zip(SpyCP.seen, folds):
+    for seen, (train, _) in zip(SpyCP.seen, folds, strict=False):
         np.testing.assert_array_equal(seen, X[train])
     np.testing.assert_array_equal(SpyCP.seen[-1], X)
     assert rows[0]["f1"] > 0.9 and rows[0]["auroc"] > 0.95
@@ -114,7 +116,8 @@ def test_match_lengths_equalises_quantile_bins():
     y = np.repeat([0, 1], 300)
     keep = matching.match_lengths(lengths, y == 1, 0)
     logs = np.log(lengths.astype(float))
-    # bins are [e_k, e_k+1) over the pooled deciles: equal counts per bin means equal counts at or above every edge
+    # bins are [e_k, e_k+1) over the pooled deciles: equal counts per bin means equal counts at or
+    # above every edge
     for edge in np.quantile(logs, np.linspace(0, 1, matching.BINS + 1))[1:-1]:
         assert ((logs[keep] >= edge) & (y[keep] == 0)).sum() == (
             (logs[keep] >= edge) & (y[keep] == 1)
@@ -182,7 +185,8 @@ def test_detect_model_rows_baseline_tests(small_run):
     lm, options, report = small_run
     assert len(report.rows) == 2 * 2 * 2  # layers × features × classifiers
     assert {r["feature"] for r in report.baseline} == {"length"}
-    # the test set loses exactly the prompts whose word 5-gram Jaccard with a training prompt is >= 0.8
+    # the test set loses exactly the prompts whose word 5-gram Jaccard with a training prompt
+    # is >= 0.8
     training = [
         *load_prompts("benign", "builtin:benign", limit=24, seed=0).texts,
         *JAILBREAK,
@@ -228,7 +232,7 @@ def test_saved_detector_round_trip_gives_identical_scores(small_run, tmp_path):
     captured = capture(
         lm, list(sets[0].texts), [("resid", 2), ("resid", 28)], ("cp", "mean"), cp_positions=16
     )
-    for before, after in zip(det.layers, loaded.layers):
+    for before, after in zip(det.layers, loaded.layers, strict=True):
         X = captured[(before.source, before.layer)][before.kind]
         np.testing.assert_array_equal(before.probability(X), after.probability(X))
         assert before.threshold == after.threshold and before.platt == after.platt

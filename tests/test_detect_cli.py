@@ -1,4 +1,5 @@
-"""`jbtrace detect` and `jbtrace score` end to end on a tiny model; user errors are one line, exit 2."""
+"""`jbtrace detect` and `jbtrace score` end to end on a tiny model; user errors are one line,
+exit 2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Captured detector features agree with output_hidden_states; sub-layer outputs add up to each block's update."""
+"""Captured detector features agree with output_hidden_states; sub-layer outputs add up to each
+block's update."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def test_resid_features_agree_with_output_hidden_states(spec):
     [("llama", ("attn_out", "mlp_out")), ("gptj", ("attn_out", "mlp_out")), ("mamba2", ("mixer",))],
 )
 def test_sublayer_outputs_sum_to_the_residual_update(arch, parts):
-    """Block l adds exactly its sub-layers' outputs: hidden_states[l] − hidden_states[l−1] = Σ parts."""
+    """Block l adds exactly its sub-layers' outputs: hidden_states[l] − hidden_states[l−1]
+    = Σ parts."""
     lm = load_model(f"tiny:{arch}")
     layers = [1, 5, lm.n_layers - 2]
     got = capture(lm, TEXTS, [(p, layer) for p in parts for layer in layers], kinds=("cp",))

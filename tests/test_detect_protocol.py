@@ -45,7 +45,8 @@ def test_rate_interval_is_clopper_pearson():
 
 
 def sourced(seed=0, n=40, planted=5.0):
-    """Four sources of 2-D features: class signal in dim 0; only jailbreak source j2 carries dim 1."""
+    """Four sources of 2-D features: class signal in dim 0; only jailbreak source j2
+    carries dim 1."""
     rng = np.random.default_rng(seed)
     sources = np.repeat(["b1", "b2", "j1", "j2"], n)
     y = np.repeat([0, 0, 1, 1], n)
@@ -193,7 +194,7 @@ def test_near_duplicate_clusters_match_brute_force_jaccard():
     want = brute_clusters(texts, 0.8)
     assert same_partition(got, want)
     assert len(set(got)) < len(texts)  # the copies joined their originals
-    for t, c in zip(long, range(len(long))):
+    for t, c in zip(long, range(len(long)), strict=True):
         i = texts.index(t)
         assert got[i] == got[texts.index(copies[2 * c])] == got[texts.index(copies[2 * c + 1])]
 
@@ -225,7 +226,9 @@ def test_loader_groups_follow_their_prompts_through_cleaning_and_limit(monkeypat
         "g2",
     )  # first occurrence wins
     small = L.load_prompts("x", "builtin:fake", limit=2, seed=1)
-    assert small.groups == tuple(dict(zip(ps.texts, ps.groups))[t] for t in small.texts)
+    assert small.groups == tuple(
+        dict(zip(ps.texts, ps.groups, strict=True))[t] for t in small.texts
+    )
 
 
 def test_one_length_matching_for_compare_and_detect():

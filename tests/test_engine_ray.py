@@ -1,4 +1,5 @@
-"""--engine ray on a local cluster of 2 CPU workers equals --engine local (float64), also when a worker dies."""
+"""--engine ray on a local cluster of 2 CPU workers equals --engine local (float64), also when a
+worker dies."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def test_long_prompts_keep_the_assistant_header_like_short_ones():
     assert list(truncated) == [False, True, True]
     tok = lm.tokenizer
     suffix = tok("<|end|>\n<|assistant|>\n", add_special_tokens=False)["input_ids"]
-    for text, row in zip(texts, ids):
+    for text, row in zip(texts, ids, strict=True):
         rendered = tok.decode(row)
         assert (
             len(row) <= 60

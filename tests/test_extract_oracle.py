@@ -19,7 +19,8 @@ _MAMBA2_OLD_LAYOUT = Version(transformers.__version__).release < (5, 25)
 
 
 def reference_layers(lm, text: str) -> np.ndarray:
-    """(layers, tokens, hidden) for one prompt, unpadded, from output_hidden_states (float64 numpy)."""
+    """(layers, tokens, hidden) for one prompt, unpadded, from output_hidden_states (float64
+    numpy)."""
     enc = lm.tokenizer(text, return_tensors="pt")
     with torch.no_grad():
         out = lm.model(**enc, output_hidden_states=True)
@@ -34,7 +35,8 @@ def reference_layers(lm, text: str) -> np.ndarray:
 
 
 def reference_attention(lm, text: str) -> list[np.ndarray] | None:
-    """Per block (heads, query, key) probabilities of one prompt from eager output_attentions; None without attention."""
+    """Per block (heads, query, key) probabilities of one prompt from eager output_attentions;
+    None without attention."""
     if not lm.has_attention:
         return None
     enc = lm.tokenizer(text, return_tensors="pt")
@@ -51,7 +53,8 @@ def reference_attention(lm, text: str) -> list[np.ndarray] | None:
 def reference_attention_stat(
     name: str, A: list[np.ndarray] | None, n_layers: int, n_tokens: int
 ) -> np.ndarray:
-    """(layers, tokens): layer l >= 1 from block l's attention, mean over heads; NaN at layer 0 and without attention."""
+    """(layers, tokens): layer l >= 1 from block l's attention, mean over heads; NaN at layer 0
+    and without attention."""
     out = np.full((n_layers, n_tokens), np.nan)
     for layer, P in enumerate(A or [], start=1):
         if name == "attn_entropy":
@@ -63,7 +66,8 @@ def reference_attention_stat(
 
 
 def reference_values(lm, text: str) -> dict[str, np.ndarray]:
-    """Every statistic's (layers, tokens) values for one prompt, from one reference forward pass each."""
+    """Every statistic's (layers, tokens) values for one prompt, from one reference forward pass
+    each."""
     H = reference_layers(lm, text)
     A = reference_attention(lm, text)
     return {
@@ -90,7 +94,8 @@ def reference_stat(name: str, H: np.ndarray) -> np.ndarray:
 
 
 def aligned(v: np.ndarray, align: str, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """One prompt's (layers, tokens) values on the position axis: (positions, values (layers, positions)).
+    """One prompt's (layers, tokens) values on the position axis: (positions, values (layers,
+    positions)).
 
     start: token i at position i; end: counted back from the last token; relative: one value per
     bin, the mean of the prompt's tokens in bin floor(i · bins / length).
@@ -106,7 +111,8 @@ def aligned(v: np.ndarray, align: str, bins: int) -> tuple[np.ndarray, np.ndarra
 
 
 def reference_moments(per_prompt: list[np.ndarray], align="start", bins=16):
-    """Per-(layer, position) count / mean / var (ddof=1), per-prompt means and slopes, from per-prompt values."""
+    """Per-(layer, position) count / mean / var (ddof=1), per-prompt means and slopes, from
+    per-prompt values."""
     n_layers = per_prompt[0].shape[0]
     n_pos = bins if align == "relative" else max(v.shape[1] for v in per_prompt)
     grid = np.full((len(per_prompt), n_layers, n_pos), np.nan)  # prompt, layer, position
@@ -150,7 +156,8 @@ def check(lm, prompt_sets, align="start", batch_size=3, padding_side="right"):
             seen = ref_count > 0
             if not seen.any():  # e.g. attention statistics of an attention-free model
                 continue
-            # float32 kernels of different batch widths round differently: 1e-5, relative to values above 1
+            # float32 kernels of different batch widths round differently: 1e-5, relative to
+            # values above 1
             assert (
                 np.abs(mean[s, :, :P][seen] - ref_mean[seen])
                 / np.maximum(1.0, np.abs(ref_mean[seen]))

@@ -1,4 +1,5 @@
-"""Layer bypass and guarded generation against transformers' own generate on models built without the blocks."""
+"""Layer bypass and guarded generation against transformers' own generate on models built
+without the blocks."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def own_generate(model, tok, text: str, use_cache: bool = True) -> list[int]:
 
 
 def without_blocks(model, removed: set[int]):
-    """A fresh model of the same family with blocks ``removed`` (1-based) left out, weights copied."""
+    """A fresh model of the same family with blocks ``removed`` (1-based) left out, weights
+    copied."""
     config = copy.deepcopy(model.config)
     n = surgery.num_blocks(config)
     config.num_hidden_layers = n - len(removed)
@@ -77,14 +79,17 @@ def test_bypass_equals_model_built_without_the_blocks(models, arch, removed, use
     ours = G.generate(
         lm, TEXTS, G.GenerateOptions(max_new_tokens=NEW, batch_size=4, use_cache=use_cache), removed
     )
-    for text, g in zip(TEXTS, ours):
+    for text, g in zip(TEXTS, ours, strict=True):
         assert g.tokens == own_generate(ref, lm.tokenizer, text, use_cache)
     # the bypass changed something, and the model is whole again afterwards
-    assert any(g.tokens != own_generate(lm.model, lm.tokenizer, t) for t, g in zip(TEXTS, ours))
+    assert any(
+        g.tokens != own_generate(lm.model, lm.tokenizer, t)
+        for t, g in zip(TEXTS, ours, strict=True)
+    )
     after = snapshot(lm.model)
     assert (
         after[0] is before[0]
-        and all(a is b for a, b in zip(after[1], before[1]))
+        and all(a is b for a, b in zip(after[1], before[1], strict=True))
         and after[2:] == before[2:]
     )
 
@@ -129,7 +134,7 @@ def test_unflagged_prompts_are_the_models_own_generate(models):
     guarded = G.guard_generate(lm, TEXTS, flags, [4, 6], options)
     never = G.guard_generate(lm, TEXTS, [False] * len(TEXTS), [4, 6], options)
     ref = without_blocks(lm.model, {4, 6})
-    for text, flagged, g, n in zip(TEXTS, flags, guarded, never):
+    for text, flagged, g, n in zip(TEXTS, flags, guarded, never, strict=True):
         own = own_generate(lm.model, lm.tokenizer, text)
         assert n.tokens == own
         assert g.tokens == (own_generate(ref, lm.tokenizer, text) if flagged else own)

@@ -1,4 +1,5 @@
-"""Judges against independent computations, and `jbtrace guard` end to end on a tiny model with a saved detector."""
+"""Judges against independent computations, and `jbtrace guard` end to end on a tiny model with
+a saved detector."""
 
 from __future__ import annotations
 
@@ -69,10 +70,14 @@ def test_on_topic_judge_calibrates_on_matched_and_mismatched_pairs():
     ]
     answers = [
         "Mix flour, water, yeast and salt, knead, let it rise, then bake the loaf in a hot oven.",
-        "Earth's tilted axis makes each hemisphere lean toward the Sun in summer and away in winter.",
-        "Remove the wheel, lever the tyre off the rim, replace the tube, reseat the tyre and inflate it.",
-        "A vaccine shows the immune system a harmless piece of a germ, so it makes antibodies and memory cells.",
-        "The Italian Game, 1.e4 e5 2.Nf3 Nc6 3.Bc4, develops pieces quickly and fights for the centre.",
+        "Earth's tilted axis makes each hemisphere lean toward the Sun in summer"
+        " and away in winter.",
+        "Remove the wheel, lever the tyre off the rim, replace the tube,"
+        " reseat the tyre and inflate it.",
+        "A vaccine shows the immune system a harmless piece of a germ,"
+        " so it makes antibodies and memory cells.",
+        "The Italian Game, 1.e4 e5 2.Nf3 Nc6 3.Bc4, develops pieces quickly"
+        " and fights for the centre.",
     ]
     info = judge.calibrate(prompts, answers, seed=0)
     # the similarities are plain cosine of mean-pooled MiniLM states, computed here independently
@@ -105,7 +110,8 @@ def test_user_judge(monkeypatch):
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
-    """A detector saved by `jbtrace detect --save --save-all` on tiny:llama (resid and attn_out, last token, logreg)."""
+    """A detector saved by `jbtrace detect --save --save-all` on tiny:llama (resid and attn_out,
+    last token, logreg)."""
     root = tmp_path_factory.mktemp("guard")
     mp = pytest.MonkeyPatch()
     capsys = types.SimpleNamespace(readouterr=lambda: types.SimpleNamespace(out="", err=""))

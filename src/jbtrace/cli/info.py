@@ -23,7 +23,7 @@ def datasets_cmd():
 
 @app.command("models")
 def models_cmd():
-    """List the built-in model specs, and the paper's models by hub id (`jbtrace demo --preset paper`)."""
+    """List the built-in model specs, and the paper's models by hub id (`jbtrace demo --preset paper`)."""  # noqa: E501 (one-line help)
     from jbtrace.models import list_models, list_paper_models
 
     def count(n):

@@ -1,1 +1,2 @@
-"""Detect: per-layer jailbreak detectors from internal representations (CP features, training, saved detectors)."""
+"""Detect: per-layer jailbreak detectors from internal representations (CP features, training,
+saved detectors)."""

@@ -85,7 +85,7 @@ def _relative_error(X: torch.Tensor, A, P, H) -> float:
     step = _prompt_chunk(X)
     res = sum(
         _sq_norm(torch.einsum("ir,jr,kr->ijk", a, P, H).sub_(x))
-        for a, x in zip(A.split(step), X.split(step))
+        for a, x in zip(A.split(step), X.split(step), strict=True)
     )
     return (res / max(_sq_norm(X), _TINY)) ** 0.5
 
@@ -112,7 +112,7 @@ def cp_als(
     P, H = _init_factors(X, rank, init, rng)
     norm_sq = _sq_norm(X)
     prev_err, n_iter = None, 0
-    for n_iter in range(1, n_iter_max + 1):
+    for n_iter in range(1, n_iter_max + 1):  # noqa: B007 (returned: the sweeps run)
         T = _mm_skinny(X2, H).reshape(n, J, rank)
         gram_h = H.T @ H
         A = _solve_gram((P.T @ P) * gram_h, (T * P).sum(1))

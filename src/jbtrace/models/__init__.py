@@ -1,4 +1,5 @@
-"""Models: loading (``load``), where each architecture keeps its parts (``surgery``), built-in specs (``builtin``), GGUF files (``gguf``)."""
+"""Models: loading (``load``), where each architecture keeps its parts (``surgery``), built-in
+specs (``builtin``), GGUF files (``gguf``)."""
 
 from jbtrace.models.builtin import list_models, list_paper_models, preset
 from jbtrace.models.load import DTYPES, LoadedModel, load_model

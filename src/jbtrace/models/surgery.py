@@ -86,7 +86,8 @@ SUBLAYERS = {
 
 
 def sublayer_points(model: nn.Module, kind: str) -> list[tuple[nn.Module, str] | None]:
-    """Where sub-layer ``kind`` of block l is read, at layer index l (None: layer 0, or a block without it)."""
+    """Where sub-layer ``kind`` of block l is read, at layer index l (None: layer 0, or a block
+    without it)."""
     if kind not in SUBLAYERS:
         raise UserError(f"unknown sub-layer {kind!r}: choose one of {', '.join(SUBLAYERS)}")
     found = []
@@ -100,7 +101,8 @@ def sublayer_points(model: nn.Module, kind: str) -> list[tuple[nn.Module, str] |
 
 @contextmanager
 def hooked(points: list[tuple[nn.Module, str]], callback):
-    """Call ``callback(index, tensor)`` with each point's hidden states; hooks are removed on exit."""
+    """Call ``callback(index, tensor)`` with each point's hidden states; hooks are removed on
+    exit."""
 
     def first_tensor(value):
         return value[0] if isinstance(value, (tuple, list)) else value
@@ -134,7 +136,8 @@ def _forward_parameters(cls: type) -> frozenset[str]:
 
 
 def forward_kwargs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
-    """Arguments for the backbone's forward: masks, and position ids that skip padding where accepted."""
+    """Arguments for the backbone's forward: masks, and position ids that skip padding where
+    accepted."""
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
     params = _forward_parameters(type(backbone(model)))
     if "position_ids" in params:
@@ -203,7 +206,8 @@ def check_bypass(model: nn.Module, layers) -> tuple[int, ...]:
 
 @contextmanager
 def bypass(model: nn.Module, layers):
-    """Skip blocks ``layers`` (store convention: layer l is block l, 1..L) for the duration of the context.
+    """Skip blocks ``layers`` (store convention: layer l is block l, 1..L) for the duration of
+    the context.
 
     A skipped block's output is its input: the residual stream passes unchanged. The kept
     blocks are put in a shorter block list with their layer indices renumbered and the config's

@@ -1,1 +1,2 @@
-"""Trace: forward passes reduced on the device into exact per-cell moments, attention maps, the trace store."""
+"""Trace: forward passes reduced on the device into exact per-cell moments, attention maps, the
+trace store."""

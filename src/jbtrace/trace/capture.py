@@ -31,7 +31,8 @@ _TARGET = "_jbtrace_capture"  # attribute on a captured module: (layer, callback
 def probabilities(
     module, query, key, attention_mask, scaling=None, is_causal=None, position_bias=None
 ) -> torch.Tensor:
-    """softmax(QKᵀ·scale + mask) over keys, as transformers' eager attention computes it (float32 or float64)."""
+    """softmax(QKᵀ·scale + mask) over keys, as transformers' eager attention computes it
+    (float32 or float64)."""
     dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
     n_rep = query.shape[1] // key.shape[1]  # grouped-query attention shares each key head
     key = key.repeat_interleave(n_rep, dim=1) if n_rep > 1 else key
@@ -90,7 +91,8 @@ AttentionInterface.register(NAME, _capture_forward)
 def probabilities_hooked(
     model: torch.nn.Module, layers: Iterable[int], callback: Callable[[int, torch.Tensor], None]
 ):
-    """Call ``callback(layer, probs)`` for each chosen layer's attention in every forward pass inside the block."""
+    """Call ``callback(layer, probs)`` for each chosen layer's attention in every forward pass
+    inside the block."""
     available = surgery.attention_layers(model)
     layers = sorted(set(layers))
     missing = [layer for layer in layers if layer not in available]

@@ -1,4 +1,5 @@
-"""Checkpoints: a long command's exact progress in ``RUN/.checkpoint/COMMAND``, so that a rerun resumes it.
+"""Checkpoints: a long command's exact progress in ``RUN/.checkpoint/COMMAND``, so that a rerun
+resumes it.
 
 A checkpoint holds the fingerprint of the command that owns it (``fingerprint.json``:
 models, prompt sets by sha256, every option that changes a number) and one file per unit
@@ -117,14 +118,16 @@ class Checkpoint:
 
 
 class ExtractCheckpoint:
-    """What ``extract`` calls: restore a prompt set's state before its first batch, save it after batches."""
+    """What ``extract`` calls: restore a prompt set's state before its first batch, save it
+    after batches."""
 
     def __init__(self, checkpoint: Checkpoint):
         self.checkpoint = checkpoint
         self._base: dict[str, tuple[int, int]] = {}
 
     def restore(self, key: str, moments, per_prompt: dict[str, np.ndarray], trace) -> int:
-        """Put the saved state into ``moments`` and the ``per_prompt`` arrays (in place); return the batches already done."""
+        """Put the saved state into ``moments`` and the ``per_prompt`` arrays (in place); return
+        the batches already done."""
         saved = self.checkpoint.load(key)
         base = (trace.tokens_processed, trace.tokens_padded)
         self.checkpoint.started(key)

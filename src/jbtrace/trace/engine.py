@@ -1,4 +1,5 @@
-"""Where extraction runs: in this process (``local``) or on a Ray cluster (``ray``), with checkpoints either way.
+"""Where extraction runs: in this process (``local``) or on a Ray cluster (``ray``), with
+checkpoints either way.
 
 ``local`` loads each model in turn and folds every batch into its accumulators,
 saving their exact state every few minutes (see ``checkpoint``). ``ray`` splits each
@@ -36,7 +37,8 @@ RETRIES = 3  # restarts of a dead worker, and retries of the shard it held
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to load one model (everything ``load_model`` takes), so that a worker elsewhere can load it too."""
+    """How to load one model (everything ``load_model`` takes), so that a worker elsewhere can
+    load it too."""
 
     spec: str
     name: str | None = None
@@ -117,7 +119,7 @@ def describe(lm: LoadedModel) -> LoadedModel:
     return dataclasses.replace(lm, model=None, tokenizer=None)
 
 
-# ------------------------------------------------------------------ exact states, for checkpoints and Ray
+# -------------------------------------------------------- exact states, for checkpoints and Ray
 
 _MOMENTS = ("count", "mean", "m2", "nonfinite")
 _PROMPTS = ("prompt_index", "prompt_values", "prompt_slope", "prompt_tokens", "truncated")
@@ -168,7 +170,8 @@ def trace_from_state(
 
 
 def merge_traces(shards: list[ModelTrace]) -> ModelTrace:
-    """One model's shard traces (disjoint prompts) as the trace of all prompts: moments merged in order, rows by index."""
+    """One model's shard traces (disjoint prompts) as the trace of all prompts: moments merged
+    in order, rows by index."""
     first = shards[0]
     merged = ModelTrace(
         model=first.model,
@@ -203,7 +206,8 @@ def _ray():
 
 
 class _Worker:
-    """A Ray actor: one replica of one model at a time; runs shards of the prompt sets and returns their exact states.
+    """A Ray actor: one replica of one model at a time; runs shards of the prompt sets and
+    returns their exact states.
 
     The model is loaded on the first shard of each model (again after a restart), so one
     worker process serves every model of a run.
@@ -234,7 +238,8 @@ class _Worker:
 
 
 def _worker_test_env() -> dict[str, str]:
-    """JBTRACE_TEST_KILL_WORKER (and _ONCE) of the driver become a worker's JBTRACE_TEST_KILL (and _ONCE)."""
+    """JBTRACE_TEST_KILL_WORKER (and _ONCE) of the driver become a worker's JBTRACE_TEST_KILL
+    (and _ONCE)."""
     env = {
         "JBTRACE_TEST_KILL": os.environ.get("JBTRACE_TEST_KILL_WORKER"),
         "JBTRACE_TEST_KILL_ONCE": os.environ.get("JBTRACE_TEST_KILL_ONCE"),
@@ -243,7 +248,8 @@ def _worker_test_env() -> dict[str, str]:
 
 
 def _connect(ray, engine: Engine, device: str) -> tuple[int, bool]:
-    """Join the cluster (or start a local one); return the number of workers per model and whether we started it."""
+    """Join the cluster (or start a local one); return the number of workers per model and
+    whether we started it."""
     started = False
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
@@ -281,7 +287,10 @@ def _extract_ray(models, prompt_sets, options, engine, checkpoint, progress, tot
     actors = []
     try:
         for spec in models:
-            states, key = {}, lambda k: f"{spec.name or spec.spec}/shard-{k}-of-{n_shards}"
+            states, key = (
+                {},
+                lambda k, spec=spec: f"{spec.name or spec.spec}/shard-{k}-of-{n_shards}",
+            )
             for k in range(n_shards):
                 saved = checkpoint.load(key(k)) if checkpoint else None
                 if saved is not None:
@@ -302,7 +311,8 @@ def _extract_ray(models, prompt_sets, options, engine, checkpoint, progress, tot
             if todo:
                 pool = ActorPool(actors[: len(todo)])
                 for k, state in pool.map_unordered(
-                    lambda a, k: a.run.remote(spec, sets_ref, options, (k, n_shards)), todo
+                    lambda a, k, spec=spec: a.run.remote(spec, sets_ref, options, (k, n_shards)),
+                    todo,
                 ):
                     states[k] = state
                     if checkpoint:

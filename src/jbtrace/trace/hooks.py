@@ -1,4 +1,5 @@
-"""Named points where a test can kill the process (SIGKILL, as a preempted node would), deterministically.
+"""Named points where a test can kill the process (SIGKILL, as a preempted node would),
+deterministically.
 
 ``JBTRACE_TEST_KILL=POINT:N`` kills the process the N-th time it reaches POINT (1-based,
 counted per process). With ``JBTRACE_TEST_KILL_ONCE=FILE`` it kills only if it can create

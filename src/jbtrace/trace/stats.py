@@ -69,7 +69,8 @@ for _stat in (
     ),
     Statistic(
         "cos_prev",
-        "cosine similarity with the same token's hidden state at the previous layer (none at layer 0)",
+        "cosine similarity with the same token's hidden state at the previous layer"
+        " (none at layer 0)",
         lambda h, prev: F.cosine_similarity(h, prev, dim=-1, eps=1e-12),
         needs_prev=True,
     ),

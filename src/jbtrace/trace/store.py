@@ -133,7 +133,8 @@ def provenance(ds: xr.Dataset) -> dict:
 
 
 def write(ds: xr.Dataset, run_dir: str | Path) -> Path:
-    """Write ``RUN/trace.zarr`` so that a complete store, the old or the new one, exists at every instant.
+    """Write ``RUN/trace.zarr`` so that a complete store, the old or the new one, exists at
+    every instant.
 
     The new store is written under a temporary name; the old one is renamed aside to
     ``trace.zarr.old`` and the new one renamed into place; only then is the old one removed.
@@ -161,7 +162,8 @@ def write(ds: xr.Dataset, run_dir: str | Path) -> Path:
 
 
 def store_path(run_dir: str | Path) -> Path | None:
-    """The run's complete store: ``trace.zarr``, or the old one a crash left renamed aside; None if neither."""
+    """The run's complete store: ``trace.zarr``, or the old one a crash left renamed aside; None
+    if neither."""
     for name in (STORE, OLD_STORE):
         if (Path(run_dir) / name).is_dir():
             return Path(run_dir) / name
@@ -178,14 +180,16 @@ def open_run(run_dir: str | Path) -> xr.Dataset:
 
 
 def update(run_dir: str | Path, variables: xr.Dataset) -> None:
-    """Add or replace variables in a run's store (e.g. comparison results), rewriting it atomically."""
+    """Add or replace variables in a run's store (e.g. comparison results), rewriting it
+    atomically."""
     ds = open_run(run_dir)
     kept = ds.drop_vars([v for v in variables.data_vars if v in ds], errors="ignore")
     write(kept.merge(variables, compat="override", join="outer"), run_dir)
 
 
 def merge(shards: list[xr.Dataset]) -> xr.Dataset:
-    """Combine the stores of shards K/N (K = 0..N-1, each once) of one run into the store of the whole run.
+    """Combine the stores of shards K/N (K = 0..N-1, each once) of one run into the store of the
+    whole run.
 
     Shards with different inputs (prompt sets, models, statistics, alignment, max_tokens, ...)
     or overlapping prompts are refused (``runs.check_mergeable``).
@@ -199,7 +203,13 @@ def merge(shards: list[xr.Dataset]) -> xr.Dataset:
     runs.check_mergeable(
         [provenance(s) for s in shards],
         [
-            list(zip(s["prompt_scenario"].values.tolist(), s["prompt_index"].values.tolist()))
+            list(
+                zip(
+                    s["prompt_scenario"].values.tolist(),
+                    s["prompt_index"].values.tolist(),
+                    strict=True,
+                )
+            )
             for s in shards
         ],
     )

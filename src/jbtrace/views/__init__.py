@@ -1,1 +1,2 @@
-"""Views: figures (every function returns a matplotlib Figure) and the files a result writes into a run."""
+"""Views: figures (every function returns a matplotlib Figure) and the files a result writes
+into a run."""
