@@ -30,6 +30,7 @@ _ENTRY_POINTS = {
     "compare_run": "jbtrace.commands",
     "detect_run": "jbtrace.commands",
     "score_run": "jbtrace.commands",
+    "guard_run": "jbtrace.commands",
 }
 _ALIASES = {"build_store": "build", "write_run": "write"}
 

@@ -1,0 +1,136 @@
+"""guard: flag prompts with a saved detector, generate with jailbreak-susceptible blocks bypassed,
+judge, write RUN/guard.jsonl|json|md (`jbtrace guard`)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from jbtrace.commands.prompts import load_prompt_sets
+from jbtrace.errors import UserError
+from jbtrace.models.presets import GUARD_PRESETS
+
+
+@dataclass(frozen=True)
+class GuardRun:
+    """What `guard_run` did: the evaluation, the files written, the prompt sets and the rates of
+    the headline judge (the combined judges, else the first judge)."""
+
+    result: object
+    paths: list[Path]
+    prompt_sets: list
+    headline: str
+    rates: list[dict]
+
+
+def guard_options(
+    *,
+    mode=None,
+    bypass=None,
+    bypass_k=2,
+    layer=None,
+    source=None,
+    feature=None,
+    threshold=None,
+    judge=None,
+    combine="on-topic,coherent",
+    on_topic_threshold=None,
+    calibration_limit=32,
+    max_perplexity=100.0,
+    max_repeat=0.5,
+    samples=3,
+    seed=0,
+    limit=None,
+    **generation,
+):
+    """`defend.evaluate.GuardOptions` from the `jbtrace guard` options (``generation``: the
+    `GenerateOptions` fields but seed)."""
+    from jbtrace.defend import evaluate as E
+    from jbtrace.defend.guard import GenerateOptions, parse_bypass
+
+    return E.GuardOptions(
+        modes=tuple(mode or ("guard", "always", "never")),
+        bypass=tuple(parse_bypass(bypass)) if bypass else None,
+        bypass_k=bypass_k,
+        layer=layer,
+        source=source,
+        feature=feature,
+        threshold=threshold,
+        judges=tuple(judge or ("refusal", "on-topic", "coherent")),
+        combine=tuple(j for j in combine.split(",") if j),
+        on_topic_threshold=on_topic_threshold,
+        calibration_limit=calibration_limit,
+        max_repeat=max_repeat,
+        max_perplexity=max_perplexity,
+        samples=samples,
+        seed=seed,
+        limit=limit,
+        generation=GenerateOptions(**generation, seed=seed),
+    )
+
+
+def guard_run(
+    *,
+    detector_dir: Path,
+    out_dir: Path,
+    command: str,
+    model: str | None = None,
+    prompts: list[str] | None = None,
+    preset: str | None = None,
+    labels: dict[str, str] | None = None,
+    calibration: str = "builtin:benign",
+    text_field: str | None = None,
+    device: str = "cpu",
+    allow_pickle: bool = False,
+    progress_scope=None,
+    note=None,
+    **options,
+) -> GuardRun:
+    """The whole of `jbtrace guard` (detector, prompts, model, guarded generation, judges,
+    RUN/guard.*); ``options``: those of `guard_options`. Reports via ``note(line)`` and
+    ``progress_scope()``, a context entered just around the evaluation that yields
+    ``progress(what, total)->advance``."""
+    from jbtrace.defend import evaluate as E
+    from jbtrace.detect.detector import Detector
+    from jbtrace.detect.train import resolve_labels
+    from jbtrace.prompts import load_prompts
+    from jbtrace.views.outputs import write_guard
+
+    if preset not in (None, *GUARD_PRESETS):
+        raise UserError(f"--preset {preset!r}: the only preset is 'paper'")
+    if preset is not None:
+        chosen = GUARD_PRESETS[preset]
+        model, prompts = model or chosen["model"], prompts or list(chosen["prompts"])
+    opts = guard_options(**options)
+    det = Detector.load(detector_dir)
+    if not prompts:
+        raise UserError("give the prompts with --prompts NAME=SOURCE (or --preset paper)")
+    seed = opts.seed
+    # --limit applies after the detector's prompts are left out
+    sets = load_prompt_sets(prompts, text_field, None, seed, note=note)
+    names = [s.name for s in sets]
+    resolved = resolve_labels(names, labels or {}, training=False)
+    lm = _load_model(det, model, device, allow_pickle)
+    cal = load_prompts("calibration", calibration, seed=seed) if "on-topic" in opts.judges else None
+    with (progress_scope or nullcontext)() as progress:
+        result = E.evaluate_guard(lm, det, sets, resolved, opts, cal, progress)
+    paths = list(write_guard(result, out_dir, command))
+    headline = "+".join(opts.combine) if opts.combine else opts.judges[0]
+    rates = [r for r in result.summary["rates"] if r["judge"] == headline]
+    return GuardRun(result, paths, sets, headline, rates)
+
+
+def _load_model(det, model, device, allow_pickle):
+    """The detector's model (or ``model``) loaded as the detector was trained on it."""
+    from jbtrace.models import load_model
+
+    info = det.config["model"]
+    return load_model(
+        model or info["spec"],
+        dtype=info["dtype"],
+        device=device,
+        revision=info["revision"],
+        allow_pickle=allow_pickle,
+        seed=info["seed"],
+    )
