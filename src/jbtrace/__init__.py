@@ -28,6 +28,7 @@ _ENTRY_POINTS = {
     "extract_run": "jbtrace.commands",
     "merge_run": "jbtrace.commands",
     "compare_run": "jbtrace.commands",
+    "outcomes_run": "jbtrace.commands",
 }
 _ALIASES = {"build_store": "build", "write_run": "write"}
 

@@ -4,5 +4,6 @@ runs, writes the run) and reports through callbacks; the CLI only parses options
 from jbtrace.commands.compare import compare_run
 from jbtrace.commands.extract import extract_run
 from jbtrace.commands.merge import merge_run
+from jbtrace.commands.outcomes import outcomes_run
 
-__all__ = ["compare_run", "extract_run", "merge_run"]
+__all__ = ["compare_run", "extract_run", "merge_run", "outcomes_run"]
