@@ -31,6 +31,7 @@ _ENTRY_POINTS = {
     "detect_run": "jbtrace.commands",
     "score_run": "jbtrace.commands",
     "guard_run": "jbtrace.commands",
+    "outcomes_run": "jbtrace.commands",
 }
 _ALIASES = {"build_store": "build", "write_run": "write"}
 

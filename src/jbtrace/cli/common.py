@@ -22,7 +22,6 @@ from rich.progress import (
 
 from jbtrace.commands.prompts import load_prompt_sets as prompt_sets
 from jbtrace.commands.prompts import model_labels, parse_shard  # noqa: F401  (shared by the commands)
-from jbtrace.errors import UserError
 
 app = typer.Typer(
     help="See and measure what a jailbreak does inside a language model: layer × position heatmaps "
@@ -174,13 +173,3 @@ def load_prompt_sets(prompts, text_field, limit, seed):
 
 def command_line() -> str:
     return shlex.join(["jbtrace", *sys.argv[1:]])
-
-
-def pairs(values: list[str] | None, what: str) -> dict[str, str]:
-    pairs = {}
-    for value in values or []:
-        name, eq, right = value.partition("=")
-        if not eq or not name or not right:
-            raise UserError(f"{what} {value!r}: expected NAME=VALUE")
-        pairs[name] = right
-    return pairs

@@ -21,12 +21,12 @@ from jbtrace.cli.common import (
     command_line,
     err,
     out,
-    pairs,
     progress_bar,
     say,
 )
 from jbtrace.cli.report import publish
 from jbtrace.commands.guard import guard_run
+from jbtrace.commands.prompts import pairs
 
 DetectorDirOption = Annotated[
     Path,

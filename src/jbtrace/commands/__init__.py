@@ -6,6 +6,7 @@ from jbtrace.commands.detect import detect_options, detect_run, score_run
 from jbtrace.commands.extract import extract_run
 from jbtrace.commands.guard import guard_run
 from jbtrace.commands.merge import merge_run
+from jbtrace.commands.outcomes import outcomes_run
 
 __all__ = [
     "compare_run",
@@ -14,5 +15,6 @@ __all__ = [
     "extract_run",
     "guard_run",
     "merge_run",
+    "outcomes_run",
     "score_run",
 ]

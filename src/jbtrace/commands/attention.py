@@ -11,6 +11,43 @@ from jbtrace.commands.prompts import check_positions, load_prompt_sets, model_la
 from jbtrace.errors import UserError
 
 
+def _loader(common: dict, eager: bool) -> Callable:
+    """``load(spec, label)``: one model as the extract options in ``common`` say."""
+    from jbtrace.models import load_model
+
+    def load(spec, label):
+        return load_model(
+            spec,
+            name=label,
+            dtype=common["dtype"],
+            device=common["device"],
+            revision=common["revision"],
+            allow_pickle=common["allow_pickle"],
+            trust_remote_code=common["trust_remote_code"],
+            seed=common["seed"],
+            attn_implementation="eager" if eager else None,
+        )
+
+    return load
+
+
+def _checkpoint(common: dict, specs: list[tuple[str, str]], sets, options, **settings):
+    """The run directory prepared for these models, sets and settings (resume, refuse a mix)."""
+    from jbtrace.trace import runs
+
+    seed = common["seed"]
+    identity = [
+        {"spec": s, "name": n, **{k: common[k] for k in ("dtype", "revision")}, "seed": seed}
+        for s, n in specs
+    ]
+    fingerprint = runs.fingerprint(
+        "attention", identity, sets, **dataclasses.asdict(options), **settings
+    )
+    return runs.prepare(
+        common["out_dir"], "attention", fingerprint, common["overwrite"], inputs_of="extract"
+    )
+
+
 def attention_run(
     common: dict,
     *,
@@ -30,8 +67,7 @@ def attention_run(
     ``common`` holds the extract options the CLI parsed (model, prompts, max_tokens, ...);
     ``progress()`` opens the progress display (yielding ``start(description, total)``).
     """
-    from jbtrace.models import load_model
-    from jbtrace.trace import attention, runs, store
+    from jbtrace.trace import attention, store
     from jbtrace.trace.extract import ExtractOptions
     from jbtrace.views import plot
 
@@ -52,41 +88,12 @@ def attention_run(
     sets = load_prompt_sets(
         common["prompts"], common["text_field"], common["limit"], seed, note=note
     )
-
-    def load(spec, label):
-        return load_model(
-            spec,
-            name=label,
-            dtype=common["dtype"],
-            device=common["device"],
-            revision=common["revision"],
-            allow_pickle=common["allow_pickle"],
-            trust_remote_code=common["trust_remote_code"],
-            seed=seed,
-            attn_implementation="eager" if eager else None,
-        )
-
-    identity = [
-        {"spec": s, "name": n, **{k: common[k] for k in ("dtype", "revision")}, "seed": seed}
-        for s, n in specs
-    ]
-    fingerprint = runs.fingerprint(
-        "attention",
-        identity,
-        sets,
-        **dataclasses.asdict(options),
-        layers=layers,
-        heads=head,
-        eager=eager,
-    )
-    checkpoint = runs.prepare(
-        out_dir, "attention", fingerprint, common["overwrite"], inputs_of="extract"
-    )
+    checkpoint = _checkpoint(common, specs, sets, options, layers=layers, heads=head, eager=eager)
     info = {"command": command, "eager": eager, "limit": common["limit"], "seed": seed}
     with (progress or contextlib.nullcontext)() as start:
         results = attention.run(
             out_dir,
-            load,
+            _loader(common, eager),
             specs,
             sets,
             layers=layers,

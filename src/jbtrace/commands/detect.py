@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jbtrace.commands.prompts import load_prompt_sets, model_labels
+from jbtrace.commands.prompts import load_prompt_sets, model_labels, pairs
 from jbtrace.errors import UserError
 
 if TYPE_CHECKING:  # the heavy stages load only when a command runs
@@ -73,17 +73,6 @@ def detect_options(
         test_limit=limit,
         **options,
     )
-
-
-def pairs(values: list[str] | None, what: str) -> dict[str, str]:
-    """NAME=VALUE options (e.g. --label NAME=benign) as a dict; one-line error otherwise."""
-    found = {}
-    for value in values or []:
-        name, eq, right = value.partition("=")
-        if not eq or not name or not right:
-            raise UserError(f"{what} {value!r}: expected NAME=VALUE")
-        found[name] = right
-    return found
 
 
 def _check(model, options, out_dir: Path, save, save_classifier: str, overwrite: bool) -> None:

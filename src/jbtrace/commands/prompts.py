@@ -54,3 +54,14 @@ def check_positions(positions: str | None, max_tokens: int) -> None:
         from jbtrace.views.plot import parse_range
 
         parse_range(positions, xr.DataArray(np.arange(max_tokens)), "positions")
+
+
+def pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    """NAME=VALUE options (e.g. --label NAME=benign) as a dict; one-line error otherwise."""
+    found = {}
+    for value in values or []:
+        name, eq, right = value.partition("=")
+        if not eq or not name or not right:
+            raise UserError(f"{what} {value!r}: expected NAME=VALUE")
+        found[name] = right
+    return found
