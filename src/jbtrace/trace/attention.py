@@ -421,7 +421,7 @@ def maps_from_state(arrays: dict[str, np.ndarray], meta: dict) -> AttentionMaps:
         heads=meta["heads"],
         n_heads=meta["n_heads"],
         layers=meta["layers"],
-        sums={n: torch.from_numpy(arrays[f"sums/{n}"]) for n in meta["scenarios"]},
-        counts={n: torch.from_numpy(arrays[f"counts/{n}"]) for n in meta["scenarios"]},
+        sums={n: torch.from_numpy(np.array(arrays[f"sums/{n}"])) for n in meta["scenarios"]},
+        counts={n: torch.from_numpy(np.array(arrays[f"counts/{n}"])) for n in meta["scenarios"]},
         divergence=divergence,
     )
