@@ -155,7 +155,7 @@ class BatchCheckpoint:
         self.checkpoint.save(key, state, meta)
 
 
-_MOMENTS = ("count", "mean", "m2", "nonfinite")
+MOMENTS = ("count", "mean", "m2", "nonfinite")  # the fields of an accumulate.Moments
 
 
 class ExtractCheckpoint:
@@ -195,4 +195,4 @@ class ExtractCheckpoint:
 
 
 def _arrays(moments, per_prompt: dict[str, np.ndarray]) -> dict:
-    return {**{name: getattr(moments, name) for name in _MOMENTS}, **per_prompt}
+    return {**{name: getattr(moments, name) for name in MOMENTS}, **per_prompt}

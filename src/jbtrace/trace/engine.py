@@ -28,7 +28,7 @@ from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, load_model
 from jbtrace.prompts import PromptSet
 from jbtrace.trace.accumulate import Moments
-from jbtrace.trace.checkpoint import Checkpoint, ExtractCheckpoint
+from jbtrace.trace.checkpoint import MOMENTS, Checkpoint, ExtractCheckpoint
 from jbtrace.trace.extract import ExtractOptions, ModelTrace, ScenarioTrace, extract
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,6 @@ def describe(lm: LoadedModel) -> LoadedModel:
 
 # -------------------------------------------------------- exact states, for checkpoints and Ray
 
-_MOMENTS = ("count", "mean", "m2", "nonfinite")
 _PROMPTS = ("prompt_index", "prompt_values", "prompt_slope", "prompt_tokens", "truncated")
 
 
@@ -193,7 +192,7 @@ def trace_state(trace: ModelTrace) -> tuple[dict[str, np.ndarray], dict]:
     """A trace as arrays (exact float64 accumulator states, per-prompt values) and JSON metadata."""
     arrays = {}
     for name, st in trace.scenarios.items():
-        for field in _MOMENTS:
+        for field in MOMENTS:
             arrays[f"{name}/{field}"] = getattr(st.moments, field).cpu().numpy()
         for field in _PROMPTS:
             arrays[f"{name}/{field}"] = np.asarray(getattr(st, field))
@@ -225,7 +224,7 @@ def trace_from_state(
     )
     for name in meta["scenarios"]:
         moments = Moments(0)
-        for field in _MOMENTS:
+        for field in MOMENTS:
             setattr(moments, field, torch.from_numpy(np.array(arrays[f"{name}/{field}"])))
         trace.scenarios[name] = ScenarioTrace(
             moments, **{f: np.array(arrays[f"{name}/{f}"]) for f in _PROMPTS}
