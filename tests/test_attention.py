@@ -9,7 +9,8 @@ import torch
 from scipy.spatial.distance import jensenshannon
 
 from jbtrace.models import load_model, surgery
-from jbtrace.trace import attention, capture
+from jbtrace.trace import attention, capture, runs
+from jbtrace.trace.engine import ModelSpec
 from jbtrace.trace.extract import ExtractOptions
 
 
@@ -177,3 +178,38 @@ def test_auto_ranks_every_layer_and_keeps_the_top(model_dirs, prompt_sets):
 def test_models_without_attention_are_not_applicable(prompt_sets):
     with pytest.raises(attention.UserError, match="not applicable: mamba2 has no attention"):
         attention.collect(load_model("tiny:mamba2"), prompt_sets, [1])
+
+
+def test_a_second_pass_resumes_from_its_own_states(prompt_sets, tmp_path, monkeypatch):
+    """--layer auto --heads 1 (ranking pass, then the top layer's head): a crash in the second
+    pass; the rerun restores both passes' finished sets and folds only the rest."""
+    models, options = [ModelSpec("tiny:gptj", dtype="float64")], ExtractOptions(batch_size=3)
+    kwargs = dict(layers="auto", heads=1, options=options)
+    begins, begin = [], attention._MapReducer.begin
+
+    def counted(self, mask, fail_at=None):
+        begins.append(1)
+        if len(begins) == fail_at:
+            raise RuntimeError("preempted")
+        begin(self, mask)
+
+    monkeypatch.setattr(attention._MapReducer, "begin", counted)
+    reference = attention.run(tmp_path / "ref", models, prompt_sets, **kwargs)
+    assert len(begins) == 12  # 3 + 3 batches per pass: the 10th is the second pass's jailbreak set
+    begins.clear()
+    monkeypatch.setattr(attention._MapReducer, "begin", lambda s, m: counted(s, m, fail_at=10))
+    checkpoint = runs.prepare(tmp_path / "run", "attention", {"test": 1})
+    with pytest.raises(RuntimeError, match="preempted"):
+        attention.run(tmp_path / "run", models, prompt_sets, checkpoint=checkpoint, **kwargs)
+    saved = sorted(p.stem for p in checkpoint.root.glob("*.safetensors"))
+    assert saved == ["gptj_maps_benign", "gptj_rank_benign", "gptj_rank_jailbreak"]
+    begins.clear()
+    monkeypatch.setattr(attention._MapReducer, "begin", counted)
+    checkpoint = runs.prepare(tmp_path / "run", "attention", {"test": 1})
+    resumed = attention.run(tmp_path / "run", models, prompt_sets, checkpoint=checkpoint, **kwargs)
+    assert len(begins) == 3  # the second pass's jailbreak batches only
+    (a,), (b,) = reference, resumed
+    assert a.layers == b.layers and a.divergence == b.divergence and a.heads == b.heads == 1
+    for name in a.sums:
+        np.testing.assert_array_equal(a.sums[name].numpy(), b.sums[name].numpy())
+        np.testing.assert_array_equal(a.counts[name].numpy(), b.counts[name].numpy())

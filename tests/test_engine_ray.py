@@ -1,12 +1,13 @@
 """--engine ray on a local cluster of 2 CPU workers equals --engine local (float64), also when a
-worker dies."""
+worker dies; for extraction and attention maps."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from jbtrace.trace import runs, store
+from jbtrace.errors import UserError
+from jbtrace.trace import attention, runs, store
 from jbtrace.trace.engine import Engine, ModelSpec, extract_models
 from jbtrace.trace.extract import ExtractOptions
 from tests.conftest import BENIGN, JAILBREAK, make_set
@@ -90,3 +91,46 @@ def test_finished_shards_are_checkpointed_and_not_run_again(tmp_path, monkeypatc
     assert_equal(again, first)
     for var in ("mean", "var", "prompt_value", "prompt_slope"):
         np.testing.assert_array_equal(again[var].values, first[var].values)
+
+
+def assert_same_maps(a, b):
+    """Counts identical; float64 sums equal up to rounding (shards add in another order)."""
+    assert a.model.name == b.model.name and a.layers == b.layers and a.heads == b.heads
+    assert a.divergence == pytest.approx(b.divergence, rel=1e-12)
+    for name in a.sums:
+        np.testing.assert_array_equal(a.counts[name].numpy(), b.counts[name].numpy())
+        np.testing.assert_allclose(
+            a.sums[name].numpy(), b.sums[name].numpy(), rtol=1e-12, atol=1e-15
+        )
+
+
+def test_ray_attention_equals_local(tmp_path):
+    """--layer auto --heads all: both passes (ranking, then the top layer's heads) on Ray;
+    each finished shard of each pass is checkpointed."""
+    kwargs = dict(layers="auto", heads="all", options=ExtractOptions(batch_size=2))
+    local = attention.run(tmp_path / "local", MODELS, SETS, engine=Engine("local"), **kwargs)
+    checkpoint = runs.prepare(tmp_path / "ray", "attention", {"ray": 1})
+    saved = []
+    save = checkpoint.save
+    checkpoint.save = lambda key, *state: (saved.append(key), save(key, *state))
+    engine = Engine("ray", workers=2, shards=3)
+    on_ray = attention.run(
+        tmp_path / "ray", MODELS, SETS, engine=engine, checkpoint=checkpoint, **kwargs
+    )
+    for a, b in zip(local, on_ray, strict=True):
+        assert_same_maps(a, b)
+    assert sorted(saved) == sorted(
+        f"{m.spec}/{tag}/shard-{k}-of-3"
+        for m in MODELS
+        for tag in ("rank", "maps")
+        for k in range(3)
+    )
+    a, b = store.open_run(tmp_path / "local"), store.open_run(tmp_path / "ray")
+    np.testing.assert_array_equal(a["attn_count"].values, b["attn_count"].values)
+    np.testing.assert_allclose(a["attn_mean"].values, b["attn_mean"].values, rtol=1e-12)
+
+
+def test_a_user_error_in_a_worker_stays_one_line(tmp_path):
+    engine = Engine("ray", workers=2, shards=2)
+    with pytest.raises(UserError, match=r"^--heads 9: llama has 4 heads \(0\.\.3\)$"):
+        attention.run(tmp_path / "run", MODELS[:1], SETS, layers=[2], heads=9, engine=engine)

@@ -201,15 +201,38 @@ def attention_command(files, out):
     ]
 
 
-@pytest.mark.parametrize("point,nth", [("checkpoint-write", 1), ("checkpoint-write", 2)])
-def test_attention_killed_then_rerun_equals_uninterrupted(files, tmp_path, point, nth):
-    """kill -9 of attention while a model's maps are saved: the rerun is bit-identical."""
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    assert run(attention_command(files, ref)).returncode == 0
+@pytest.fixture(scope="module")
+def attention_reference(files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("attention") / "ref"
+    done = run(attention_command(files, out))
+    assert done.returncode == 0, done.stderr
+    return load(out)
+
+
+# batches: 7 + 5 per model at batch size 2; batch 9 is llama's jailbreak set, 17 gptj's
+ATTENTION_KILLS = [("checkpoint-write", 1), ("checkpoint-write", 2), ("batch", 9), ("batch", 17)]
+
+
+@pytest.mark.parametrize("point,nth", ATTENTION_KILLS)
+def test_attention_killed_then_rerun_equals_uninterrupted(
+    files, attention_reference, tmp_path, point, nth
+):
+    """kill -9 of attention after a batch or while a state is saved: the rerun is bit-identical."""
+    out = tmp_path / "run"
     killed = run(attention_command(files, out), JBTRACE_TEST_KILL=f"{point}:{nth}")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     done = run(attention_command(files, out))
     assert done.returncode == 0, done.stderr
-    a, b = load(ref), load(out)
+    a, b = attention_reference, load(out)
     for var in ("attn_mean", "attn_count", "attn_divergence"):
         np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
+
+
+def test_attention_resume_skips_the_batches_already_done(files, tmp_path):
+    """Killed at llama's 10th batch (9 saved): the rerun folds the other 3 + gptj's 12 only."""
+    out = tmp_path / "run"
+    killed = run(attention_command(files, out), JBTRACE_TEST_KILL="batch:10")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(list((out / ".checkpoint" / "attention").glob("llama_rank_*.safetensors"))) == 2
+    resumed = run(attention_command(files, out), JBTRACE_TEST_KILL="batch:16")
+    assert resumed.returncode == 0, resumed.stderr

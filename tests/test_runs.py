@@ -11,6 +11,7 @@ from jbtrace.errors import UserError
 from jbtrace.models import load_model
 from jbtrace.trace import attention, runs, store
 from jbtrace.trace.checkpoint import Checkpoint
+from jbtrace.trace.engine import ModelSpec
 from jbtrace.trace.extract import ExtractOptions, extract
 from tests import test_cli
 from tests.conftest import BENIGN, JAILBREAK, make_set
@@ -237,26 +238,34 @@ def test_attention_refuses_other_prompt_sets_and_models(monkeypatch, capsys, fil
     assert "attn_mean" in store.open_run(out)
 
 
-def test_attention_resumes_after_the_models_done(prompt_sets, tmp_path):
-    """A crash loading the second model: the rerun reuses the first's maps, equal to one pass."""
-    loads = []
+def test_attention_resumes_after_the_models_done(prompt_sets, tmp_path, monkeypatch):
+    """A crash loading the second model: the rerun reuses the first's maps (none of its batches
+    runs again), equal to one pass."""
+    loads, batches, load, fail = [], [], ModelSpec.load, []
 
-    def load(spec, label, fail=False):
-        loads.append(spec)
-        if fail and spec == "tiny:gptj":
+    def counted_load(spec):
+        loads.append(spec.spec)
+        if fail and spec.spec == "tiny:gptj":
             raise RuntimeError("preempted")
-        return load_model(spec, dtype="float64")
+        return load(spec)
 
-    specs = [("tiny:llama", None), ("tiny:gptj", None)]
-    options = ExtractOptions(batch_size=3)
-    reference = attention.run(
-        tmp_path / "ref", load, specs, prompt_sets, layers=[2], options=options
+    begin = attention._MapReducer.begin
+    monkeypatch.setattr(ModelSpec, "load", counted_load)
+    monkeypatch.setattr(
+        attention._MapReducer,
+        "begin",
+        lambda self, mask: (batches.append(loads[-1]), begin(self, mask)),
     )
+    specs = [ModelSpec("tiny:llama", dtype="float64"), ModelSpec("tiny:gptj", dtype="float64")]
+    options = ExtractOptions(batch_size=3)
+    reference = attention.run(tmp_path / "ref", specs, prompt_sets, layers=[2], options=options)
+    gptj_batches = batches.count("tiny:gptj")
+    assert 0 < gptj_batches < len(batches)
     fingerprint = runs.fingerprint("attention", [], prompt_sets)
+    fail.append(True)
     with pytest.raises(RuntimeError):
         attention.run(
             tmp_path / "run",
-            lambda s, n: load(s, n, fail=True),
             specs,
             prompt_sets,
             layers=[2],
@@ -264,17 +273,17 @@ def test_attention_resumes_after_the_models_done(prompt_sets, tmp_path):
             checkpoint=runs.prepare(tmp_path / "run", "attention", fingerprint),
         )
     assert store.store_path(tmp_path / "run") is None
-    loads.clear()
+    for recorded in (loads, batches, fail):
+        recorded.clear()
     resumed = attention.run(
         tmp_path / "run",
-        load,
         specs,
         prompt_sets,
         layers=[2],
         options=options,
         checkpoint=runs.prepare(tmp_path / "run", "attention", fingerprint),
     )
-    assert loads == ["tiny:gptj"]
+    assert loads == ["tiny:llama", "tiny:gptj"] and batches == ["tiny:gptj"] * gptj_batches
     for a, b in zip(reference, resumed, strict=True):
         for name in a.sums:
             assert np.array_equal(a.sums[name].numpy(), b.sums[name].numpy())

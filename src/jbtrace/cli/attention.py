@@ -7,11 +7,11 @@ from typing import Annotated
 import typer
 
 from jbtrace.cli.common import MinCount, Positions, app, command_line, out, progress_bar, say
-from jbtrace.cli.run import ENGINE_OPTIONS, with_extract_options
+from jbtrace.cli.run import with_extract_options
 
 
 @app.command("attention")
-@with_extract_options(without=(*ENGINE_OPTIONS, "stat", "align", "bins", "bucket"))
+@with_extract_options(without=("shard", "stat", "align", "bins", "bucket"))
 def attention_cmd(
     *,
     layer: Annotated[

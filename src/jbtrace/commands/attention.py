@@ -7,41 +7,24 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from jbtrace.commands.prompts import check_positions, load_prompt_sets, model_labels
+from jbtrace.commands.prompts import check_positions, load_prompt_sets
 from jbtrace.errors import UserError
 
 
-def _loader(common: dict, eager: bool) -> Callable:
-    """``load(spec, label)``: one model as the extract options in ``common`` say."""
-    from jbtrace.models import load_model
-
-    def load(spec, label):
-        return load_model(
-            spec,
-            name=label,
-            dtype=common["dtype"],
-            device=common["device"],
-            revision=common["revision"],
-            allow_pickle=common["allow_pickle"],
-            trust_remote_code=common["trust_remote_code"],
-            seed=common["seed"],
-            attn_implementation="eager" if eager else None,
-        )
-
-    return load
-
-
-def _checkpoint(common: dict, specs: list[tuple[str, str]], sets, options, **settings):
+def _checkpoint(common: dict, specs: list, sets, options, **settings):
     """The run directory prepared for these models, sets and settings (resume, refuse a mix)."""
     from jbtrace.trace import runs
 
-    seed = common["seed"]
-    identity = [
-        {"spec": s, "name": n, **{k: common[k] for k in ("dtype", "revision")}, "seed": seed}
-        for s, n in specs
-    ]
+    engine = common["engine"]
     fingerprint = runs.fingerprint(
-        "attention", identity, sets, **dataclasses.asdict(options), **settings
+        "attention",
+        [s.identity() for s in specs],
+        sets,
+        **dataclasses.asdict(options),
+        **settings,
+        engine=engine,
+        shards=common["shards"],
+        workers=common["workers"] if engine == "ray" else None,
     )
     return runs.prepare(
         common["out_dir"], "attention", fingerprint, common["overwrite"], inputs_of="extract"
@@ -67,12 +50,19 @@ def attention_run(
     ``common`` holds the extract options the CLI parsed (model, prompts, max_tokens, ...);
     ``progress()`` opens the progress display (yielding ``start(description, total)``).
     """
+    from jbtrace.commands.extract import _model_specs
     from jbtrace.trace import attention, store
+    from jbtrace.trace.engine import Engine
     from jbtrace.trace.extract import ExtractOptions
     from jbtrace.views import plot
 
-    if not common["model"]:
-        raise UserError("give at least one --model (see `jbtrace models`)")
+    load = ("dtype", "device", "revision", "allow_pickle", "trust_remote_code", "seed")
+    specs = _model_specs(
+        common["model"],
+        common["model_name"],
+        **{k: common[k] for k in load},
+        attn_implementation="eager" if eager else None,
+    )
     layers, head = attention.parse_layers(layer), attention.parse_heads(heads)
     if not 0 < floor < 1:
         raise UserError(f"--floor {floor}: choose a probability between 0 and 1, e.g. 1e-10")
@@ -83,8 +73,13 @@ def attention_run(
         chat_template=common["chat_template"],
     )
     check_positions(positions, common["max_tokens"])
-    model, seed, out_dir = common["model"], common["seed"], common["out_dir"]
-    specs = list(zip(model, model_labels(model, common["model_name"]), strict=True))
+    seed, out_dir = common["seed"], common["out_dir"]
+    engine = Engine(
+        common["engine"],
+        ray_address=common["ray_address"],
+        workers=common["workers"],
+        shards=common["shards"],
+    )
     sets = load_prompt_sets(
         common["prompts"], common["text_field"], common["limit"], seed, note=note
     )
@@ -93,15 +88,15 @@ def attention_run(
     with (progress or contextlib.nullcontext)() as start:
         results = attention.run(
             out_dir,
-            _loader(common, eager),
             specs,
             sets,
             layers=layers,
             heads=head,
             options=options,
+            engine=engine,
+            checkpoint=checkpoint,
             progress=start,
             info=info,
-            checkpoint=checkpoint,
         )
     fig = plot.attention_grid(
         store.open_run(out_dir),

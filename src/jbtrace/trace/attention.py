@@ -13,14 +13,16 @@ Stored in the run's ``trace.zarr`` as ``attn_mean`` / ``attn_count`` with dims
 indices in the store's convention, a dimension of its own so that the maps of a few
 layers do not widen the per-layer grid — and, after ``--layer auto``,
 ``attn_divergence`` (model, layer): the mean Jensen–Shannon divergence (bits) between
-the two scenarios' mean attention rows.
+the two scenarios' mean attention rows (written by ``attention_store``).
+
+Maps run on the engine of extraction (``engine.run_models``, local or Ray) as an
+``AttentionJob``: sums and counts are additive, so shards merge by summing, and each
+(model, pass, prompt set) state is checkpointed per batch, so a killed run resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,17 +32,16 @@ import numpy as np
 import torch
 import xarray as xr
 
-import jbtrace
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
 from jbtrace.prompts import PromptSet
-from jbtrace.trace import capture, runs, store
+from jbtrace.trace import attention_store, capture, hooks, runs, store
+from jbtrace.trace.attention_store import to_dataset
+from jbtrace.trace.checkpoint import BatchCheckpoint, Checkpoint
+from jbtrace.trace.engine import Engine, ModelSpec, Progress, describe, run_models
 from jbtrace.trace.extract import ExtractOptions, encode, pad_batch, plan_batches, positions
 
 log = logging.getLogger(__name__)
-
-VARIABLES = ("attn_mean", "attn_count", "attn_divergence")
-DIMS = ("attn_layer", "head", "query", "key")
 
 
 def parse_heads(text: str | int) -> str | int:
@@ -145,76 +146,149 @@ def collect(
     options: ExtractOptions | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> AttentionMaps:
-    """Mean attention maps of ``lm`` for each prompt set.
+    """Mean attention maps of ``lm`` for each prompt set, in this process.
 
     ``layers="auto"`` ranks all layers and keeps the top one.
     """
     options = options or ExtractOptions()
+    maps = AttentionJob(layers, heads).run(lm, prompt_sets, options, progress)
+    if layers != "auto":
+        return maps
+    ranking = rank(maps, prompt_sets)
+    if heads == "mean":
+        return keep_best(maps, ranking)
+    # a second pass over the chosen layer only, keeping the asked heads
+    again = AttentionJob([max(ranking, key=ranking.get)], heads)
+    return dataclasses.replace(again.run(lm, prompt_sets, options, progress), divergence=ranking)
+
+
+def rank(maps: AttentionMaps, prompt_sets: list[PromptSet]) -> dict[int, float]:
+    """Each mapped layer's mean JS divergence (bits) between the first two sets' head means."""
+    names = [p.name for p in prompt_sets[:2]]
+    if len(names) < 2:
+        raise UserError("--layer auto compares two prompt sets: give two --prompts")
+    a, b = (maps.mean(n)[:, 0] for n in names)
+    count = np.minimum(maps.counts[names[0]].cpu().numpy(), maps.counts[names[1]].cpu().numpy())
+    return {layer: js_divergence(a[i], b[i], count) for i, layer in enumerate(maps.layers)}
+
+
+def keep_best(maps: AttentionMaps, ranking: dict[int, float]) -> AttentionMaps:
+    """The maps of the top-ranked layer only, with the ranking."""
+    best = max(ranking, key=ranking.get)
+    keep = maps.layers.index(best)
+    sums = {k: v[keep : keep + 1] for k, v in maps.sums.items()}
+    return dataclasses.replace(maps, layers=[best], sums=sums, divergence=ranking)
+
+
+@dataclass(frozen=True)
+class AttentionJob:
+    """The engine's job (see ``engine.Job``) for the maps of one pass over ``layers``.
+
+    ``layers="auto"`` is the ranking pass: every layer, heads averaged (``heads`` is only
+    checked); a dict gives each model's layers by name (the pass after a ranking).
+    """
+
+    layers: list[int] | str | dict[str, list[int]]
+    heads: str | int = "mean"
+    run_provenance: dict | None = None  # the run's store: a model must match its namesake
+    where: str = ""  # that store, for the message
+
+    @property
+    def tag(self) -> str:
+        return "rank" if self.layers == "auto" else "maps"
+
+    def run(self, lm, prompt_sets, options, progress=None, checkpoint=None) -> AttentionMaps:
+        if self.run_provenance:
+            models = {"models": {lm.name: lm.provenance}}
+            runs.check_same_inputs(self.run_provenance, models, self.where)
+        layers = self.layers[lm.name] if isinstance(self.layers, dict) else self.layers
+        asked, n_heads = _check(lm, layers, self.heads)
+        heads = "mean" if layers == "auto" else self.heads
+        hook = BatchCheckpoint(checkpoint) if checkpoint else None
+        maps = _run(lm, prompt_sets, asked, heads, n_heads, options, progress, hook, self.tag)
+        maps.model = describe(lm)  # the weights are not needed any more
+        return maps
+
+    def state(self, maps):
+        return maps_state(maps)
+
+    def from_state(self, arrays, meta, options):
+        return maps_from_state(arrays, meta)
+
+    def merge(self, parts: list[AttentionMaps]) -> AttentionMaps:
+        """Shards of disjoint prompts: the sums and counts add up."""
+        sums = {k: sum(p.sums[k] for p in parts) for k in parts[0].sums}
+        counts = {k: sum(p.counts[k] for p in parts) for k in parts[0].counts}
+        return dataclasses.replace(parts[0], sums=sums, counts=counts)
+
+    def name(self, maps):
+        return maps.model.name
+
+
+def _check(lm: LoadedModel, layers: list[int] | str, heads: str | int) -> tuple[list[int], int]:
+    """The layers to map (every one for "auto") and the head count, or a UserError."""
     if not lm.has_attention:
         raise UserError(f"not applicable: {lm.name} has no attention")
     available = sorted(surgery.attention_layers(lm.model))
     n_heads = _n_heads(lm)
     if isinstance(heads, int) and heads >= n_heads:
         raise UserError(f"--heads {heads}: {lm.name} has {n_heads} heads (0..{n_heads - 1})")
-    auto = layers == "auto"
-    asked = available if auto else list(layers)
+    asked = available if layers == "auto" else list(layers)
     missing = [layer for layer in asked if layer not in available]
     if missing:
         raise UserError(
             f"--layer {', '.join(map(str, missing))}: {lm.name} has attention at layers "
             f"{available[0]}..{available[-1]}"
         )
-    first_heads = "mean" if auto else heads
-    maps = _run(lm, prompt_sets, asked, first_heads, n_heads, options, progress)
-    if not auto:
-        return maps
-    names = [p.name for p in prompt_sets[:2]]
-    if len(names) < 2:
-        raise UserError("--layer auto compares two prompt sets: give two --prompts")
-    a, b = (maps.mean(n)[:, 0] for n in names)
-    count = np.minimum(maps.counts[names[0]].cpu().numpy(), maps.counts[names[1]].cpu().numpy())
-    ranking = {layer: js_divergence(a[i], b[i], count) for i, layer in enumerate(asked)}
-    best = max(ranking, key=ranking.get)
-    if heads == "mean":
-        keep = asked.index(best)
-        maps.layers = [best]
-        maps.sums = {k: v[keep : keep + 1] for k, v in maps.sums.items()}
-    else:  # a second pass over the chosen layer only, keeping the asked heads
-        maps = _run(lm, prompt_sets, [best], heads, n_heads, options, progress)
-    maps.divergence = ranking
-    return maps
+    return asked, n_heads
 
 
-def _run(lm, prompt_sets, layers, heads, n_heads, options, progress) -> AttentionMaps:
+def _run(
+    lm, prompt_sets, layers, heads, n_heads, options, progress, checkpoint=None, tag="maps"
+) -> AttentionMaps:
     n_pos = min(options.max_tokens, lm.max_positions or options.max_tokens)
     maps = AttentionMaps(model=lm, heads=heads, n_heads=n_heads, layers=list(layers))
-    backbone = surgery.backbone(lm.model)
-    device = lm.device
     for prompt_set in prompt_sets:
-        reducer = _MapReducer(maps.layers, heads, n_heads, n_pos, lm.is_causal, device)
-        k, n = options.shard
-        ids, _ = encode(
-            lm, [prompt_set.texts[i] for i in range(k, len(prompt_set.texts), n)], options
-        )
-        lengths = np.array([len(x) for x in ids])
-        if (lengths == 0).any():
-            raise UserError(
-                f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens "
-                f"for {lm.name}"
-            )
-        with capture.probabilities_hooked(lm.model, maps.layers, reducer), torch.inference_mode():
-            for batch in plan_batches(lengths, options):
-                input_ids, mask = pad_batch(
-                    ids, lengths, batch, lm.tokenizer.pad_token_id, options.padding_side, device
-                )
-                reducer.begin(mask)
-                backbone(**surgery.forward_kwargs(lm.model, input_ids, mask))
-                if progress:
-                    progress(len(batch))
+        reducer = _MapReducer(maps.layers, heads, n_heads, n_pos, lm.is_causal, lm.device)
+        key = f"{lm.name}/{tag}/{prompt_set.name}"
+        _fold_set(lm, prompt_set, reducer, options, progress, checkpoint, key)
         shape = (len(maps.layers), reducer.sums.shape[1], n_pos, n_pos)
         maps.sums[prompt_set.name] = reducer.sums.view(shape)
         maps.counts[prompt_set.name] = reducer.counts.view(n_pos, n_pos)
     return maps
+
+
+def _fold_set(lm, prompt_set, reducer, options, progress, checkpoint, key) -> None:
+    """Every batch of one prompt set into ``reducer``, resuming from and saving to
+    ``checkpoint`` (a ``BatchCheckpoint``) under ``key``."""
+    k, n = options.shard
+    ids, _ = encode(lm, [prompt_set.texts[i] for i in range(k, len(prompt_set.texts), n)], options)
+    lengths = np.array([len(x) for x in ids])
+    if (lengths == 0).any():
+        raise UserError(
+            f"{prompt_set.name}: {int((lengths == 0).sum())} prompts have no tokens for {lm.name}"
+        )
+    batches = plan_batches(lengths, options)
+    state = {"sums": reducer.sums, "counts": reducer.counts}  # changed in place by each batch
+    done = checkpoint.restore(key, state)["batches_done"] if checkpoint else 0
+    if progress and done:
+        progress(sum(len(b) for b in batches[:done]))
+    backbone, pad_id = surgery.backbone(lm.model), lm.tokenizer.pad_token_id
+    with (
+        capture.probabilities_hooked(lm.model, list(reducer.slot), reducer),
+        torch.inference_mode(),
+    ):
+        for number, batch in enumerate(batches[done:], start=done + 1):
+            input_ids, mask = pad_batch(
+                ids, lengths, batch, pad_id, options.padding_side, lm.device
+            )
+            reducer.begin(mask)
+            backbone(**surgery.forward_kwargs(lm.model, input_ids, mask))
+            hooks.reached("batch")  # tests kill the process here (see hooks)
+            if checkpoint:
+                checkpoint.step(key, number, len(batches), state, {})
+            if progress:
+                progress(len(batch))
 
 
 def _n_heads(lm: LoadedModel) -> int:
@@ -251,208 +325,69 @@ def _kl_bits(p: np.ndarray, m: np.ndarray) -> float:
     return float(np.sum(p[nz] * np.log2(p[nz] / m[nz])))
 
 
-# ---------------------------------------------------------------- store
-
-
-def _grids(all_maps: list[AttentionMaps], scenarios: list[str], layers: list[int], n_pos: int):
-    """Mean and count (model, scenario, layer, head, query, key) and divergence (model, layer)."""
-    n_head = max(m.n_heads for m in all_maps) if all_maps[0].heads == "all" else 1
-    shape = (len(all_maps), len(scenarios), len(layers), n_head, n_pos, n_pos)
-    mean, count = np.full(shape, np.nan), np.zeros(shape[:3] + shape[4:], np.int64)
-    n_layers = max(m.model.n_layers for m in all_maps)
-    divergence = np.full((len(all_maps), n_layers), np.nan)
-    for i, maps in enumerate(all_maps):
-        for j, scenario in enumerate(scenarios):
-            values = maps.mean(scenario)[..., :n_pos, :n_pos]
-            counts = maps.counts[scenario].cpu().numpy()[:n_pos, :n_pos].astype(np.int64)
-            for slot, layer in enumerate(maps.layers):
-                mean[i, j, layers.index(layer), : values.shape[1]] = values[slot]
-                count[i, j, layers.index(layer)] = counts
-        for layer, value in (maps.divergence or {}).items():
-            divergence[i, layer] = value
-    return mean, count, divergence
-
-
-def to_dataset(
-    all_maps: list[AttentionMaps], prompt_sets: list[PromptSet], info: dict | None = None
-) -> xr.Dataset:
-    """The attention variables of several models as one Dataset.
-
-    Cropped to the positions any prompt reached.
-    """
-    scenarios = [p.name for p in prompt_sets]
-    layers = sorted({layer for m in all_maps for layer in m.layers})
-    keep_heads = all_maps[0].heads == "all"
-    reached = [
-        np.flatnonzero(m.counts[s].cpu().numpy().any(1)) for m in all_maps for s in scenarios
-    ]
-    n_pos = max((int(r.max()) + 1 for r in reached if r.size), default=1)
-    mean, count, divergence = _grids(all_maps, scenarios, layers, n_pos)
-    n_head, n_layers = mean.shape[3], divergence.shape[1]
-    cell = ("model", "scenario", "attn_layer", "head", "query", "key")
-    if not keep_heads:
-        mean, cell = mean[:, :, :, 0], tuple(d for d in cell if d != "head")
-    data = {
-        "attn_mean": (
-            cell,
-            mean,
-            {
-                "heads": str(all_maps[0].heads),
-                "description": "mean attention probability over prompts (and heads unless kept)",
-            },
-        ),
-        "attn_count": (
-            ("model", "scenario", "attn_layer", "query", "key"),
-            count,
-            {
-                "description": "prompts in which both tokens are real "
-                "and the key is visible to the query"
-            },
-        ),
-    }
-    if any(m.divergence for m in all_maps):
-        data["attn_divergence"] = (
-            ("model", "layer"),
-            divergence,
-            {
-                "description": "mean Jensen-Shannon divergence (bits) between the two scenarios' "
-                "mean attention rows (head mean), per layer"
-            },
-        )
-    coords = {
-        "model": [m.model.name for m in all_maps],
-        "scenario": scenarios,
-        "attn_layer": layers,
-        "query": np.arange(n_pos),
-        "key": np.arange(n_pos),
-        "model_label": ("model", [m.model.label for m in all_maps]),
-        "random_init": ("model", [m.model.random_init for m in all_maps]),
-    }
-    if keep_heads:
-        coords["head"] = np.arange(n_head)
-    if "attn_divergence" in data:
-        coords["layer"] = np.arange(n_layers)
-    ds = xr.Dataset(data, coords=coords)
-    ds.attrs["attention"] = json.dumps(
-        {
-            "jbtrace_version": jbtrace.__version__,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "heads": str(all_maps[0].heads),
-            "layers": {m.model.name: m.layers for m in all_maps},
-            "ranking": {m.model.name: m.ranking() for m in all_maps if m.divergence},
-            "measure": "mean over query positions of the Jensen-Shannon divergence (bits) "
-            "between the scenarios' mean attention rows, restricted to keys with data in both "
-            "and renormalised",
-            "align": "start",
-            "models": {m.model.name: m.model.provenance for m in all_maps},
-            "prompt_sets": _sets_info(prompt_sets),
-            **(info or {}),
-        }
-    )
-    return ds
-
-
-def save(ds: xr.Dataset, run_dir: str | Path) -> Path:
-    """Put the attention variables into RUN/trace.zarr, replacing earlier ones (or a new store)."""
-    path = store.store_path(run_dir)
-    if path is None:
-        ds = ds.assign_attrs(
-            provenance=json.dumps(
-                {"jbtrace_version": jbtrace.__version__, **json.loads(ds.attrs["attention"])}
-            )
-        )
-        return store.write(ds, run_dir)
-    run = store.open_run(run_dir)
-    runs.check_same_inputs(store.provenance(run), json.loads(ds.attrs["attention"]), str(path))
-    if "mean" not in run:  # a store only attention wrote: replace it
-        return save(ds, _fresh(run_dir))
-    for dim in ("model", "scenario"):
-        extra = [str(v) for v in ds[dim].values if v not in run[dim].values]
-        if extra:
-            raise UserError(
-                f"{dim} {', '.join(extra)} is not in {path} "
-                f"(it has {', '.join(map(str, run[dim].values))}): "
-                f"use the same names as the extract that wrote it, or another --out"
-            )
-    run = run.drop_vars([v for v in (*VARIABLES, *DIMS) if v in run.variables])
-    ds = ds.drop_vars(["model_label", "random_init"]).reindex(
-        model=run.model, scenario=run.scenario
-    )
-    ds["attn_count"] = ds["attn_count"].fillna(0).astype(np.int64)
-    merged = run.merge(ds, join="left")
-    merged.attrs = {**run.attrs, "attention": ds.attrs["attention"]}
-    return store.write(merged, run_dir)
-
-
-def _fresh(run_dir) -> Path:
-    """Remove an attention-only store so that ``save`` writes a new one."""
-    import shutil
-
-    shutil.rmtree(Path(run_dir) / store.STORE)
-    return Path(run_dir)
+# ---------------------------------------------------------------- engine, store
 
 
 def run(
     run_dir: str | Path,
-    load: Callable[[str, str | None], LoadedModel],
-    specs: list[tuple[str, str | None]],
+    models: list[ModelSpec],
     prompt_sets: list[PromptSet],
     *,
     layers: list[int] | str = "auto",
     heads: str | int = "mean",
     options: ExtractOptions | None = None,
-    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    engine: Engine | None = None,
+    checkpoint: Checkpoint | None = None,
+    progress: Progress | None = None,
     info: dict | None = None,
-    checkpoint=None,
 ) -> list[AttentionMaps]:
-    """Load each model (``load(spec, label)``), collect its maps, write them into RUN/trace.zarr.
+    """Every model's maps, collected on ``engine`` and written into RUN/trace.zarr.
 
-    With a ``checkpoint.Checkpoint``, each model's maps are saved when it is done and a
-    rerun skips the models already done.
+    With a ``checkpoint.Checkpoint``, each (model, pass, prompt set) state is saved after
+    batches, and a rerun resumes from it. ``--layer auto`` with heads other than mean runs
+    the engine twice: a ranking pass (head mean, every layer), then the top layer's heads.
     """
-    options = options or ExtractOptions()
+    options, engine = options or ExtractOptions(), engine or Engine()
     if len(prompt_sets) < 2:
         raise UserError("attention maps compare two prompt sets: give two --prompts")
     path, existing = store.store_path(run_dir), {}
-    if (
-        path is not None
-    ):  # before any model runs: the run's prompt sets (and below, models) must be these
+    if path is not None:  # before any model runs: the run's prompt sets (and models) must be these
         with xr.open_zarr(path) as ds:
             existing = store.provenance(ds)
-        runs.check_same_inputs(existing, {"prompt_sets": _sets_info(prompt_sets)}, str(path))
-    results, names = [], set()
-    total = sum(len(range(options.shard[0], len(p), options.shard[1])) for p in prompt_sets)
-    for spec, label in specs:
-        key = f"{spec}-{label}"
-        saved = checkpoint.load(key) if checkpoint else None
-        maps = maps_from_state(*saved) if saved else None
-        if maps is None:
-            lm = load(spec, label)
-            runs.check_same_inputs(existing, {"models": {lm.name: lm.provenance}}, str(path))
-            if not lm.has_attention:
-                raise UserError(f"not applicable: {lm.name} has no attention")
-            passes = 2 if layers == "auto" and heads != "mean" else 1
-            advance = progress(lm.name, total * passes) if progress else None
-            maps = collect(lm, prompt_sets, layers, heads, options, advance)
-            if checkpoint:
-                checkpoint.save(key, *maps_state(maps))
-        if maps.model.name in names:
-            raise UserError(
-                f"two models are named {maps.model.name!r}: label them with --model-name"
-            )
-        names.add(maps.model.name)
-        results.append(maps)
-    save(to_dataset(results, prompt_sets, info), run_dir)
+        check = {"prompt_sets": attention_store.sets_info(prompt_sets)}
+        runs.check_same_inputs(existing, check, str(path))
+    passes = 2 if layers == "auto" and heads != "mean" else 1
+    progress = _one_bar_per_model(progress, passes) if progress else None
+    job = AttentionJob(layers, heads, existing, str(path))
+    results = run_models(job, models, prompt_sets, options, engine, checkpoint, progress)
+    if layers == "auto":
+        rankings = [rank(maps, prompt_sets) for maps in results]
+        if heads == "mean":
+            results = [keep_best(m, r) for m, r in zip(results, rankings, strict=True)]
+        else:
+            best = {
+                m.model.name: [max(r, key=r.get)] for m, r in zip(results, rankings, strict=True)
+            }
+            job = AttentionJob(best, heads, existing, str(path))
+            results = run_models(job, models, prompt_sets, options, engine, checkpoint, progress)
+            for maps, ranking in zip(results, rankings, strict=True):
+                maps.divergence = ranking
+    attention_store.save(to_dataset(results, prompt_sets, info), run_dir)
     if checkpoint:
         checkpoint.clear()
     return results
 
 
-def _sets_info(prompt_sets: list[PromptSet]) -> list[dict]:
-    return [
-        {"name": p.name, "source": p.source, "sha256": p.sha256, "size": len(p)}
-        for p in prompt_sets
-    ]
+def _one_bar_per_model(progress: Progress, passes: int) -> Progress:
+    """``progress`` with one bar per model for all ``passes`` of the engine."""
+    bars = {}
+
+    def start(name: str, total: int):
+        if name not in bars:
+            bars[name] = progress(name, total * passes)
+        return bars[name]
+
+    return start
 
 
 def maps_state(maps: AttentionMaps) -> tuple[dict[str, np.ndarray], dict]:
@@ -486,7 +421,7 @@ def maps_from_state(arrays: dict[str, np.ndarray], meta: dict) -> AttentionMaps:
         heads=meta["heads"],
         n_heads=meta["n_heads"],
         layers=meta["layers"],
-        sums={n: torch.from_numpy(arrays[f"sums/{n}"]) for n in meta["scenarios"]},
-        counts={n: torch.from_numpy(arrays[f"counts/{n}"]) for n in meta["scenarios"]},
+        sums={n: torch.from_numpy(np.array(arrays[f"sums/{n}"])) for n in meta["scenarios"]},
+        counts={n: torch.from_numpy(np.array(arrays[f"counts/{n}"])) for n in meta["scenarios"]},
         divergence=divergence,
     )

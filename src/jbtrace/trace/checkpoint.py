@@ -3,7 +3,7 @@ resumes it.
 
 A checkpoint holds the fingerprint of the command that owns it (``fingerprint.json``:
 models, prompt sets by sha256, every option that changes a number) and one file per unit
-of work (a model's prompt set, a Ray shard, a model's attention maps): safetensors arrays
+of work (a model's prompt set in one pass, a Ray shard): safetensors arrays
 (the float64 accumulator state, per-prompt values) with JSON metadata (batches done,
 token counters). Each file is written under a temporary name, flushed and renamed into
 place, so a reader sees the previous state or the new one, never a half-written file.
@@ -117,32 +117,62 @@ class Checkpoint:
             self.root.parent.rmdir()
 
 
-class ExtractCheckpoint:
-    """What ``extract`` calls: restore a prompt set's state before its first batch, save it
-    after batches."""
+class BatchCheckpoint:
+    """A loop over planned batches whose state is a dict of arrays (numpy or torch) and JSON
+    counters: restore it before the first batch, save it after batches (when the interval has
+    passed, and always after the last)."""
 
     def __init__(self, checkpoint: Checkpoint):
         self.checkpoint = checkpoint
+
+    def restore(self, key: str, arrays: dict) -> dict:
+        """Copy the saved state into ``arrays`` (in place); return its counters, with
+        ``batches_done`` (0 when nothing was saved)."""
+        saved = self.checkpoint.load(key)
+        self.checkpoint.started(key)
+        if saved is None:
+            return {"batches_done": 0}
+        state, meta = saved
+        for name, target in arrays.items():
+            if isinstance(target, torch.Tensor):
+                target.copy_(torch.from_numpy(state[name]))
+            else:
+                target[...] = state[name]
+        return meta
+
+    def step(
+        self, key: str, batches_done: int, n_batches: int, arrays: dict, counters: dict
+    ) -> None:
+        """After a batch: save ``arrays`` and ``counters`` when the interval has passed, and
+        always after the last batch."""
+        if batches_done < n_batches and not self.checkpoint.due(key):
+            return
+        state = {
+            name: value.cpu().numpy() if isinstance(value, torch.Tensor) else value
+            for name, value in arrays.items()
+        }
+        meta = {"batches_done": batches_done, "n_batches": n_batches, **counters}
+        self.checkpoint.save(key, state, meta)
+
+
+MOMENTS = ("count", "mean", "m2", "nonfinite")  # the fields of an accumulate.Moments
+
+
+class ExtractCheckpoint:
+    """What ``extract`` calls: a ``BatchCheckpoint`` of a prompt set's moments, per-prompt
+    values and token counters."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        self.batches = BatchCheckpoint(checkpoint)
         self._base: dict[str, tuple[int, int]] = {}
 
     def restore(self, key: str, moments, per_prompt: dict[str, np.ndarray], trace) -> int:
         """Put the saved state into ``moments`` and the ``per_prompt`` arrays (in place); return
         the batches already done."""
-        saved = self.checkpoint.load(key)
-        base = (trace.tokens_processed, trace.tokens_padded)
-        self.checkpoint.started(key)
-        if saved is None:
-            self._base[key] = base
-            return 0
-        arrays, meta = saved
-        device = moments.count.device
-        for name in ("count", "mean", "m2", "nonfinite"):
-            setattr(moments, name, torch.from_numpy(arrays[name]).to(device))
-        for name, values in per_prompt.items():
-            values[...] = arrays[name]
-        trace.tokens_processed += meta["tokens_processed"]
-        trace.tokens_padded += meta["tokens_padded"]
-        self._base[key] = base
+        self._base[key] = (trace.tokens_processed, trace.tokens_padded)
+        meta = self.batches.restore(key, _arrays(moments, per_prompt))
+        trace.tokens_processed += meta.get("tokens_processed", 0)
+        trace.tokens_padded += meta.get("tokens_padded", 0)
         return meta["batches_done"]
 
     def step(
@@ -155,21 +185,14 @@ class ExtractCheckpoint:
         trace,
     ) -> None:
         """After a batch: save when the interval has passed, and always after the last batch."""
-        if batches_done < n_batches and not self.checkpoint.due(key):
-            return
         processed, padded = self._base[key]
-        arrays = {
-            name: getattr(moments, name).cpu().numpy()
-            for name in ("count", "mean", "m2", "nonfinite")
+        counters = {
+            "tokens_processed": trace.tokens_processed - processed,
+            "tokens_padded": trace.tokens_padded - padded,
         }
-        arrays.update(per_prompt)
-        self.checkpoint.save(
-            key,
-            arrays,
-            {
-                "batches_done": batches_done,
-                "n_batches": n_batches,
-                "tokens_processed": trace.tokens_processed - processed,
-                "tokens_padded": trace.tokens_padded - padded,
-            },
-        )
+        arrays = _arrays(moments, per_prompt)
+        self.batches.step(key, batches_done, n_batches, arrays, counters)
+
+
+def _arrays(moments, per_prompt: dict[str, np.ndarray]) -> dict:
+    return {**{name: getattr(moments, name) for name in MOMENTS}, **per_prompt}

@@ -1,12 +1,13 @@
-"""Where extraction runs: in this process (``local``) or on a Ray cluster (``ray``), with
-checkpoints either way.
+"""Where a job over models runs (extraction, attention maps): in this process (``local``) or
+on a Ray cluster (``ray``), with checkpoints either way.
 
-``local`` loads each model in turn and folds every batch into its accumulators,
-saving their exact state every few minutes (see ``checkpoint``). ``ray`` splits each
-prompt set into shards (prompt index K modulo N, as ``extract --shard K/N``) and runs
-them on actors, one per worker, each holding one replica of the model; an actor returns
-its shard's exact accumulator state, which the driver saves as a checkpoint and merges
-(Chan's pairwise update, in shard order). A worker that dies is restarted and its shard
+A ``Job`` runs one loaded model over the prompt sets and turns its result into an exact
+state and back; shard results merge (extraction: Chan's pairwise update; attention: sums).
+``local`` loads each model in turn and runs the job, which saves its exact state every few
+minutes (see ``checkpoint``). ``ray`` splits each prompt set into shards (prompt index K
+modulo N, as ``extract --shard K/N``) and runs them on actors, one per worker, each holding
+one replica of the model; an actor returns its shard's exact state, which the driver saves
+as a checkpoint and merges in shard order. A worker that dies is restarted and its shard
 retried by Ray itself (``max_restarts``, ``max_task_retries``). Ray is imported only here,
 only when asked.
 """
@@ -18,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, load_model
 from jbtrace.prompts import PromptSet
 from jbtrace.trace.accumulate import Moments
-from jbtrace.trace.checkpoint import Checkpoint, ExtractCheckpoint
+from jbtrace.trace.checkpoint import MOMENTS, Checkpoint, ExtractCheckpoint
 from jbtrace.trace.extract import ExtractOptions, ModelTrace, ScenarioTrace, extract
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class ModelSpec:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     seed: int = 0
+    attn_implementation: str | None = None  # "eager" for attention maps with --eager
 
     def load(self) -> LoadedModel:
         return load_model(
@@ -56,7 +59,9 @@ class ModelSpec:
 
     def identity(self) -> dict:
         """What makes two runs' models the same model (for fingerprints)."""
-        return {k: getattr(self, k) for k in ("spec", "name", "dtype", "revision", "seed")}
+        keys = ("spec", "name", "dtype", "revision", "seed")
+        extra = ("attn_implementation",) if self.attn_implementation else ()
+        return {k: getattr(self, k) for k in keys + extra}
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,54 @@ class Engine:
 Progress = Callable[[str, int], Callable[[int], None]]
 
 
+class Job(Protocol):
+    """What the engine runs on each model: one pass over the prompt sets, with exact states."""
+
+    tag: str  # part of its checkpoint keys ("" for extraction, whose keys keep their layout)
+
+    def run(
+        self,
+        lm: LoadedModel,
+        prompt_sets: list[PromptSet],
+        options: ExtractOptions,
+        progress: Callable[[int], None] | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> Any: ...
+
+    def state(self, result) -> tuple[dict[str, np.ndarray], dict]: ...
+
+    def from_state(self, arrays: dict[str, np.ndarray], meta: dict, options: ExtractOptions): ...
+
+    def merge(self, results: list) -> Any: ...
+
+    def name(self, result) -> str: ...
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The job of ``extract``: per-cell moments and per-prompt values (a ``ModelTrace``)."""
+
+    tag: str = ""
+
+    def run(self, lm, prompt_sets, options, progress=None, checkpoint=None) -> ModelTrace:
+        hook = ExtractCheckpoint(checkpoint) if checkpoint else None
+        trace = extract(lm, prompt_sets, options, progress=progress, checkpoint=hook)
+        trace.model = describe(lm)  # the weights are not needed any more
+        return trace
+
+    def state(self, trace):
+        return trace_state(trace)
+
+    def from_state(self, arrays, meta, options):
+        return trace_from_state(arrays, meta, options)
+
+    def merge(self, traces):
+        return merge_traces(traces)
+
+    def name(self, trace):
+        return trace.model.name
+
+
 def extract_models(
     models: list[ModelSpec],
     prompt_sets: list[PromptSet],
@@ -90,28 +143,39 @@ def extract_models(
     progress: Progress | None = None,
 ) -> list[ModelTrace]:
     """Extract every model over every prompt set, on ``engine``, resuming from ``checkpoint``."""
-    run = _extract_ray if engine.kind == "ray" else _extract_local
-    traces, seen = [], set()
+    return run_models(Extraction(), models, prompt_sets, options, engine, checkpoint, progress)
+
+
+def run_models(
+    job: Job,
+    models: list[ModelSpec],
+    prompt_sets: list[PromptSet],
+    options: ExtractOptions,
+    engine: Engine = Engine(),
+    checkpoint: Checkpoint | None = None,
+    progress: Progress | None = None,
+) -> list:
+    """Run ``job`` on every model over every prompt set, on ``engine``, resuming from
+    ``checkpoint``; one result per model, in order."""
+    run = _run_ray if engine.kind == "ray" else _run_local
+    results, seen = [], set()
     total = sum(len(range(options.shard[0], len(p), options.shard[1])) for p in prompt_sets)
-    for trace in run(models, prompt_sets, options, engine, checkpoint, progress, total):
-        if trace.model.name in seen:
-            raise UserError(
-                f"two models are named {trace.model.name!r}: label them with --model-name"
-            )
-        seen.add(trace.model.name)
-        traces.append(trace)
-    return traces
+    for result in run(job, models, prompt_sets, options, engine, checkpoint, progress, total):
+        name = job.name(result)
+        if name in seen:
+            raise UserError(f"two models are named {name!r}: label them with --model-name")
+        seen.add(name)
+        results.append(result)
+    return results
 
 
-def _extract_local(models, prompt_sets, options, engine, checkpoint, progress, total):
+def _run_local(job, models, prompt_sets, options, engine, checkpoint, progress, total):
     for spec in models:
         lm = spec.load()
         advance = progress(lm.name, total) if progress else None
-        hook = ExtractCheckpoint(checkpoint) if checkpoint else None
-        trace = extract(lm, prompt_sets, options, progress=advance, checkpoint=hook)
-        trace.model = describe(lm)  # the weights are not needed any more
+        result = job.run(lm, prompt_sets, options, advance, checkpoint)
         del lm
-        yield trace
+        yield result
 
 
 def describe(lm: LoadedModel) -> LoadedModel:
@@ -121,7 +185,6 @@ def describe(lm: LoadedModel) -> LoadedModel:
 
 # -------------------------------------------------------- exact states, for checkpoints and Ray
 
-_MOMENTS = ("count", "mean", "m2", "nonfinite")
 _PROMPTS = ("prompt_index", "prompt_values", "prompt_slope", "prompt_tokens", "truncated")
 
 
@@ -129,7 +192,7 @@ def trace_state(trace: ModelTrace) -> tuple[dict[str, np.ndarray], dict]:
     """A trace as arrays (exact float64 accumulator states, per-prompt values) and JSON metadata."""
     arrays = {}
     for name, st in trace.scenarios.items():
-        for field in _MOMENTS:
+        for field in MOMENTS:
             arrays[f"{name}/{field}"] = getattr(st.moments, field).cpu().numpy()
         for field in _PROMPTS:
             arrays[f"{name}/{field}"] = np.asarray(getattr(st, field))
@@ -161,7 +224,7 @@ def trace_from_state(
     )
     for name in meta["scenarios"]:
         moments = Moments(0)
-        for field in _MOMENTS:
+        for field in MOMENTS:
             setattr(moments, field, torch.from_numpy(np.array(arrays[f"{name}/{field}"])))
         trace.scenarios[name] = ScenarioTrace(
             moments, **{f: np.array(arrays[f"{name}/{f}"]) for f in _PROMPTS}
@@ -206,8 +269,8 @@ def _ray():
 
 
 class _Worker:
-    """A Ray actor: one replica of one model at a time; runs shards of the prompt sets and
-    returns their exact states.
+    """A Ray actor: one replica of one model at a time; runs a job on shards of the prompt sets
+    and returns their exact states.
 
     The model is loaded on the first shard of each model (again after a restart), so one
     worker process serves every model of a run.
@@ -220,21 +283,19 @@ class _Worker:
 
     def run(
         self,
+        job: Job,
         spec: ModelSpec,
         prompt_sets: list[PromptSet],
         options: ExtractOptions,
         shard: tuple[int, int],
     ):
         if spec != self.spec:
-            self.spec, self.lm = (
-                None,
-                None,
-            )  # free the previous model's memory before loading the next
+            self.spec, self.lm = None, None  # free the previous model's memory before the next
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             self.lm, self.spec = spec.load(), spec
-        trace = extract(self.lm, prompt_sets, dataclasses.replace(options, shard=shard))
-        return shard[0], trace_state(trace)
+        result = job.run(self.lm, prompt_sets, dataclasses.replace(options, shard=shard))
+        return shard[0], job.state(result)
 
 
 def _worker_test_env() -> dict[str, str]:
@@ -271,9 +332,8 @@ def _connect(ray, engine: Engine, device: str) -> tuple[int, bool]:
     return min(engine.workers or have, have), started
 
 
-def _extract_ray(models, prompt_sets, options, engine, checkpoint, progress, total):
+def _run_ray(job, models, prompt_sets, options, engine, checkpoint, progress, total):
     ray = _ray()
-    from ray.util import ActorPool
 
     if options.shard != (0, 1):
         raise UserError("--shard is for splitting by hand; --engine ray splits the prompts itself")
@@ -284,46 +344,50 @@ def _extract_ray(models, prompt_sets, options, engine, checkpoint, progress, tot
     gpu = models[0].device.startswith("cuda") or models[0].device == "auto"
     Worker = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(_Worker)
     sets_ref = ray.put(prompt_sets)
+    sizes = [sum(len(range(k, len(p), n_shards)) for p in prompt_sets) for k in range(n_shards)]
     actors = []
+
+    def new_actors(n):
+        options = dict(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1)
+        return [Worker.options(**options).remote(_worker_test_env()) for _ in range(n)]
+
     try:
         for spec in models:
-            states, key = (
-                {},
-                lambda k, spec=spec: f"{spec.name or spec.spec}/shard-{k}-of-{n_shards}",
-            )
-            for k in range(n_shards):
-                saved = checkpoint.load(key(k)) if checkpoint else None
-                if saved is not None:
-                    states[k] = saved
+            prefix = "/".join(filter(None, (spec.name or spec.spec, job.tag)))
+            keys = [f"{prefix}/shard-{k}-of-{n_shards}" for k in range(n_shards)]
+            states = {k: checkpoint.load(keys[k]) for k in range(n_shards)} if checkpoint else {}
+            states = {k: state for k, state in states.items() if state is not None}
             advance = progress(spec.name or spec.spec, total) if progress else None
-            sizes = [
-                sum(len(range(k, len(p), n_shards)) for p in prompt_sets) for k in range(n_shards)
-            ]
             if advance and states:
                 advance(sum(sizes[k] for k in states))
             todo = [k for k in range(n_shards) if k not in states]
-            actors += [
-                Worker.options(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1).remote(
-                    _worker_test_env()
-                )
-                for _ in range(min(workers, len(todo)) - len(actors))
-            ]
-            if todo:
-                pool = ActorPool(actors[: len(todo)])
-                for k, state in pool.map_unordered(
-                    lambda a, k, spec=spec: a.run.remote(spec, sets_ref, options, (k, n_shards)),
-                    todo,
-                ):
-                    states[k] = state
-                    if checkpoint:
-                        checkpoint.save(key(k), *state)
-                    if advance:
-                        advance(sizes[k])
-            merged = merge_traces([trace_from_state(*states[k], options) for k in range(n_shards)])
-            merged.options = options
-            yield merged
+            actors += new_actors(min(workers, len(todo)) - len(actors))
+            for k, state in _map_shards(ray, actors, todo, job, spec, sets_ref, options, n_shards):
+                states[k] = state
+                if checkpoint:
+                    checkpoint.save(keys[k], *state)
+                if advance:
+                    advance(sizes[k])
+            yield job.merge([job.from_state(*states[k], options) for k in range(n_shards)])
     finally:
         for actor in actors:
             ray.kill(actor)
         if started:
             ray.shutdown()
+
+
+def _map_shards(ray, actors, todo, job, spec, sets_ref, options, n_shards):
+    """(shard, state) as the actors finish them; a UserError in a worker stays one line."""
+    from ray.util import ActorPool
+
+    if not todo:
+        return
+    pool = ActorPool(actors[: len(todo)])
+    try:
+        yield from pool.map_unordered(
+            lambda a, k: a.run.remote(job, spec, sets_ref, options, (k, n_shards)), todo
+        )
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, UserError):
+            raise UserError(str(error.cause)) from None
+        raise
