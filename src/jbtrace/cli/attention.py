@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
 
-from jbtrace.cli.common import MinCount, Positions, app, command_line, out, progress_bar, say
-from jbtrace.cli.run import ENGINE_OPTIONS, with_extract_options
+from jbtrace.cli.common import (
+    MinCount,
+    Positions,
+    Quiet,
+    app,
+    command_line,
+    groups,
+    out,
+    progress_bar,
+    say,
+)
+from jbtrace.commands.options import ModelOptions, PromptOptions, RunOptions
+from jbtrace.trace.extract import ExtractOptions
 
 
 @app.command("attention")
-@with_extract_options(without=(*ENGINE_OPTIONS, "stat", "align", "bins", "bucket"))
+@groups(tokens=("max_tokens", "batch_size", "padding_side", "chat_template"))
 def attention_cmd(
-    *,
+    models: ModelOptions,
+    prompts: PromptOptions,
+    run: RunOptions,
+    tokens: ExtractOptions,
+    quiet: Quiet = False,
     layer: Annotated[
         list[str] | None,
         typer.Option(
@@ -42,11 +58,11 @@ def attention_cmd(
     positions: Positions = None,
     min_count: MinCount = 1,
     svg: Annotated[bool, typer.Option(help="Also write attention.svg.")] = False,
-    **common,
 ):
     """Query × key attention maps (Benign, Jailbreak, Difference of logs) into RUN/trace.zarr and RUN/attention.png|pdf."""  # noqa: E501 (the help text)
     from jbtrace.commands.attention import attention_run
 
+    common = {**asdict(models), **asdict(prompts), **asdict(run), **asdict(tokens), "quiet": quiet}
     results, paths = attention_run(
         common,
         layer=layer,

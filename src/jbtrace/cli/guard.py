@@ -24,9 +24,10 @@ from jbtrace.cli.common import (
     progress_bar,
     say,
 )
-from jbtrace.cli.report import publish
+from jbtrace.cli.report import print_report
 from jbtrace.commands.guard import guard_run
 from jbtrace.commands.prompts import pairs
+from jbtrace.commands.report import report_run
 
 DetectorDirOption = Annotated[
     Path,
@@ -209,7 +210,7 @@ def guard_cmd(
     )
     for path in run.paths:
         out.print(f"wrote {path}", highlight=False)
-    publish(out_dir, prompt_sets=run.prompt_sets, seed=seed)
+    print_report(report_run(out_dir, prompt_sets=run.prompt_sets, seed=seed))
     for r in run.rates:
         err.print(
             f"{r['mode']:>6} {r['set']}: {r['measure']} {100 * r['rate']:.1f}% "
