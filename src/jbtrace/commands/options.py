@@ -79,3 +79,6 @@ class RunOptions:
     out_dir: Path = Path("runs/run")
     overwrite: bool = False
     seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "out_dir", Path(self.out_dir))  # a str is welcome too
