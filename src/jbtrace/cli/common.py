@@ -184,6 +184,9 @@ Shards = Annotated[
 ]
 
 
+REQUIRED = inspect.Parameter.empty  # a Converted option's default: the option must be given
+
+
 @dataclasses.dataclass(frozen=True)
 class Converted:
     """A group field whose option reads differently: its type, the option's default (which
@@ -225,11 +228,12 @@ OPTIONS: dict[str, Any] = {
 }
 
 
-def groups(**only: tuple[str, ...]):
+def groups(**only: tuple[str, ...] | dict[str, Any]):
     """Give a typer command one option per field of each option group it takes (a parameter
-    whose type is a dataclass; fields with an entry in OPTIONS, or just ``only[parameter]``),
-    and call it with the group built from them. The parameter's default (a group) gives the
-    options' defaults, so a command can differ, e.g. ``out: RunOptions = DETECT_RUN``."""
+    whose type is a dataclass), and call it with the group built from them. The fields are
+    those with an entry in OPTIONS, or just ``only[parameter]``: names, or a dict from name to
+    the command's own option type (None: OPTIONS'). The parameter's default (a group) gives
+    the options' defaults, so a command can differ, e.g. ``run: RunOptions = DETECT_RUN``."""
 
     def decorate(command):
         hints = get_type_hints(command, include_extras=True)
@@ -240,20 +244,20 @@ def groups(**only: tuple[str, ...]):
                 params.append(p.replace(kind=p.KEYWORD_ONLY, annotation=kind))
                 continue
             group = kind() if p.default is p.empty else p.default
-            names = only.get(p.name) or [
-                f.name for f in dataclasses.fields(kind) if f.name in OPTIONS
-            ]
-            built[p.name] = (group, names)
-            params += [_parameter(name, getattr(group, name)) for name in names]
+            chosen = only.get(p.name) or [f.name for f in dataclasses.fields(kind)]
+            types = chosen if isinstance(chosen, dict) else dict.fromkeys(chosen)
+            options = {n: t or OPTIONS[n] for n, t in types.items() if t or n in OPTIONS}
+            built[p.name] = (group, options)
+            params += [_parameter(n, option, getattr(group, n)) for n, option in options.items()]
         taken = [p.name for p in params]
         if len(set(taken)) < len(taken):
             raise TypeError(f"{command.__name__}: two options of one name among {taken}")
 
         def call(**values):
-            fields = {g: {n: values.pop(n) for n in names} for g, (_, names) in built.items()}
-            for g, (group, _) in built.items():
-                given = {n: _parse(n, v, group) for n, v in fields[g].items()}
-                values[g] = dataclasses.replace(group, **given)
+            given = {g: {n: values.pop(n) for n in options} for g, (_, options) in built.items()}
+            for g, (group, options) in built.items():
+                fields = {n: _parse(options[n], v, getattr(group, n)) for n, v in given[g].items()}
+                values[g] = dataclasses.replace(group, **fields)
             return command(**values)
 
         call.__name__, call.__doc__ = command.__name__, command.__doc__
@@ -263,8 +267,7 @@ def groups(**only: tuple[str, ...]):
     return decorate
 
 
-def _parameter(name: str, default) -> inspect.Parameter:
-    option = OPTIONS[name]
+def _parameter(name: str, option, default) -> inspect.Parameter:
     if isinstance(option, Converted):
         option, default = option.type, option.default
     return inspect.Parameter(
@@ -272,11 +275,11 @@ def _parameter(name: str, default) -> inspect.Parameter:
     )
 
 
-def _parse(name: str, value, group):
-    option = OPTIONS[name]
+def _parse(option, value, default):
+    """The field's value from the option's: as given, or converted (its default: ``default``)."""
     if not isinstance(option, Converted):
         return value
-    return getattr(group, name) if value == option.default else option.parse(value)
+    return default if value == option.default else option.parse(value)
 
 
 @contextmanager
