@@ -1,5 +1,5 @@
 """What the commands share: the app, consoles, option types, the option groups as typer
-options (`groups`), progress bar, prompt loading."""
+options (`groups`), the progress bar."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from jbtrace.commands.prompts import load_prompt_sets as prompt_sets
 from jbtrace.commands.prompts import parse_shard
 
 app = typer.Typer(
@@ -307,11 +306,6 @@ def progress_bar(quiet: bool):
 def say(line: str) -> None:
     """A line for the user on stderr (what the library reports through ``note``)."""
     err.print(line, highlight=False)
-
-
-def load_prompt_sets(prompts, text_field, limit, seed):
-    """Load the --prompts sets, saying on stderr what each holds."""
-    return prompt_sets(prompts, text_field, limit, seed, note=say)
 
 
 def command_line() -> str:

@@ -12,6 +12,7 @@ from jbtrace.commands.options import ModelOptions, PromptOptions, RunOptions
 from jbtrace.commands.plot import plot_run
 from jbtrace.commands.prompts import check_positions
 from jbtrace.commands.report import report_run
+from jbtrace.errors import UserError
 from jbtrace.models.presets import DEMO_LIMIT, DEMO_MAX_TOKENS, DEMO_PAPER_LOAD, DEMO_PROMPTS
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ def run_pipeline(
     from jbtrace.trace.extract import ExtractOptions
 
     options, out = options or ExtractOptions(), out or RunOptions()
+    if options.shard != (0, 1):
+        raise UserError("run extracts every prompt: shard with `jbtrace extract --shard`")
     check_positions(positions, options.max_tokens)
     ds = extract_run(
         prompts,
