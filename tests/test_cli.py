@@ -253,3 +253,27 @@ def test_plot_positions_out_of_range_on_existing_run(monkeypatch, capsys, files,
     )
     code, _, stderr = jbtrace(monkeypatch, capsys, "plot", out, "--positions", "5:500")
     assert code == 2 and "out of range" in stderr and not (out / "figure.png").exists()
+
+
+def test_option_groups_give_each_command_its_options():
+    """cli.common.groups turns the option groups into the options extract and run always had,
+    with a command's own defaults (detect: --limit 200, --out runs/detect)."""
+    import typer.main
+
+    commands = typer.main.get_command(cli.app).commands
+
+    def options(name):
+        return {o for p in commands[name].params for o in p.opts}
+
+    extract = {
+        *("--model", "-m", "--model-name", "--dtype", "--device", "--revision", "--allow-pickle"),
+        *("--trust-remote-code", "--prompts", "-p", "--text-field", "--limit", "--out", "-o"),
+        *("--overwrite", "--seed", "--stat", "--align", "--bins", "--max-tokens", "--batch-size"),
+        *("--padding-side", "--bucket", "--chat-template", "--shard", "--engine"),
+        *("--ray-address", "--workers", "--shards", "--quiet", "-q"),
+    }
+    assert options("extract") == extract
+    assert options("run") == extract - {"--shard"} | {"--min-count", "--positions", "--svg"}
+    defaults = {p.name: p.default for p in commands["detect"].params}
+    assert defaults["limit"] == 200 and str(defaults["out_dir"]) == "runs/detect"
+    assert defaults["max_tokens"] == 512 and "stats" not in defaults

@@ -10,7 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 
-from jbtrace.cli import attention, detect, guard, info, outcomes, report, run  # noqa: F401  (registers the commands)
+# isort: off
+from jbtrace.cli import report, run  # noqa: F401  (registered first: they lead `jbtrace --help`)
+
+# isort: on
+from jbtrace.cli import attention, detect, guard, info, outcomes  # noqa: F401  (registers the rest)
 from jbtrace.cli.common import app, err
 from jbtrace.errors import UserError
 

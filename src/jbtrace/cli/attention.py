@@ -6,14 +6,31 @@ from typing import Annotated
 
 import typer
 
-from jbtrace.cli.common import MinCount, Positions, app, command_line, out, progress_bar, say
-from jbtrace.cli.run import with_extract_options
+from jbtrace.cli.common import (
+    MinCount,
+    Positions,
+    Quiet,
+    app,
+    command_line,
+    groups,
+    out,
+    progress_bar,
+    say,
+)
+from jbtrace.commands.options import ModelOptions, PromptOptions, RunOptions
+from jbtrace.trace.engine import Engine
+from jbtrace.trace.extract import ExtractOptions
 
 
 @app.command("attention")
-@with_extract_options(without=("shard", "stat", "align", "bins", "bucket"))
+@groups(tokens=("max_tokens", "batch_size", "padding_side", "chat_template"))
 def attention_cmd(
-    *,
+    models: ModelOptions,
+    prompts: PromptOptions,
+    run: RunOptions,
+    tokens: ExtractOptions,
+    engine: Engine,
+    quiet: Quiet = False,
     layer: Annotated[
         list[str] | None,
         typer.Option(
@@ -42,24 +59,28 @@ def attention_cmd(
     positions: Positions = None,
     min_count: MinCount = 1,
     svg: Annotated[bool, typer.Option(help="Also write attention.svg.")] = False,
-    **common,
 ):
     """Query × key attention maps (Benign, Jailbreak, Difference of logs) into RUN/trace.zarr and RUN/attention.png|pdf."""  # noqa: E501 (the help text)
     from jbtrace.commands.attention import attention_run
 
-    results, paths = attention_run(
-        common,
-        layer=layer,
-        heads=heads,
-        eager=eager,
-        floor=floor,
-        positions=positions,
-        min_count=min_count,
-        svg=svg,
-        command=command_line(),
-        progress=lambda: progress_bar(common["quiet"]),
-        note=say,
-    )
+    with progress_bar(quiet) as start:
+        results, paths = attention_run(
+            prompts,
+            models,
+            tokens,
+            run,
+            engine,
+            layer=layer,
+            heads=heads,
+            eager=eager,
+            floor=floor,
+            positions=positions,
+            min_count=min_count,
+            svg=svg,
+            command=command_line(),
+            progress=start,
+            note=say,
+        )
     for maps in results:
         if maps.divergence:
             ranking = ", ".join(f"{layer} ({value:.3g})" for layer, value in maps.ranking())

@@ -1,13 +1,16 @@
-"""What the commands share: the app, consoles, option types, progress bar, prompt loading,
-extract's options."""
+"""What the commands share: the app, consoles, option types, the option groups as typer
+options (`groups`), the progress bar."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import shlex
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
@@ -20,8 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from jbtrace.commands.prompts import load_prompt_sets as prompt_sets
-from jbtrace.commands.prompts import model_labels, parse_shard  # noqa: F401  (shared by the commands)
+from jbtrace.commands.prompts import parse_shard
 
 app = typer.Typer(
     help="See and measure what a jailbreak does inside a language model: layer × position heatmaps "
@@ -138,6 +140,146 @@ Positions = Annotated[
     str | None, typer.Option(help="Crop positions, START:END (end exclusive), e.g. 0:448.")
 ]
 
+Bucket = Annotated[bool, typer.Option(help="Batch prompts of similar length together.")]
+Shard = Annotated[
+    str,
+    typer.Option(
+        help="K/N: only prompts whose index is K modulo N (merge shards with `jbtrace merge`)."
+    ),
+]
+EngineKind = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help=(
+            "local (this process) or ray (shards on Ray workers, one model replica each; pip "
+            "install 'jbtrace[ray]')."
+        ),
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        help="With --engine ray: address of an existing cluster (default: start a local one)."
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        help=(
+            "With --engine ray: workers (model replicas) per model (default: the cluster's "
+            "GPUs with --device cuda, else its CPUs)."
+        )
+    ),
+]
+Shards = Annotated[
+    int | None,
+    typer.Option(
+        help=(
+            "With --engine ray: shards per model (default: 4 per worker); each finished "
+            "shard is checkpointed."
+        )
+    ),
+]
+
+
+REQUIRED = inspect.Parameter.empty  # a Converted option's default: the option must be given
+
+
+@dataclasses.dataclass(frozen=True)
+class Converted:
+    """A group field whose option reads differently: its type, the option's default (which
+    keeps the group's value), and how another value of the option becomes the field's."""
+
+    type: Any
+    default: Any
+    parse: Callable[[Any], Any]
+
+
+# The option of each field of an option group (commands.options, ExtractOptions, Engine), by name.
+OPTIONS: dict[str, Any] = {
+    "prompts": Prompts,
+    "text_field": TextField,
+    "limit": Limit,
+    "model": Model,
+    "model_name": ModelName,
+    "dtype": Dtype,
+    "device": Device,
+    "revision": Revision,
+    "allow_pickle": AllowPickle,
+    "trust_remote_code": RemoteCode,
+    "out_dir": Out,
+    "overwrite": Overwrite,
+    "seed": Seed,
+    "stats": Converted(Stat, None, tuple),
+    "align": Align,
+    "bins": Bins,
+    "max_tokens": MaxTokens,
+    "batch_size": BatchSize,
+    "padding_side": PaddingSide,
+    "bucket": Bucket,
+    "chat_template": ChatTemplate,
+    "shard": Converted(Shard, "0/1", parse_shard),
+    "kind": EngineKind,
+    "ray_address": RayAddress,
+    "workers": Workers,
+    "shards": Shards,
+}
+
+
+def groups(**only: tuple[str, ...] | dict[str, Any]):
+    """Give a typer command one option per field of each option group it takes (a parameter
+    whose type is a dataclass), and call it with the group built from them. The fields are
+    those with an entry in OPTIONS, or just ``only[parameter]``: names, or a dict from name to
+    the command's own option type (None: OPTIONS'). The parameter's default (a group) gives
+    the options' defaults, so a command can differ, e.g. ``run: RunOptions = DETECT_RUN``."""
+
+    def decorate(command):
+        hints = get_type_hints(command, include_extras=True)
+        params, built = [], {}
+        for p in inspect.signature(command).parameters.values():
+            kind = hints[p.name]
+            if not dataclasses.is_dataclass(kind):
+                params.append(p.replace(kind=p.KEYWORD_ONLY, annotation=kind))
+                continue
+            group = kind() if p.default is p.empty else p.default
+            chosen = only.get(p.name) or [f.name for f in dataclasses.fields(kind)]
+            types = chosen if isinstance(chosen, dict) else dict.fromkeys(chosen)
+            options = {n: t or OPTIONS[n] for n, t in types.items() if t or n in OPTIONS}
+            built[p.name] = (group, options)
+            params += [_parameter(n, option, getattr(group, n)) for n, option in options.items()]
+        taken = [p.name for p in params]
+        if len(set(taken)) < len(taken):
+            raise TypeError(f"{command.__name__}: two options of one name among {taken}")
+
+        def call(**values):
+            given = {g: {n: values.pop(n) for n in options} for g, (_, options) in built.items()}
+            for g, (group, options) in built.items():
+                fields = {n: _parse(options[n], v, getattr(group, n)) for n, v in given[g].items()}
+                values[g] = dataclasses.replace(group, **fields)
+            return command(**values)
+
+        call.__name__, call.__doc__ = command.__name__, command.__doc__
+        call.__signature__ = inspect.Signature(params)
+        return call
+
+    return decorate
+
+
+def _parameter(name: str, option, default) -> inspect.Parameter:
+    if isinstance(option, Converted):
+        option, default = option.type, option.default
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, annotation=option, default=default
+    )
+
+
+def _parse(option, value, default):
+    """The field's value from the option's: as given, or converted (its default: ``default``)."""
+    if not isinstance(option, Converted):
+        return value
+    return default if value == option.default else option.parse(value)
+
 
 @contextmanager
 def progress_bar(quiet: bool):
@@ -164,11 +306,6 @@ def progress_bar(quiet: bool):
 def say(line: str) -> None:
     """A line for the user on stderr (what the library reports through ``note``)."""
     err.print(line, highlight=False)
-
-
-def load_prompt_sets(prompts, text_field, limit, seed):
-    """Load the --prompts sets, saying on stderr what each holds."""
-    return prompt_sets(prompts, text_field, limit, seed, note=say)
 
 
 def command_line() -> str:

@@ -12,7 +12,6 @@ from jbtrace.cli.common import (
     AllowPickle,
     Device,
     Limit,
-    Out,
     Prompts,
     Quiet,
     Seed,
@@ -20,13 +19,17 @@ from jbtrace.cli.common import (
     app,
     command_line,
     err,
+    groups,
     out,
     progress_bar,
     say,
 )
-from jbtrace.cli.report import publish
-from jbtrace.cli.run import ENGINE_OPTIONS, with_extract_options
+from jbtrace.cli.report import print_report
 from jbtrace.commands import detect_options, detect_run, score_run
+from jbtrace.commands.detect import DETECT_PROMPTS, DETECT_RUN
+from jbtrace.commands.options import ModelOptions, PromptOptions, RunOptions
+from jbtrace.commands.report import report_run
+from jbtrace.trace.extract import ExtractOptions
 
 # detect's own options
 TestPrompts = Annotated[
@@ -146,17 +149,17 @@ SaveAll = Annotated[
 SaveClassifier = Annotated[
     str, typer.Option(help="Classifier of the saved detectors: logreg or linsvm.")
 ]
-DetectLimit = Annotated[
-    int | None, typer.Option(help="Seeded random sample of at most N prompts per set.")
-]
-LOAD = ("dtype", "device", "revision", "allow_pickle", "trust_remote_code")
+TOKENS = ExtractOptions()  # detect reads only the tokenization and batch size of these
 
 
 @app.command("detect")
-@with_extract_options(without=(*ENGINE_OPTIONS, "stat", "align", "bins", "bucket", "padding_side"))
+@groups(tokens=("max_tokens", "batch_size", "chat_template"))
 def detect_cmd(
-    *,
-    out_dir: Out = Path("runs/detect"),
+    models: ModelOptions,
+    prompts: PromptOptions = DETECT_PROMPTS,
+    run: RunOptions = DETECT_RUN,
+    tokens: ExtractOptions = TOKENS,
+    quiet: Quiet = False,
     test_prompts: TestPrompts = None,
     label: Label = None,
     source: Source = None,
@@ -178,12 +181,13 @@ def detect_cmd(
     save: Save = None,
     save_all: SaveAll = False,
     save_classifier: SaveClassifier = "logreg",
-    limit: DetectLimit = 200,
-    **common,
 ):
     """Per-layer jailbreak detectors (CP factors, last / mean states) cross-validated: RUN/detect.json|md|png|pdf."""  # noqa: E501
     options = detect_options(
-        **{k: common[k] for k in ("max_tokens", "chat_template", "batch_size", "seed")},
+        max_tokens=tokens.max_tokens,
+        chat_template=tokens.chat_template,
+        batch_size=tokens.batch_size,
+        seed=run.seed,
         source=source,
         kind=kind,
         rank=rank,
@@ -201,18 +205,15 @@ def detect_cmd(
         cp_iters=cp_iters,
         memory_gb=memory_gb,
         save=save,
-        limit=limit,
+        limit=prompts.limit,
     )
-    quiet = common["quiet"]
     result = detect_run(
-        **{k: common[k] for k in ("model", "prompts", "text_field", "seed", "model_name")},
-        load={k: common[k] for k in LOAD},
-        overwrite=common["overwrite"],
-        out_dir=out_dir,
-        options=options,
+        prompts,
+        models,
+        options,
+        run,
         test_prompts=test_prompts,
         label=label,
-        limit=limit,
         save=save,
         save_all=save_all,
         save_classifier=save_classifier,
@@ -223,7 +224,7 @@ def detect_cmd(
     )
     for path in result.paths:
         out.print(f"wrote {path}", highlight=False)
-    publish(out_dir, prompt_sets=result.prompt_sets, seed=common["seed"])
+    print_report(report_run(run.out_dir, prompt_sets=result.prompt_sets, seed=run.seed))
 
 
 @app.command("score")

@@ -3,6 +3,7 @@ judge, report."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -10,23 +11,25 @@ import typer
 
 from jbtrace.cli.common import (
     AllowPickle,
-    BatchSize,
+    Converted,
     Device,
-    MaxTokens,
     Prompts,
     Quiet,
-    Seed,
     TextField,
     app,
     command_line,
     err,
+    groups,
     out,
     progress_bar,
     say,
 )
-from jbtrace.cli.report import publish
+from jbtrace.cli.report import print_report
 from jbtrace.commands.guard import guard_run
 from jbtrace.commands.prompts import pairs
+from jbtrace.commands.report import report_run
+from jbtrace.defend.evaluate import GuardOptions
+from jbtrace.defend.guard import GenerateOptions, parse_bypass
 
 DetectorDirOption = Annotated[
     Path,
@@ -148,6 +151,14 @@ PresetOption = Annotated[
     ),
 ]
 SamplesOption = Annotated[int, typer.Option(help="Side-by-side samples per set in guard.md.")]
+GUARD, GENERATION = GuardOptions(), GenerateOptions()
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """--combine a,b as names; empty for none."""
+    return tuple(j for j in text.split(",") if j)
+
+
 LimitOption = Annotated[
     int | None,
     typer.Option(
@@ -159,57 +170,84 @@ LimitOption = Annotated[
 ]
 
 
+GUARD, GENERATION = GuardOptions(), GenerateOptions()
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """--combine a,b as names; empty for none."""
+    return tuple(j for j in text.split(",") if j)
+
+
+def _bypass(text: str) -> tuple[int, ...] | None:
+    """--bypass 3,5 as block indices; empty: the default."""
+    return tuple(parse_bypass(text)) if text else None
+
+
 @app.command("guard")
+@groups(
+    guard={
+        "modes": Converted(ModeOption, None, tuple),
+        "bypass": Converted(BypassOption, None, _bypass),
+        "bypass_k": BypassKOption,
+        "layer": LayerOption,
+        "source": SourceOption,
+        "feature": FeatureOption,
+        "threshold": ThresholdOption,
+        "judges": Converted(JudgeOption, None, tuple),
+        "combine": Converted(CombineOption, "on-topic,coherent", _names),
+        "on_topic_threshold": OnTopicThresholdOption,
+        "calibration_limit": CalibrationLimitOption,
+        "max_perplexity": MaxPerplexityOption,
+        "max_repeat": MaxRepeatOption,
+        "samples": SamplesOption,
+        "limit": LimitOption,
+        "seed": None,
+    },
+    generation={
+        "max_new_tokens": MaxNewTokensOption,
+        "sample": SampleOption,
+        "temperature": TemperatureOption,
+        "top_p": TopPOption,
+        "chat_template": ChatTemplateOption,
+        "max_tokens": None,
+        "batch_size": None,
+    },
+)
 def guard_cmd(
     detector_dir: DetectorDirOption,
     model: ModelOption = None,
     prompts: Prompts = None,
     out_dir: OutDirOption = Path("runs/guard"),
-    mode: ModeOption = None,
-    bypass: BypassOption = None,
-    bypass_k: BypassKOption = 2,
-    layer: LayerOption = None,
-    source: SourceOption = None,
-    feature: FeatureOption = None,
-    threshold: ThresholdOption = None,
-    judge: JudgeOption = None,
-    combine: CombineOption = "on-topic,coherent",
-    on_topic_threshold: OnTopicThresholdOption = None,
+    guard: GuardOptions = GUARD,
+    generation: GenerateOptions = GENERATION,
     calibration: CalibrationOption = "builtin:benign",
-    calibration_limit: CalibrationLimitOption = 32,
-    max_perplexity: MaxPerplexityOption = 100.0,
-    max_repeat: MaxRepeatOption = 0.5,
-    max_new_tokens: MaxNewTokensOption = 64,
-    sample: SampleOption = False,
-    temperature: TemperatureOption = 1.0,
-    top_p: TopPOption = 1.0,
-    chat_template: ChatTemplateOption = None,
     label: LabelOption = None,
     preset: PresetOption = None,
-    samples: SamplesOption = 3,
     text_field: TextField = None,
-    limit: LimitOption = None,
-    seed: Seed = 0,
-    max_tokens: MaxTokens = 512,
-    batch_size: BatchSize = 8,
     device: Device = "cpu",
     allow_pickle: AllowPickle = False,
     quiet: Quiet = False,
 ):
     """Guarded generation: flag with a saved detector, bypass blocks for flagged prompts; RUN/guard.jsonl|json|md."""  # noqa: E501
-    options = dict(locals())
-    labels = pairs(options.pop("label"), "--label")
-    quiet = options.pop("quiet")
     run = guard_run(
-        **options,
+        detector_dir,
+        replace(guard, generation=replace(generation, seed=guard.seed)),
+        out_dir=out_dir,
         command=command_line(),
-        labels=labels,
+        model=model,
+        prompts=prompts,
+        preset=preset,
+        labels=pairs(label, "--label"),
+        calibration=calibration,
+        text_field=text_field,
+        device=device,
+        allow_pickle=allow_pickle,
         progress_scope=lambda: progress_bar(quiet),
         note=say,
     )
     for path in run.paths:
         out.print(f"wrote {path}", highlight=False)
-    publish(out_dir, prompt_sets=run.prompt_sets, seed=seed)
+    print_report(report_run(out_dir, prompt_sets=run.prompt_sets, seed=guard.seed))
     for r in run.rates:
         err.print(
             f"{r['mode']:>6} {r['set']}: {r['measure']} {100 * r['rate']:.1f}% "

@@ -9,25 +9,21 @@ import typer
 from rich.table import Table
 
 from jbtrace.cli.common import (
-    AllowPickle,
-    BatchSize,
-    ChatTemplate,
-    Device,
-    Dtype,
-    Limit,
-    Prompts,
+    REQUIRED,
+    Converted,
     Quiet,
-    RemoteCode,
-    Revision,
-    Seed,
-    TextField,
     app,
     command_line,
     err,
+    groups,
     out,
     progress_bar,
     say,
 )
+from jbtrace.commands import outcomes_run
+from jbtrace.commands.options import ModelOptions, PromptOptions, RunOptions
+from jbtrace.commands.outcomes import OUTCOMES_RUN, outcomes_generation
+from jbtrace.defend.guard import GenerateOptions
 
 Model = Annotated[
     str,
@@ -35,6 +31,8 @@ Model = Annotated[
         "--model", "-m", help="Model spec (a causal LM), e.g. builtin:qwen2.5-coder-0.5b."
     ),
 ]
+LOAD = ("dtype", "device", "revision", "allow_pickle", "trust_remote_code")
+GENERATION = outcomes_generation()
 OutDir = Annotated[
     Path, typer.Option("--out", "-o", help="Run directory: writes RUN/outcomes.jsonl|json|md.")
 ]
@@ -98,36 +96,44 @@ def _print(result) -> None:
 
 
 @app.command("outcomes")
+@groups(
+    models={"model": Converted(Model, REQUIRED, lambda spec: (spec,)), **dict.fromkeys(LOAD)},
+    prompts=("prompts", "text_field", "limit"),
+    run={"out_dir": OutDir, "seed": None},
+    generation={
+        "max_new_tokens": MaxNewTokens,
+        "chat_template": None,
+        "max_tokens": MaxTokens,
+        "batch_size": None,
+    },
+)
 def outcomes_cmd(
-    model: Model,
-    prompts: Prompts = None,
-    out_dir: OutDir = Path("runs/outcomes"),
-    max_new_tokens: MaxNewTokens = 64,
+    models: ModelOptions,
+    prompts: PromptOptions,
+    run: RunOptions = OUTCOMES_RUN,
+    generation: GenerateOptions = GENERATION,
     judge: Judge = None,
     on_topic_threshold: OnTopicThreshold = None,
     calibrate: Calibrate = None,
     pair: Pair = None,
-    chat_template: ChatTemplate = None,
-    max_tokens: MaxTokens = 2048,
     reuse_answers: ReuseAnswers = True,
-    text_field: TextField = None,
-    limit: Limit = None,
-    seed: Seed = 0,
-    dtype: Dtype = None,
-    device: Device = "cpu",
-    revision: Revision = None,
-    allow_pickle: AllowPickle = False,
-    trust_remote_code: RemoteCode = False,
-    batch_size: BatchSize = 8,
     quiet: Quiet = False,
 ):
     """Generate each prompt's answer, judge it (refused / complied / other), and count attack
     success per set."""
-    options = {name: value for name, value in locals().items() if name != "quiet"}
-    from jbtrace.commands import outcomes_run
-
     done = outcomes_run(
-        **options, command=command_line(), progress=lambda: progress_bar(quiet), note=say
+        prompts,
+        models,
+        generation,
+        run,
+        judge=judge,
+        on_topic_threshold=on_topic_threshold,
+        calibrate=calibrate,
+        pair=pair,
+        reuse_answers=reuse_answers,
+        command=command_line(),
+        progress=lambda: progress_bar(quiet),
+        note=say,
     )
     _print(done.result)
     for path in done.paths:

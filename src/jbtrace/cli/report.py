@@ -8,19 +8,15 @@ from typing import Annotated
 import typer
 
 from jbtrace.cli.common import app, out
+from jbtrace.commands.report import report_run
 
 
 @app.command("report")
 def report_cmd(run: Annotated[Path, typer.Argument(help="Run directory.")]):
     """Write RUN/report.html: provenance, heatmaps, profiles, observations, attention, detectors, guard, prompts (offline, one file)."""  # noqa: E501 (one-line help)
-    publish(run)
+    print_report(report_run(run))
 
 
-def publish(run: Path, prompt_sets=None, seed: int = 0) -> Path:
-    """Write or update the run's report and print its path (called at the end of run, demo,
-    detect and guard)."""
-    from jbtrace.views import report
-
-    path = report.write(run, prompt_sets=prompt_sets, seed=seed)
+def print_report(path: Path) -> None:
+    """The report's path, as run, demo, detect and guard end."""
     out.print(f"report: {path}", highlight=False)
-    return path

@@ -2,37 +2,40 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from jbtrace.commands.prompts import check_positions, load_prompt_sets
+from jbtrace.commands.options import ModelOptions, PromptOptions, RunOptions
+from jbtrace.commands.prompts import check_positions
 from jbtrace.errors import UserError
+from jbtrace.trace.engine import Engine
+from jbtrace.trace.extract import ExtractOptions
 
 
-def _checkpoint(common: dict, specs: list, sets, options, **settings):
+def _checkpoint(out: RunOptions, engine: Engine, specs: list, sets, options, **settings):
     """The run directory prepared for these models, sets and settings (resume, refuse a mix)."""
     from jbtrace.trace import runs
 
-    engine = common["engine"]
     fingerprint = runs.fingerprint(
         "attention",
         [s.identity() for s in specs],
         sets,
         **dataclasses.asdict(options),
         **settings,
-        engine=engine,
-        shards=common["shards"],
-        workers=common["workers"] if engine == "ray" else None,
+        engine=engine.kind,
+        shards=engine.shards,
+        workers=engine.workers if engine.kind == "ray" else None,
     )
-    return runs.prepare(
-        common["out_dir"], "attention", fingerprint, common["overwrite"], inputs_of="extract"
-    )
+    return runs.prepare(out.out_dir, "attention", fingerprint, out.overwrite, inputs_of="extract")
 
 
 def attention_run(
-    common: dict,
+    prompts: PromptOptions,
+    models: ModelOptions,
+    tokens: ExtractOptions | None = None,
+    out: RunOptions | None = None,
+    engine: Engine | None = None,
     *,
     layer: list[str] | None = None,
     heads: str = "mean",
@@ -42,67 +45,52 @@ def attention_run(
     min_count: int = 1,
     svg: bool = False,
     command: str | None = None,
-    progress: Callable[[], contextlib.AbstractContextManager] | None = None,
+    progress: Callable | None = None,
     note: Callable[[str], None] | None = None,
 ) -> tuple[list, list[Path]]:
-    """Map every model's attention into ``common["out_dir"]``; return the maps and figure paths.
+    """Map every model's attention into ``out.out_dir``; return the maps and figure paths.
 
-    ``common`` holds the extract options the CLI parsed (model, prompts, max_tokens, ...);
-    ``progress()`` opens the progress display (yielding ``start(description, total)``).
+    ``tokens`` gives max_tokens, batch_size, padding_side and chat_template (its statistics
+    options are not used); ``progress(description, total)`` returns an ``advance(n)``.
     """
-    from jbtrace.commands.extract import _model_specs
     from jbtrace.trace import attention, store
-    from jbtrace.trace.engine import Engine
-    from jbtrace.trace.extract import ExtractOptions
     from jbtrace.views import plot
 
-    load = ("dtype", "device", "revision", "allow_pickle", "trust_remote_code", "seed")
-    specs = _model_specs(
-        common["model"],
-        common["model_name"],
-        **{k: common[k] for k in load},
-        attn_implementation="eager" if eager else None,
-    )
+    tokens, out, engine = tokens or ExtractOptions(), out or RunOptions(), engine or Engine()
+    attn = "eager" if eager else None
+    specs = [dataclasses.replace(s, attn_implementation=attn) for s in models.specs(out.seed)]
     layers, head = attention.parse_layers(layer), attention.parse_heads(heads)
     if not 0 < floor < 1:
         raise UserError(f"--floor {floor}: choose a probability between 0 and 1, e.g. 1e-10")
     options = ExtractOptions(
-        max_tokens=common["max_tokens"],
-        batch_size=common["batch_size"],
-        padding_side=common["padding_side"],
-        chat_template=common["chat_template"],
+        max_tokens=tokens.max_tokens,
+        batch_size=tokens.batch_size,
+        padding_side=tokens.padding_side,
+        chat_template=tokens.chat_template,
     )
-    check_positions(positions, common["max_tokens"])
-    seed, out_dir = common["seed"], common["out_dir"]
-    engine = Engine(
-        common["engine"],
-        ray_address=common["ray_address"],
-        workers=common["workers"],
-        shards=common["shards"],
+    check_positions(positions, tokens.max_tokens)
+    sets = prompts.load(out.seed, note)
+    checkpoint = _checkpoint(
+        out, engine, specs, sets, options, layers=layers, heads=head, eager=eager
     )
-    sets = load_prompt_sets(
-        common["prompts"], common["text_field"], common["limit"], seed, note=note
+    info = {"command": command, "eager": eager, "limit": prompts.limit, "seed": out.seed}
+    results = attention.run(
+        out.out_dir,
+        specs,
+        sets,
+        layers=layers,
+        heads=head,
+        options=options,
+        engine=engine,
+        checkpoint=checkpoint,
+        progress=progress,
+        info=info,
     )
-    checkpoint = _checkpoint(common, specs, sets, options, layers=layers, heads=head, eager=eager)
-    info = {"command": command, "eager": eager, "limit": common["limit"], "seed": seed}
-    with (progress or contextlib.nullcontext)() as start:
-        results = attention.run(
-            out_dir,
-            specs,
-            sets,
-            layers=layers,
-            heads=head,
-            options=options,
-            engine=engine,
-            checkpoint=checkpoint,
-            progress=start,
-            info=info,
-        )
     fig = plot.attention_grid(
-        store.open_run(out_dir),
+        store.open_run(out.out_dir),
         models=[m.model.name for m in results],
         positions=positions,
         floor=floor,
         min_count=min_count,
     )
-    return results, plot.save(fig, Path(out_dir) / "attention", svg=svg)
+    return results, plot.save(fig, Path(out.out_dir) / "attention", svg=svg)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jbtrace.commands.prompts import load_prompt_sets, model_labels, pairs
+from jbtrace.commands.options import ModelOptions, PromptOptions, RunOptions
+from jbtrace.commands.prompts import load_prompt_sets, pairs
 from jbtrace.errors import UserError
 
 if TYPE_CHECKING:  # the heavy stages load only when a command runs
@@ -19,6 +20,9 @@ if TYPE_CHECKING:  # the heavy stages load only when a command runs
 Note = Callable[[str], None] | None
 # opens the progress display, yielding ``start(description, total) -> advance(n)`` (or None)
 Progress = Callable[[], contextlib.AbstractContextManager] | None
+# detect's defaults beside the common ones: its own run directory, at most 200 prompts per set
+DETECT_RUN = RunOptions(out_dir=Path("runs/detect"))
+DETECT_PROMPTS = PromptOptions(limit=200)
 
 
 @dataclass
@@ -75,14 +79,15 @@ def detect_options(
     )
 
 
-def _check(model, options, out_dir: Path, save, save_classifier: str, overwrite: bool) -> None:
+def _check(models, options, out: RunOptions, save, save_classifier: str) -> None:
     """Refuse what cannot run before anything loads; a run of detect's own is prepared."""
     from jbtrace.detect import detector
     from jbtrace.trace import runs
 
-    if not model:
+    out_dir = Path(out.out_dir)
+    if not models.model:
         raise UserError("give at least one --model (see `jbtrace models`)")
-    if save is not None and (len(model) != 1 or save_classifier not in options.classifiers):
+    if save is not None and (len(models.model) != 1 or save_classifier not in options.classifiers):
         raise UserError(
             "--save needs exactly one --model and --save-classifier among the --classifier values"
         )
@@ -91,73 +96,66 @@ def _check(model, options, out_dir: Path, save, save_classifier: str, overwrite:
             f"--save-classifier {save_classifier!r}: only {', '.join(detector.SAVEABLE)} "
             "can be saved"
         )
-    if (out_dir / "detect.json").exists() and not overwrite:
+    if (out_dir / "detect.json").exists() and not out.overwrite:
         raise UserError(
             f"{out_dir} already holds detect results: give --overwrite to replace them, "
             "or another --out"
         )
     if not (out_dir / "trace.zarr").exists():  # a run of its own follows the run-directory rule
-        runs.prepare(out_dir, "detect", {}, overwrite)
+        runs.prepare(out_dir, "detect", {}, out.overwrite)
     # beside an extract's store, detect adds its files (replaced together, detect.json last)
     # and keeps the store
 
 
 def detect_run(
-    *,
-    model: list[str],
-    prompts: list[str] | None,
-    out_dir: Path,
+    prompts: PromptOptions,
+    models: ModelOptions,
     options: DetectOptions,
+    out: RunOptions = DETECT_RUN,
+    *,
     test_prompts: list[str] | None = None,
     label: list[str] | None = None,
-    text_field: str | None = None,
-    limit: int | None = 200,
-    seed: int = 0,
-    model_name: list[str] | None = None,
-    load: dict | None = None,
     save: Path | None = None,
     save_all: bool = False,
     save_classifier: str = "logreg",
-    overwrite: bool = False,
     command: str | None = None,
     progress: Progress = None,
     note: Note = None,
     plan_note: Note = None,
 ) -> DetectResult:
     """The whole of `jbtrace detect`: load the prompt sets and every model, fit and score the
-    detectors (``options``: a DetectOptions, see `detect_options`), write RUN/detect.* and, with
-    ``save``, the best detector. ``label``: NAME=benign|jailbreak for the sets; ``load``:
-    load_model's dtype, device, revision, allow_pickle, trust_remote_code. Reports via
-    ``note(line)`` (the prompt sets), ``plan_note(line)`` (each model's passes) and
-    ``progress()`` (see `Progress`), opened once the prompts are loaded."""
+    detectors (``options``: a DetectOptions, see `detect_options`), write RUN/detect.* into
+    ``out.out_dir`` and, with ``save``, the best detector. ``label``: NAME=benign|jailbreak for
+    the sets. Reports via ``note(line)`` (the prompt sets), ``plan_note(line)`` (each model's
+    passes) and ``progress()`` (see `Progress`), opened once the prompts are loaded."""
     from jbtrace.detect import train
     from jbtrace.models import load_model
     from jbtrace.prompts import load_prompts, parse_prompt_specs
     from jbtrace.views import outputs
 
-    _check(model, options, out_dir, save, save_classifier, overwrite)
-    labels = pairs(label, "--label")
-    train_sets = load_prompt_sets(prompts, text_field, limit, seed, note=note)
+    _check(models, options, out, save, save_classifier)
+    labels, seed = pairs(label, "--label"), out.seed
+    train_sets = prompts.load(seed, note=note)
     tests = [
-        load_prompts(n, s, text_field=text_field, seed=seed)
+        load_prompts(n, s, text_field=prompts.text_field, seed=seed)
         for n, s in parse_prompt_specs(test_prompts or [])
     ]
     reports = []
     with (progress or contextlib.nullcontext)() as start:
-        for spec, name in zip(model, model_labels(model, model_name), strict=True):
-            lm = load_model(spec, name=name, seed=seed, **(load or {}))
+        for spec, name in models.labelled():
+            lm = load_model(spec, name=name, seed=seed, **models.load_options())
             reports.append(
                 train.detect_model(lm, train_sets, tests, options, labels, plan_note, start)
             )
-    paths = outputs.write_detect(reports, out_dir, options, command)
+    paths = outputs.write_detect(reports, out.out_dir, options, command)
     if save is not None:
         paths.append(
-            _save(reports[0], lm, options, train_sets, save, save_classifier, save_all, load)
+            _save(reports[0], lm, options, train_sets, save, save_classifier, save_all, models)
         )
     return DetectResult(reports, options, train_sets + tests, paths)
 
 
-def _save(report, lm, options, train_sets, save, classifier, every_layer, load) -> Path:
+def _save(report, lm, options, train_sets, save, classifier, every_layer, models) -> Path:
     """Write the best-ranked detector (or all of them) of one model's report."""
     from jbtrace.detect import detector
 
@@ -166,7 +164,7 @@ def _save(report, lm, options, train_sets, save, classifier, every_layer, load) 
         "name": lm.name,
         "seed": options.seed,
         "dtype": lm.provenance["dtype"],
-        "revision": (load or {}).get("revision"),
+        "revision": models.revision,
     }
     texts = [t for s in train_sets for t in s.texts]
     return detector.from_report(report, options, classifier, config, every_layer, texts).save(save)

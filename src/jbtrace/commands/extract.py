@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from jbtrace.commands.prompts import load_prompt_sets, model_labels, parse_shard
-from jbtrace.errors import UserError
+from jbtrace.commands.options import ModelOptions, PromptOptions, RunOptions
+
+if TYPE_CHECKING:
+    from jbtrace.trace.engine import Engine
+    from jbtrace.trace.extract import ExtractOptions
 
 
 def _silent(description, total):
@@ -19,84 +23,46 @@ def _ignore(line):
 
 
 def extract_run(
+    prompts: PromptOptions,
+    models: ModelOptions,
+    options: ExtractOptions | None = None,
+    out: RunOptions | None = None,
+    engine: Engine | None = None,
     *,
-    prompts,
-    text_field,
-    limit,
-    seed,
-    model,
-    model_name,
-    dtype,
-    device,
-    revision,
-    allow_pickle,
-    trust_remote_code,
-    stat,
-    align,
-    bins,
-    max_tokens,
-    batch_size,
-    padding_side,
-    bucket,
-    chat_template,
-    shard,
+    command: str | None = None,
+    name: str = "extract",
     progress=None,
     note=None,
-    out_dir,
-    command,
-    engine="local",
-    ray_address=None,
-    workers=None,
-    shards=None,
-    overwrite=False,
-    name="extract",
 ):
     """The whole of `jbtrace extract` (prompts, models, resumable extraction, RUN/trace.zarr,
-    run.json, prompts.jsonl); reports via ``progress(what, total)->advance``, ``note(line)``."""
+    run.json, prompts.jsonl); ``options`` default to ExtractOptions(), ``out`` to RunOptions(),
+    ``engine`` to the local one. Reports via ``progress(what, total)->advance``, ``note(line)``."""
     from jbtrace.trace import runs, store
     from jbtrace.trace.engine import Engine, extract_models
     from jbtrace.trace.extract import ExtractOptions
 
-    options = ExtractOptions(
-        stats=tuple(stat or ["log_norm"]),
-        align=align,
-        bins=bins,
-        max_tokens=max_tokens,
-        batch_size=batch_size,
-        padding_side=padding_side,
-        bucket=bucket,
-        chat_template=chat_template,
-        shard=parse_shard(shard),
-    )
-    where = Engine(engine, ray_address=ray_address, workers=workers, shards=shards)
-    specs = _model_specs(
-        model,
-        model_name,
-        dtype=dtype,
-        device=device,
-        revision=revision,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-        seed=seed,
-    )
-    sets = load_prompt_sets(prompts, text_field, limit, seed, note)
+    options, out, engine = options or ExtractOptions(), out or RunOptions(), engine or Engine()
+    specs = models.specs(out.seed)
+    sets = prompts.load(out.seed, note)
     fingerprint = runs.fingerprint(
         name,
         [s.identity() for s in specs],
         sets,
         **dataclasses.asdict(options),
-        engine=engine,
-        shards=shards,
-        workers=workers if engine == "ray" else None,
+        engine=engine.kind,
+        shards=engine.shards,
+        workers=engine.workers if engine.kind == "ray" else None,
     )
-    checkpoint = runs.prepare(out_dir, "extract", fingerprint, overwrite)
-    traces = extract_models(specs, sets, options, where, checkpoint, progress=progress or _silent)
+    checkpoint = runs.prepare(out.out_dir, "extract", fingerprint, out.overwrite)
+    traces = extract_models(specs, sets, options, engine, checkpoint, progress=progress or _silent)
     ds = store.build(
-        traces, sets, extra={"command": command, "seed": seed, "limit": limit, "engine": engine}
+        traces,
+        sets,
+        extra={"command": command, "seed": out.seed, "limit": prompts.limit, "engine": engine.kind},
     )
-    _write(ds, sets, out_dir, command, seed)
+    _write(ds, sets, out.out_dir, command, out.seed)
     checkpoint.clear()
-    _note_models(store.provenance(ds), max_tokens, note or _ignore)
+    _note_models(store.provenance(ds), options.max_tokens, note or _ignore)
     return ds
 
 
@@ -110,16 +76,6 @@ def _note_models(summary: dict, max_tokens: int, note) -> None:
             f"{info['padding_waste']:.1%}"
             + (f"; {nonfinite} non-finite values excluded" if nonfinite else ""),
         )
-
-
-def _model_specs(model, model_name, **load) -> list:
-    """One engine ModelSpec per --model, labelled by --model-name."""
-    from jbtrace.trace.engine import ModelSpec
-
-    if not model:
-        raise UserError("give at least one --model (see `jbtrace models`)")
-    labels = model_labels(model, model_name)
-    return [ModelSpec(spec, label, **load) for spec, label in zip(model, labels, strict=True)]
 
 
 def _write(ds, sets, out_dir, command, seed) -> None:

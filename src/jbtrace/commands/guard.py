@@ -6,10 +6,14 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jbtrace.commands.prompts import load_prompt_sets
 from jbtrace.errors import UserError
 from jbtrace.models.presets import GUARD_PRESETS
+
+if TYPE_CHECKING:
+    from jbtrace.defend.evaluate import GuardOptions
 
 
 @dataclass(frozen=True)
@@ -24,57 +28,12 @@ class GuardRun:
     rates: list[dict]
 
 
-def guard_options(
-    *,
-    mode=None,
-    bypass=None,
-    bypass_k=2,
-    layer=None,
-    source=None,
-    feature=None,
-    threshold=None,
-    judge=None,
-    combine="on-topic,coherent",
-    on_topic_threshold=None,
-    calibration_limit=32,
-    max_perplexity=100.0,
-    max_repeat=0.5,
-    samples=3,
-    seed=0,
-    limit=None,
-    **generation,
-):
-    """`defend.evaluate.GuardOptions` from the `jbtrace guard` options (``generation``: the
-    `GenerateOptions` fields but seed)."""
-    from jbtrace.defend import evaluate as E
-    from jbtrace.defend.guard import GenerateOptions, parse_bypass
-
-    return E.GuardOptions(
-        modes=tuple(mode or ("guard", "always", "never")),
-        bypass=tuple(parse_bypass(bypass)) if bypass else None,
-        bypass_k=bypass_k,
-        layer=layer,
-        source=source,
-        feature=feature,
-        threshold=threshold,
-        judges=tuple(judge or ("refusal", "on-topic", "coherent")),
-        combine=tuple(j for j in combine.split(",") if j),
-        on_topic_threshold=on_topic_threshold,
-        calibration_limit=calibration_limit,
-        max_repeat=max_repeat,
-        max_perplexity=max_perplexity,
-        samples=samples,
-        seed=seed,
-        limit=limit,
-        generation=GenerateOptions(**generation, seed=seed),
-    )
-
-
 def guard_run(
-    *,
     detector_dir: Path,
-    out_dir: Path,
-    command: str,
+    options: GuardOptions | None = None,
+    *,
+    out_dir: Path = Path("runs/guard"),
+    command: str = "",
     model: str | None = None,
     prompts: list[str] | None = None,
     preset: str | None = None,
@@ -85,12 +44,11 @@ def guard_run(
     allow_pickle: bool = False,
     progress_scope=None,
     note=None,
-    **options,
 ) -> GuardRun:
     """The whole of `jbtrace guard` (detector, prompts, model, guarded generation, judges,
-    RUN/guard.*); ``options``: those of `guard_options`. Reports via ``note(line)`` and
-    ``progress_scope()``, a context entered just around the evaluation that yields
-    ``progress(what, total)->advance``."""
+    RUN/guard.*); ``options``: a `defend.evaluate.GuardOptions` (default: its defaults).
+    Reports via ``note(line)`` and ``progress_scope()``, a context entered just around the
+    evaluation that yields ``progress(what, total)->advance``."""
     from jbtrace.defend import evaluate as E
     from jbtrace.detect.detector import Detector
     from jbtrace.detect.train import resolve_labels
@@ -102,7 +60,7 @@ def guard_run(
     if preset is not None:
         chosen = GUARD_PRESETS[preset]
         model, prompts = model or chosen["model"], prompts or list(chosen["prompts"])
-    opts = guard_options(**options)
+    opts = options or E.GuardOptions()
     det = Detector.load(detector_dir)
     if not prompts:
         raise UserError("give the prompts with --prompts NAME=SOURCE (or --preset paper)")

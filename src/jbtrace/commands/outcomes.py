@@ -9,11 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jbtrace.commands.prompts import load_prompt_sets
+from jbtrace.commands.options import ModelOptions, PromptOptions, RunOptions
 from jbtrace.errors import UserError
 
 if TYPE_CHECKING:
     from jbtrace.defend.attack_success import OutcomeResult
+    from jbtrace.defend.guard import GenerateOptions
+
+OUTCOMES_RUN = RunOptions(out_dir=Path("runs/outcomes"))  # outcomes' own run directory
+
+
+def outcomes_generation() -> GenerateOptions:
+    """How outcomes generates by default: greedy answers to prompts of up to 2048 tokens."""
+    from jbtrace.defend.guard import GenerateOptions
+
+    return GenerateOptions(max_tokens=2048)
 
 
 @dataclass(frozen=True)
@@ -28,15 +38,15 @@ def _ignore(line):
     return None
 
 
-def _prompt_sets(prompts, pair, text_field, limit, seed, note):
+def _prompt_sets(prompts: PromptOptions, pair, seed, note):
     """The --prompts sets plus, per --pair SET, the set SET-direct; and the AdvBench behaviours
     (None where no set needs them)."""
     from jbtrace.defend import attack_success as outcomes
     from jbtrace.prompts import advbench_behaviours
 
-    if not prompts:
+    if not prompts.prompts:
         raise UserError("give the prompt sets to answer with --prompts NAME=SOURCE")
-    sets = load_prompt_sets(prompts, text_field, limit, seed, note=note)
+    sets = prompts.load(seed, note=note)
     by_name = {s.name: s for s in sets}
     unknown = [p for p in pair or [] if p not in by_name]
     if unknown:
@@ -53,57 +63,36 @@ def _prompt_sets(prompts, pair, text_field, limit, seed, note):
 
 
 def outcomes_run(
+    prompts: PromptOptions,
+    models: ModelOptions,
+    generation: GenerateOptions | None = None,
+    out: RunOptions = OUTCOMES_RUN,
     *,
-    model: str,
-    prompts: list[str] | None,
-    out_dir: str | Path,
-    max_new_tokens: int = 64,
     judge: list[str] | None = None,
     on_topic_threshold: float | None = None,
     calibrate: str | None = None,
     pair: list[str] | None = None,
-    chat_template: bool | None = None,
-    max_tokens: int = 2048,
     reuse_answers: bool = True,
-    text_field: str | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    dtype: str | None = None,
-    device: str = "cpu",
-    revision: str | None = None,
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
-    batch_size: int = 8,
     command: str = "",
     progress: Callable[[], contextlib.AbstractContextManager] | None = None,
     note: Callable[[str], None] | None = None,
 ) -> OutcomesRun:
-    """The whole of `jbtrace outcomes`: generate each prompt's answer (reusing those already in
-    ``out_dir`` from the same model and settings), judge it, count attack success per set and
-    write the run. ``progress()`` opens the progress display (yielding ``start(what, total)``);
-    ``note(line)`` hears what the user should read."""
+    """The whole of `jbtrace outcomes`: generate each prompt's answer with the one model of
+    ``models`` (``generation``: default `outcomes_generation()`; answers already in
+    ``out.out_dir`` from the same model and settings are reused), judge it, count attack
+    success per set and write the run. ``progress()`` opens the progress display (yielding
+    ``start(what, total)``); ``note(line)`` hears what the user should read."""
     from jbtrace.defend import attack_success as outcomes
-    from jbtrace.defend.guard import GenerateOptions
     from jbtrace.models import load_model
     from jbtrace.views.outputs import write_outcomes
 
-    note = note or _ignore
-    sets, behaviours = _prompt_sets(prompts, pair, text_field, limit, seed, note)
-    lm = load_model(
-        model,
-        dtype=dtype,
-        device=device,
-        revision=revision,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-        seed=seed,
-    )
-    options = GenerateOptions(
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-        chat_template=chat_template,
-    )
+    note, seed, out_dir = note or _ignore, out.seed, out.out_dir
+    options = generation or outcomes_generation()
+    if len(models.model) > 1:
+        raise UserError("outcomes answers with one --model")
+    sets, behaviours = _prompt_sets(prompts, pair, seed, note)
+    [(spec, name)] = models.labelled()
+    lm = load_model(spec, name=name, **models.load_options(), seed=seed)
     judges = outcomes.make_judges(judge, lm, options, on_topic_threshold)
     reuse = (
         outcomes.previous_answers(out_dir, outcomes.generation_config(lm, options))
