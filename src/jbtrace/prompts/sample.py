@@ -21,8 +21,16 @@ def write_sample(
     rows = []
     for ps in sets:
         chosen = sorted(rng.choice(len(ps), size=min(per_set, len(ps)), replace=False).tolist())
+        origins, provenance = ps.group_labels(), ps.info.get("provenance", {})
         rows += [
-            {"set": ps.name, "source": ps.source, "index": i, "text": ps.texts[i]} for i in chosen
+            {
+                "set": ps.name,
+                "source": ps.source,
+                "index": i,
+                **({"origin": origins[i], **provenance.get(origins[i], {})} if ps.groups else {}),
+                "text": ps.texts[i],
+            }
+            for i in chosen
         ]
     path = Path(run_dir) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)

