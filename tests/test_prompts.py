@@ -534,9 +534,9 @@ def test_parse_prompt_specs_errors(specs, match):
 
 
 def test_builtin_reader_ignores_text_field():
-    assert load_prompts("b", "builtin:benign:own-original", text_field="ignored").texts[0] == (
-        "Why is the sky blue during the day but red at sunset?"
-    )
+    assert load_prompts("b", "builtin:benign-synthetic:own-original", text_field="ignored").texts[
+        0
+    ] == ("Why is the sky blue during the day but red at sunset?")
 
 
 def test_builtin_benign_missing_data(tmp_path, monkeypatch):
@@ -545,10 +545,8 @@ def test_builtin_benign_missing_data(tmp_path, monkeypatch):
     from jbtrace.prompts import corpus
 
     monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path)
-    corpus.manifest.cache_clear()
-    corpus.rows.cache_clear()
+    corpus.clear()
     try:
         _user_error("builtin:benign", "manifest.json is missing")
     finally:
-        corpus.manifest.cache_clear()
-        corpus.rows.cache_clear()
+        corpus.clear()

