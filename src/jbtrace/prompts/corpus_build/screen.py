@@ -140,10 +140,10 @@ class Screen:
             self.indexes[kind] = index
 
     def __call__(self, text: str) -> Verdict:
-        if len(text.split()) < MIN_WORDS:
-            return Verdict("removed", f"fewer than {MIN_WORDS} words")
         if not english(text):
             return Verdict("removed", "not English")
+        if len(text.split()) < MIN_WORDS:
+            return Verdict("removed", f"fewer than {MIN_WORDS} words")
         for kind, index in self.indexes.items():
             if match := index.match(text):
                 (source, i), score = match[0]
