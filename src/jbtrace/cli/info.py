@@ -2,23 +2,70 @@
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
+import typer
 from rich.table import Table
 
 from jbtrace.cli.common import app, out
 
+SOURCE_COLUMNS = (
+    "source", "kind", "role", "family", "prompts", "words q1/med/q3", "licence", "written by",
+    "package",
+)  # fmt: skip
+
+
+def source_cells(row: dict) -> list[str]:
+    """One `list_sources` row as the cells of SOURCE_COLUMNS (lengths in words)."""
+    name = row["source"] + "".join(f" (alias {a})" for a in row["aliases"])
+    if row["available"]:
+        size, words = str(row["size"]), "/".join(map(str, row["words"]))
+    else:
+        size, words = "not installed" if row.get("install") else "unavailable", ""
+    return [
+        name, row["kind"], row["role"], row["family"], size, words, row["licence"],
+        row["written_by"], row["package"] or "",
+    ]  # fmt: skip
+
+
+def sources_markdown(rows: list[dict]) -> str:
+    """The sources as a markdown table (what docs/prompts.md shows)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(SOURCE_COLUMNS) + " |", "|" + "---|" * len(SOURCE_COLUMNS)]
+    lines += ["| " + " | ".join(cell(c) for c in source_cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
 
 @app.command("datasets")
-def datasets_cmd():
-    """List the built-in and package prompt sources and their sizes."""
+def datasets_cmd(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print every source's record and counts as JSON.")
+    ] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the table as markdown (docs/prompts.md).")
+    ] = False,
+):
+    """Every named prompt source: kind, role (train / evaluation-only), family, prompts as loaded, length quartiles in words, licence, who wrote it, package==version."""  # noqa: E501
     from jbtrace.prompts import list_sources
 
-    table = Table("source", "prompts", "licence", "description")
-    for row in list_sources():
-        size = (
-            str(row["size"]) if row.get("available") else f"not installed: {row.get('install', '')}"
-        )
-        table.add_row(row["source"], size, row.get("licence") or "", row.get("description", ""))
+    rows = list_sources()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1, ensure_ascii=False))
+        return
+    if markdown:
+        typer.echo(sources_markdown(rows), nl=False)
+        return
+    table = Table(*SOURCE_COLUMNS)
+    for row in rows:
+        table.add_row(*source_cells(row))
     out.print(table)
+    for row in rows:
+        if not row["available"]:
+            out.print(f"{row['source']}: {row.get('error', '')}", highlight=False, markup=False)
 
 
 @app.command("models")

