@@ -3,7 +3,8 @@
 Every source ends in a `PromptSet` of stripped, non-empty, de-duplicated texts (first
 occurrence kept), optionally down-sampled to `limit` with a seeded draw that keeps the
 original order. A source is a file (`jbtrace.prompts.files`), a named source
-(`jbtrace.prompts.sources`: the benign corpus, package data, the hub) or judged answers
+(`jbtrace.prompts.catalog`: the benign corpus, jailbreak families, harmful requests,
+evaluation-only benchmarks; or the hub) or judged answers
 (`outcomes:RUN:LABEL[:SET]`, `jbtrace.prompts.judged_answers`). Anything a user can get
 wrong raises `UserError` with one line.
 """
