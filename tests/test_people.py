@@ -11,7 +11,7 @@ from jbtrace.prompts import corpus as C
 from jbtrace.prompts import load_prompts, people
 from jbtrace.prompts.corpus_build import people as P
 from jbtrace.prompts.corpus_build import screen as S
-from jbtrace.prompts.dedup import NearDuplicateIndex
+from jbtrace.prompts.dedup import NearDuplicateIndex, normalise
 from jbtrace.prompts.sample import write_sample
 
 
@@ -43,12 +43,19 @@ def test_long_share_with_the_smallest_models_tokenizer(benign):
 @pytest.mark.slow
 def test_no_near_duplicates_within_or_with_jailbreak_and_harmful_sources(benign):
     index = NearDuplicateIndex(0.8)
-    for source in (*P.JAILBREAK_SOURCES, *P.HARMFUL_SOURCES):
+    for source in (*P.JAILBREAK_SOURCES, *P.HARMFUL_SOURCES, *P.EVALUATION_SOURCES):
         for i, text in enumerate(load_prompts("x", source).texts):
             index.add((source, i), text)
     for i, text in enumerate(benign.texts):
         assert not index.match(text), (benign.groups[i], text[:80], index.match(text)[:1])
         index.add(("benign", i), text)
+
+
+def test_no_evaluation_only_text_in_benign(benign):
+    """Benchmarks are for evaluation: none of their texts (normalised) is a training prompt."""
+    assert len(P.EVALUATION_SOURCES) >= 5
+    evaluation = {normalise(t) for s in P.EVALUATION_SOURCES for t in load_prompts("e", s).texts}
+    assert not evaluation & {normalise(t) for t in benign.texts}
 
 
 def test_reader_text_must_match_the_manifest_hash(monkeypatch):

