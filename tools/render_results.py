@@ -244,9 +244,35 @@ def render_guard_run(data: dict) -> list[str]:
     return out + table(["judge", "set", "measure", "mode", "k / n", "rate", f"{level}% CI"], rows)
 
 
+def render_benign_corpus(data: dict) -> list[str]:
+    out = []
+    for name, c in data["corpora"].items():
+        share, accuracy = (
+            fmt(c["over_300_tokens"], 3),
+            fmt(c["source_from_word_counts_accuracy"], 3),
+        )
+        out += [
+            f"`builtin:{name}`: {fmt(c['prompts'])} prompts, {share} over 300 tokens (quartiles "
+            f"{fmt(c['token_quartiles'])}); word counts name a prompt's source with "
+            f"cross-validated accuracy {accuracy}.",
+            "",
+        ]
+        header = ["source", "written by", "prompts", "median tokens", "> 300 tokens"]
+        header += ["nearest 5-gram Jaccard (median / max)", "recurring 5-gram share (median)"]
+        rows = [
+            [s, v["written_by"], v["prompts"], v["median_tokens"], v["over_300_tokens"]]
+            + [f"{fmt(v['nearest_jaccard_median'], 2)} / {fmt(v['nearest_jaccard_max'], 2)}"]
+            + [v["recurring_5gram_share_median"]]
+            for s, v in c["sources"].items()
+        ]
+        out += table(header, rows)
+    return out
+
+
 # (does the file have this shape, the script that writes files of it, its formatter)
 Formatter = tuple[Callable[[dict], bool], str | None, Callable[[dict], list[str]]]
 FORMATTERS: list[Formatter] = [
+    (lambda d: "corpora" in d, None, render_benign_corpus),
     (lambda d: "rates" in d and "detector" in d, None, render_guard_run),
     (lambda d: "ratio_cpu_median" in d, "bench/guard.py", render_guard_overhead),
     (lambda d: "throughput_ratio_ray_to_local" in d, "bench/engine.py", render_engine),

@@ -150,6 +150,13 @@ SaveClassifier = Annotated[
     str, typer.Option(help="Classifier of the saved detectors: logreg or linsvm.")
 ]
 TOKENS = ExtractOptions()  # detect reads only the tokenization and batch size of these
+AllowEvalSources = Annotated[
+    bool,
+    typer.Option(
+        help="Let evaluation-only sources (public benchmarks, builtin:eval:*) train the "
+        "detectors; without it they are refused as --prompts."
+    ),
+]
 
 
 @app.command("detect")
@@ -181,6 +188,7 @@ def detect_cmd(
     save: Save = None,
     save_all: SaveAll = False,
     save_classifier: SaveClassifier = "logreg",
+    allow_eval_sources: AllowEvalSources = False,
 ):
     """Per-layer jailbreak detectors (CP factors, last / mean states) cross-validated: RUN/detect.json|md|png|pdf."""  # noqa: E501
     options = detect_options(
@@ -221,6 +229,7 @@ def detect_cmd(
         progress=lambda: progress_bar(quiet),
         note=say,
         plan_note=None if quiet else say,
+        allow_eval_sources=allow_eval_sources,
     )
     for path in result.paths:
         out.print(f"wrote {path}", highlight=False)

@@ -122,20 +122,23 @@ def detect_run(
     progress: Progress = None,
     note: Note = None,
     plan_note: Note = None,
+    allow_eval_sources: bool = False,
 ) -> DetectResult:
     """The whole of `jbtrace detect`: load the prompt sets and every model, fit and score the
     detectors (``options``: a DetectOptions, see `detect_options`), write RUN/detect.* into
     ``out.out_dir`` and, with ``save``, the best detector. ``label``: NAME=benign|jailbreak for
     the sets. Reports via ``note(line)`` (the prompt sets), ``plan_note(line)`` (each model's
-    passes) and ``progress()`` (see `Progress`), opened once the prompts are loaded."""
+    passes) and ``progress()`` (see `Progress`), opened once the prompts are loaded; an
+    evaluation-only training set is refused unless ``allow_eval_sources``."""
     from jbtrace.detect import train
     from jbtrace.models import load_model
-    from jbtrace.prompts import load_prompts, parse_prompt_specs
+    from jbtrace.prompts import catalog, load_prompts, parse_prompt_specs
     from jbtrace.views import outputs
 
     _check(models, options, out, save, save_classifier)
     labels, seed = pairs(label, "--label"), out.seed
     train_sets = prompts.load(seed, note=note)
+    catalog.check_training_sets(train_sets, allow_eval_sources)
     tests = [
         load_prompts(n, s, text_field=prompts.text_field, seed=seed)
         for n, s in parse_prompt_specs(test_prompts or [])

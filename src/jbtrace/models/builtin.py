@@ -326,7 +326,7 @@ def _tiny_tokenizer_json() -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     text = (
-        resources.files("jbtrace.prompts") / "data" / "benign" / "own-original.jsonl"
+        resources.files("jbtrace.prompts") / "data" / "benign-synthetic" / "own-original.jsonl"
     ).read_text(encoding="utf-8")
     corpus = [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
     tok = Tokenizer(models.BPE())

@@ -22,7 +22,8 @@ def write_sample(
     for ps in sets:
         chosen = sorted(rng.choice(len(ps), size=min(per_set, len(ps)), replace=False).tolist())
         rows += [
-            {"set": ps.name, "source": ps.source, "index": i, "text": ps.texts[i]} for i in chosen
+            {"set": ps.name, "source": ps.source, "index": i, **_provenance(ps, i), "text": t}
+            for i, t in ((i, ps.texts[i]) for i in chosen)
         ]
     path = Path(run_dir) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +33,15 @@ def write_sample(
     )
     os.replace(tmp, path)
     return path
+
+
+def _provenance(ps: PromptSet, i: int) -> dict:
+    """Where prompt ``i`` comes from: its corpus source's record, else the set's own."""
+    if ps.groups and "provenance" in ps.info:
+        origin = ps.groups[i]
+        return {"origin": origin, **ps.info["provenance"].get(origin, {})}
+    fields = ("role", "family", "licence", "package", "written_by")
+    return {k: ps.info[k] for k in fields if k in ps.info}
 
 
 def read_sample(run_dir: str | Path) -> dict[str, list[dict]]:

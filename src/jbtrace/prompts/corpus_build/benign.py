@@ -1,6 +1,6 @@
 """Build jbtrace's benign corpus: the files that `jbtrace.prompts.corpus` reads.
 
-`build` writes `data/benign/SOURCE.jsonl` for every source and `data/benign/manifest.json`:
+`build` writes `data/benign-synthetic/SOURCE.jsonl` for every source and its `manifest.json`:
 it composes jbtrace's own prompts from the grammars in `data/compose/` (`compose`), wraps
 documentation passages from installed packages (`passages`) in instructions written for
 jbtrace, and drops every prompt that duplicates (normalised text, exact or 5-gram Jaccard
@@ -29,6 +29,7 @@ JAILBREAK_SOURCES = (
     "pyrit:templates",
     "pyrit:advbench",
 )
+CORPUS = "benign-synthetic"  # the corpus this module builds
 OWN_LICENCE = "MIT"  # jbtrace's own licence, for prompts written for this project
 
 
@@ -110,7 +111,7 @@ class BuildReport:
 
 def _own_original() -> list[dict]:
     """jbtrace's first set, as shipped: its file is the source (the tiny tokenizer learns it)."""
-    path = corpus.data_dir() / "own-original.jsonl"
+    path = corpus.data_dir(CORPUS) / "own-original.jsonl"
     return [
         json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
     ]
@@ -229,7 +230,7 @@ def _manifest_text(written: list[dict]) -> str:
 
 def build(out: Path | None = None, progress: Callable[[str], None] | None = None) -> BuildReport:
     """Rebuild every source's file and the manifest under `out` (default: the package's data)."""
-    out = Path(out or corpus.data_dir())
+    out = Path(out or corpus.data_dir(CORPUS))
     out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda message: None)
     jailbreak, benign = _jailbreak_index(say), NearDuplicateIndex()
@@ -247,8 +248,10 @@ def build(out: Path | None = None, progress: Callable[[str], None] | None = None
         written.append(
             {
                 "name": source.name,
-                "kind": source.kind,
+                "composition": source.kind,
                 "licence": source.licence,
+                "written_by": "people" if source.name == "own-original" else "grammar",
+                "role": "train",
                 "description": source.description,
                 "size": len(kept),
                 "composed": len(candidates),
@@ -258,6 +261,5 @@ def build(out: Path | None = None, progress: Callable[[str], None] | None = None
             }
         )
     _write(out / "manifest.json", _manifest_text(written))
-    corpus.manifest.cache_clear()
-    corpus.rows.cache_clear()
+    corpus.clear()
     return report

