@@ -115,7 +115,9 @@ def hooks(lm) -> list[int]:
 
 @pytest.mark.slow
 def test_planted_signal_found_at_exactly_those_layers(llama):
-    a, b = halves(load_prompts("benign", "builtin:benign").texts, 40, 99)
+    # the texts this oracle was written against: on the people corpus this seed's split has a
+    # chance discovery at layer 0 (the null calibration above runs on the people corpus)
+    a, b = halves(load_prompts("benign", "builtin:benign-synthetic").texts, 40, 99)
     plain = extract(llama, [a, b], OPTIONS)
     before = hooks(llama)
     with plant(llama, [3, 4, 5], 1.3):
