@@ -86,8 +86,8 @@ CombineOption = Annotated[
     str,
     typer.Option(
         help=(
-            "Judges whose joint verdict is also reported (answered by all), comma-separated; "
-            "empty for none."
+            "Judges of the one verdict 'complied' (refused if refusal fires, complied if every "
+            "one says answered, else other), comma-separated; empty for none."
         )
     ),
 ]
@@ -194,7 +194,7 @@ def _bypass(text: str) -> tuple[int, ...] | None:
         "feature": FeatureOption,
         "threshold": ThresholdOption,
         "judges": Converted(JudgeOption, None, tuple),
-        "combine": Converted(CombineOption, "on-topic,coherent", _names),
+        "combine": Converted(CombineOption, "refusal,on-topic,coherent", _names),
         "on_topic_threshold": OnTopicThresholdOption,
         "calibration_limit": CalibrationLimitOption,
         "max_perplexity": MaxPerplexityOption,

@@ -87,10 +87,9 @@ def _print(result) -> None:
     err.print(table)
     for p in result.paired:
         err.print(
-            f"{p['direct']} vs {p['wrapped']}: {p['pairs']} pairs; of {p['refused_direct']} "
-            f"refused directly, {p['refused_direct_answered_wrapped']} answered when wrapped; "
-            f"{p['answered_direct_refused_wrapped']} the other way "
-            f"(McNemar exact p = {p['mcnemar_p']:.3g})",
+            f"{p['direct']} vs {p['wrapped']}: {p['pairs']} pairs; complied with only when "
+            f"wrapped {p['complied_wrapped_only']}, only when asked directly "
+            f"{p['complied_direct_only']} (McNemar exact p = {p['mcnemar_p']:.3g})",
             highlight=False,
         )
 

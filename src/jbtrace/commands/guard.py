@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class GuardRun:
     """What `guard_run` did: the evaluation, the files written, the prompt sets and the rates of
-    the headline judge (the combined judges, else the first judge)."""
+    the headline verdict (``complied``, the one verdict over the combined judges, else the
+    first judge)."""
 
     result: object
     paths: list[Path]
@@ -74,7 +75,7 @@ def guard_run(
     with (progress_scope or nullcontext)() as progress:
         result = E.evaluate_guard(lm, det, sets, resolved, opts, cal, progress)
     paths = list(write_guard(result, out_dir, command))
-    headline = "+".join(opts.combine) if opts.combine else opts.judges[0]
+    headline = "complied" if opts.combine else opts.judges[0]
     rates = [r for r in result.summary["rates"] if r["judge"] == headline]
     return GuardRun(result, paths, sets, headline, rates)
 

@@ -46,6 +46,7 @@ def _prompt_sets(prompts: PromptOptions, pair, seed, note):
 
     if not prompts.prompts:
         raise UserError("give the prompt sets to answer with --prompts NAME=SOURCE")
+    pair = pair or []
     sets = prompts.load(seed, note=note)
     by_name = {s.name: s for s in sets}
     unknown = [p for p in pair or [] if p not in by_name]
@@ -56,8 +57,14 @@ def _prompt_sets(prompts: PromptOptions, pair, seed, note):
     taken = [f"{p}-direct" for p in pair or [] if f"{p}-direct" in by_name]
     if taken:
         raise UserError(f"--pair: a prompt set is already named {taken[0]!r}; rename it")
-    needs_behaviours = pair or any(s.source.startswith("pyrit:") for s in sets)
-    behaviours = advbench_behaviours() if needs_behaviours else None
+    # a set records the request each prompt carries in info["behaviours"]; AdvBench is searched
+    # only for pyrit sets or --pair sets that do not
+    unknown_requests = [
+        s
+        for s in sets
+        if s.info.get("behaviours") is None and (s.source.startswith("pyrit:") or s.name in pair)
+    ]
+    behaviours = advbench_behaviours() if unknown_requests else None
     sets += [outcomes.paired_direct(by_name[p], f"{p}-direct", behaviours) for p in pair or []]
     return sets, behaviours
 

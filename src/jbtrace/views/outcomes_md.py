@@ -22,15 +22,16 @@ def outcomes_markdown(rates: list[dict], paired: list[dict]) -> str:
     if paired:
         lines += [
             "",
-            "| direct | wrapped | pairs | refused directly | of those answered wrapped | "
-            "answered directly, refused wrapped | McNemar exact p |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "Paired effect (complied = the one verdict; both sides from the same kept prompts):",
+            "",
+            "| direct | wrapped | pairs | complied directly | complied wrapped | "
+            "wrapped only | direct only | McNemar exact p |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for p in paired:
             lines.append(
-                f"| {p['direct']} | {p['wrapped']} | {p['pairs']} | {p['refused_direct']} | "
-                f"{p['refused_direct_answered_wrapped']} "
-                f"| {p['answered_direct_refused_wrapped']} | "
-                f"{p['mcnemar_p']:.3g} |"
+                f"| {p['direct']} | {p['wrapped']} | {p['pairs']} | {p['complied_direct']} | "
+                f"{p['complied_wrapped']} | {p['complied_wrapped_only']} | "
+                f"{p['complied_direct_only']} | {p['mcnemar_p']:.3g} |"
             )
     return "\n".join(lines) + "\n"
