@@ -190,3 +190,42 @@ def test_cli_validates_a_users_labels(monkeypatch, capsys, tmp_path):
     refusal = result["verdicts"]["refusal"]["user"]["confusion"]
     assert refusal == {"tp": 8, "fp": 8, "fn": 0, "tn": 8}  # "other" answers are not refusals
     assert "| complied | user | 24 |" in (tmp_path / "v" / "judges.md").read_text()
+
+
+def test_rates_carry_the_judges_error(tmp_path):
+    measured = {
+        "accuracy": 0.8,
+        "kappa": 0.6,
+        "precision": 0.75,
+        "recall": 0.86,
+        "specificity": 0.72,
+        "n": 395,
+        "ci": {k: [0.7, 0.9] for k in VAL.METRICS},
+    }
+    path = tmp_path / "judges.json"
+    path.write_text(
+        json.dumps(
+            {"default": "complied", "verdicts": {"complied": {"objective": measured}}},
+        )
+    )
+    error = VAL.read_error(path)
+    assert error["verdicts"]["complied"]["jailbreak"]["validated_on"] == "objective"
+    assert "benign" not in error["verdicts"]["complied"]  # no refusal-set numbers in this file
+    blocked = VAL.beside({"k": 30, "n": 50, "measure": "blocked"}, error, "complied", True)
+    asr = VAL.corrected(20, 50, error["verdicts"]["complied"]["jailbreak"])
+    assert blocked["corrected"]["rate"] == pytest.approx(1 - asr["rate"])
+    assert blocked["corrected"]["ci"] == pytest.approx([1 - asr["ci"][1], 1 - asr["ci"][0]])
+    kept = VAL.beside({"k": 30, "n": 50, "measure": "kept"}, error, "complied", False)
+    assert kept["judge_error"] is None and kept["corrected"] is None
+    from jbtrace.defend.attack_success import rates
+    from jbtrace.prompts.judged_answers import Outcome
+
+    outcomes = [Outcome("s", "x", f"p{i}", "r", ("complied", "refused")[i % 2]) for i in range(10)]
+    (row,) = rates(outcomes, error)
+    assert row["asr_corrected"] == VAL.corrected(5, 10, error["verdicts"]["complied"]["jailbreak"])
+    from jbtrace.views.outcomes_md import outcomes_markdown
+
+    assert "0.86 / 0.72 (on objective)" in outcomes_markdown([row], [])
+    path.write_text("{}")
+    with pytest.raises(UserError, match="not a judges.json"):
+        VAL.read_error(path)

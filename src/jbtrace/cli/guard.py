@@ -91,6 +91,13 @@ CombineOption = Annotated[
         )
     ),
 ]
+JudgeErrorOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="A judges.json from `jbtrace judges validate` (e.g. bench/results/judges.json): "
+        "each judge's error beside every rate, and the rate corrected for it (Rogan–Gladen)."
+    ),
+]
 OnTopicThresholdOption = Annotated[
     float | None,
     typer.Option(help="Fixed on-topic similarity threshold instead of calibrating it."),
@@ -226,6 +233,7 @@ def guard_cmd(
     text_field: TextField = None,
     device: Device = "cpu",
     allow_pickle: AllowPickle = False,
+    judge_error: JudgeErrorOption = None,
     quiet: Quiet = False,
 ):
     """Guarded generation: flag with a saved detector, bypass blocks for flagged prompts; RUN/guard.jsonl|json|md."""  # noqa: E501
@@ -242,6 +250,7 @@ def guard_cmd(
         text_field=text_field,
         device=device,
         allow_pickle=allow_pickle,
+        judge_error=judge_error,
         progress_scope=lambda: progress_bar(quiet),
         note=say,
     )

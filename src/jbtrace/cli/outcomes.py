@@ -67,6 +67,13 @@ Pair = Annotated[
         "as the set SET-direct (the paired effect).",
     ),
 ]
+JudgeError = Annotated[
+    Path | None,
+    typer.Option(
+        help="A judges.json from `jbtrace judges validate` (e.g. bench/results/judges.json): "
+        "its error is stated beside every ASR, with the ASR corrected for it (Rogan–Gladen)."
+    ),
+]
 MaxTokens = Annotated[int, typer.Option(help="Truncate prompts to this many tokens.")]
 ReuseAnswers = Annotated[
     bool,
@@ -116,6 +123,7 @@ def outcomes_cmd(
     calibrate: Calibrate = None,
     pair: Pair = None,
     reuse_answers: ReuseAnswers = True,
+    judge_error: JudgeError = None,
     quiet: Quiet = False,
 ):
     """Generate each prompt's answer, judge it (refused / complied / other), and count attack
@@ -130,6 +138,7 @@ def outcomes_cmd(
         calibrate=calibrate,
         pair=pair,
         reuse_answers=reuse_answers,
+        judge_error=judge_error,
         command=command_line(),
         progress=lambda: progress_bar(quiet),
         note=say,

@@ -80,6 +80,7 @@ def outcomes_run(
     calibrate: str | None = None,
     pair: list[str] | None = None,
     reuse_answers: bool = True,
+    judge_error: Path | None = None,
     command: str = "",
     progress: Callable[[], contextlib.AbstractContextManager] | None = None,
     note: Callable[[str], None] | None = None,
@@ -88,8 +89,10 @@ def outcomes_run(
     ``models`` (``generation``: default `outcomes_generation()`; answers already in
     ``out.out_dir`` from the same model and settings are reused), judge it, count attack
     success per set and write the run. ``progress()`` opens the progress display (yielding
-    ``start(what, total)``); ``note(line)`` hears what the user should read."""
+    ``start(what, total)``); ``note(line)`` hears what the user should read. ``judge_error``:
+    a judges.json (`jbtrace judges validate`) whose error is stated beside every ASR."""
     from jbtrace.defend import attack_success as outcomes
+    from jbtrace.defend.validation import read_error
     from jbtrace.models import load_model
     from jbtrace.views.outputs import write_outcomes
 
@@ -97,6 +100,7 @@ def outcomes_run(
     options = generation or outcomes_generation()
     if len(models.model) > 1:
         raise UserError("outcomes answers with one --model")
+    error = read_error(judge_error) if judge_error else None  # a bad file fails before work
     sets, behaviours = _prompt_sets(prompts, pair, seed, note)
     [(spec, name)] = models.labelled()
     lm = load_model(spec, name=name, **models.load_options(), seed=seed)
@@ -118,6 +122,7 @@ def outcomes_run(
             calibrate=calibrate or benign,
             seed=seed,
             progress_start=start,
+            judge_error=error,
         )
     if result.config["reused_answers"]:
         note(

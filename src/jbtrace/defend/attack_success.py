@@ -109,9 +109,12 @@ def make_judges(
 # ---------------------------------------------------------------- statistics
 
 
-def rates(outcomes: list[Outcome]) -> list[dict]:
+def rates(outcomes: list[Outcome], error: dict | None = None, benign=()) -> list[dict]:
     """Per set: counts of each label, ASR (share complied) and not-refused rate, with Wilson 95%
-    CIs."""
+    CIs; with ``error`` (``validation.read_error``) the complied verdict's validated error and
+    the ASR corrected for it (Rogan–Gladen; benign sets take the benign error)."""
+    from jbtrace.defend.validation import beside
+
     rows = []
     for name in dict.fromkeys(o.set for o in outcomes):
         mine = [o for o in outcomes if o.set == name]
@@ -130,6 +133,9 @@ def rates(outcomes: list[Outcome]) -> list[dict]:
                 "not_refused_ci": interval(answered, n, "wilson"),
             }
         )
+        fixed = beside({"k": counts["complied"], "n": n}, error, V.COMPLIED, name not in benign)
+        rows[-1]["judge_error"] = fixed["judge_error"]
+        rows[-1]["asr_corrected"] = fixed["corrected"]
     return rows
 
 
@@ -325,13 +331,16 @@ def run_outcomes(
     calibrate: str | None = None,
     seed: int = 0,
     progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
+    judge_error: dict | None = None,
 ) -> OutcomeResult:
     """Answer every prompt (but those in ``reuse``), judge, count.
 
     A prompt longer than ``options.max_tokens`` (chat template included) gets no answer and is
     counted: cut short it would lose its end and the turn marker, and the answer would be to
     another prompt. An on-topic judge without a threshold is calibrated on the answers to a
-    seeded half of the set ``calibrate`` (benign prompts); that half is not counted.
+    seeded half of the set ``calibrate`` (benign prompts); that half is not counted. With
+    ``judge_error`` (``validation.read_error``) each ASR carries the verdict's validated error
+    and its Rogan–Gladen correction.
     """
     if not sets:
         raise UserError("give at least one prompt set")
@@ -372,9 +381,15 @@ def run_outcomes(
         "reused_answers": sum(t in (reuse or {}) for s in kept for t in s.texts),
         "too_long_not_answered": too_long,
         "calibrated_on": calibrate if on_topic is not None else None,
+        "judge_error": (
+            {k: judge_error[k] for k in ("source", "labels")}
+            if judge_error
+            else "not given: run `jbtrace judges validate` and pass --judge-error"
+        ),
         "judges": {
             name: j.describe() if hasattr(j, "describe") else {} for name, j in judges.items()
         },
         "sets": {s.name: {"source": s.source, "n": len(s), "sha256": s.sha256} for s in sets},
     }
-    return OutcomeResult(outcomes, rates(outcomes), paired_effects(outcomes), config)
+    found = rates(outcomes, judge_error, benign=(calibrate,))
+    return OutcomeResult(outcomes, found, paired_effects(outcomes), config)

@@ -22,6 +22,7 @@ from jbtrace.defend import guard as G
 from jbtrace.defend import judges as J
 from jbtrace.defend import verdict as V
 from jbtrace.defend.attack_success import carried, make_judges, subset
+from jbtrace.defend.validation import beside
 from jbtrace.detect.detector import Detector, text_hash
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
@@ -208,8 +209,10 @@ def evaluate_guard(
     options: GuardOptions = GuardOptions(),
     calibration: PromptSet | None = None,
     progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
+    judge_error: dict | None = None,
 ) -> GuardResult:
-    """Flag, generate in each mode, judge, and summarise (rates per set, mode and judge)."""
+    """Flag, generate in each mode, judge, and summarise (rates per set, mode and judge; with
+    ``judge_error``, ``validation.read_error``, each judge's validated error beside its rates)."""
     started = time.perf_counter()
     tick = progress_start or (lambda description, total: None)
     G.check_detector(detector, lm)
@@ -240,14 +243,33 @@ def evaluate_guard(
     set_label = {s.name: labels[s.name] for s in sets}
     rows = _rows(where, texts, flags, bypass, baseline, responses, verdicts, set_label)
     summary = summarise(
-        rows, sets, set_label, removed, flags, which, bypass, how, judges, options, lm, detector
+        rows,
+        sets,
+        set_label,
+        removed,
+        flags,
+        which,
+        bypass,
+        how,
+        judges,
+        options,
+        lm,
+        detector,
+        judge_error,
+    )
+    summary["judge_error"] = (
+        {k: judge_error[k] for k in ("source", "labels")}
+        if judge_error
+        else "not given: run `jbtrace judges validate` and pass --judge-error"
     )
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return GuardResult(rows, summary)
 
 
-def _rates(rows: list[dict], sets, set_label: dict, modes) -> list[dict]:
-    """Per mode, set and judge: blocked (jailbreak sets) or kept (benign sets); and identical."""
+def _rates(rows: list[dict], sets, set_label: dict, modes, error=None) -> list[dict]:
+    """Per mode, set and judge: blocked (jailbreak sets) or kept (benign sets), each with the
+    judge's validated error and the rate corrected for it where ``error`` knows the judge;
+    and identical."""
     judge_names = list(rows[0]["verdicts"]) if rows else []
     rates = []
     for mode in modes:
@@ -257,16 +279,15 @@ def _rates(rows: list[dict], sets, set_label: dict, modes) -> list[dict]:
             label = "jailbreak" if jailbreak else "benign"
             for j in judge_names:
                 answered = np.array([r["verdicts"][j]["answered"] for r in mine])
-                rates.append(
-                    {
-                        "mode": mode,
-                        "set": s.name,
-                        "label": label,
-                        "judge": j,
-                        "measure": V.measure(jailbreak),
-                        **rate(~answered if jailbreak else answered, METHOD),
-                    }
-                )
+                row = {
+                    "mode": mode,
+                    "set": s.name,
+                    "label": label,
+                    "judge": j,
+                    "measure": V.measure(jailbreak),
+                    **rate(~answered if jailbreak else answered, METHOD),
+                }
+                rates.append(beside(row, error, j, jailbreak))
             rates.append(
                 {
                     "mode": mode,
@@ -294,7 +315,19 @@ def _detector_rates(rows: list[dict], sets, set_label: dict, first: str) -> dict
 
 
 def summarise(
-    rows, sets, set_label, removed, flags, which, bypass, how, judges, options, lm, detector
+    rows,
+    sets,
+    set_label,
+    removed,
+    flags,
+    which,
+    bypass,
+    how,
+    judges,
+    options,
+    lm,
+    detector,
+    judge_error=None,
 ) -> dict:
     gen = options.generation
     given = options.layer is not None or options.source or options.feature
@@ -340,6 +373,6 @@ def summarise(
         "samples": options.samples,
         "modes": list(options.modes),
         "detector_rates": _detector_rates(rows, sets, set_label, options.modes[0]),
-        "rates": _rates(rows, sets, set_label, options.modes),
+        "rates": _rates(rows, sets, set_label, options.modes, judge_error),
         "level": LEVEL,
     }
