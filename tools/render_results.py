@@ -269,9 +269,46 @@ def render_benign_corpus(data: dict) -> list[str]:
     return out
 
 
+def render_judges(data: dict) -> list[str]:
+    """`jbtrace judges validate`: agreement of each verdict with people's labels, the targets."""
+
+    def with_ci(m: dict, key: str) -> str:
+        low, high = m["ci"][key]
+        if m[key] is None:
+            return "–"
+        return fmt(m[key], 3) + ("" if low is None else f" ({fmt(low, 2)}–{fmt(high, 2)})")
+
+    keys = ["accuracy", "kappa", "precision", "recall", "specificity"]
+    rows = [
+        [name, dataset, m["n"], *(with_ci(m, k) for k in keys)]
+        for name, by_data in data["verdicts"].items()
+        for dataset, m in by_data.items()
+    ]
+    thresholds = data["on_topic_thresholds"]
+    counts = ", ".join(f"{k} {v}" for k, v in data["rows"].items())
+    out = [
+        f"Labels: {data['labels']} (rows: {counts}). Default verdict: **{data['default']}**. "
+        "Complied is the positive class; 95% percentile bootstrap "
+        f"intervals over clusters of rows sharing a text. On-topic threshold {thresholds['fitted']}"
+        f": {fmt(thresholds['min'], 3)} to {fmt(thresholds['max'], 3)} across folds. "
+        f"Took {fmt(data['seconds'], 3)} s.",
+        "",
+    ]
+    out += table(["verdict", "labels", "n", *keys], rows)
+    out += table(
+        ["target", "measured", "met"],
+        [
+            [f"{t['verdict']} {t['metric']} ≥ {t['target']} on {t['data']}", t["value"], t["met"]]
+            for t in data["targets"]
+        ],
+    )
+    return out
+
+
 # (does the file have this shape, the script that writes files of it, its formatter)
 Formatter = tuple[Callable[[dict], bool], str | None, Callable[[dict], list[str]]]
 FORMATTERS: list[Formatter] = [
+    (lambda d: "verdicts" in d and "targets" in d, None, render_judges),
     (lambda d: "corpora" in d, None, render_benign_corpus),
     (lambda d: "rates" in d and "detector" in d, None, render_guard_run),
     (lambda d: "ratio_cpu_median" in d, "bench/guard.py", render_guard_overhead),
