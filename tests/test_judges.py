@@ -231,3 +231,16 @@ def test_rates_carry_the_judges_error(tmp_path):
     path.write_text("{}")
     with pytest.raises(UserError, match="not a judges.json"):
         VAL.read_error(path)
+
+
+def test_results_page_renders_the_validation_and_its_targets():
+    from tests.test_docs import ROOT, load_renderer
+
+    data = json.loads((ROOT / "bench/results/judges.json").read_text())
+    lines = "\n".join(load_renderer().render_judges(data))
+    for t in data["targets"]:
+        assert f"| {t['verdict']} {t['metric']} ≥ {t['target']} on {t['data']} |" in lines
+        assert lines.count(f"on {t['data']} |") >= 1
+    met = {(t["verdict"], t["metric"], t["data"]): t["met"] for t in data["targets"]}
+    complied = data["verdicts"]["complied"]["objective"]
+    assert met[("complied", "precision", "objective")] == (complied["precision"] >= 0.85)

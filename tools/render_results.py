@@ -241,7 +241,16 @@ def render_guard_run(data: dict) -> list[str]:
         for r in data["rates"]
     ]
     level = fmt(100 * data["level"], 3)
-    return out + table(["judge", "set", "measure", "mode", "k / n", "rate", f"{level}% CI"], rows)
+    header = ["judge", "set", "measure", "mode", "k / n", "rate", f"{level}% CI"]
+    if any(r.get("corrected") for r in data["rates"]):  # judged with --judge-error
+        header += ["judge sensitivity / specificity", "corrected for the judge (CI)"]
+        for row, r in zip(rows, data["rates"], strict=True):
+            e, c = r.get("judge_error") or {}, r.get("corrected") or {}
+            row += [
+                f"{fmt(e.get('recall'), 2)} / {fmt(e.get('specificity'), 2)}" if e else None,
+                f"{fmt(c['rate'], 3)} ({fmt(c['ci'], 3)})" if c.get("rate") is not None else None,
+            ]
+    return out + table(header, rows)
 
 
 def render_benign_corpus(data: dict) -> list[str]:
