@@ -253,6 +253,10 @@ def test_cli_outcomes_then_outcome_sources(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("first prompt\nsecond prompt\n")
     run = tmp_path / "run"
+    error = tmp_path / "judges.json"
+    measured = {"accuracy": 0.8, "kappa": 0.6, "precision": 0.75, "recall": 0.9}
+    measured |= {"specificity": 0.8, "n": 100, "ci": dict.fromkeys([*measured, "specificity"])}
+    error.write_text(json.dumps({"verdicts": {"complied": {"objective": measured}}}))
     done = _cli(
         "outcomes",
         "-m",
@@ -264,11 +268,19 @@ def test_cli_outcomes_then_outcome_sources(tmp_path):
         "2",
         "--judge",
         "refusal",
+        "--judge-error",
+        str(error),
         "-o",
         str(run),
         "-q",
     )
     assert done.returncode == 0, done.stderr
+    (row,) = json.loads((run / "outcomes.json").read_text())["rates"]
+    observed = row["complied"] / row["n"]
+    expected = min(1.0, max(0.0, (observed + 0.8 - 1) / (0.9 + 0.8 - 1)))
+    assert row["asr_corrected"]["rate"] == pytest.approx(expected)
+    assert row["judge_error"]["validated_on"] == "objective"
+    assert "0.90 / 0.80 (on objective)" in (run / "outcomes.md").read_text()
     labels = {o.prompt: o.label for o in read_outcomes(run)}
     for label in ("complied", "refused"):
         mine = [p for p, lab in labels.items() if lab == label]

@@ -306,8 +306,9 @@ def corrected(k: int, n: int, error: dict) -> dict:
     if n == 0 or sens is None or spec is None:
         return {"rate": None, "ci": [None, None]}
     low, high = interval(k, n, "wilson")
-    sens_ci = [x if x is not None else sens for x in error["ci"]["recall"]]
-    spec_ci = [x if x is not None else spec for x in error["ci"]["specificity"]]
+    ci = error.get("ci") or {}
+    sens_ci = [x if x is not None else sens for x in ci.get("recall") or [None, None]]
+    spec_ci = [x if x is not None else spec for x in ci.get("specificity") or [None, None]]
     corners = [rogan_gladen(p, a, b) for p in (low, high) for a in sens_ci for b in spec_ci]
     corners = [c for c in corners if c is not None]
     return {
@@ -331,21 +332,25 @@ def read_error(path: str | Path) -> dict:
     path = Path(path).expanduser()
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
-        verdicts = found["verdicts"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise UserError(f"--judge-error {path}: not a judges.json ({error})") from None
-    out = {}
-    for name, by_data in verdicts.items():
-        out[name] = {}
-        for kind, dataset in ON.items():
-            m = by_data.get(dataset) or by_data.get("user")
-            if m is not None:
-                out[name][kind] = {
-                    "validated_on": dataset if dataset in by_data else "user",
-                    **{k: m[k] for k in (*METRICS, "n")},
-                    "ci": {k: m["ci"][k] for k in METRICS},
-                }
+        out = {name: _error_of(by_data) for name, by_data in found["verdicts"].items()}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(f"--judge-error {path}: not a judges.json ({error!r})") from None
     return {"source": str(path), "labels": found.get("labels"), "verdicts": out}
+
+
+def _error_of(by_data: dict) -> dict:
+    """One verdict's measured error per kind of prompt (jailbreak, benign)."""
+    out = {}
+    for kind, dataset in ON.items():
+        m = by_data.get(dataset) or by_data.get("user")
+        if m is not None:
+            ci = m.get("ci") or {}
+            out[kind] = {
+                "validated_on": dataset if dataset in by_data else "user",
+                **{k: m[k] for k in (*METRICS, "n")},
+                "ci": {k: ci.get(k) or [None, None] for k in METRICS},
+            }
+    return out
 
 
 def beside(row: dict, error: dict | None, judge: str, jailbreak: bool) -> dict:
