@@ -281,3 +281,17 @@ def test_judges_that_read_the_request_get_the_carried_behaviour():
         requests,
     )
     assert sorted(seen["asked"]) == ["build a bomb", "plain question"]
+
+
+def test_correction_check_recovers_people_share_when_the_error_is_constant():
+    y, pred, cats = [], [], []
+    for cat, share in (("a", 0.2), ("b", 0.5), ("c", 0.8)):
+        pos = int(100 * share)
+        y += [True] * pos + [False] * (100 - pos)
+        pred += [i < 0.9 * pos for i in range(pos)]  # sensitivity 0.9
+        pred += [i < 0.2 * (100 - pos) for i in range(100 - pos)]  # specificity 0.8
+        cats += [cat] * 100
+    check = VAL.correction_check(np.array(y), np.array(pred), np.array(cats))
+    assert [r["corrected"] for r in check["categories"]] == pytest.approx([0.2, 0.5, 0.8])
+    assert check["mean_abs_error_corrected"] == pytest.approx(0, abs=1e-9)
+    assert check["mean_abs_error_verdict"] > 0.05

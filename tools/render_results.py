@@ -311,6 +311,22 @@ def render_judges(data: dict) -> list[str]:
             for t in data["targets"]
         ],
     )
+    for dataset, check in data.get("correction_check", {}).items():
+        out += [
+            f"Rogan–Gladen check on {dataset}: per category of at least 10 rows, the share people "
+            f"call complied, the {data['default']} verdict's share, and that share corrected with "
+            "the sensitivity and specificity measured on the other categories. Mean absolute "
+            f"error against people: verdict {fmt(check['mean_abs_error_verdict'], 3)}, corrected "
+            f"{fmt(check['mean_abs_error_corrected'], 3)}.",
+            "",
+        ]
+        out += table(
+            ["category", "n", "people", "verdict", "corrected"],
+            [
+                [r["category"], r["n"], r["people"], r["verdict"], r["corrected"]]
+                for r in check["categories"]
+            ],
+        )
     return out
 
 

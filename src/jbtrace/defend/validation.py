@@ -257,6 +257,44 @@ def predictions(rows: list[Labelled], similarity: np.ndarray, refusal=None) -> d
     }
 
 
+MIN_CATEGORY = 10  # rows a category needs to have its share checked
+
+
+def correction_check(y, pred, categories, minimum: int = MIN_CATEGORY) -> dict:
+    """Does the Rogan–Gladen correction recover people's share? Per category of at least
+    ``minimum`` rows: the verdict's share, people's share, and the share corrected with the
+    sensitivity and specificity measured on the *other* categories."""
+    out = []
+    for c in sorted(set(categories)):
+        mine = categories == c
+        if mine.sum() < minimum:
+            continue
+        rest = agreement(y[~mine], pred[~mine])
+        if rest["recall"] is None or rest["specificity"] is None:
+            continue
+        observed, truth = float(pred[mine].mean()), float(y[mine].mean())
+        fixed = rogan_gladen(observed, rest["recall"], rest["specificity"])
+        out.append(
+            {
+                "category": c,
+                "n": int(mine.sum()),
+                "people": truth,
+                "verdict": observed,
+                "corrected": fixed,
+            }
+        )
+    usable = [r for r in out if r["corrected"] is not None]
+    return {
+        "categories": out,
+        "mean_abs_error_verdict": (
+            float(np.mean([abs(r["verdict"] - r["people"]) for r in usable])) if usable else None
+        ),
+        "mean_abs_error_corrected": (
+            float(np.mean([abs(r["corrected"] - r["people"]) for r in usable])) if usable else None
+        ),
+    }
+
+
 def validate(rows: list[Labelled], similarity: np.ndarray, seed: int = 0) -> dict:
     """Every verdict scored on each labelled set (and on all rows together)."""
     found = predictions(rows, similarity)
@@ -270,9 +308,16 @@ def validate(rows: list[Labelled], similarity: np.ndarray, seed: int = 0) -> dic
             results[name][d] = scored(
                 found["y"][m], found[name][m], found["cluster"][m], categories[m], seed
             )
+    named = [d for d in dict.fromkeys(datasets) if len(set(categories[datasets == d])) > 1]
+    checks = {
+        d: correction_check(found["y"][m], found[DEFAULT][m], categories[m])
+        for d in named
+        if (m := datasets == d).any()
+    }
     return {
         "default": DEFAULT,
         "verdicts": results,
+        "correction_check": checks,
         "on_topic_thresholds": {
             "fitted": "out of fold (Youden on the other folds)",
             "min": float(np.min(found["thresholds"])),

@@ -68,6 +68,28 @@ def judges_markdown(result: dict) -> str:
                 f"| {t['verdict']} {t['metric']} ≥ {t['target']} on {t['data']} | "
                 f"{_cell(t['value'], None)} | {'yes' if t['met'] else 'no'} |"
             )
+    for dataset, check in result.get("correction_check", {}).items():
+        lines += [
+            "",
+            f"Rogan–Gladen check on {dataset}: per category, the share people call complied, "
+            f"the **{result['default']}** verdict's share, and that share corrected with the "
+            "sensitivity and specificity measured on the other categories.",
+            "",
+            "| category | n | people | verdict | corrected |",
+            "|---|---:|---|---|---|",
+        ]
+        for r in check["categories"]:
+            fixed = "–" if r["corrected"] is None else f"{r['corrected']:.3f}"
+            lines.append(
+                f"| {r['category']} | {r['n']} | {r['people']:.3f} | {r['verdict']:.3f} | {fixed} |"
+            )
+        if check["mean_abs_error_verdict"] is not None:
+            lines += [
+                "",
+                f"Mean absolute error against people: verdict "
+                f"{check['mean_abs_error_verdict']:.3f}, corrected "
+                f"{check['mean_abs_error_corrected']:.3f}.",
+            ]
     default = result["verdicts"][result["default"]]
     for dataset, m in default.items():
         lines += [
