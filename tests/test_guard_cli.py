@@ -158,6 +158,16 @@ def detector(tmp_path_factory):
 @pytest.mark.slow
 def test_guard_end_to_end(monkeypatch, capsys, tmp_path, detector):
     out = tmp_path / "g"
+    measured = {"accuracy": 0.8, "kappa": 0.6, "precision": 0.75, "recall": 0.86}
+    measured |= {
+        "specificity": 0.72,
+        "n": 100,
+        "ci": {k: [0.6, 0.95] for k in [*measured, "specificity"]},
+    }
+    error = tmp_path / "judges.json"
+    error.write_text(
+        json.dumps({"verdicts": {"complied": {"objective": measured, "refusal": measured}}})
+    )
     code, stdout, stderr = jbtrace(
         monkeypatch,
         capsys,
@@ -173,6 +183,8 @@ def test_guard_end_to_end(monkeypatch, capsys, tmp_path, detector):
         "6",
         "--samples",
         "2",
+        "--judge-error",
+        error,
         "-o",
         out,
         "-q",
@@ -198,7 +210,20 @@ def test_guard_end_to_end(monkeypatch, capsys, tmp_path, detector):
         assert r["bypassed"] == (bypass if r["flagged"] else [])
         if not r["flagged"]:
             assert r["identical"] and r["response"] == r["baseline"]
-        assert set(r["verdicts"]) == {"refusal", "on-topic", "coherent", "on-topic+coherent"}
+        assert set(r["verdicts"]) == {"refusal", "on-topic", "coherent", "complied"}
+        v = r["verdicts"]
+        label = (
+            "refused"
+            if not v["refusal"]["answered"]
+            else "complied"
+            if v["on-topic"]["answered"] and v["coherent"]["answered"]
+            else "other"
+        )
+        assert v["complied"] == {
+            "judge": "complied",
+            "answered": label == "complied",
+            "label": label,
+        }
         for key in ("set", "text", "flagged", "score", "response", "baseline"):
             assert key in r
     # every rate recomputed from the rows
@@ -217,6 +242,17 @@ def test_guard_end_to_end(monkeypatch, capsys, tmp_path, detector):
         flags = [r["flagged"] for r in by_mode["guard"] if r["set"] == name]
         assert (det["k"], det["n"]) == (sum(flags), len(flags))
     assert summary["judges"]["on-topic"]["calibration"]["pairs"] == 6
+    from jbtrace.defend.validation import corrected
+
+    for entry in summary["rates"]:
+        if entry["judge"] == "complied":
+            complied = entry["n"] - entry["k"] if entry["measure"] == "blocked" else entry["k"]
+            fixed = corrected(complied, entry["n"], entry["judge_error"])["rate"]
+            flip = entry["measure"] == "blocked" and fixed is not None
+            assert entry["corrected"]["rate"] == pytest.approx(1 - fixed if flip else fixed)
+        elif entry["judge"] is not None:
+            assert entry["judge_error"] is None  # the file validates only the complied verdict
+    assert "## Rates corrected for the judges' error" in md
     assert "## Samples" in md and "| benign | kept | guard |" in md
 
 

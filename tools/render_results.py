@@ -241,7 +241,16 @@ def render_guard_run(data: dict) -> list[str]:
         for r in data["rates"]
     ]
     level = fmt(100 * data["level"], 3)
-    return out + table(["judge", "set", "measure", "mode", "k / n", "rate", f"{level}% CI"], rows)
+    header = ["judge", "set", "measure", "mode", "k / n", "rate", f"{level}% CI"]
+    if any(r.get("corrected") for r in data["rates"]):  # judged with --judge-error
+        header += ["judge sensitivity / specificity", "corrected for the judge (CI)"]
+        for row, r in zip(rows, data["rates"], strict=True):
+            e, c = r.get("judge_error") or {}, r.get("corrected") or {}
+            row += [
+                f"{fmt(e.get('recall'), 2)} / {fmt(e.get('specificity'), 2)}" if e else None,
+                f"{fmt(c['rate'], 3)} ({fmt(c['ci'], 3)})" if c.get("rate") is not None else None,
+            ]
+    return out + table(header, rows)
 
 
 def render_benign_corpus(data: dict) -> list[str]:
@@ -269,9 +278,62 @@ def render_benign_corpus(data: dict) -> list[str]:
     return out
 
 
+def render_judges(data: dict) -> list[str]:
+    """`jbtrace judges validate`: agreement of each verdict with people's labels, the targets."""
+
+    def with_ci(m: dict, key: str) -> str:
+        low, high = m["ci"][key]
+        if m[key] is None:
+            return "–"
+        return fmt(m[key], 3) + ("" if low is None else f" ({fmt(low, 2)}–{fmt(high, 2)})")
+
+    keys = ["accuracy", "kappa", "precision", "recall", "specificity"]
+    rows = [
+        [name, dataset, m["n"], *(with_ci(m, k) for k in keys)]
+        for name, by_data in data["verdicts"].items()
+        for dataset, m in by_data.items()
+    ]
+    thresholds = data["on_topic_thresholds"]
+    counts = ", ".join(f"{k} {v}" for k, v in data["rows"].items())
+    out = [
+        f"Labels: {data['labels']} (rows: {counts}). Default verdict: **{data['default']}**. "
+        "Complied is the positive class; 95% percentile bootstrap "
+        f"intervals over clusters of rows sharing a text. On-topic threshold {thresholds['fitted']}"
+        f": {fmt(thresholds['min'], 3)} to {fmt(thresholds['max'], 3)} across folds. "
+        f"Took {fmt(data['seconds'], 3)} s.",
+        "",
+    ]
+    out += table(["verdict", "labels", "n", *keys], rows)
+    out += table(
+        ["target", "measured", "met"],
+        [
+            [f"{t['verdict']} {t['metric']} ≥ {t['target']} on {t['data']}", t["value"], t["met"]]
+            for t in data["targets"]
+        ],
+    )
+    for dataset, check in data.get("correction_check", {}).items():
+        out += [
+            f"Rogan–Gladen check on {dataset}: per category of at least 10 rows, the share people "
+            f"call complied, the {data['default']} verdict's share, and that share corrected with "
+            "the sensitivity and specificity measured on the other categories. Mean absolute "
+            f"error against people: verdict {fmt(check['mean_abs_error_verdict'], 3)}, corrected "
+            f"{fmt(check['mean_abs_error_corrected'], 3)}.",
+            "",
+        ]
+        out += table(
+            ["category", "n", "people", "verdict", "corrected"],
+            [
+                [r["category"], r["n"], r["people"], r["verdict"], r["corrected"]]
+                for r in check["categories"]
+            ],
+        )
+    return out
+
+
 # (does the file have this shape, the script that writes files of it, its formatter)
 Formatter = tuple[Callable[[dict], bool], str | None, Callable[[dict], list[str]]]
 FORMATTERS: list[Formatter] = [
+    (lambda d: "verdicts" in d and "targets" in d, None, render_judges),
     (lambda d: "corpora" in d, None, render_benign_corpus),
     (lambda d: "rates" in d and "detector" in d, None, render_guard_run),
     (lambda d: "ratio_cpu_median" in d, "bench/guard.py", render_guard_overhead),

@@ -14,7 +14,7 @@ import sys
 from jbtrace.cli import report, run  # noqa: F401  (registered first: they lead `jbtrace --help`)
 
 # isort: on
-from jbtrace.cli import attention, detect, guard, info, outcomes  # noqa: F401  (registers the rest)
+from jbtrace.cli import attention, detect, guard, info, judges, outcomes  # noqa: F401  (the rest)
 from jbtrace.cli.common import app, err
 from jbtrace.errors import UserError
 

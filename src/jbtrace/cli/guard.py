@@ -86,9 +86,16 @@ CombineOption = Annotated[
     str,
     typer.Option(
         help=(
-            "Judges whose joint verdict is also reported (answered by all), comma-separated; "
-            "empty for none."
+            "Judges of the one verdict 'complied' (refused if refusal fires, complied if every "
+            "one says answered, else other), comma-separated; empty for none."
         )
+    ),
+]
+JudgeErrorOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="A judges.json from `jbtrace judges validate` (e.g. bench/results/judges.json): "
+        "each judge's error beside every rate, and the rate corrected for it (Rogan–Gladen)."
     ),
 ]
 OnTopicThresholdOption = Annotated[
@@ -194,7 +201,7 @@ def _bypass(text: str) -> tuple[int, ...] | None:
         "feature": FeatureOption,
         "threshold": ThresholdOption,
         "judges": Converted(JudgeOption, None, tuple),
-        "combine": Converted(CombineOption, "on-topic,coherent", _names),
+        "combine": Converted(CombineOption, "refusal,on-topic,coherent", _names),
         "on_topic_threshold": OnTopicThresholdOption,
         "calibration_limit": CalibrationLimitOption,
         "max_perplexity": MaxPerplexityOption,
@@ -226,6 +233,7 @@ def guard_cmd(
     text_field: TextField = None,
     device: Device = "cpu",
     allow_pickle: AllowPickle = False,
+    judge_error: JudgeErrorOption = None,
     quiet: Quiet = False,
 ):
     """Guarded generation: flag with a saved detector, bypass blocks for flagged prompts; RUN/guard.jsonl|json|md."""  # noqa: E501
@@ -242,6 +250,7 @@ def guard_cmd(
         text_field=text_field,
         device=device,
         allow_pickle=allow_pickle,
+        judge_error=judge_error,
         progress_scope=lambda: progress_bar(quiet),
         note=say,
     )

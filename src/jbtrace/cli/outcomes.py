@@ -67,6 +67,13 @@ Pair = Annotated[
         "as the set SET-direct (the paired effect).",
     ),
 ]
+JudgeError = Annotated[
+    Path | None,
+    typer.Option(
+        help="A judges.json from `jbtrace judges validate` (e.g. bench/results/judges.json): "
+        "its error is stated beside every ASR, with the ASR corrected for it (Rogan–Gladen)."
+    ),
+]
 MaxTokens = Annotated[int, typer.Option(help="Truncate prompts to this many tokens.")]
 ReuseAnswers = Annotated[
     bool,
@@ -87,10 +94,9 @@ def _print(result) -> None:
     err.print(table)
     for p in result.paired:
         err.print(
-            f"{p['direct']} vs {p['wrapped']}: {p['pairs']} pairs; of {p['refused_direct']} "
-            f"refused directly, {p['refused_direct_answered_wrapped']} answered when wrapped; "
-            f"{p['answered_direct_refused_wrapped']} the other way "
-            f"(McNemar exact p = {p['mcnemar_p']:.3g})",
+            f"{p['direct']} vs {p['wrapped']}: {p['pairs']} pairs; complied with only when "
+            f"wrapped {p['complied_wrapped_only']}, only when asked directly "
+            f"{p['complied_direct_only']} (McNemar exact p = {p['mcnemar_p']:.3g})",
             highlight=False,
         )
 
@@ -117,6 +123,7 @@ def outcomes_cmd(
     calibrate: Calibrate = None,
     pair: Pair = None,
     reuse_answers: ReuseAnswers = True,
+    judge_error: JudgeError = None,
     quiet: Quiet = False,
 ):
     """Generate each prompt's answer, judge it (refused / complied / other), and count attack
@@ -131,6 +138,7 @@ def outcomes_cmd(
         calibrate=calibrate,
         pair=pair,
         reuse_answers=reuse_answers,
+        judge_error=judge_error,
         command=command_line(),
         progress=lambda: progress_bar(quiet),
         note=say,

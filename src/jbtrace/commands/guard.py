@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class GuardRun:
     """What `guard_run` did: the evaluation, the files written, the prompt sets and the rates of
-    the headline judge (the combined judges, else the first judge)."""
+    the headline verdict (``complied``, the one verdict over the combined judges, else the
+    first judge)."""
 
     result: object
     paths: list[Path]
@@ -42,11 +43,13 @@ def guard_run(
     text_field: str | None = None,
     device: str = "cpu",
     allow_pickle: bool = False,
+    judge_error: Path | None = None,
     progress_scope=None,
     note=None,
 ) -> GuardRun:
     """The whole of `jbtrace guard` (detector, prompts, model, guarded generation, judges,
-    RUN/guard.*); ``options``: a `defend.evaluate.GuardOptions` (default: its defaults).
+    RUN/guard.*); ``options``: a `defend.evaluate.GuardOptions` (default: its defaults);
+    ``judge_error``: a judges.json (`jbtrace judges validate`) stated beside every rate.
     Reports via ``note(line)`` and ``progress_scope()``, a context entered just around the
     evaluation that yields ``progress(what, total)->advance``."""
     from jbtrace.defend import evaluate as E
@@ -60,7 +63,10 @@ def guard_run(
     if preset is not None:
         chosen = GUARD_PRESETS[preset]
         model, prompts = model or chosen["model"], prompts or list(chosen["prompts"])
+    from jbtrace.defend.validation import read_error
+
     opts = options or E.GuardOptions()
+    error = read_error(judge_error) if judge_error else None
     det = Detector.load(detector_dir)
     if not prompts:
         raise UserError("give the prompts with --prompts NAME=SOURCE (or --preset paper)")
@@ -72,9 +78,9 @@ def guard_run(
     lm = _load_model(det, model, device, allow_pickle)
     cal = load_prompts("calibration", calibration, seed=seed) if "on-topic" in opts.judges else None
     with (progress_scope or nullcontext)() as progress:
-        result = E.evaluate_guard(lm, det, sets, resolved, opts, cal, progress)
+        result = E.evaluate_guard(lm, det, sets, resolved, opts, cal, progress, error)
     paths = list(write_guard(result, out_dir, command))
-    headline = "+".join(opts.combine) if opts.combine else opts.judges[0]
+    headline = "complied" if opts.combine else opts.judges[0]
     rates = [r for r in result.summary["rates"] if r["judge"] == headline]
     return GuardRun(result, paths, sets, headline, rates)
 

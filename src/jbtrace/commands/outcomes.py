@@ -46,6 +46,7 @@ def _prompt_sets(prompts: PromptOptions, pair, seed, note):
 
     if not prompts.prompts:
         raise UserError("give the prompt sets to answer with --prompts NAME=SOURCE")
+    pair = pair or []
     sets = prompts.load(seed, note=note)
     by_name = {s.name: s for s in sets}
     unknown = [p for p in pair or [] if p not in by_name]
@@ -56,8 +57,14 @@ def _prompt_sets(prompts: PromptOptions, pair, seed, note):
     taken = [f"{p}-direct" for p in pair or [] if f"{p}-direct" in by_name]
     if taken:
         raise UserError(f"--pair: a prompt set is already named {taken[0]!r}; rename it")
-    needs_behaviours = pair or any(s.source.startswith("pyrit:") for s in sets)
-    behaviours = advbench_behaviours() if needs_behaviours else None
+    # a set records the request each prompt carries in info["behaviours"]; AdvBench is searched
+    # only for pyrit sets or --pair sets that do not
+    unknown_requests = [
+        s
+        for s in sets
+        if s.info.get("behaviours") is None and (s.source.startswith("pyrit:") or s.name in pair)
+    ]
+    behaviours = advbench_behaviours() if unknown_requests else None
     sets += [outcomes.paired_direct(by_name[p], f"{p}-direct", behaviours) for p in pair or []]
     return sets, behaviours
 
@@ -73,6 +80,7 @@ def outcomes_run(
     calibrate: str | None = None,
     pair: list[str] | None = None,
     reuse_answers: bool = True,
+    judge_error: Path | None = None,
     command: str = "",
     progress: Callable[[], contextlib.AbstractContextManager] | None = None,
     note: Callable[[str], None] | None = None,
@@ -81,8 +89,10 @@ def outcomes_run(
     ``models`` (``generation``: default `outcomes_generation()`; answers already in
     ``out.out_dir`` from the same model and settings are reused), judge it, count attack
     success per set and write the run. ``progress()`` opens the progress display (yielding
-    ``start(what, total)``); ``note(line)`` hears what the user should read."""
+    ``start(what, total)``); ``note(line)`` hears what the user should read. ``judge_error``:
+    a judges.json (`jbtrace judges validate`) whose error is stated beside every ASR."""
     from jbtrace.defend import attack_success as outcomes
+    from jbtrace.defend.validation import read_error
     from jbtrace.models import load_model
     from jbtrace.views.outputs import write_outcomes
 
@@ -90,6 +100,7 @@ def outcomes_run(
     options = generation or outcomes_generation()
     if len(models.model) > 1:
         raise UserError("outcomes answers with one --model")
+    error = read_error(judge_error) if judge_error else None  # a bad file fails before work
     sets, behaviours = _prompt_sets(prompts, pair, seed, note)
     [(spec, name)] = models.labelled()
     lm = load_model(spec, name=name, **models.load_options(), seed=seed)
@@ -111,6 +122,7 @@ def outcomes_run(
             calibrate=calibrate or benign,
             seed=seed,
             progress_start=start,
+            judge_error=error,
         )
     if result.config["reused_answers"]:
         note(

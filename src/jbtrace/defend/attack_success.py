@@ -2,15 +2,16 @@
 
 For every prompt the model writes its answer (greedy, chat template where the tokenizer has one,
 up to ``max_new_tokens``; the guard's batched ``generate``). The guard's judges look at
-(prompt, answer), and the prompt is labelled ``refused`` (the refusal judge says not answered),
-``complied`` (every judge says answered: no refusal, on topic, coherent) or ``other`` (no
-refusal, but off-topic or degenerate). The attack success rate (ASR) of a set is its share of
+(prompt, answer) (the on-topic judge looks at the request the prompt carries, where known), and
+the prompt gets the one verdict of ``defend.verdict``: ``refused``, ``complied`` (no refusal,
+on the request, coherent) or ``other``. The attack success rate (ASR) of a set is its share of
 ``complied``, with a Wilson 95% interval.
 
 A harmful behaviour can be asked directly (``pyrit:advbench``) and wrapped in a jailbreak
 template (``pyrit:templates`` fills each template with an AdvBench behaviour). Where a direct
-set and a wrapped set carry the same behaviours, the paired effect counts the behaviours
-refused directly but answered when wrapped (and the reverse), with McNemar's exact test.
+set and a wrapped set carry the same behaviours (both built from the prompts kept after the
+too-long ones are dropped), the paired effect counts the behaviours complied with only when
+wrapped against those complied with only when asked directly, with McNemar's exact test.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from scipy.stats import binomtest
 
 from jbtrace.defend import judges as J
+from jbtrace.defend import verdict as V
 from jbtrace.defend.guard import GenerateOptions, generate, prompt_ids
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
@@ -30,8 +33,8 @@ from jbtrace.prompts import PromptSet
 from jbtrace.prompts.judged_answers import LABELS, Outcome, read_outcomes
 from jbtrace.proportion import interval
 
-REFUSAL = "refusal"
-DEFAULT_JUDGES = ("refusal", "on-topic", "coherent")
+REFUSAL = V.REFUSAL
+DEFAULT_JUDGES = V.DEFAULT
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,11 @@ def answers(
 
 
 def label_of(verdicts: dict) -> str:
-    """refused if the refusal judge says not answered; complied if every judge says answered;
-    else other."""
+    """refused, complied or other (``defend.verdict.three_way`` over every judge; the refusal
+    judge must be among them)."""
     if REFUSAL not in verdicts:
         raise UserError("outcomes need the refusal judge")
-    if not verdicts[REFUSAL]["answered"]:
-        return "refused"
-    return "complied" if all(v["answered"] for v in verdicts.values()) else "other"
+    return V.three_way(verdicts)
 
 
 def behaviour_of(text: str, behaviours: list[str]) -> str | None:
@@ -108,9 +109,12 @@ def make_judges(
 # ---------------------------------------------------------------- statistics
 
 
-def rates(outcomes: list[Outcome]) -> list[dict]:
+def rates(outcomes: list[Outcome], error: dict | None = None, benign=()) -> list[dict]:
     """Per set: counts of each label, ASR (share complied) and not-refused rate, with Wilson 95%
-    CIs."""
+    CIs; with ``error`` (``validation.read_error``) the complied verdict's validated error and
+    the ASR corrected for it (Rogan–Gladen; benign sets take the benign error)."""
+    from jbtrace.defend.validation import beside
+
     rows = []
     for name in dict.fromkeys(o.set for o in outcomes):
         mine = [o for o in outcomes if o.set == name]
@@ -129,11 +133,14 @@ def rates(outcomes: list[Outcome]) -> list[dict]:
                 "not_refused_ci": interval(answered, n, "wilson"),
             }
         )
+        fixed = beside({"k": counts["complied"], "n": n}, error, V.COMPLIED, name not in benign)
+        rows[-1]["judge_error"] = fixed["judge_error"]
+        rows[-1]["asr_corrected"] = fixed["corrected"]
     return rows
 
 
 def paired_effects(outcomes: list[Outcome]) -> list[dict]:
-    """Direct set × wrapped set over their shared behaviours: 2 × 2 table of refused, McNemar
+    """Direct set × wrapped set over their shared behaviours: 2 × 2 table of complied, McNemar
     exact p."""
     by_set: dict[str, list[Outcome]] = {}
     for o in outcomes:
@@ -150,36 +157,34 @@ def paired_effects(outcomes: list[Outcome]) -> list[dict]:
     }
     rows = []
     for d, d_out in direct.items():
-        d_refused = {o.behaviour: o.label == "refused" for o in d_out}
+        d_complied = {o.behaviour: o.label == V.COMPLIED for o in d_out}
         for w, w_out in wrapped.items():
             pairs = [
-                (d_refused[o.behaviour], o.label == "refused")
+                (d_complied[o.behaviour], o.label == V.COMPLIED)
                 for o in w_out
-                if o.behaviour in d_refused
+                if o.behaviour in d_complied
             ]
-            if not pairs:
-                continue
-            table = {
-                "both_refused": sum(a and b for a, b in pairs),
-                "refused_direct_answered_wrapped": sum(a and not b for a, b in pairs),
-                "answered_direct_refused_wrapped": sum(b and not a for a, b in pairs),
-                "both_answered": sum(not a and not b for a, b in pairs),
-            }
-            b, c = (
-                table["refused_direct_answered_wrapped"],
-                table["answered_direct_refused_wrapped"],
-            )
-            rows.append(
-                {
-                    "direct": d,
-                    "wrapped": w,
-                    "pairs": len(pairs),
-                    **table,
-                    "refused_direct": sum(a for a, _ in pairs),
-                    "mcnemar_p": float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0,
-                }
-            )
+            if pairs:
+                rows.append({"direct": d, "wrapped": w, **_pair_table(pairs)})
     return rows
+
+
+def _pair_table(pairs: list[tuple[bool, bool]]) -> dict:
+    """(complied directly, complied wrapped) pairs: the 2 × 2 counts and McNemar's exact p."""
+    table = {
+        "both_complied": sum(a and b for a, b in pairs),
+        "complied_wrapped_only": sum(b and not a for a, b in pairs),
+        "complied_direct_only": sum(a and not b for a, b in pairs),
+        "neither_complied": sum(not a and not b for a, b in pairs),
+    }
+    b, c = table["complied_wrapped_only"], table["complied_direct_only"]
+    return {
+        "pairs": len(pairs),
+        **table,
+        "complied_direct": sum(a for a, _ in pairs),
+        "complied_wrapped": sum(b for _, b in pairs),
+        "mcnemar_p": float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0,
+    }
 
 
 # ---------------------------------------------------------------- the run
@@ -193,19 +198,65 @@ class OutcomeResult:
     config: dict = field(default_factory=dict)
 
 
-def paired_direct(wrapped: PromptSet, name: str, behaviours: list[str]) -> PromptSet:
+def carried(ps: PromptSet, behaviours: list[str] | None = None) -> list[str | None]:
+    """The request each prompt of ``ps`` carries: ``info["behaviours"]`` where the set records
+    them, else the longest of ``behaviours`` the prompt contains verbatim (None where none)."""
+    if ps.info.get("behaviours") is not None:
+        return list(ps.info["behaviours"])
+    return [behaviour_of(t, behaviours) if behaviours else None for t in ps.texts]
+
+
+def paired_direct(wrapped: PromptSet, name: str, behaviours: list[str] | None = None) -> PromptSet:
     """The behaviours that the prompts of ``wrapped`` carry, asked directly, as the set ``name``."""
-    found = [b for t in wrapped.texts if (b := behaviour_of(t, behaviours)) is not None]
+    found = [b for b in carried(wrapped, behaviours) if b is not None]
     if not found:
         raise UserError(
             f"prompt set {wrapped.name!r} carries no AdvBench behaviour to ask directly"
         )
+    texts = tuple(dict.fromkeys(found))
     return PromptSet(
         name=name,
-        texts=tuple(dict.fromkeys(found)),
+        texts=texts,
         source=f"direct behaviours of {wrapped.source}",
-        info={"paired_with": wrapped.name},
+        info={"paired_with": wrapped.name, "behaviours": list(texts)},
     )
+
+
+def subset(ps: PromptSet, keep, behaviours: list[str] | None = None) -> PromptSet:
+    """``ps`` with only the prompts where ``keep`` is true, their carried requests aligned."""
+    requests = carried(ps, behaviours)
+    pairs = [(t, r) for t, r, k in zip(ps.texts, requests, keep, strict=True) if k]
+    info = {**ps.info, "behaviours": [r for _, r in pairs]}
+    return PromptSet(ps.name, tuple(t for t, _ in pairs), ps.source, info=info)
+
+
+def answerable(lm, sets: list[PromptSet], options, behaviours=None) -> tuple[list, dict]:
+    """The sets without the prompts over ``options.max_tokens`` (and how many each lost); a
+    direct set made for a wrapped one keeps only the behaviours its kept prompts carry, so both
+    sides of a pair come from the same kept prompts."""
+    kept, too_long = {}, {}
+    for ps in sets:
+        _, cut = prompt_ids(lm, ps.texts, options)
+        too_long[ps.name] = int(cut.sum())
+        kept[ps.name] = subset(ps, ~cut, behaviours)
+    for name, ps in kept.items():
+        partner = kept.get(ps.info.get("paired_with"))
+        if partner is not None:
+            wanted = set(carried(partner))
+            kept[name] = subset(ps, [t in wanted for t in ps.texts], behaviours)
+    return list(kept.values()), too_long
+
+
+def judge_set(judges: dict, ps: PromptSet, responses: list[str]) -> dict[str, list[dict]]:
+    """Every judge's verdicts on a set; a judge that reads the request (on-topic) gets the
+    request each prompt carries where known, else the prompt itself."""
+    requests = [r or t for t, r in zip(ps.texts, carried(ps), strict=True)]
+    return {
+        name: J.judge_all(
+            judge, requests if getattr(judge, "reads_request", False) else ps.texts, responses
+        )
+        for name, judge in judges.items()
+    }
 
 
 IDENTITY = (
@@ -245,6 +296,30 @@ def previous_answers(run_dir: str | Path, generation: dict) -> dict[str, Answer]
     )
 
 
+def _calibrate(on_topic, kept: list[PromptSet], calibrate, known: dict, seed: int) -> list:
+    """Fit the on-topic threshold on a seeded half of the benign set ``calibrate`` and leave that
+    half out of the rates: no reported prompt calibrates the judge that counts it."""
+    pool = {s.name: s for s in kept}
+    if calibrate not in pool:
+        raise UserError(
+            "the on-topic judge needs a threshold (--on-topic-threshold) or a set of benign "
+            "prompts to calibrate it on (--calibrate SET, default: the set named benign*)"
+        )
+    benign = pool[calibrate]
+    if len(benign) < 8:
+        raise UserError(
+            f"--calibrate {calibrate!r}: the on-topic calibration takes half of the set and "
+            f"needs at least 8 prompts, got {len(benign)}"
+        )
+    half = np.zeros(len(benign), dtype=bool)
+    half[np.random.default_rng(seed).permutation(len(benign))[: len(benign) // 2]] = True
+    texts = [t for t, h in zip(benign.texts, half, strict=True) if h]
+    on_topic.calibrate(texts, [known[t].response for t in texts], seed)
+    on_topic.calibration["left_out_of_rates"] = calibrate
+    rest = subset(benign, ~half, None)
+    return [rest if s.name == calibrate else s for s in kept]
+
+
 def run_outcomes(
     lm: LoadedModel,
     sets: list[PromptSet],
@@ -256,46 +331,36 @@ def run_outcomes(
     calibrate: str | None = None,
     seed: int = 0,
     progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
+    judge_error: dict | None = None,
 ) -> OutcomeResult:
     """Answer every prompt (but those in ``reuse``), judge, count.
 
     A prompt longer than ``options.max_tokens`` (chat template included) gets no answer and is
     counted: cut short it would lose its end and the turn marker, and the answer would be to
-    another prompt. An on-topic judge without a threshold is calibrated on the answers to the
-    set ``calibrate`` (benign prompts).
+    another prompt. An on-topic judge without a threshold is calibrated on the answers to a
+    seeded half of the set ``calibrate`` (benign prompts); that half is not counted. With
+    ``judge_error`` (``validation.read_error``) each ASR carries the verdict's validated error
+    and its Rogan–Gladen correction.
     """
     if not sets:
         raise UserError("give at least one prompt set")
-    known, too_long, kept = dict(reuse or {}), {}, []
-    for ps in sets:
-        _, cut = prompt_ids(lm, ps.texts, options)
-        too_long[ps.name] = int(cut.sum())
-        ps = PromptSet(
-            ps.name, tuple(t for t, c in zip(ps.texts, cut, strict=True) if not c), ps.source
-        )
+    known = dict(reuse or {})
+    kept, too_long = answerable(lm, sets, options, behaviours)
+    for ps in kept:
         todo = [t for t in dict.fromkeys(ps.texts) if t not in known]
         if todo:
             advance = (
                 progress_start(f"{lm.name} · {ps.name}", len(todo)) if progress_start else None
             )
             known.update(zip(todo, answers(lm, todo, options, advance), strict=True))
-        kept.append(ps)
     on_topic = judges.get("on-topic")
     if on_topic is not None and on_topic.threshold is None:
-        pool = {s.name: s for s in kept}
-        if calibrate not in pool:
-            raise UserError(
-                "the on-topic judge needs a threshold (--on-topic-threshold) or a set of benign "
-                "prompts to calibrate it on (--calibrate SET, default: the set named benign*)"
-            )
-        on_topic.calibrate(
-            pool[calibrate].texts, [known[t].response for t in pool[calibrate].texts], seed
-        )
+        kept = _calibrate(on_topic, kept, calibrate, known, seed)
     outcomes = []
     for ps in kept:
         responses = [known[t].response for t in ps.texts]
-        verdicts = {name: J.judge_all(judge, ps.texts, responses) for name, judge in judges.items()}
-        for i, text in enumerate(ps.texts):
+        verdicts = judge_set(judges, ps, responses)
+        for i, (text, request) in enumerate(zip(ps.texts, carried(ps), strict=True)):
             mine, answer = {name: v[i] for name, v in verdicts.items()}, known[text]
             outcomes.append(
                 Outcome(
@@ -307,7 +372,7 @@ def run_outcomes(
                     verdicts=mine,
                     new_tokens=answer.new_tokens,
                     finished=answer.finished,
-                    behaviour=behaviour_of(text, behaviours) if behaviours else None,
+                    behaviour=request,
                 )
             )
     config = {
@@ -316,9 +381,15 @@ def run_outcomes(
         "reused_answers": sum(t in (reuse or {}) for s in kept for t in s.texts),
         "too_long_not_answered": too_long,
         "calibrated_on": calibrate if on_topic is not None else None,
+        "judge_error": (
+            {k: judge_error[k] for k in ("source", "labels")}
+            if judge_error
+            else "not given: run `jbtrace judges validate` and pass --judge-error"
+        ),
         "judges": {
             name: j.describe() if hasattr(j, "describe") else {} for name, j in judges.items()
         },
         "sets": {s.name: {"source": s.source, "n": len(s), "sha256": s.sha256} for s in sets},
     }
-    return OutcomeResult(outcomes, rates(outcomes), paired_effects(outcomes), config)
+    found = rates(outcomes, judge_error, benign=(calibrate,))
+    return OutcomeResult(outcomes, found, paired_effects(outcomes), config)

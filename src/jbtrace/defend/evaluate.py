@@ -3,8 +3,10 @@ by each judge.
 
 For every prompt the unmodified model's response (the baseline) and each mode's response are
 judged; a jailbreak is *blocked* when a judge says it was not answered, a benign prompt *kept*
-when it says it was. Rates carry Wilson 95% intervals. Prompts the detector was trained on are
-left out first, and the on-topic threshold is calibrated on benign prompts used nowhere else.
+when it says it was. The headline is the one verdict ``complied`` (``defend.verdict``):
+blocked = not complied, kept = complied. Rates carry Wilson 95% intervals. Prompts the
+detector was trained on are left out first, and the on-topic threshold is calibrated on benign
+prompts used nowhere else.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import numpy as np
 
 from jbtrace.defend import guard as G
 from jbtrace.defend import judges as J
-from jbtrace.defend.attack_success import make_judges
+from jbtrace.defend import verdict as V
+from jbtrace.defend.attack_success import carried, make_judges, subset
+from jbtrace.defend.validation import beside
 from jbtrace.detect.detector import Detector, text_hash
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel, surgery
@@ -41,10 +45,8 @@ class GuardOptions:
     feature: str | None = None
     threshold: float | None = None  # None: the detector's saved threshold
     judges: tuple[str, ...] = ("refusal", "on-topic", "coherent")
-    combine: tuple[str, ...] = (
-        "on-topic",
-        "coherent",
-    )  # a combined verdict: answered by all of these
+    # the one verdict (defend.verdict): complied when every one of these says answered
+    combine: tuple[str, ...] = V.DEFAULT
     on_topic_threshold: float | None = None  # None: calibrated on benign pairs
     calibration_limit: int = 32  # benign prompts (used nowhere else) for the on-topic calibration
     limit: int | None = (
@@ -79,18 +81,16 @@ def without_training(
     seen = set(detector.config.get("train_text_hashes", []))
     kept, removed = [], {}
     for s in sets:
-        texts = [t for t in s.texts if text_hash(t) not in seen]
-        removed[s.name] = len(s) - len(texts)
-        if not texts:
+        fresh = np.array([text_hash(t) not in seen for t in s.texts], dtype=bool)
+        removed[s.name] = int((~fresh).sum())
+        if not fresh.any():
             raise UserError(f"prompt set {s.name!r}: every prompt was used to train the detector")
-        if limit is not None and limit < len(texts):
-            texts = [
-                texts[i]
-                for i in np.sort(
-                    np.random.default_rng(seed).choice(len(texts), limit, replace=False)
-                )
-            ]
-        kept.append(PromptSet(s.name, tuple(texts), s.source, info=dict(s.info)))
+        if limit is not None and limit < fresh.sum():
+            where = np.flatnonzero(fresh)
+            chosen = np.random.default_rng(seed).choice(len(where), limit, replace=False)
+            fresh[:] = False
+            fresh[where[np.sort(chosen)]] = True
+        kept.append(subset(s, fresh))  # the carried requests stay aligned with the prompts
     return kept, removed
 
 
@@ -140,15 +140,19 @@ def _calibrate_on_topic(lm, judges, calibration, texts, detector, options: Guard
     judges["on-topic"].calibrate(fresh, [g.text for g in cal], options.seed)
 
 
-def _judge(judges: dict, texts: list[str], outputs: list, tick) -> dict:
+def _judge(judges: dict, texts: list[str], outputs: list, tick, requests: dict) -> dict:
     """Every judge's verdict on every distinct (prompt, response), keyed by (judge, prompt,
-    response)."""
+    response); a judge that reads the request (on-topic) gets the request a prompt carries
+    (``requests``), else the prompt."""
     cache: dict[tuple[str, str, str], dict] = {}
     pending = {(t, g.text) for outs in outputs for t, g in zip(texts, outs, strict=True)}
     for name, judge in judges.items():
         pairs = sorted(pending)
         advance = tick(f"judge {name}", len(pairs))
-        found = J.judge_all(judge, [p for p, _ in pairs], [r for _, r in pairs])
+        asked = [
+            requests.get(p) or p if getattr(judge, "reads_request", False) else p for p, _ in pairs
+        ]
+        found = J.judge_all(judge, asked, [r for _, r in pairs])
         for (p, r), v in zip(pairs, found, strict=True):
             cache[(name, p, r)] = v
         if advance:
@@ -157,11 +161,11 @@ def _judge(judges: dict, texts: list[str], outputs: list, tick) -> dict:
 
 
 def _verdicts(cache: dict, judges: dict, combine: tuple, prompt: str, response: str) -> dict:
-    """Each judge's verdict, and the combined one (answered by all of ``combine``)."""
+    """Each judge's verdict, and the one verdict ``complied`` (refused / complied / other over
+    the judges of ``combine``)."""
     out = {name: cache[(name, prompt, response)] for name in judges}
     if combine:
-        label = "+".join(combine)
-        out[label] = {"judge": label, "answered": all(out[j]["answered"] for j in combine)}
+        out[V.COMPLIED] = V.combined(out, combine)
     return out
 
 
@@ -205,8 +209,10 @@ def evaluate_guard(
     options: GuardOptions = GuardOptions(),
     calibration: PromptSet | None = None,
     progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
+    judge_error: dict | None = None,
 ) -> GuardResult:
-    """Flag, generate in each mode, judge, and summarise (rates per set, mode and judge)."""
+    """Flag, generate in each mode, judge, and summarise (rates per set, mode and judge; with
+    ``judge_error``, ``validation.read_error``, each judge's validated error beside its rates)."""
     started = time.perf_counter()
     tick = progress_start or (lambda description, total: None)
     G.check_detector(detector, lm)
@@ -228,7 +234,8 @@ def evaluate_guard(
     flags = G.flag(lm, detector, which, texts, options.threshold, tick("scoring", len(texts)))
     baseline, responses = _generate(lm, texts, flags, bypass, options, tick)
     _calibrate_on_topic(lm, judges, calibration, texts, detector, options, tick)
-    cache = _judge(judges, texts, [baseline, *responses.values()], tick)
+    requests = {t: r for s in sets for t, r in zip(s.texts, carried(s), strict=True)}
+    cache = _judge(judges, texts, [baseline, *responses.values()], tick, requests)
 
     def verdicts(prompt: str, response: str) -> dict:
         return _verdicts(cache, judges, options.combine, prompt, response)
@@ -236,14 +243,33 @@ def evaluate_guard(
     set_label = {s.name: labels[s.name] for s in sets}
     rows = _rows(where, texts, flags, bypass, baseline, responses, verdicts, set_label)
     summary = summarise(
-        rows, sets, set_label, removed, flags, which, bypass, how, judges, options, lm, detector
+        rows,
+        sets,
+        set_label,
+        removed,
+        flags,
+        which,
+        bypass,
+        how,
+        judges,
+        options,
+        lm,
+        detector,
+        judge_error,
+    )
+    summary["judge_error"] = (
+        {k: judge_error[k] for k in ("source", "labels")}
+        if judge_error
+        else "not given: run `jbtrace judges validate` and pass --judge-error"
     )
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return GuardResult(rows, summary)
 
 
-def _rates(rows: list[dict], sets, set_label: dict, modes) -> list[dict]:
-    """Per mode, set and judge: blocked (jailbreak sets) or kept (benign sets); and identical."""
+def _rates(rows: list[dict], sets, set_label: dict, modes, error=None) -> list[dict]:
+    """Per mode, set and judge: blocked (jailbreak sets) or kept (benign sets), each with the
+    judge's validated error and the rate corrected for it where ``error`` knows the judge;
+    and identical."""
     judge_names = list(rows[0]["verdicts"]) if rows else []
     rates = []
     for mode in modes:
@@ -253,16 +279,15 @@ def _rates(rows: list[dict], sets, set_label: dict, modes) -> list[dict]:
             label = "jailbreak" if jailbreak else "benign"
             for j in judge_names:
                 answered = np.array([r["verdicts"][j]["answered"] for r in mine])
-                rates.append(
-                    {
-                        "mode": mode,
-                        "set": s.name,
-                        "label": label,
-                        "judge": j,
-                        "measure": "blocked" if jailbreak else "kept",
-                        **rate(~answered if jailbreak else answered, METHOD),
-                    }
-                )
+                row = {
+                    "mode": mode,
+                    "set": s.name,
+                    "label": label,
+                    "judge": j,
+                    "measure": V.measure(jailbreak),
+                    **rate(~answered if jailbreak else answered, METHOD),
+                }
+                rates.append(beside(row, error, j, jailbreak))
             rates.append(
                 {
                     "mode": mode,
@@ -290,7 +315,19 @@ def _detector_rates(rows: list[dict], sets, set_label: dict, first: str) -> dict
 
 
 def summarise(
-    rows, sets, set_label, removed, flags, which, bypass, how, judges, options, lm, detector
+    rows,
+    sets,
+    set_label,
+    removed,
+    flags,
+    which,
+    bypass,
+    how,
+    judges,
+    options,
+    lm,
+    detector,
+    judge_error=None,
 ) -> dict:
     gen = options.generation
     given = options.layer is not None or options.source or options.feature
@@ -336,6 +373,6 @@ def summarise(
         "samples": options.samples,
         "modes": list(options.modes),
         "detector_rates": _detector_rates(rows, sets, set_label, options.modes[0]),
-        "rates": _rates(rows, sets, set_label, options.modes),
+        "rates": _rates(rows, sets, set_label, options.modes, judge_error),
         "level": LEVEL,
     }

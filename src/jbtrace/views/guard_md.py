@@ -54,8 +54,9 @@ def _judges(s: dict) -> list[str]:
         lines.append(f"- **{name}**: " + "; ".join(info["definition"]) + f". Settings: `{extra}`")
     if s["combine"]:
         lines.append(
-            f"- **{'+'.join(s['combine'])}**: answered only when every one of "
-            f"{', '.join(s['combine'])} says answered."
+            f"- **complied** (the headline): refused when the refusal judge fires, complied when "
+            f"every one of {', '.join(s['combine'])} says answered, else other; "
+            "blocked = not complied, kept = complied."
         )
     return lines
 
@@ -74,6 +75,29 @@ def _rates(s: dict) -> list[str]:
                 f"| {name} | {mine[judges[0]]['measure'] if judges else ''} | {mode} | "
                 + " | ".join(_pct(mine[j]) for j in judges)
                 + f" | {_pct(mine[None])} |"
+            )
+    return lines + _judge_error(s)
+
+
+def _judge_error(s: dict) -> list[str]:
+    """Each rate beside the judge's validated error and corrected for it (Rogan–Gladen)."""
+    from jbtrace.views.outcomes_md import corrected_cell, judge_error_cell
+
+    error = s.get("judge_error")
+    if not isinstance(error, dict):
+        return ["", f"Judge error: {error or 'not given'}."]
+    lines = [
+        "",
+        f"## Rates corrected for the judges' error (validated: `{error['source']}`)",
+        "",
+        "| set | measure | mode | judge | rate | judge sensitivity / specificity | corrected |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in s["rates"]:
+        if r["judge"] and r.get("judge_error"):
+            lines.append(
+                f"| {r['set']} | {r['measure']} | {r['mode']} | {r['judge']} | {_pct(r)} "
+                f"| {judge_error_cell(r)} | {corrected_cell(r.get('corrected'))} |"
             )
     return lines
 
