@@ -330,11 +330,31 @@ def render_judges(data: dict) -> list[str]:
     return out
 
 
+def render_demo(data: dict) -> list[str]:
+    sets = ", ".join(
+        f"{p['name']} = `{p['source']}` ({p['size']} prompts)" for p in data["prompts"]
+    )
+    took = f"{fmt(data['seconds'])} s wall, load average {fmt(data['load_average_at_start'], 2)}"
+    out = [f"`{data['demo']}`: {sets}; log_norm, ranked {' > '.join(data['ranking'])}."]
+    out += [f"It took {took} at the start on {data['cpus']} CPUs.", ""]
+    header = ["model", "sensitivity index", "95% CI", "chance", "significant cells"]
+    header += [
+        f"median tokens, {name}" for name in data["models"][data["ranking"][0]]["median_tokens"]
+    ]
+    rows = [
+        [m["label"], m["index"], m["index_ci"], m["chance"], m["significant_cell_share"]]
+        + list(m["median_tokens"].values())
+        for m in data["models"].values()
+    ]
+    return out + table(header, rows)
+
+
 # (does the file have this shape, the script that writes files of it, its formatter)
 Formatter = tuple[Callable[[dict], bool], str | None, Callable[[dict], list[str]]]
 FORMATTERS: list[Formatter] = [
     (lambda d: "verdicts" in d and "targets" in d, None, render_judges),
     (lambda d: "corpora" in d, None, render_benign_corpus),
+    (lambda d: "ranking" in d and "demo" in d, None, render_demo),
     (lambda d: "rates" in d and "detector" in d, None, render_guard_run),
     (lambda d: "ratio_cpu_median" in d, "bench/guard.py", render_guard_overhead),
     (lambda d: "throughput_ratio_ray_to_local" in d, "bench/engine.py", render_engine),
