@@ -9,6 +9,7 @@ detector scores, nothing is bypassed: the baseline). Generation is transformers'
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,8 +84,10 @@ def generate(
     options: GenerateOptions = GenerateOptions(),
     bypass=(),
     progress: Callable[[int], None] | None = None,
+    steering=None,
 ) -> list[Generated]:
-    """Responses to ``texts`` with blocks ``bypass`` skipped (none: the model as it is), in the
+    """Responses to ``texts`` with blocks ``bypass`` skipped (none: the model as it is) and, with
+    a ``steering`` (`defend.steer.Steering`), its vector added to the residual stream; in the
     order given."""
     if not lm.is_causal:
         raise UserError(f"{lm.name} cannot generate text (not a causal language model)")
@@ -108,7 +111,8 @@ def generate(
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     stops = set(np.atleast_1d(kwargs["eos_token_id"]).tolist())
-    with surgery.bypass(lm.model, bypass), torch.inference_mode():
+    steered = steering.hooked(lm) if steering is not None else contextlib.nullcontext()
+    with surgery.bypass(lm.model, bypass), steered, torch.inference_mode():
         for number, batch in enumerate(batches):
             input_ids, mask = pad_batch(
                 ids, lengths, batch, tok.pad_token_id, options.tokenization.padding_side, lm.device

@@ -252,3 +252,26 @@ def bypass(model: nn.Module, layers):
             module.layer_idx = old
         for key, value in saved.items():
             setattr(config, key, value)
+
+
+@contextmanager
+def steer(model: nn.Module, layer: int, vector: torch.Tensor):
+    """Add ``vector`` to the residual stream after block ``layer`` (1..L), at every position, for
+    the duration of the context (activation addition); the hook is removed on exit, also after
+    an exception. With a KV cache, each new token's state is steered as it is computed, so the
+    cached keys and values are those of the steered stream.
+    """
+    n = num_blocks(model.config)
+    if not 1 <= layer <= n:
+        raise UserError(f"cannot steer at layer {layer}: steering adds to block 1..{n}'s output")
+
+    def add(module, args, output):
+        if isinstance(output, tuple):
+            return (output[0] + vector.to(output[0]), *output[1:])
+        return output + vector.to(output)
+
+    handle = blocks(model)[layer - 1].register_forward_hook(add)
+    try:
+        yield model
+    finally:
+        handle.remove()
