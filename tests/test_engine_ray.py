@@ -3,6 +3,8 @@ worker dies; for extraction and attention maps."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -58,6 +60,13 @@ def assert_equal(a, b):
         np.testing.assert_allclose(
             a[var].values, b[var].values, rtol=1e-12, atol=1e-13, err_msg=var
         )
+    provenance = [json.loads(ds.attrs["provenance"]) for ds in (a, b)]
+    keys = ("chat_template", "max_tokens", "padding_side", "align", "bins", "statistics")
+    assert [{k: p[k] for k in keys} for p in provenance[:1]] == [
+        {k: p[k] for k in keys} for p in provenance[1:]
+    ]  # e.g. the chat template as resolved for each model, not as asked
+    models = [{m: v["chat_template"] for m, v in p["models"].items()} for p in provenance]
+    assert models[0] == models[1]
 
 
 @pytest.mark.parametrize("sets", [SETS, OTHER_SETS], ids=["benign-jailbreak", "short-long"])

@@ -207,6 +207,7 @@ def trace_state(trace: ModelTrace) -> tuple[dict[str, np.ndarray], dict]:
         "n_positions": trace.n_positions,
         "tokens_processed": trace.tokens_processed,
         "tokens_padded": trace.tokens_padded,
+        "chat_template": trace.options.chat_template,  # as resolved for the model
     }
     return arrays, meta
 
@@ -215,9 +216,10 @@ def trace_from_state(
     arrays: dict[str, np.ndarray], meta: dict, options: ExtractOptions
 ) -> ModelTrace:
     model = LoadedModel(model=None, tokenizer=None, **meta["model"])
+    resolved = meta.get("chat_template", options.chat_template)  # older states lack it
     trace = ModelTrace(
         model=model,
-        options=options,
+        options=dataclasses.replace(options, chat_template=resolved),
         n_positions=meta["n_positions"],
         tokens_processed=meta["tokens_processed"],
         tokens_padded=meta["tokens_padded"],
