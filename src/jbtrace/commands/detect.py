@@ -81,10 +81,12 @@ def detect_options(
 
 def _check(models, options, out: RunOptions, save, save_classifier: str) -> None:
     """Refuse what cannot run before anything loads; a run of detect's own is prepared."""
+    from jbtrace import publish
     from jbtrace.detect import detector
     from jbtrace.trace import runs
 
     out_dir = Path(out.out_dir)
+    publish.recover(out_dir)  # a publish a kill interrupted is finished before the checks
     if not models.model:
         raise UserError("give at least one --model (see `jbtrace models`)")
     if save is not None and (len(models.model) != 1 or save_classifier not in options.classifiers):

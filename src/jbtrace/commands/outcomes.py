@@ -82,6 +82,7 @@ def outcomes_run(
     ``out.out_dir`` from the same model and settings are reused), judge it, count attack
     success per set and write the run. ``progress()`` opens the progress display (yielding
     ``start(what, total)``); ``note(line)`` hears what the user should read."""
+    from jbtrace import publish
     from jbtrace.defend import attack_success as outcomes
     from jbtrace.models import load_model
     from jbtrace.views.outputs import write_outcomes
@@ -94,6 +95,7 @@ def outcomes_run(
     [(spec, name)] = models.labelled()
     lm = load_model(spec, name=name, **models.load_options(), seed=seed)
     judges = outcomes.make_judges(judge, lm, options, on_topic_threshold)
+    publish.recover(out_dir)  # a publish a kill interrupted is finished before answers are reused
     reuse = (
         outcomes.previous_answers(out_dir, outcomes.generation_config(lm, options))
         if reuse_answers

@@ -20,7 +20,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from jbtrace import __version__
+from jbtrace import __version__, publish
 from jbtrace.errors import UserError
 from jbtrace.trace.checkpoint import DIR, Checkpoint
 
@@ -47,6 +47,7 @@ OWN = (
     "*.png",
     "*.pdf",
     "*.svg",
+    *publish.own_names(),
 )
 
 
@@ -98,7 +99,8 @@ def prepare(
 ) -> Checkpoint:
     """Claim ``run_dir`` for ``command``: resume, refuse a mix, or clear it on ``overwrite``.
 
-    The same command resumes its own checkpoint.
+    The same command resumes its own checkpoint. A publish a kill interrupted is finished
+    (its files were complete) or, if its files were still being written, removed.
 
     ``inputs_of`` names a finished command whose run this command adds to (attention
     maps into an extract's run): such a run is not refused here; its provenance is
@@ -106,6 +108,9 @@ def prepare(
     """
     run_dir = Path(run_dir)
     checkpoint = Checkpoint(run_dir, command, fingerprint)
+    if run_dir.is_dir():  # finish a publish a kill interrupted; drop unfinished ones
+        publish.recover(run_dir)
+        publish.remove_staging(run_dir)
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return checkpoint
     if overwrite:
