@@ -430,3 +430,116 @@ def test_a_read_only_cache_is_one_line(conversions, monkeypatch, capsys, tmp_pat
     )
     one_line_error(code, stderr, "other.gguf is not in the model cache")
     assert not run.exists()
+
+
+# ------------------------------------------------------------------ items 5 and 6: bad input
+
+
+def _bad_input(tmp_path: Path, case: str) -> tuple[list, str]:
+    """(command line, what its one error line says) for one case, with its files made."""
+    run, file = tmp_path / "run", tmp_path / "file.txt"
+    file.write_text("mine\n")
+    prompts = ["-p", f"benign={file}", "-p", f"jailbreak={file}"]
+    extract = ["extract", "-m", "tiny:llama", *prompts, "-q"]
+    det = make_detector().save(tmp_path / "det")
+    guard = ["guard", "--detector", det, *prompts, "--judge", "refusal", "--combine", "refusal"]
+    if case in ("report: damaged store", "report: run.json a list", "report: guard.json null"):
+        run.mkdir()
+    if case == "report: damaged store":
+        (run / "trace.zarr").mkdir()
+        (run / "trace.zarr" / ".zmetadata").write_text("{not json")
+    if case == "outcomes: damaged outcomes.json":
+        run.mkdir()
+        (run / "outcomes.json").write_text("{not json")
+    if case == "guard: -o over a folder's report.html":
+        run.mkdir()
+        (run / "report.html").write_text("<p>my page</p>")
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"body": "hello"}) + "\n")
+    return {
+        "report: damaged store": (["report", run], "cannot read the store"),
+        "report: run.json a list": (["report", run], "run.json: not a JSON object"),
+        "report: guard.json null": (["report", run], "guard.json: not a JSON object"),
+        "outcomes: damaged outcomes.json": (
+            ["outcomes", "-m", "tiny:llama", "-p", f"a={file}", "-q", "-o", run],
+            "not an outcomes summary",
+        ),
+        "-o an existing file": ([*extract, "-o", file], "that is a file"),
+        "-o under a file": ([*extract, "-o", file / "sub"], "is a file, not a folder"),
+        "score -o a folder": (
+            ["score", "--detector", det, "-p", f"a={file}", "-o", tmp_path],
+            "that is a folder",
+        ),
+        "guard --threshold nan": ([*guard, "--threshold", "nan", "-o", run], "threshold nan"),
+        "guard --threshold inf": ([*guard, "--threshold", "inf", "-o", run], "threshold inf"),
+        "guard --limit 0": ([*guard, "--limit", "0", "-o", run], "--limit 0"),
+        "guard --limit -3": ([*guard, "--limit", "-3", "-o", run], "--limit -3"),
+        "guard --max-new-tokens 100000000": (
+            [*guard, "--max-new-tokens", "100000000", "-o", run],
+            "--max-new-tokens 100000000",
+        ),
+        "guard: -o over a folder's report.html": ([*guard, "-o", run], "not a jbtrace run"),
+        "a record without the text field": (
+            [
+                "extract",
+                "-m",
+                "tiny:llama",
+                "-p",
+                f"benign={records}",
+                "-p",
+                f"b={file}",
+                "-o",
+                run,
+            ],
+            "--text-field",
+        ),
+    }[case]
+
+
+BAD_INPUT = [
+    "report: damaged store",
+    "report: run.json a list",
+    "report: guard.json null",
+    "outcomes: damaged outcomes.json",
+    "-o an existing file",
+    "-o under a file",
+    "score -o a folder",
+    "guard --threshold nan",
+    "guard --threshold inf",
+    "guard --limit 0",
+    "guard --limit -3",
+    "guard --max-new-tokens 100000000",
+    "guard: -o over a folder's report.html",
+    "a record without the text field",
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_one_line_and_writes_nothing(monkeypatch, capsys, tmp_path, case):
+    args, expect = _bad_input(tmp_path, case)
+    if case == "report: run.json a list":
+        (tmp_path / "run" / "run.json").write_text("[1, 2]")
+        (tmp_path / "run" / "guard.json").write_text('{"command": "jbtrace guard"}')
+    if case == "report: guard.json null":
+        (tmp_path / "run" / "guard.json").write_text("null")
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    one_line_error(*jbtrace(monkeypatch, capsys, *args)[::2], expect)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_report_shows_bidirectional_controls_instead_of_obeying_them(tmp_path):
+    from jbtrace.views import report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "guard.json").write_text(json.dumps({"command": "jbtrace guard --note a\u202eb"}))
+    page = report.write(run).read_text(encoding="utf-8")
+    assert "\u202e" not in page and "a[U+202E]b" in page
+
+
+def test_guard_md_prints_a_file_name_as_code():
+    from jbtrace.views.guard_md import code
+
+    assert code("p.txt") == "`p.txt`"
+    assert code("a`b<img src=x>.txt") == "``a`b<img src=x>.txt``"
+    assert code("`x") == "`` `x ``"

@@ -20,12 +20,24 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 
+from jbtrace.errors import UserError
 from jbtrace.trace import hooks
 from jbtrace.trace.hooks import reached  # for stages that cannot import trace
 
-__all__ = ["ordinary", "reached", "recover", "readable", "staged", "staging_folder", "swap_in"]
+__all__ = [
+    "check_folder",
+    "others",
+    "ordinary",
+    "reached",
+    "recover",
+    "readable",
+    "staged",
+    "staging_folder",
+    "swap_in",
+]
 STAGING, READY = "staging", "ready"
 LAST = ".last"  # in a staging folder: the name of the file to move last
 
@@ -78,6 +90,25 @@ def recover(run_dir: str | Path, kind: str = "*") -> None:
     for ready in sorted(run_dir.glob(f".{kind}-{READY}-*")):
         if ready.is_dir():
             _move(ready, run_dir)
+
+
+def check_folder(path: str | Path, option: str = "--out") -> None:
+    """Refuse, in one line, a destination folder that is a file or lies under a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path}: that is a file, not a folder")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{option} {path}: {parent} is a file, not a folder")
+
+
+def others(run_dir: Path) -> list[str]:
+    """The names in ``run_dir`` other than the folders publishing leaves."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(
+        p.name for p in run_dir.iterdir() if not any(fnmatch(p.name, n) for n in own_names())
+    )
 
 
 def own_names() -> tuple[str, ...]:

@@ -181,6 +181,15 @@ def _save(report, lm, options, train_sets, save, classifier, every_layer, models
     return detector.from_report(report, options, classifier, config, every_layer, texts)
 
 
+def check_scores_path(path: Path) -> None:
+    """Refuse, before any work, a scores path that is a folder or lies under a file."""
+    from jbtrace import publish
+
+    if path.is_dir():
+        raise UserError(f"--out {path}: that is a folder; scores go to a .csv or .json file")
+    publish.check_folder(path.parent)
+
+
 def score_run(
     *,
     detector: Path,
@@ -202,6 +211,7 @@ def score_run(
     from jbtrace.detect.detector import Detector, write_scores
     from jbtrace.models import load_model
 
+    check_scores_path(Path(out_path))
     det = Detector.load(detector)
     if not prompts:
         raise UserError("give the prompts to score with --prompts NAME=SOURCE")

@@ -62,6 +62,27 @@ def _prompt_sets(prompts: PromptOptions, pair, seed, note):
     return sets, behaviours
 
 
+def _check_out(out_dir: Path) -> None:
+    """Refuse a --out that is a file, or whose outcomes.json jbtrace cannot read (its answers
+    would be reused), before any work."""
+    import json
+
+    from jbtrace import publish
+
+    publish.check_folder(out_dir)
+    publish.recover(out_dir)  # a publish a kill interrupted is finished before answers are reused
+    summary = out_dir / "outcomes.json"
+    try:
+        ok = not summary.exists() or isinstance(json.loads(summary.read_text("utf-8")), dict)
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(
+            f"{summary}: not an outcomes summary jbtrace wrote (unreadable or not a JSON object); "
+            "remove it or choose another --out"
+        )
+
+
 def outcomes_run(
     prompts: PromptOptions,
     models: ModelOptions,
@@ -82,20 +103,21 @@ def outcomes_run(
     ``out.out_dir`` from the same model and settings are reused), judge it, count attack
     success per set and write the run. ``progress()`` opens the progress display (yielding
     ``start(what, total)``); ``note(line)`` hears what the user should read."""
-    from jbtrace import publish
+    from jbtrace.commands.guard import check_new_tokens
     from jbtrace.defend import attack_success as outcomes
     from jbtrace.models import load_model
     from jbtrace.views.outputs import write_outcomes
 
     note, seed, out_dir = note or _ignore, out.seed, out.out_dir
+    _check_out(Path(out_dir))
     options = generation or outcomes_generation()
     if len(models.model) > 1:
         raise UserError("outcomes answers with one --model")
     sets, behaviours = _prompt_sets(prompts, pair, seed, note)
     [(spec, name)] = models.labelled()
     lm = load_model(spec, name=name, **models.load_options(), seed=seed)
+    check_new_tokens(lm, options.max_new_tokens)
     judges = outcomes.make_judges(judge, lm, options, on_topic_threshold)
-    publish.recover(out_dir)  # a publish a kill interrupted is finished before answers are reused
     reuse = (
         outcomes.previous_answers(out_dir, outcomes.generation_config(lm, options))
         if reuse_answers

@@ -360,11 +360,7 @@ def is_detector(path: Path) -> bool:
 def check_target(path: Path, overwrite: bool) -> None:
     """Refuse to save a detector over a file, into a folder that holds anything else, or over a
     saved detector without ``overwrite`` (one line each)."""
-    parent = next((p for p in path.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise UserError(f"--save {path}: {parent} is a file, not a folder")
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--save {path}: that is a file; a detector is saved as a folder")
+    publish.check_folder(path, "--save")
     if not path.is_dir() or not any(path.iterdir()):
         return
     if not is_detector(path):

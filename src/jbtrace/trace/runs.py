@@ -48,6 +48,7 @@ OWN = (
     "*.pdf",
     "*.svg",
     *publish.own_names(),
+    ".removed-*",
 )
 
 
@@ -107,6 +108,7 @@ def prepare(
     checked against the new result when that is written.
     """
     run_dir = Path(run_dir)
+    publish.check_folder(run_dir)
     checkpoint = Checkpoint(run_dir, command, fingerprint)
     if run_dir.is_dir():  # finish a publish a kill interrupted; drop unfinished ones
         publish.recover(run_dir)
@@ -176,7 +178,8 @@ def remove(run_dir: Path) -> None:
             "not removing anything; choose another --out"
         )
     own = [p for p in run_dir.iterdir() if any(fnmatch.fnmatch(p.name, n) for n in OWN)]
-    trash = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}-removed-", dir=run_dir.parent))
+    # inside the run (its parent may be unwritable, or '.'), so the files go by rename
+    trash = Path(tempfile.mkdtemp(prefix=".removed-", dir=run_dir))
     for path in own:  # the run's files disappear at once; they are deleted after
         path.rename(trash / path.name)
     shutil.rmtree(trash)
