@@ -543,3 +543,71 @@ def test_guard_md_prints_a_file_name_as_code():
     assert code("p.txt") == "`p.txt`"
     assert code("a`b<img src=x>.txt") == "``a`b<img src=x>.txt``"
     assert code("`x") == "`` `x ``"
+
+
+@pytest.fixture(scope="module")
+def hostile_models(tmp_path_factory):
+    """tiny:llama saved twice: with pickle weights that run a command when unpickled, and with a
+    chat template that reaches for Python internals."""
+    from jbtrace.models import load_model
+
+    root = tmp_path_factory.mktemp("hostile")
+    lm = load_model("tiny:llama")
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {root / 'PWNED'}",))
+
+    lm.model.save_pretrained(root / "pickle")
+    lm.tokenizer.save_pretrained(root / "pickle")
+    (root / "pickle" / "model.safetensors").unlink()
+    (root / "pickle" / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Payload()}))
+    lm.model.save_pretrained(root / "template")
+    lm.tokenizer.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    lm.tokenizer.save_pretrained(root / "template")
+    return root
+
+
+@pytest.mark.parametrize(
+    "which,flag,expect",
+    [
+        ("pickle", "--allow-pickle", "loading them was blocked"),
+        ("template", "--chat-template", "its chat template fails (SecurityError"),
+    ],
+)
+def test_hostile_models_are_blocked_in_one_line(
+    monkeypatch, capsys, tmp_path, hostile_models, which, flag, expect
+):
+    file = tmp_path / "p.txt"
+    file.write_text("a b\nc d\n")
+    sets = ["-p", f"benign={file}", "-p", f"jailbreak={file}", "-q"]
+    run = tmp_path / "run"
+    args = ["extract", "-m", hostile_models / which, flag, *sets, "-o", run]
+    one_line_error(*jbtrace(monkeypatch, capsys, *args)[::2], expect)
+    assert not (hostile_models / "PWNED").exists() and not (run / "trace.zarr").exists()
+
+
+def test_overwrite_of_the_current_folder(monkeypatch, capsys, tmp_path):
+    """`-o . --overwrite` replaces a run in the working folder."""
+    (tmp_path / "p.txt").write_text("a b\nc d\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = [
+        "extract",
+        "-m",
+        "tiny:llama",
+        "-p",
+        "benign=../p.txt",
+        "-p",
+        "jailbreak=../p.txt",
+        "-q",
+    ]
+    assert jbtrace(monkeypatch, capsys, *args, "-o", ".")[0] == 0
+    code, _, stderr = jbtrace(monkeypatch, capsys, *args, "-o", ".", "--overwrite")
+    assert code == 0, stderr
+    assert sorted(p.name for p in work.iterdir()) == [
+        "prompts.jsonl",
+        "run.json",
+        "trace.zarr",
+    ]
