@@ -611,3 +611,27 @@ def test_overwrite_of_the_current_folder(monkeypatch, capsys, tmp_path):
         "run.json",
         "trace.zarr",
     ]
+
+
+@pytest.mark.slow
+def test_outcomes_killed_while_answering_resumes_from_the_kept_answers(tmp_path):
+    """Answers are kept two by two; killed after the second pair, the rerun answers only the
+    fifth prompt (a kill at its second save would not come) and equals an uninterrupted run."""
+    from jbtrace.prompts.judged_answers import read_outcomes
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"prompt number {i}\n" for i in range(5)))
+    chunks = {"JBTRACE_CHECKPOINT_PROMPTS": "2"}
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert cli(*outcomes_args(prompts, whole), **chunks).returncode == 0
+    killed = cli(*outcomes_args(prompts, run), **chunks, JBTRACE_TEST_KILL="answers-saved:2")
+    assert killed.returncode == -signal.SIGKILL
+    kept = (run / ".checkpoint" / "outcomes" / "answers.jsonl").read_text().splitlines()
+    assert len(kept) == 1 + 4 and not (run / "outcomes.jsonl").exists()
+    resumed = cli(*outcomes_args(prompts, run), **chunks, JBTRACE_TEST_KILL="answers-saved:2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [(o.prompt, o.response, o.label) for o in read_outcomes(run)] == [
+        (o.prompt, o.response, o.label) for o in read_outcomes(whole)
+    ]
+    assert json.loads((run / "outcomes.json").read_text())["reused_answers"] == 4
+    assert not (run / ".checkpoint").exists()

@@ -103,6 +103,7 @@ def outcomes_run(
     ``out.out_dir`` from the same model and settings are reused), judge it, count attack
     success per set and write the run. ``progress()`` opens the progress display (yielding
     ``start(what, total)``); ``note(line)`` hears what the user should read."""
+    from jbtrace.commands.answers import answer_all, forget
     from jbtrace.commands.guard import check_new_tokens
     from jbtrace.defend import attack_success as outcomes
     from jbtrace.models import load_model
@@ -125,20 +126,25 @@ def outcomes_run(
     )
     benign = next((s.name for s in sets if s.name.lower().startswith("benign")), None)
     with (progress or contextlib.nullcontext)() as start:
+        # answers kept on disk as they come (a killed run resumes), then judged
+        known, had = answer_all(lm, sets, options, Path(out_dir), reuse, start)
         result = outcomes.run_outcomes(
             lm,
             sets,
             judges,
             options,
             behaviours=behaviours,
-            reuse=reuse,
+            reuse=known,
             calibrate=calibrate or benign,
             seed=seed,
             progress_start=start,
         )
+    result.config["reused_answers"] = had
     if result.config["reused_answers"]:
         note(
             f"reused {result.config['reused_answers']} answers already in {out_dir} "
             "(same model and settings)"
         )
-    return OutcomesRun(result, write_outcomes(result, out_dir, command))
+    paths = write_outcomes(result, out_dir, command)
+    forget(Path(out_dir))
+    return OutcomesRun(result, paths)
