@@ -635,3 +635,23 @@ def test_outcomes_killed_while_answering_resumes_from_the_kept_answers(tmp_path)
     ]
     assert json.loads((run / "outcomes.json").read_text())["reused_answers"] == 4
     assert not (run / ".checkpoint").exists()
+
+
+def test_recover_moves_only_what_staged_made(tmp_path):
+    """A ready folder is finished with its marker last; one without staged's record is left."""
+    with publish.staged(tmp_path, "r.json") as tmp:
+        (tmp / "a.md").write_text("new")
+        (tmp / "r.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md", "r.json"]
+    ready = tmp_path / ".r-ready-x"
+    ready.mkdir()
+    (ready / "a.md").write_text("newer")
+    (ready / "r.json").write_text("[]")
+    (ready / ".last").write_text("r.json")
+    (tmp_path / ".r-ready-empty").mkdir()
+    mine = tmp_path / ".notes-ready-mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    publish.recover(tmp_path)
+    assert (tmp_path / "a.md").read_text() == "newer" and (tmp_path / "r.json").read_text() == "[]"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes-ready-mine", "a.md", "r.json"]

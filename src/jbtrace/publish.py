@@ -88,8 +88,10 @@ def recover(run_dir: str | Path, kind: str = "*") -> None:
     if not run_dir.is_dir():
         return
     for ready in sorted(run_dir.glob(f".{kind}-{READY}-*")):
-        if ready.is_dir():
+        if (ready / LAST).is_file():  # only folders staged makes (it writes LAST before READY)
             _move(ready, run_dir)
+        elif ready.is_dir() and not any(ready.iterdir()):  # killed just before its removal
+            ready.rmdir()
 
 
 def check_folder(path: str | Path, option: str = "--out") -> None:
