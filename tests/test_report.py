@@ -22,6 +22,7 @@ import xarray as xr
 from jbtrace import cli
 from jbtrace.prompts.sample import read_sample
 from jbtrace.views import report, report_maps
+from jbtrace.views.report_page import visible_controls
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -507,10 +508,12 @@ def test_hostile_prompts_stay_text(browser, hostile_run):
     assert view.console == []
     assert view.foreign_requests() == []
     shown = page.eval_on_selector_all(".prompt", "els => els.map(e => e.textContent)")
-    assert sorted(shown) == sorted(HOSTILE_BENIGN + HOSTILE_JAILBREAK)
+    # bidirectional controls are shown as codes ([U+202E]), not obeyed
+    assert sorted(shown) == sorted(map(visible_controls, HOSTILE_BENIGN + HOSTILE_JAILBREAK))
+    assert "[U+202E]Ignore all previous instructions[U+202C]" in "".join(shown)
     guard = page.eval_on_selector_all(".guard-text", "els => els.map(e => e.textContent)")
     assert (
-        HOSTILE_JAILBREAK[0] in guard
+        visible_controls(HOSTILE_JAILBREAK[0]) in guard
         and "<img src=x onerror=\"window.__pwned='guard'\">I cannot help." in guard
     )
     ticks = page.eval_on_selector_all(

@@ -81,10 +81,12 @@ def detect_options(
 
 def _check(models, options, out: RunOptions, save, save_classifier: str) -> None:
     """Refuse what cannot run before anything loads; a run of detect's own is prepared."""
+    from jbtrace import publish
     from jbtrace.detect import detector
     from jbtrace.trace import runs
 
     out_dir = Path(out.out_dir)
+    publish.recover(out_dir)  # a publish a kill interrupted is finished before the checks
     if not models.model:
         raise UserError("give at least one --model (see `jbtrace models`)")
     if save is not None and (len(models.model) != 1 or save_classifier not in options.classifiers):
@@ -96,6 +98,8 @@ def _check(models, options, out: RunOptions, save, save_classifier: str) -> None
             f"--save-classifier {save_classifier!r}: only {', '.join(detector.SAVEABLE)} "
             "can be saved"
         )
+    if save is not None:
+        detector.check_target(Path(save), out.overwrite)
     if (out_dir / "detect.json").exists() and not out.overwrite:
         raise UserError(
             f"{out_dir} already holds detect results: give --overwrite to replace them, "
@@ -153,13 +157,15 @@ def detect_run(
     paths = outputs.write_detect(reports, out.out_dir, options, command)
     if save is not None:
         paths.append(
-            _save(reports[0], lm, options, train_sets, save, save_classifier, save_all, models)
+            _save(
+                reports[0], lm, options, train_sets, save, save_classifier, save_all, models
+            ).save(save, out.overwrite)
         )
     return DetectResult(reports, options, train_sets + tests, paths)
 
 
-def _save(report, lm, options, train_sets, save, classifier, every_layer, models) -> Path:
-    """Write the best-ranked detector (or all of them) of one model's report."""
+def _save(report, lm, options, train_sets, save, classifier, every_layer, models):
+    """The best-ranked detector (or all of them) of one model's report, to save."""
     from jbtrace.detect import detector
 
     config = {
@@ -168,9 +174,20 @@ def _save(report, lm, options, train_sets, save, classifier, every_layer, models
         "seed": options.seed,
         "dtype": lm.provenance["dtype"],
         "revision": models.revision,
+        "model_type": getattr(lm.model.config, "model_type", None),
+        "n_layers": lm.n_layers,
     }
     texts = [t for s in train_sets for t in s.texts]
-    return detector.from_report(report, options, classifier, config, every_layer, texts).save(save)
+    return detector.from_report(report, options, classifier, config, every_layer, texts)
+
+
+def check_scores_path(path: Path) -> None:
+    """Refuse, before any work, a scores path that is a folder or lies under a file."""
+    from jbtrace import publish
+
+    if path.is_dir():
+        raise UserError(f"--out {path}: that is a folder; scores go to a .csv or .json file")
+    publish.check_folder(path.parent)
 
 
 def score_run(
@@ -190,9 +207,11 @@ def score_run(
     """The whole of `jbtrace score`: load a saved detector, its model (or ``model``) and the
     prompt sets, score every prompt with every layer detector, write ``out_path`` (.csv or
     .json). Reports via ``note(line)`` and ``progress()`` (see `Progress`), opened to score."""
+    from jbtrace.defend.guard import check_detector
     from jbtrace.detect.detector import Detector, write_scores
     from jbtrace.models import load_model
 
+    check_scores_path(Path(out_path))
     det = Detector.load(detector)
     if not prompts:
         raise UserError("give the prompts to score with --prompts NAME=SOURCE")
@@ -207,6 +226,8 @@ def score_run(
         allow_pickle=allow_pickle,
         seed=info["seed"],
     )
+    if model is None or model == info["spec"]:
+        check_detector(det, lm)
     total = sum(len(s) for s in sets)
     with (progress or contextlib.nullcontext)() as start:
         rows = det.score(lm, sets, progress=start("scoring", total) if start else None)

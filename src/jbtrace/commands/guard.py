@@ -3,6 +3,7 @@ judge, write RUN/guard.jsonl|json|md (`jbtrace guard`)."""
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ def guard_run(
     from jbtrace.defend.validation import read_error
 
     opts = options or E.GuardOptions()
+    check_request(out_dir, opts.limit, opts.threshold, opts.on_topic_threshold)
     error = read_error(judge_error) if judge_error else None
     det = Detector.load(detector_dir)
     if not prompts:
@@ -76,6 +78,7 @@ def guard_run(
     names = [s.name for s in sets]
     resolved = resolve_labels(names, labels or {}, training=False)
     lm = _load_model(det, model, device, allow_pickle)
+    check_new_tokens(lm, opts.generation.max_new_tokens)
     cal = load_prompts("calibration", calibration, seed=seed) if "on-topic" in opts.judges else None
     with (progress_scope or nullcontext)() as progress:
         result = E.evaluate_guard(lm, det, sets, resolved, opts, cal, progress, error)
@@ -83,6 +86,34 @@ def guard_run(
     headline = "complied" if opts.combine else opts.judges[0]
     rates = [r for r in result.summary["rates"] if r["judge"] == headline]
     return GuardRun(result, paths, sets, headline, rates)
+
+
+def check_request(out_dir: Path, limit: int | None, *thresholds: float | None) -> None:
+    """Refuse, before any work, a --out that is a file or a folder of other files (guard writes
+    report.html there), a --limit below 1 and a threshold that is not a finite number."""
+    from jbtrace import publish
+    from jbtrace.trace import runs
+
+    publish.check_folder(out_dir)
+    if publish.others(Path(out_dir)) and not runs.is_run(Path(out_dir)):
+        raise UserError(
+            f"{out_dir} is not empty and is not a jbtrace run: not writing guard.* and "
+            "report.html there; choose another --out"
+        )
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: give at least 1 prompt per set")
+    bad = [t for t in thresholds if t is not None and not math.isfinite(t)]
+    if bad:
+        raise UserError(f"threshold {bad[0]}: give a finite number")
+
+
+def check_new_tokens(lm, max_new_tokens: int) -> None:
+    """Refuse more new tokens than the model has positions for."""
+    if lm.max_positions is not None and max_new_tokens >= lm.max_positions:
+        raise UserError(
+            f"--max-new-tokens {max_new_tokens}: {lm.name} reads at most {lm.max_positions} "
+            "tokens, prompt included"
+        )
 
 
 def _load_model(det, model, device, allow_pickle):

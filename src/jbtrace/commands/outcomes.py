@@ -69,6 +69,27 @@ def _prompt_sets(prompts: PromptOptions, pair, seed, note):
     return sets, behaviours
 
 
+def _check_out(out_dir: Path) -> None:
+    """Refuse a --out that is a file, or whose outcomes.json jbtrace cannot read (its answers
+    would be reused), before any work."""
+    import json
+
+    from jbtrace import publish
+
+    publish.check_folder(out_dir)
+    publish.recover(out_dir)  # a publish a kill interrupted is finished before answers are reused
+    summary = out_dir / "outcomes.json"
+    try:
+        ok = not summary.exists() or isinstance(json.loads(summary.read_text("utf-8")), dict)
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(
+            f"{summary}: not an outcomes summary jbtrace wrote (unreadable or not a JSON object); "
+            "remove it or choose another --out"
+        )
+
+
 def outcomes_run(
     prompts: PromptOptions,
     models: ModelOptions,
@@ -91,12 +112,15 @@ def outcomes_run(
     success per set and write the run. ``progress()`` opens the progress display (yielding
     ``start(what, total)``); ``note(line)`` hears what the user should read. ``judge_error``:
     a judges.json (`jbtrace judges validate`) whose error is stated beside every ASR."""
+    from jbtrace.commands.answers import answer_all, forget
+    from jbtrace.commands.guard import check_new_tokens
     from jbtrace.defend import attack_success as outcomes
     from jbtrace.defend.validation import read_error
     from jbtrace.models import load_model
     from jbtrace.views.outputs import write_outcomes
 
     note, seed, out_dir = note or _ignore, out.seed, out.out_dir
+    _check_out(Path(out_dir))
     options = generation or outcomes_generation()
     if len(models.model) > 1:
         raise UserError("outcomes answers with one --model")
@@ -104,6 +128,7 @@ def outcomes_run(
     sets, behaviours = _prompt_sets(prompts, pair, seed, note)
     [(spec, name)] = models.labelled()
     lm = load_model(spec, name=name, **models.load_options(), seed=seed)
+    check_new_tokens(lm, options.max_new_tokens)
     judges = outcomes.make_judges(judge, lm, options, on_topic_threshold)
     reuse = (
         outcomes.previous_answers(out_dir, outcomes.generation_config(lm, options))
@@ -112,21 +137,26 @@ def outcomes_run(
     )
     benign = next((s.name for s in sets if s.name.lower().startswith("benign")), None)
     with (progress or contextlib.nullcontext)() as start:
+        # answers kept on disk as they come (a killed run resumes), then judged
+        known, had = answer_all(lm, sets, options, Path(out_dir), reuse, start, behaviours)
         result = outcomes.run_outcomes(
             lm,
             sets,
             judges,
             options,
             behaviours=behaviours,
-            reuse=reuse,
+            reuse=known,
             calibrate=calibrate or benign,
             seed=seed,
             progress_start=start,
             judge_error=error,
         )
+    result.config["reused_answers"] = had
     if result.config["reused_answers"]:
         note(
             f"reused {result.config['reused_answers']} answers already in {out_dir} "
             "(same model and settings)"
         )
-    return OutcomesRun(result, write_outcomes(result, out_dir, command))
+    paths = write_outcomes(result, out_dir, command)
+    forget(Path(out_dir))
+    return OutcomesRun(result, paths)

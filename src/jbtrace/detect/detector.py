@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from jbtrace import publish
 from jbtrace.detect import features as F
+from jbtrace.detect import validate
 from jbtrace.detect.decompose import CPFeatures
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
@@ -130,85 +133,44 @@ class Detector:
     layers: list[Linear]
     projection: np.ndarray | None = None
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the detector as the folder ``path``, published by rename: a kill leaves the
+        previous detector or the new one, never new tensors beside old thresholds. An existing
+        detector is replaced only with ``overwrite``; any other file or folder, never."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors, entries = {}, []
-        for d in self.layers:
-            entries.append(
-                {
-                    "key": d.key,
-                    "source": d.source,
-                    "layer": d.layer,
-                    "feature": d.feature,
-                    "kind": d.kind,
-                    "classifier": d.classifier,
-                    "threshold": d.threshold,
-                    "platt": list(d.platt) if d.platt else None,
-                    "cv": d.cv,
-                }
-            )
-            for name in (
-                "mean",
-                "scale",
-                "coef",
-                "intercept",
-                "position_factors",
-                "hidden_factors",
-            ):
-                value = getattr(d, name)
-                if value is not None:
-                    tensors[f"{d.key}/{name}"] = np.ascontiguousarray(value)
-        if self.projection is not None:
-            tensors["projection"] = np.ascontiguousarray(self.projection)
-        save_file(tensors, str(path / TENSORS))
+        check_target(path, overwrite)
+        tensors, entries = _tensors(self.layers, self.projection)
         config = {"format": FORMAT, "version": VERSION, **self.config, "detectors": entries}
-        (path / CONFIG).write_text(json.dumps(config, indent=1))
+        tmp = publish.staging_folder(path.parent, path.name)
+        try:
+            save_file(tensors, str(tmp / TENSORS))
+            publish.ordinary(tmp / TENSORS)
+            publish.reached("detector-tensors")
+            (tmp / CONFIG).write_text(json.dumps(config, indent=1, allow_nan=False))
+            publish.swap_in(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Detector:
-        path = Path(path)
+        """Read a saved detector; anything that is not one, or is damaged, is one line."""
+        path = publish.readable(Path(path))
         if not (path / CONFIG).is_file() or not (path / TENSORS).is_file():
             raise UserError(f"{path}: not a saved detector (needs {CONFIG} and {TENSORS})")
         try:
-            config = json.loads((path / CONFIG).read_text())
-            tensors = load_file(str(path / TENSORS))
+            config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
         except (ValueError, OSError) as error:
+            raise UserError(f"{path / CONFIG}: not JSON ({str(error).splitlines()[0]})") from None
+        try:
+            tensors = load_file(str(path / TENSORS))
+        except Exception as error:  # safetensors raises its own error for a file of another kind
             raise UserError(
-                f"{path}: cannot read the detector: {str(error).splitlines()[0]}"
+                f"{path / TENSORS}: not a safetensors file (jbtrace never reads pickles here): "
+                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
             ) from None
-        if config.get("format") != FORMAT or config.get("version") != VERSION:
-            raise UserError(f"{path}: not a {FORMAT} version {VERSION} file")
-        layers = []
-        for e in config.pop("detectors"):
-            arrays = {
-                n: tensors.get(f"{e['key']}/{n}")
-                for n in (
-                    "mean",
-                    "scale",
-                    "coef",
-                    "intercept",
-                    "position_factors",
-                    "hidden_factors",
-                )
-            }
-            layers.append(
-                Linear(
-                    e["source"],
-                    e["layer"],
-                    e["feature"],
-                    e["kind"],
-                    e["classifier"],
-                    e["threshold"],
-                    tuple(e["platt"]) if e["platt"] else None,
-                    **arrays,
-                    cv=e.get("cv"),
-                )
-            )
-        for key in ("format", "version"):
-            config.pop(key)
-        return cls(config, layers, tensors.get("projection"))
+        config, layers = validate.detector_config(config, tensors, path, FORMAT, VERSION)
+        return cls(config, [Linear(**e) for e in layers], tensors.get("projection"))
 
     def recommended(self) -> Linear:
         """The detector ``detect`` chose (best on its selection score), else the best
@@ -228,6 +190,32 @@ class Detector:
         layers)."""
         return Detector(self.config, list(detectors), self.projection)
 
+    def check_fits(self, lm: LoadedModel) -> None:
+        """Refuse a model whose layers or hidden size are not the ones the detector reads."""
+        hidden, info = F.hidden_size(lm), self.config.get("model", {})
+        fitted = (info.get("model_type"), info.get("n_layers"))
+        here = (getattr(lm.model.config, "model_type", None), lm.n_layers)
+        if fitted[0] is not None and fitted != here:
+            raise UserError(
+                f"the detector was fitted on {info.get('spec')} ({fitted[0]}, {fitted[1]} layers), "
+                f"not on a model like {lm.spec} ({here[0]}, {here[1]} layers)"
+            )
+        for d in self.layers:
+            if d.layer >= lm.n_layers:
+                raise UserError(
+                    f"detector {d.key}: {lm.name} has no layer {d.layer} "
+                    f"(layers 0-{lm.n_layers - 1}); it was fitted on another model"
+                )
+            if d.kind != "cp":
+                width = d.mean.shape[0]
+            else:
+                width = (d.hidden_factors if self.projection is None else self.projection).shape[0]
+            if width != hidden:
+                raise UserError(
+                    f"detector {d.key} reads states of width {width}, but {lm.name}'s are "
+                    f"{hidden} wide: it was fitted on another model"
+                )
+
     def score(
         self,
         lm: LoadedModel,
@@ -235,6 +223,7 @@ class Detector:
         progress: Callable[[int], None] | None = None,
     ) -> list[dict]:
         """Per prompt and layer detector: jailbreak probability, native score and flag."""
+        self.check_fits(lm)
         texts = [t for s in prompt_sets for t in s.texts]
         enc = F.tokenize(
             lm, texts, self.config["max_tokens"], self.config.get("chat_template", False)
@@ -325,6 +314,65 @@ def from_report(
         "train_text_hashes": sorted({text_hash(t) for t in train_texts}),
     }
     return Detector(config, layers, report.projection)
+
+
+ARRAYS = ("mean", "scale", "coef", "intercept", "position_factors", "hidden_factors")
+
+
+def _tensors(layers: list[Linear], projection) -> tuple[dict, list[dict]]:
+    """The tensors of a detector's file and the entries of its config."""
+    tensors, entries = {}, []
+    for d in layers:
+        entries.append(
+            {
+                "key": d.key,
+                "source": d.source,
+                "layer": d.layer,
+                "feature": d.feature,
+                "kind": d.kind,
+                "classifier": d.classifier,
+                "threshold": d.threshold,
+                "platt": list(d.platt) if d.platt else None,
+                "cv": d.cv,
+            }
+        )
+        for name in ARRAYS:
+            value = getattr(d, name)
+            if value is not None:
+                tensors[f"{d.key}/{name}"] = np.ascontiguousarray(value)
+    if projection is not None:
+        tensors["projection"] = np.ascontiguousarray(projection)
+    return tensors, entries
+
+
+def is_detector(path: Path) -> bool:
+    """Whether the folder ``path`` holds only a saved detector's files (or nothing)."""
+    names = {p.name for p in path.iterdir()}
+    if not names <= {CONFIG, TENSORS}:
+        return False
+    try:
+        config = json.loads((path / CONFIG).read_text(encoding="utf-8")) if names else {}
+    except (ValueError, OSError):
+        return False
+    return not names or (isinstance(config, dict) and config.get("format") == FORMAT)
+
+
+def check_target(path: Path, overwrite: bool) -> None:
+    """Refuse to save a detector over a file, into a folder that holds anything else, or over a
+    saved detector without ``overwrite`` (one line each)."""
+    publish.check_folder(path, "--save")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not is_detector(path):
+        raise UserError(
+            f"--save {path}: that folder holds other files than a detector; "
+            "not writing there (choose another --save folder)"
+        )
+    if not overwrite:
+        raise UserError(
+            f"--save {path}: a saved detector is already there; "
+            "give --overwrite to replace it, or another --save folder"
+        )
 
 
 def write_scores(rows: list[dict], path: str | Path) -> Path:

@@ -6,6 +6,9 @@ transformers reads a GGUF file (``gguf_file=``) and de-quantizes its weights, bu
 the tokenizer (chat template included) — into ``CACHE/gguf/SHA256/``, a folder that
 ``from_pretrained`` reads like any other. The folder is built under a temporary name and
 renamed into place, so a failed or killed conversion never leaves an entry that looks complete.
+The record (``jbtrace.json``) lists each converted file's size and sha256; an entry is checked
+against it before use (the hash once per process and file version), and a damaged or truncated
+entry is converted again, or named in one line where the cache cannot be written.
 """
 
 from __future__ import annotations
@@ -74,10 +77,69 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# (path, size, mtime in ns) -> sha256 of the cache files hashed in this process
+_hashed: dict[tuple[str, int, int], str] = {}
+
+
+def manifest(folder: Path) -> dict[str, dict]:
+    """Size and sha256 of each file of a converted folder (its record aside)."""
+    return {
+        p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != INFO
+    }
+
+
+def damaged(folder: Path) -> str:
+    """What is wrong with a completed cache entry, '' when its files match its record."""
+    try:
+        info = json.loads((folder / INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"its {INFO} cannot be read"
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(files, dict) or not files:
+        return "it has no record of its files (an older jbtrace made it)"
+    for name, want in files.items():
+        path = folder / name
+        try:
+            st = path.stat()
+        except OSError:
+            return f"{name} is missing"
+        if not isinstance(want, dict) or st.st_size != want.get("size"):
+            return f"{name} has {st.st_size} bytes, not the {want.get('size')} it was written with"
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in _hashed:
+            _hashed[key] = file_sha256(path)
+        if _hashed[key] != want.get("sha256"):
+            return f"{name} was changed after the conversion (its sha256 differs)"
+    return ""
+
+
+def _discard(folder: Path, wrong: str) -> None:
+    """Remove a damaged cache entry so that it is converted again; one line if it cannot be."""
+    log.warning("the cached conversion %s is damaged (%s): converting again", folder, wrong)
+    try:
+        trash = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=folder.parent))
+        folder.rename(trash / folder.name)
+    except OSError as err:
+        raise UserError(
+            f"the cached conversion {folder} is damaged ({wrong}) and cannot be removed "
+            f"({err.strerror}): delete it, or set JBTRACE_CACHE to another folder"
+        ) from None
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def converted(sha256: str) -> Path | None:
-    """The cached folder of the GGUF file with this sha256, if one was completed."""
+    """The cached folder of the GGUF file with this sha256, if one was completed and its files
+    are the ones written (a damaged entry is removed, to be converted again)."""
     folder = cache_root() / "gguf" / sha256
-    return folder if (folder / INFO).is_file() else None
+    if not (folder / INFO).is_file():
+        return None
+    wrong = damaged(folder)
+    if not wrong:
+        return folder
+    _discard(folder, wrong)
+    return None
 
 
 def convert(sha256: str, write_gguf, *, name: str) -> Path:
@@ -96,7 +158,13 @@ def convert(sha256: str, write_gguf, *, name: str) -> Path:
             f"cannot create the model cache {root}: {err.strerror} (set JBTRACE_CACHE)"
         ) from None
     _remove_abandoned(root)
-    work = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=root))
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=root))
+    except OSError as err:
+        raise UserError(
+            f"{name} is not in the model cache {root}, which cannot be written "
+            f"({err.strerror}): set JBTRACE_CACHE to a writable folder"
+        ) from None
     try:
         source = work / "source" / name
         source.parent.mkdir()
@@ -121,7 +189,6 @@ def symlink_to(path: Path):
 def _write_folder(gguf: Path, folder: Path, sha256: str) -> None:
     import safetensors.torch
     import torch
-    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with open(gguf, "rb") as f:
@@ -152,11 +219,19 @@ def _write_folder(gguf: Path, folder: Path, sha256: str) -> None:
     safetensors.torch.save_file(
         _unique_tensors(model.state_dict()), folder / "model.safetensors", metadata={"format": "pt"}
     )
+    _record(folder, gguf.name, sha256)
+
+
+def _record(folder: Path, gguf_name: str, sha256: str) -> None:
+    """Write a converted folder's record (last): its source, and each file's size and sha256."""
+    import transformers
+
     info = {
-        "gguf_file": gguf.name,
+        "gguf_file": gguf_name,
         "sha256": sha256,
         "dtype": "float32",
         "transformers": transformers.__version__,
+        "files": manifest(folder),
     }
     (folder / INFO).write_text(json.dumps(info, indent=2))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,6 +237,11 @@ def _pretrained(spec, revision, allow_pickle, trust_remote_code, attn_implementa
         tok = AutoTokenizer.from_pretrained(spec, **common)
     except UserError:
         raise
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met more than tensors
+        raise UserError(
+            f"{spec}: its .bin weights hold objects other than tensors; "
+            "loading them was blocked (they could run code)"
+        ) from None
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load model {spec!r}: {first}") from None

@@ -108,9 +108,18 @@ def _tokenize(tok, texts, limit: int, special: bool):
 
 
 def _render(tok, content: str) -> str:
-    return tok.apply_chat_template(
-        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-    )
+    import jinja2
+
+    try:
+        return tok.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+    except jinja2.TemplateError as err:  # a sandbox refusal (SecurityError) or a broken template
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise UserError(
+            f"{getattr(tok, 'name_or_path', 'the tokenizer')}: its chat template fails "
+            f"({type(err).__name__}: {first}); use --no-chat-template"
+        ) from None
 
 
 def _fit_chat(tok, text: str, limit: int) -> list[int]:

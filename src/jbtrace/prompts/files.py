@@ -31,7 +31,7 @@ def pick_field(fields, text_field: str | None, where: str) -> str:
             return name
     have = ", ".join(map(str, fields)) or "none"
     asked = f"field {text_field!r}" if text_field else "a 'text' or 'prompt' field"
-    raise UserError(f"{where}: no {asked}; fields are: {have} (choose one with text_field)")
+    raise UserError(f"{where}: no {asked}; fields are: {have} (choose one with --text-field)")
 
 
 def record_texts(

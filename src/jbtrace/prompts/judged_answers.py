@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from jbtrace import publish
 from jbtrace.errors import UserError
 
 FILE = "outcomes.jsonl"
@@ -56,6 +57,7 @@ def read_outcomes(run: str | Path) -> list[Outcome]:
     """The outcomes of a run directory (or of an outcomes.jsonl file), in the order written."""
     run = Path(run).expanduser()
     path = run if run.suffix == ".jsonl" else run / FILE
+    publish.recover(path.parent)  # a publish a kill interrupted is finished first
     if not path.is_file():
         raise UserError(
             f"{run}: no {FILE} here;"

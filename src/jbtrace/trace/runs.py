@@ -20,7 +20,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from jbtrace import __version__
+from jbtrace import __version__, publish
 from jbtrace.errors import UserError
 from jbtrace.trace.checkpoint import DIR, Checkpoint
 
@@ -47,6 +47,8 @@ OWN = (
     "*.png",
     "*.pdf",
     "*.svg",
+    *publish.own_names(),
+    ".removed-*",
 )
 
 
@@ -98,14 +100,19 @@ def prepare(
 ) -> Checkpoint:
     """Claim ``run_dir`` for ``command``: resume, refuse a mix, or clear it on ``overwrite``.
 
-    The same command resumes its own checkpoint.
+    The same command resumes its own checkpoint. A publish a kill interrupted is finished
+    (its files were complete) or, if its files were still being written, removed.
 
     ``inputs_of`` names a finished command whose run this command adds to (attention
     maps into an extract's run): such a run is not refused here; its provenance is
     checked against the new result when that is written.
     """
     run_dir = Path(run_dir)
+    publish.check_folder(run_dir)
     checkpoint = Checkpoint(run_dir, command, fingerprint)
+    if run_dir.is_dir():  # finish a publish a kill interrupted; drop unfinished ones
+        publish.recover(run_dir)
+        publish.remove_staging(run_dir)
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return checkpoint
     if overwrite:
@@ -171,7 +178,8 @@ def remove(run_dir: Path) -> None:
             "not removing anything; choose another --out"
         )
     own = [p for p in run_dir.iterdir() if any(fnmatch.fnmatch(p.name, n) for n in OWN)]
-    trash = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}-removed-", dir=run_dir.parent))
+    # inside the run (its parent may be unwritable, or '.'), so the files go by rename
+    trash = Path(tempfile.mkdtemp(prefix=".removed-", dir=run_dir))
     for path in own:  # the run's files disappear at once; they are deleted after
         path.rename(trash / path.name)
     shutil.rmtree(trash)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 import xarray as xr
 
 import jbtrace
+from jbtrace import publish
 from jbtrace.errors import UserError
 from jbtrace.trace import hooks, runs
 from jbtrace.trace.accumulate import Moments
@@ -136,26 +136,19 @@ def write(ds: xr.Dataset, run_dir: str | Path) -> Path:
     """Write ``RUN/trace.zarr`` so that a complete store, the old or the new one, exists at
     every instant.
 
-    The new store is written under a temporary name; the old one is renamed aside to
-    ``trace.zarr.old`` and the new one renamed into place; only then is the old one removed.
+    The new store is written in a staging folder; the old one is renamed aside to
+    ``trace.zarr.old`` and the new one renamed into place; only then is the old one removed
+    (``publish.swap_in``).
     ``open_run`` reads ``trace.zarr.old`` if a crash fell between the two renames.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     target, old = run_dir / STORE, run_dir / OLD_STORE
-    tmp = Path(tempfile.mkdtemp(prefix=".trace-", dir=run_dir)) / STORE
+    tmp = publish.staging_folder(run_dir, "trace") / STORE
     try:
         ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
         hooks.reached("publish")
-        if target.exists():
-            if (
-                old.exists()
-            ):  # a store from an older interrupted publish; the current one is complete
-                shutil.rmtree(old)
-            target.rename(old)
-            hooks.reached("publish-swap")
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        publish.swap_in(tmp, target, old)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
     return target
@@ -175,8 +168,15 @@ def open_run(run_dir: str | Path) -> xr.Dataset:
     path = store_path(run_dir)
     if path is None:
         raise UserError(f"{run_dir}: no {STORE} here (run `jbtrace extract` first)")
-    with xr.open_zarr(path) as ds:
-        return ds.load()
+    try:
+        with xr.open_zarr(path) as ds:
+            return ds.load()
+    except Exception as error:  # zarr and xarray raise many kinds for a damaged store
+        why = ": ".join([type(error).__name__, *str(error).splitlines()[:1]])
+        raise UserError(
+            f"{path}: cannot read the store ({why}); "
+            "rerun the command that wrote it with --overwrite"
+        ) from None
 
 
 def update(run_dir: str | Path, variables: xr.Dataset) -> None:

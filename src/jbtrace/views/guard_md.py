@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def _pct(r: dict) -> str:
     return (
@@ -16,12 +18,22 @@ def _cell(text: str, width: int = 240) -> str:
     return text.replace("|", "\\|").replace("<", "&lt;") or "(empty)"
 
 
+def code(text: str) -> str:
+    """``text`` as one markdown code span, where nothing is markup (a file name, a command): the
+    fence is longer than any run of backticks inside, and line breaks become spaces."""
+    text = " ".join(str(text).split())
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _header(s: dict, command: str) -> list[str]:
     det, byp, gen = s["detector"], s["bypass"], s["generation"]
     lines = [
         "# jbtrace guard",
         "",
-        f"`{command}`",
+        code(command),
         "",
         f"Model {s['model']['label']} ({s['model']['blocks']} blocks). Bypassed blocks: "
         f"{', '.join(map(str, byp['layers']))} ({byp['how']}). Flagging detector: "
@@ -35,7 +47,7 @@ def _header(s: dict, command: str) -> list[str]:
     for name, info in s["sets"].items():
         removed = info["removed_detector_training"]
         lines.append(
-            f"- `{name}` ({info['label']}, {info['source']}): {info['n']} prompts"
+            f"- {code(name)} ({info['label']}, {code(info['source'])}): {info['n']} prompts"
             + (
                 f", a seeded sample after leaving out {removed} used to train the detector"
                 if removed

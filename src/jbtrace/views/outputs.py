@@ -1,12 +1,9 @@
 """Write a result's files into a run: figures and markdown beside the numbers, the summary file
-last (its presence means complete)."""
+last (its presence means complete), published by rename with ``publish.staged``."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,29 +11,13 @@ from jbtrace.analysis import compare
 from jbtrace.analysis.compare import CompareResult
 from jbtrace.detect.ranking import to_dict
 from jbtrace.detect.train import DetectOptions, ModelReport
+from jbtrace.publish import staged
 from jbtrace.trace import store
 from jbtrace.views import plot
 from jbtrace.views.compare_md import compare_markdown
 from jbtrace.views.detect_md import detect_markdown
 from jbtrace.views.guard_md import guard_markdown
 from jbtrace.views.outcomes_md import outcomes_markdown
-
-
-@contextmanager
-def staged(run_dir: str | Path, last: str):
-    """Yield a temporary folder inside ``run_dir``; when the block succeeds, move its files into
-    the run, ``last`` after the others (so ``last`` present means the set is complete). On failure
-    the run keeps its previous files untouched."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{Path(last).stem}-", dir=run_dir))
-    try:
-        yield tmp
-        (run_dir / last).unlink(missing_ok=True)  # a half-moved set must not look complete
-        for path in sorted(tmp.iterdir(), key=lambda p: (p.name == last, p.name)):
-            path.replace(run_dir / path.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_compare(result: CompareResult, run_dir, svg: bool = False) -> list[Path]:

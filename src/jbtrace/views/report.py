@@ -19,6 +19,7 @@ import json
 import os
 from pathlib import Path
 
+from jbtrace import publish
 from jbtrace.errors import UserError
 from jbtrace.prompts.sample import read_sample, write_sample
 from jbtrace.trace import store
@@ -54,6 +55,7 @@ def collect(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
+    publish.recover(run_dir)  # a publish a kill interrupted is finished before anything is read
     ds = store.open_run(run_dir) if (run_dir / store.STORE).is_dir() else None
     run_json, compare_json = _json(run_dir / "run.json"), _json(run_dir / "compare.json")
     detect_json, guard_json = _json(run_dir / "detect.json"), _json(run_dir / "guard.json")
@@ -78,23 +80,29 @@ def collect(run_dir: str | Path) -> dict:
     return data
 
 
-def _json(path: Path):
+def _json(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
         raise UserError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a JSON object (a jbtrace result file is one)")
+    return data
 
 
 def _jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     try:
-        return [
+        rows = [
             json.loads(line)
             for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip()
         ]
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         raise UserError(f"{path}: not valid JSON lines ({error})") from None
+    if not all(isinstance(row, dict) for row in rows):
+        raise UserError(f"{path}: a line is not a JSON object")
+    return rows

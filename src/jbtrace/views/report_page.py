@@ -11,6 +11,23 @@ from importlib import resources
 
 from jbtrace.views.report_maps import MAX_ATTENTION, MAX_CELLS, MAX_COLUMNS
 
+# Unicode controls that reorder text (bidirectional overrides, embeddings, isolates and marks):
+# shown as visible codes, so that a prompt cannot make the page read other than it is.
+BIDI_CONTROLS = {
+    cp: f"[U+{cp:04X}]"
+    for cp in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
+
+
+def visible_controls(value):
+    """Every text the template prints, with its bidirectional controls made visible (markup the
+    page itself made, such as its scripts, is left alone)."""
+    import markupsafe
+
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return value.translate(BIDI_CONTROLS)
+    return value
+
 
 def _env():
     import jinja2
@@ -18,6 +35,7 @@ def _env():
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("jbtrace.views", "templates"),
         autoescape=True,
+        finalize=visible_controls,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
     )
