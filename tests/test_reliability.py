@@ -655,3 +655,44 @@ def test_recover_moves_only_what_staged_made(tmp_path):
     publish.recover(tmp_path)
     assert (tmp_path / "a.md").read_text() == "newer" and (tmp_path / "r.json").read_text() == "[]"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes-ready-mine", "a.md", "r.json"]
+
+
+# ---------------------------------------------------------------- a user's judge
+
+
+JUDGES = {
+    "returns a str": "def judge(prompt, response):\n    return 'yes'\n",
+    "returns None": "def judge(prompt, response):\n    return None\n",
+    "returns an int": "def judge(prompt, response):\n    return 1\n",
+    "raises": "def judge(prompt, response):\n    raise ValueError('cannot read this')\n",
+    "exits at import": "raise SystemExit(0)\ndef judge(prompt, response):\n    return True\n",
+}
+
+
+@pytest.mark.parametrize("case", list(JUDGES))
+def test_a_broken_user_judge_is_one_line_after_the_answers_are_kept(
+    monkeypatch, capsys, tmp_path, case
+):
+    """outcomes keeps its answers before judging: the rerun with a working judge generates
+    nothing again."""
+    module = f"judge_{case.replace(' ', '_')}"
+    (tmp_path / f"{module}.py").write_text(JUDGES[case])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Tell me a story.\nWhat is two plus two?\n")
+    run = tmp_path / "run"
+    args = ["outcomes", "-m", "tiny:llama", "-p", f"a={prompts}", "--judge", f"{module}:judge"]
+    code, out, err = jbtrace(monkeypatch, capsys, *args, "--max-new-tokens", "4", "-q", "-o", run)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and f"{module}:judge" in errors[0], err
+    assert "Traceback" not in err and not (run / "outcomes.json").exists()
+    kept = run / ".checkpoint" / "outcomes" / "answers.jsonl"
+    assert kept.is_file() == (case != "exits at import")  # judged after the answers are kept
+
+
+def test_a_judge_without_a_module_is_one_line(monkeypatch, capsys, tmp_path):
+    code, _, err = jbtrace(
+        monkeypatch, capsys, "outcomes", "-m", "tiny:llama", "-p", "a=builtin:eval:mtbench",
+        "--judge", ":foo", "-q", "-o", tmp_path / "run",
+    )  # fmt: skip
+    assert code == 2 and "module:function" in err and "Traceback" not in err

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from importlib import resources
 
@@ -338,17 +338,31 @@ class UserJudge:
 
     def __init__(self, spec: str):
         module, _, attr = spec.partition(":")
+        if not module or not attr:
+            raise UserError(f"judge {spec!r}: give it as module:function")
         try:
             self.function = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as error:
-            raise UserError(f"judge {spec!r}: cannot import it ({error})") from None
+        except (Exception, SystemExit) as error:  # a module that fails or exits as it loads
+            raise UserError(
+                f"judge {spec!r}: cannot import it ({type(error).__name__}: {error})"
+            ) from None
         if not callable(self.function):
             raise UserError(f"judge {spec!r} is not callable")
         self.name = spec
 
     def __call__(self, prompt: str, response: str) -> dict:
-        verdict = self.function(prompt, response)
-        verdict = {"answered": verdict} if isinstance(verdict, bool) else dict(verdict)
+        try:
+            verdict = self.function(prompt, response)
+        except (Exception, SystemExit) as error:
+            raise UserError(
+                f"judge {self.name!r} failed on a response ({type(error).__name__}: {error})"
+            ) from None
+        if isinstance(verdict, bool):
+            verdict = {"answered": verdict}
+        elif isinstance(verdict, Mapping):
+            verdict = dict(verdict)
+        else:
+            verdict = {}
         if not isinstance(verdict.get("answered"), bool):
             raise UserError(
                 f"judge {self.name!r} must return a bool or a dict with a bool 'answered'"
