@@ -696,3 +696,11 @@ def test_a_judge_without_a_module_is_one_line(monkeypatch, capsys, tmp_path):
         "--judge", ":foo", "-q", "-o", tmp_path / "run",
     )  # fmt: skip
     assert code == 2 and "module:function" in err and "Traceback" not in err
+
+
+def test_guard_and_outcomes_summaries_are_strict_json():
+    from jbtrace.views.outputs import strict_json
+
+    text = strict_json({"rate": float("nan"), "rows": [np.float64("inf"), 1.5, np.int64(2)]})
+    assert json.loads(text) == {"rate": None, "rows": [None, 1.5, 2]}
+    assert "NaN" not in text and "Infinity" not in text

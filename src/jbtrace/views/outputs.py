@@ -4,8 +4,11 @@ last (its presence means complete), published by rename with ``publish.staged``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
+
+import numpy as np
 
 from jbtrace.analysis import compare
 from jbtrace.analysis.compare import CompareResult
@@ -51,6 +54,24 @@ def write_compare(result: CompareResult, run_dir, svg: bool = False) -> list[Pat
 DETECT_FILES = ("detect.json", "detect.md", "detect.png", "detect.pdf")
 
 
+def finite(value):
+    """``value`` with every non-finite number (NaN, ±inf) as None, for strict JSON."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def strict_json(value, **options) -> str:
+    """JSON that every parser reads: no bare NaN or Infinity (they become null)."""
+    return json.dumps(finite(value), allow_nan=False, **options)
+
+
 def write_detect(
     reports: list[ModelReport], run_dir: str | Path, options: DetectOptions, command: str
 ) -> list[Path]:
@@ -83,7 +104,7 @@ def write_guard(result, run_dir: str | Path, command: str) -> list[Path]:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         (tmp / "guard.md").write_text(guard_markdown(result, command), encoding="utf-8")
         (tmp / "guard.json").write_text(
-            json.dumps({"command": command, **result.summary}, indent=1, default=float)
+            strict_json({"command": command, **result.summary}, indent=1, default=float)
         )
     return [Path(run_dir) / n for n in GUARD_FILES]
 
@@ -104,7 +125,7 @@ def write_outcomes(result, run_dir: str | Path, command: str) -> list[Path]:
             "paired": result.paired,
         }
         (tmp / "outcomes.json").write_text(
-            json.dumps(summary, indent=1, default=float), encoding="utf-8"
+            strict_json(summary, indent=1, default=float), encoding="utf-8"
         )
         write_records(result.outcomes, tmp / FILE)
     return [Path(run_dir) / n for n in ("outcomes.md", "outcomes.json", FILE)]
