@@ -284,3 +284,27 @@ def test_guard_bad_input(monkeypatch, capsys, tmp_path, detector, args, message)
     assert code == 2 and message in stderr and "Traceback" not in stderr
     assert len([line for line in stderr.splitlines() if line.startswith("jbtrace: error")]) == 1
     assert not (tmp_path / "g" / "guard.json").exists()
+
+
+def test_refuse_mode_answers_flagged_prompts_with_a_fixed_refusal(
+    monkeypatch, capsys, tmp_path, detector
+):
+    """``refuse``: a flagged prompt gets `REFUSAL` (judged refused, so blocked), the others keep
+    the baseline answer; nothing is generated for it beyond the baseline."""
+    from jbtrace.defend.guard import REFUSAL
+
+    out = tmp_path / "g"
+    args = ["--detector", detector, *SETS, "--limit", "6", "--max-new-tokens", "4"]
+    args += ["--mode", "never", "--mode", "refuse", "--judge", "refusal", "--combine", "refusal"]
+    args += ["--threshold", "0"]
+    code, _, stderr = jbtrace(monkeypatch, capsys, "guard", *args, "-o", out, "-q")
+    assert code == 0, stderr
+    rows = [json.loads(line) for line in (out / "guard.jsonl").read_text().splitlines()]
+    refuse = [r for r in rows if r["mode"] == "refuse"]
+    assert refuse and any(r["flagged"] for r in refuse)
+    for r in refuse:
+        assert r["response"] == (REFUSAL if r["flagged"] else r["baseline"])
+        if r["flagged"]:
+            assert not r["verdicts"]["refusal"]["answered"]  # a refusal: blocked
+    summary = json.loads((out / "guard.json").read_text())
+    assert {r["mode"] for r in summary["rates"]} == {"never", "refuse"}

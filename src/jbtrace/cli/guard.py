@@ -44,7 +44,11 @@ OutDirOption = Annotated[
 ]
 ModeOption = Annotated[
     list[str] | None,
-    typer.Option("--mode", help="guard, always or never; repeatable (default: all three)."),
+    typer.Option(
+        "--mode",
+        help="guard, always, never or refuse (a fixed refusal for a flagged prompt); repeatable "
+        "(default: guard, always, never).",
+    ),
 ]
 BypassOption = Annotated[
     str | None,

@@ -112,6 +112,11 @@ def _generate(lm, texts, flags, bypass, options: GuardOptions, tick) -> tuple[li
     for mode in options.modes:
         if mode == "never":
             responses[mode] = baseline  # nothing bypassed: the baseline generation itself
+        elif mode == "refuse":
+            responses[mode] = [
+                G.Generated(G.REFUSAL, [], g.prompt_tokens, g.truncated) if flagged else g
+                for g, flagged in zip(baseline, flags.flags, strict=True)
+            ]
         elif mode == "always":
             responses[mode] = G.generate(
                 lm, texts, gen, bypass, tick("always (bypass every prompt)", len(texts))

@@ -2,9 +2,11 @@
 bypassed.
 
 Modes: ``guard`` (flagged prompts are generated with the blocks bypassed, the rest untouched),
-``always`` (every prompt bypassed: the cost of removing the blocks alone) and ``never`` (the
-detector scores, nothing is bypassed: the baseline). Generation is transformers' own
-``generate`` on left-padded batches, greedy unless sampling is asked for (seeded per batch).
+``always`` (every prompt bypassed: the cost of removing the blocks alone), ``never`` (the
+detector scores, nothing is bypassed: the baseline) and ``refuse`` (a flagged prompt gets a fixed
+refusal, `REFUSAL`, without generation: the cheap intervention the others must beat).
+Generation is transformers' own ``generate`` on left-padded batches, greedy unless sampling is
+asked for (seeded per batch).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from jbtrace.models.tokens import (
 )
 from jbtrace.prompts import PromptSet
 
-MODES = ("guard", "always", "never")
+MODES = ("guard", "always", "never", "refuse")
+REFUSAL = "I can't help with that."  # what ``refuse`` answers a flagged prompt
 
 
 @dataclass(frozen=True)
