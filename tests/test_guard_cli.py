@@ -308,3 +308,33 @@ def test_refuse_mode_answers_flagged_prompts_with_a_fixed_refusal(
             assert not r["verdicts"]["refusal"]["answered"]  # a refusal: blocked
     summary = json.loads((out / "guard.json").read_text())
     assert {r["mode"] for r in summary["rates"]} == {"never", "refuse"}
+
+
+def test_steer_mode_adds_the_refusal_direction_to_flagged_prompts_only(
+    monkeypatch, capsys, tmp_path, detector
+):
+    """``steer``: unflagged prompts keep the baseline token for token; the direction is fitted
+    on prompts that are not evaluated, and guard.json says on what."""
+    out = tmp_path / "g"
+    args = ["--detector", detector, *SETS, "--limit", "6", "--max-new-tokens", "6"]
+    args += ["--mode", "never", "--mode", "steer", "--judge", "refusal", "--combine", "refusal"]
+    args += ["--threshold", "0", "--steer-layer", "2", "--steer-scale", "8"]
+    args += ["--steer-harmless", "builtin:benign:chatterbot", "--steer-limit", "8"]
+    code, _, stderr = jbtrace(monkeypatch, capsys, "guard", *args, "-o", out, "-q")
+    assert code == 0, stderr
+    rows = [json.loads(line) for line in (out / "guard.jsonl").read_text().splitlines()]
+    steer = [r for r in rows if r["mode"] == "steer"]
+    assert any(r["steered"] for r in steer) and all(r["steered"] == r["flagged"] for r in steer)
+    assert all(r["identical"] for r in steer if not r["flagged"])
+    assert not all(r["identical"] for r in steer if r["flagged"])  # scale 8 changes answers
+    fitted = json.loads((out / "guard.json").read_text())["steering"]
+    assert fitted["layer"] == 2 and fitted["scale"] == 8 and fitted["direction_norm"] > 0
+    assert fitted["fitted_on"]["harmless"] == {"source": "builtin:benign:chatterbot", "prompts": 8}
+
+
+def test_steer_mode_without_a_layer_is_one_line(monkeypatch, capsys, tmp_path, detector):
+    code, _, err = jbtrace(
+        monkeypatch, capsys, "guard", "--detector", detector, *SETS, "--mode", "steer",
+        "-o", tmp_path / "g", "-q",
+    )  # fmt: skip
+    assert code == 2 and "--steer-layer" in err and "Traceback" not in err

@@ -30,6 +30,7 @@ from jbtrace.commands.prompts import pairs
 from jbtrace.commands.report import report_run
 from jbtrace.defend.evaluate import GuardOptions
 from jbtrace.defend.guard import GenerateOptions, parse_bypass
+from jbtrace.defend.steer import SteerOptions
 
 DetectorDirOption = Annotated[
     Path,
@@ -46,8 +47,8 @@ ModeOption = Annotated[
     list[str] | None,
     typer.Option(
         "--mode",
-        help="guard, always, never or refuse (a fixed refusal for a flagged prompt); repeatable "
-        "(default: guard, always, never).",
+        help="guard, always, never, refuse (a fixed refusal for a flagged prompt) or steer (the "
+        "refusal direction added, see --steer-layer); repeatable (default: guard, always, never).",
     ),
 ]
 BypassOption = Annotated[
@@ -101,6 +102,23 @@ JudgeErrorOption = Annotated[
         help="A judges.json from `jbtrace judges validate` (e.g. bench/results/judges.json): "
         "each judge's error beside every rate, and the rate corrected for it (Rogan–Gladen)."
     ),
+]
+SteerLayerOption = Annotated[
+    int | None,
+    typer.Option(
+        help="--mode steer: add the refusal direction (harmful minus harmless mean state at the "
+        "last prompt token) to this block's output while a flagged prompt is answered."
+    ),
+]
+SteerScaleOption = Annotated[float, typer.Option(help="--mode steer: times the direction.")]
+SteerHarmfulOption = Annotated[
+    str, typer.Option(help="--mode steer: harmful prompts the direction is fitted on.")
+]
+SteerHarmlessOption = Annotated[
+    str, typer.Option(help="--mode steer: harmless prompts the direction is fitted on.")
+]
+SteerLimitOption = Annotated[
+    int, typer.Option(help="--mode steer: prompts of each side (evaluated prompts left out).")
 ]
 OnTopicThresholdOption = Annotated[
     float | None,
@@ -238,6 +256,11 @@ def guard_cmd(
     device: Device = "cpu",
     allow_pickle: AllowPickle = False,
     judge_error: JudgeErrorOption = None,
+    steer_layer: SteerLayerOption = None,
+    steer_scale: SteerScaleOption = 1.0,
+    steer_harmful: SteerHarmfulOption = "builtin:harmful:advbench",
+    steer_harmless: SteerHarmlessOption = "builtin:benign",
+    steer_limit: SteerLimitOption = 64,
     quiet: Quiet = False,
 ):
     """Guarded generation: flag with a saved detector, bypass blocks for flagged prompts; RUN/guard.jsonl|json|md."""  # noqa: E501
@@ -255,6 +278,11 @@ def guard_cmd(
         device=device,
         allow_pickle=allow_pickle,
         judge_error=judge_error,
+        steer=None
+        if steer_layer is None
+        else SteerOptions(
+            steer_layer, steer_scale, steer_harmful, steer_harmless, steer_limit, guard.seed
+        ),
         progress_scope=lambda: progress_bar(quiet),
         note=say,
     )

@@ -45,12 +45,14 @@ def guard_run(
     device: str = "cpu",
     allow_pickle: bool = False,
     judge_error: Path | None = None,
+    steer=None,
     progress_scope=None,
     note=None,
 ) -> GuardRun:
     """The whole of `jbtrace guard` (detector, prompts, model, guarded generation, judges,
     RUN/guard.*); ``options``: a `defend.evaluate.GuardOptions` (default: its defaults);
-    ``judge_error``: a judges.json (`jbtrace judges validate`) stated beside every rate.
+    ``judge_error``: a judges.json (`jbtrace judges validate`) stated beside every rate;
+    ``steer``: a `defend.steer.SteerOptions` for ``steer`` mode (fitted on prompts not evaluated).
     Reports via ``note(line)`` and ``progress_scope()``, a context entered just around the
     evaluation that yields ``progress(what, total)->advance``."""
     from jbtrace.defend import evaluate as E
@@ -80,12 +82,30 @@ def guard_run(
     lm = _load_model(det, model, device, allow_pickle)
     check_new_tokens(lm, opts.generation.max_new_tokens)
     cal = load_prompts("calibration", calibration, seed=seed) if "on-topic" in opts.judges else None
+    steering, fitted = _steering(
+        lm, steer, opts, E.without_training(sets, det, opts.limit, seed)[0]
+    )
     with (progress_scope or nullcontext)() as progress:
-        result = E.evaluate_guard(lm, det, sets, resolved, opts, cal, progress, error)
+        result = E.evaluate_guard(lm, det, sets, resolved, opts, cal, progress, error, steering)
+    if fitted:
+        result.summary["steering"] = fitted
     paths = list(write_guard(result, out_dir, command))
     headline = "complied" if opts.combine else opts.judges[0]
     rates = [r for r in result.summary["rates"] if r["judge"] == headline]
     return GuardRun(result, paths, sets, headline, rates)
+
+
+def _steering(lm, steer, options, sets):
+    """The refusal-direction steering of ``steer`` when ``steer`` mode runs (else None, None),
+    fitted on prompts none of ``sets`` (the prompts to be evaluated) holds."""
+    from jbtrace.defend.steer import fit_steering
+
+    if "steer" not in options.modes:
+        return None, None
+    if steer is None:
+        raise UserError("--mode steer needs a refusal direction: give --steer-layer")
+    evaluated = {t for s in sets for t in s.texts}
+    return fit_steering(lm, steer, evaluated, options.generation.max_tokens)
 
 
 def check_request(out_dir: Path, limit: int | None, *thresholds: float | None) -> None:

@@ -104,7 +104,7 @@ def _bypass(lm: LoadedModel, detector: Detector, options: GuardOptions) -> tuple
     return list(surgery.check_bypass(lm.model, bypass)), how
 
 
-def _generate(lm, texts, flags, bypass, options: GuardOptions, tick) -> tuple[list, dict]:
+def _generate(lm, texts, flags, bypass, options: GuardOptions, tick, steering=None):
     """The baseline generation and each mode's responses (``never`` is the baseline itself)."""
     gen = options.generation
     baseline = G.generate(lm, texts, gen, (), tick("baseline (no bypass)", len(texts)))
@@ -112,6 +112,10 @@ def _generate(lm, texts, flags, bypass, options: GuardOptions, tick) -> tuple[li
     for mode in options.modes:
         if mode == "never":
             responses[mode] = baseline  # nothing bypassed: the baseline generation itself
+        elif mode == "steer":
+            responses[mode] = G.guard_generate(
+                lm, texts, flags.flags, (), gen, tick("steer", len(texts)), steering
+            )
         elif mode == "refuse":
             responses[mode] = [
                 G.Generated(G.REFUSAL, [], g.prompt_tokens, g.truncated) if flagged else g
@@ -182,6 +186,7 @@ def _rows(where, texts, flags, bypass, baseline, responses, verdicts, set_label)
             zip(where, texts, outs, baseline, strict=True)
         ):
             bypassed = bypass if (mode == "always" or (mode == "guard" and flags.flags[k])) else []
+            steered = mode == "steer" and bool(flags.flags[k])
             rows.append(
                 {
                     "mode": mode,
@@ -193,6 +198,7 @@ def _rows(where, texts, flags, bypass, baseline, responses, verdicts, set_label)
                     "score": float(flags.scores[k]),
                     "probability": float(flags.probabilities[k]),
                     "bypassed": bypassed,
+                    "steered": steered,
                     "response": g.text,
                     "baseline": base.text,
                     "identical": g.tokens == base.tokens,
@@ -215,9 +221,13 @@ def evaluate_guard(
     calibration: PromptSet | None = None,
     progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
     judge_error: dict | None = None,
+    steering=None,
 ) -> GuardResult:
     """Flag, generate in each mode, judge, and summarise (rates per set, mode and judge; with
-    ``judge_error``, ``validation.read_error``, each judge's validated error beside its rates)."""
+    ``judge_error``, ``validation.read_error``, each judge's validated error beside its rates).
+    ``steering`` (`defend.steer.Steering`) is what ``steer`` mode adds to flagged prompts."""
+    if "steer" in options.modes and steering is None:
+        raise UserError("--mode steer needs a refusal direction: give --steer-layer")
     started = time.perf_counter()
     tick = progress_start or (lambda description, total: None)
     G.check_detector(detector, lm)
@@ -237,7 +247,7 @@ def evaluate_guard(
     )
     which = G.choose_flagger(detector, options.layer, options.source, options.feature)
     flags = G.flag(lm, detector, which, texts, options.threshold, tick("scoring", len(texts)))
-    baseline, responses = _generate(lm, texts, flags, bypass, options, tick)
+    baseline, responses = _generate(lm, texts, flags, bypass, options, tick, steering)
     _calibrate_on_topic(lm, judges, calibration, texts, detector, options, tick)
     requests = {t: r for s in sets for t, r in zip(s.texts, carried(s), strict=True)}
     cache = _judge(judges, texts, [baseline, *responses.values()], tick, requests)

@@ -3,8 +3,9 @@ bypassed.
 
 Modes: ``guard`` (flagged prompts are generated with the blocks bypassed, the rest untouched),
 ``always`` (every prompt bypassed: the cost of removing the blocks alone), ``never`` (the
-detector scores, nothing is bypassed: the baseline) and ``refuse`` (a flagged prompt gets a fixed
-refusal, `REFUSAL`, without generation: the cheap intervention the others must beat).
+detector scores, nothing is bypassed: the baseline), ``refuse`` (a flagged prompt gets a fixed
+refusal, `REFUSAL`, without generation: the cheap intervention the others must beat) and
+``steer`` (a flagged prompt is generated with the refusal direction added, `defend.steer`).
 Generation is transformers' own ``generate`` on left-padded batches, greedy unless sampling is
 asked for (seeded per batch).
 """
@@ -31,7 +32,7 @@ from jbtrace.models.tokens import (
 )
 from jbtrace.prompts import PromptSet
 
-MODES = ("guard", "always", "never", "refuse")
+MODES = ("guard", "always", "never", "refuse", "steer")
 REFUSAL = "I can't help with that."  # what ``refuse`` answers a flagged prompt
 
 
@@ -147,14 +148,17 @@ def guard_generate(
     bypass,
     options: GenerateOptions = GenerateOptions(),
     progress: Callable[[int], None] | None = None,
+    steering=None,
 ) -> list[Generated]:
-    """Flagged prompts generated with ``bypass`` skipped, the others by the model as it is."""
+    """Flagged prompts generated with ``bypass`` skipped (and ``steering`` added), the others by
+    the model as it is."""
     flags = np.asarray(flags, dtype=bool)
     texts = list(texts)
     out: list[Generated | None] = [None] * len(texts)
     for on, skip in ((False, ()), (True, bypass)):
         where = np.flatnonzero(flags == on)
-        answers = generate(lm, [texts[i] for i in where], options, skip, progress)
+        steer = steering if on else None
+        answers = generate(lm, [texts[i] for i in where], options, skip, progress, steer)
         for i, g in zip(where, answers, strict=True):
             out[i] = g
     return out

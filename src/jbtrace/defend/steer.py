@@ -33,6 +33,47 @@ class Steering:
         vector = torch.as_tensor(self.scale * self.direction, device=lm.device)
         return surgery.steer(lm.model, self.layer, vector)
 
+    def describe(self) -> dict:
+        return {
+            "layer": self.layer,
+            "scale": self.scale,
+            "direction_norm": float(np.linalg.norm(self.direction)),
+        }
+
+
+@dataclass(frozen=True)
+class SteerOptions:
+    """Where the refusal direction is read and from which prompts (`guard --mode steer`)."""
+
+    layer: int
+    scale: float = 1.0
+    harmful: str = "builtin:harmful:advbench"
+    harmless: str = "builtin:benign"
+    limit: int = 64  # prompts of each side (seeded sample)
+    seed: int = 0
+
+
+def fit_steering(
+    lm: LoadedModel, options: SteerOptions, exclude=(), max_tokens: int = MAX_TOKENS
+) -> tuple[Steering, dict]:
+    """The steering of ``options`` for ``lm``, fitted on prompts not in ``exclude`` (the prompts
+    it will be evaluated on), and what it was fitted on."""
+    from jbtrace.prompts import load_prompts
+
+    exclude, sides, used = set(exclude), {}, {}
+    for side in ("harmful", "harmless"):
+        source = getattr(options, side)
+        texts = [t for t in load_prompts(side, source, seed=options.seed).texts if t not in exclude]
+        rng = np.random.default_rng(options.seed)
+        keep = np.sort(rng.permutation(len(texts))[: options.limit])
+        sides[side] = [texts[i] for i in keep]
+        used[side] = {"source": source, "prompts": len(sides[side])}
+    direction = refusal_direction(
+        lm, sides["harmful"], sides["harmless"], options.layer, max_tokens
+    )
+    steering = Steering(options.layer, direction, options.scale)
+    return steering, {**steering.describe(), "fitted_on": used, "evaluated_prompts_left_out": True}
+
 
 def last_token_states(
     lm: LoadedModel,
