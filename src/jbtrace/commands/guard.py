@@ -55,6 +55,7 @@ def guard_run(
     ``steer``: a `defend.steer.SteerOptions` for ``steer`` mode (fitted on prompts not evaluated).
     Reports via ``note(line)`` and ``progress_scope()``, a context entered just around the
     evaluation that yields ``progress(what, total)->advance``."""
+    from jbtrace.commands.kept import Kept
     from jbtrace.defend import evaluate as E
     from jbtrace.detect.detector import Detector
     from jbtrace.detect.train import resolve_labels
@@ -86,10 +87,14 @@ def guard_run(
         lm, steer, opts, E.without_training(sets, det, opts.limit, seed)[0]
     )
     with (progress_scope or nullcontext)() as progress:
-        result = E.evaluate_guard(lm, det, sets, resolved, opts, cal, progress, error, steering)
+        result = E.evaluate_guard(
+            lm, det, sets, resolved, opts, cal, progress, error, steering,
+            keep=lambda settings: Kept(out_dir, "guard", settings),
+        )  # fmt: skip
     if fitted:
         result.summary["steering"] = fitted
     paths = list(write_guard(result, out_dir, command))
+    Kept(out_dir, "guard", {}).forget()  # the answers are in guard.jsonl now
     headline = "complied" if opts.combine else opts.judges[0]
     rates = [r for r in result.summary["rates"] if r["judge"] == headline]
     return GuardRun(result, paths, sets, headline, rates)

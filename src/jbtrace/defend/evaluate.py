@@ -21,7 +21,7 @@ import numpy as np
 from jbtrace.defend import guard as G
 from jbtrace.defend import judges as J
 from jbtrace.defend import verdict as V
-from jbtrace.defend.attack_success import carried, make_judges, subset
+from jbtrace.defend.attack_success import carried, generation_config, make_judges, subset
 from jbtrace.defend.validation import beside
 from jbtrace.detect.detector import Detector, text_hash
 from jbtrace.errors import UserError
@@ -104,31 +104,55 @@ def _bypass(lm: LoadedModel, detector: Detector, options: GuardOptions) -> tuple
     return list(surgery.check_bypass(lm.model, bypass)), how
 
 
-def _generate(lm, texts, flags, bypass, options: GuardOptions, tick, steering=None):
+def _keeping(keep, mode: str):
+    """`guard.generate`, or (with ``keep``, a `commands.kept.Kept`) one that reuses the answers
+    kept for ``mode`` and keeps each new chunk as it comes (a killed guard resumes)."""
+    if keep is None:
+        return G.generate
+
+    def generate(lm, texts, options, bypass=(), progress=None, steering=None):
+        key = f"{mode}{'+bypass' if bypass else ''}{'+steer' if steering is not None else ''}"
+        keep.answer(
+            key,
+            texts,
+            lambda chunk: [
+                asdict(g) for g in G.generate(lm, chunk, options, bypass, progress, steering)
+            ],
+        )
+        return [G.Generated(**keep.answers[(key, t)]) for t in texts]
+
+    return generate
+
+
+def _generate(lm, texts, flags, bypass, options: GuardOptions, tick, steering=None, keep=None):
     """The baseline generation and each mode's responses (``never`` is the baseline itself)."""
     gen = options.generation
-    baseline = G.generate(lm, texts, gen, (), tick("baseline (no bypass)", len(texts)))
+    baseline = _keeping(keep, "baseline")(
+        lm, texts, gen, (), tick("baseline (no bypass)", len(texts))
+    )
     responses = {}
     for mode in options.modes:
         if mode == "never":
             responses[mode] = baseline  # nothing bypassed: the baseline generation itself
         elif mode == "steer":
             responses[mode] = G.guard_generate(
-                lm, texts, flags.flags, (), gen, tick("steer", len(texts)), steering
-            )
+                lm, texts, flags.flags, (), gen, tick("steer", len(texts)), steering,
+                _keeping(keep, mode),
+            )  # fmt: skip
         elif mode == "refuse":
             responses[mode] = [
                 G.Generated(G.REFUSAL, [], g.prompt_tokens, g.truncated) if flagged else g
                 for g, flagged in zip(baseline, flags.flags, strict=True)
             ]
         elif mode == "always":
-            responses[mode] = G.generate(
+            responses[mode] = _keeping(keep, mode)(
                 lm, texts, gen, bypass, tick("always (bypass every prompt)", len(texts))
             )
         else:
             responses[mode] = G.guard_generate(
-                lm, texts, flags.flags, bypass, gen, tick("guard", len(texts))
-            )
+                lm, texts, flags.flags, bypass, gen, tick("guard", len(texts)), None,
+                _keeping(keep, mode),
+            )  # fmt: skip
     return baseline, responses
 
 
@@ -222,10 +246,13 @@ def evaluate_guard(
     progress_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
     judge_error: dict | None = None,
     steering=None,
+    keep=None,
 ) -> GuardResult:
     """Flag, generate in each mode, judge, and summarise (rates per set, mode and judge; with
     ``judge_error``, ``validation.read_error``, each judge's validated error beside its rates).
-    ``steering`` (`defend.steer.Steering`) is what ``steer`` mode adds to flagged prompts."""
+    ``steering`` (`defend.steer.Steering`) is what ``steer`` mode adds to flagged prompts;
+    ``keep(settings)`` gives a `commands.kept.Kept` for these generation settings, so that the
+    answers are kept as they come and a killed run resumes from them."""
     if "steer" in options.modes and steering is None:
         raise UserError("--mode steer needs a refusal direction: give --steer-layer")
     started = time.perf_counter()
@@ -247,7 +274,13 @@ def evaluate_guard(
     )
     which = G.choose_flagger(detector, options.layer, options.source, options.feature)
     flags = G.flag(lm, detector, which, texts, options.threshold, tick("scoring", len(texts)))
-    baseline, responses = _generate(lm, texts, flags, bypass, options, tick, steering)
+    settings = {
+        "generation": generation_config(lm, gen),
+        "bypass": bypass,
+        "steering": None if steering is None else steering.identity(),
+    }
+    kept = keep(settings) if keep else None
+    baseline, responses = _generate(lm, texts, flags, bypass, options, tick, steering, kept)
     _calibrate_on_topic(lm, judges, calibration, texts, detector, options, tick)
     requests = {t: r for s in sets for t, r in zip(s.texts, carried(s), strict=True)}
     cache = _judge(judges, texts, [baseline, *responses.values()], tick, requests)

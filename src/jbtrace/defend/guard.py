@@ -149,16 +149,18 @@ def guard_generate(
     options: GenerateOptions = GenerateOptions(),
     progress: Callable[[int], None] | None = None,
     steering=None,
+    generate_with=None,
 ) -> list[Generated]:
     """Flagged prompts generated with ``bypass`` skipped (and ``steering`` added), the others by
-    the model as it is."""
+    the model as it is; ``generate_with`` replaces `generate` (one that keeps its answers)."""
+    fn = generate_with or generate
     flags = np.asarray(flags, dtype=bool)
     texts = list(texts)
     out: list[Generated | None] = [None] * len(texts)
     for on, skip in ((False, ()), (True, bypass)):
         where = np.flatnonzero(flags == on)
         steer = steering if on else None
-        answers = generate(lm, [texts[i] for i in where], options, skip, progress, steer)
+        answers = fn(lm, [texts[i] for i in where], options, skip, progress, steer)
         for i, g in zip(where, answers, strict=True):
             out[i] = g
     return out

@@ -10,6 +10,7 @@ during generation pushes the model towards refusing. `Steering` holds the layer 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,11 @@ class Steering:
     def hooked(self, lm: LoadedModel):
         vector = torch.as_tensor(self.scale * self.direction, device=lm.device)
         return surgery.steer(lm.model, self.layer, vector)
+
+    def identity(self) -> dict:
+        """What the answers it steers depend on (the direction by hash)."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.direction, np.float64).tobytes())
+        return {"layer": self.layer, "scale": self.scale, "direction": digest.hexdigest()[:16]}
 
     def describe(self) -> dict:
         return {
