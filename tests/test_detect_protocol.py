@@ -64,9 +64,9 @@ def test_a_token_only_the_held_out_source_carries_cannot_be_learned():
     assert set(held) == {"b1", "b2", "j1", "j2"}
     # held out, j2 looks like benign prompts: it is flagged at about the benign rate
     assert held["j2"]["rate"] <= 0.2, held["j2"]
-    assert (
-        rows[0]["worst_held_out"]["source"] == "j2" and rows[0]["selection"] == held["j2"]["rate"]
-    )
+    # ranking is the inner contest (out-of-fold TPR), blind to the held-out sources
+    assert rows[0]["worst_held_out"]["source"] == "j2"
+    assert rows[0]["selection"] == rows[0]["tpr_at_fpr"]["0.05"]["rate"]
     # inside the training data the planted dim is learned: out-of-fold CV catches j2
     oof_design = Design(y, target_fpr=0.05, seed=0)
     _, fitted = evaluate.evaluate(X, ("mean", "mean", None), oof_design)
@@ -104,7 +104,8 @@ def test_held_out_source_reaches_no_fit_and_no_threshold(monkeypatch, kind):
     for features in (X, marked):
         Spy.seen.clear()
         design = Design(y, sources=sources, target_fpr=0.05, cp_kwargs={"n_iter_max": 20})
-        held, scores, _ = evaluate._held_out(features, feature, design)
+        outer, scores, _ = evaluate._outer(features, feature, design)
+        held = {c: evaluate._held_out_view(e) for c, e in outer.items()}
         assert Spy.seen and all(not (a == 777.0).any() for _, a in Spy.seen)
         assert {name for name, _ in Spy.seen} == ({"CPFeatures"} if kind == "cp" else set()) | {
             "StandardScaler",

@@ -221,41 +221,76 @@ def _cv_metrics(
     return out
 
 
-def _held_out(X, feature, d: Design) -> tuple[dict, dict, int]:
-    """Per classifier, per held-out source: its rates at thresholds set without it."""
-    ok, _ = d.held_out_sources()
+def outer_splits(d: Design) -> list[tuple[str, np.ndarray]]:
+    """The outer splits around the inner selection: each held-out source (cross-source), else
+    the grouped folds."""
+    if d.sources is not None:
+        ok, _ = d.held_out_sources()
+        return [(s, np.flatnonzero(d.sources == s)) for s in ok]
+    return [(f"fold{i + 1}", test) for i, (_, test) in enumerate(d.splits(np.arange(len(d.y))))]
+
+
+def _outer_entry(d: Design, oof: np.ndarray, train, test, s: np.ndarray, dropped: int) -> dict:
+    """One classifier on one outer split: the inner selection score on the rest, and the split's
+    rates at the threshold set on the rest's out-of-fold benign scores."""
+    points = _at_points(oof[d.y[train] == 0], d.target_fpr)
+    threshold = points[f"{d.target_fpr:g}"]
+    inner_jb = oof[d.y[train] == 1]
+    entry = {
+        "inner_selection": rate(inner_jb >= threshold)["rate"],
+        "inner_auroc": float(roc_auc_score(d.y[train], oof)),
+        "near_duplicates_dropped": dropped,
+        "threshold": threshold,
+    }
+    for name, c in (("benign", 0), ("jailbreak", 1)):
+        mine = d.y[test] == c
+        if mine.any():
+            entry[name] = {
+                **rate(s[mine] >= threshold),
+                "at_fpr": {p: rate(s[mine] >= t) for p, t in points.items()},
+            }
+            if not c and d.lengths is not None:
+                flags = s[mine] >= threshold
+                entry[name]["fpr_by_length"] = by_length(flags, d.lengths[test][mine])
+    return entry
+
+
+def _outer(X, feature, d: Design) -> tuple[dict, dict, int]:
+    """Per classifier, per outer split: fitted, thresholded and ranked without it, scored on it
+    (the entries, and the split's scores).
+
+    Prompts of the split that are near-duplicates of a prompt of the rest are dropped first."""
     out, scores, warned = {c: {} for c in d.classifiers}, {c: {} for c in d.classifiers}, 0
-    for source in ok:
-        inside = d.sources == source
-        train, test = np.flatnonzero(~inside), np.flatnonzero(inside)
+    for split, test in outer_splits(d):
+        train = np.setdiff1d(np.arange(len(d.y)), test)
         dropped = 0
         if d.clusters is not None:
             fresh = ~np.isin(d.clusters[test], d.clusters[train])
             dropped, test = int((~fresh).sum()), test[fresh]
-        label = int(d.y[inside][0])
         oof, _, w1 = _out_of_fold(X, feature, d, train)
         cp, pipes, w2 = _fit(X, feature, d, train)
         warned += w1 + w2
-        test_scores = (
-            _score(X, cp, pipes, test) if len(test) else {c: np.array([]) for c in d.classifiers}
-        )
-        benign_train = d.y[train] == 0
+        empty = {c: np.array([]) for c in d.classifiers}
+        test_scores = _score(X, cp, pipes, test) if len(test) else empty
         for c in d.classifiers:
-            points = _at_points(oof[c][benign_train], d.target_fpr)
-            s = test_scores[c]
-            entry = {
-                "label": "jailbreak" if label else "benign",
-                "metric": "TPR" if label else "FPR",
-                "near_duplicates_dropped": dropped,
-                **rate(s >= points[f"{d.target_fpr:g}"]),
-                "threshold": points[f"{d.target_fpr:g}"],
-                "at_fpr": {p: rate(s >= t) for p, t in points.items()},
-            }
-            if not label and d.lengths is not None:
-                entry["fpr_by_length"] = by_length(s >= entry["threshold"], d.lengths[test])
-            out[c][source] = entry
-            scores[c][source] = s
+            out[c][split] = _outer_entry(d, oof[c], train, test, test_scores[c], dropped)
+            scores[c][split] = test_scores[c]
     return out, scores, warned
+
+
+def _held_out_view(entries: dict) -> dict:
+    """A held-out source's entry as the held-out tables read it: its one class's rate on top."""
+    out = {}
+    for source, e in entries.items():
+        label = "jailbreak" if "jailbreak" in e else "benign"
+        side = e.get(label, {**rate(np.array([], bool)), "at_fpr": {}})
+        out[source] = {
+            "label": label,
+            "metric": "TPR" if label == "jailbreak" else "FPR",
+            **{k: v for k, v in e.items() if k not in ("benign", "jailbreak")},
+            **side,
+        }
+    return out
 
 
 def worst(held_out: dict) -> dict | None:
@@ -285,13 +320,8 @@ def evaluate(
     idx = np.arange(len(d.y))
     oof, folds, warned = _out_of_fold(X, feature, d, idx)
     cp, pipes, w = _fit(X, feature, d, idx)
-    warned += w
-    held, _, w = (
-        _held_out(X, feature, d)
-        if d.sources is not None
-        else ({c: {} for c in d.classifiers}, None, 0)
-    )
-    warned += w
+    outer, _, w2 = _outer(X, feature, d)
+    warned += w + w2
     rows, fitted = [], {}
     for c in d.classifiers:
         thresholds = _at_points(oof[c][d.y == 0], d.target_fpr)
@@ -299,6 +329,7 @@ def evaluate(
         scale = platt(d.y, oof[c], d.seed)
         fitted[c] = Fitted(label, kind, rank, c, cp, pipes[c], threshold, scale)
         probs = calibrated(scale, oof[c])
+        held = _held_out_view(outer[c]) if d.sources is not None else {}
         row = {
             "feature": label,
             "kind": kind,
@@ -307,15 +338,13 @@ def evaluate(
             "threshold": threshold,
             **_cv_metrics(d, oof[c], folds, threshold, thresholds),
             "brier": float(np.mean((probs - d.y) ** 2)),
-            "held_out": held[c],
-            "worst_held_out": worst(held[c]),
+            "held_out": held,
+            "worst_held_out": worst(held),
+            "outer_folds": outer[c] if d.sources is None else {},
             "unconverged_fits": warned,
         }
-        row["selection"] = (
-            row["worst_held_out"]["correct"]
-            if row["worst_held_out"]
-            else row["tpr_at_fpr"][f"{d.target_fpr:g}"]["rate"]
-        )
+        # the inner contest: out-of-fold TPR at the target FPR on every training prompt
+        row["selection"] = row["tpr_at_fpr"][f"{d.target_fpr:g}"]["rate"]
         rows.append(row)
     return rows, fitted
 

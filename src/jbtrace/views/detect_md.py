@@ -5,6 +5,7 @@ from __future__ import annotations
 from jbtrace.detect.evaluate import INTERVAL
 from jbtrace.detect.ranking import ranked
 from jbtrace.detect.train import DetectOptions
+from jbtrace.views.detect_headline import headline
 
 
 def _ci(entry: dict | None) -> str:
@@ -20,8 +21,8 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def _name(row: dict) -> str:
-    if row["feature"] == "length":
-        return f"length only ({row['classifier']})"
+    if not row.get("source"):
+        return f"text baseline: {row['feature']} ({row['classifier']})"
     return f"{row['source']} {row['layer']} {row['feature']} ({row['classifier']})"
 
 
@@ -31,21 +32,17 @@ def _worst(row: dict) -> str:
 
 
 def _summary_rows(rep: dict) -> list[dict]:
-    """The best length-only row, then the best detector of each (source, feature), best first."""
+    """The best row of each text baseline, then the best detector of each (source, feature)."""
     best = {}
-    for row in ranked(rep["rows"]):
-        best.setdefault((row["source"], row["feature"]), row)
-    return [ranked(rep["baseline"])[0], *best.values()]
+    for row in ranked(rep["baseline"]) + ranked(rep["rows"]):
+        best.setdefault((row.get("source"), row["feature"]), row)
+    return list(best.values())
 
 
 def _preamble(command: str, options: DetectOptions) -> list[str]:
     target = f"{options.target_fpr:g}"
     cross = options.protocol == "cross-source"
-    ranking = (
-        "worst held-out source (share of correct decisions)"
-        if cross
-        else f"out-of-fold TPR at FPR {target}"
-    )
+    ranking = f"out-of-fold TPR at FPR {target} (the inner contest)"
     left_out = "; then each prompt source left out in turn (trained on the others, scored on it)"
     protocol = (
         f"Protocol `{options.protocol}`: {options.folds}-fold stratified cross-validation "
@@ -58,7 +55,10 @@ def _preamble(command: str, options: DetectOptions) -> list[str]:
         f"threshold is set without it. Intervals are {INTERVAL} for proportions; F1 / accuracy "
         f"/ AUROC are mean ± std over folds. Ranking: {ranking}, not in-distribution F1. "
         "Probabilities are calibrated by a sigmoid fitted on out-of-fold scores "
-        "(Brier score in detect.json)."
+        "(Brier score in detect.json). The number reported for the recommended detector is the "
+        "outer one: for each "
+        + ("held-out source" if cross else "grouped outer fold")
+        + " the whole selection is re-run on the rest and its winner scored on it."
     )
     matched = " Training prompts are length-matched." if options.match_length else ""
     return ["# jbtrace detect", "", f"`{command}`", "", protocol + point + matched, ""]
@@ -134,7 +134,7 @@ def _best(rep: dict, summary: list[dict], tests: list[str], target: str) -> list
         ]
         for r in summary
     ]
-    title = "### Best detector per feature, beside the length-only baseline"
+    title = "### Best detector per feature, beside the text baselines"
     return [title, ""] + _table(header, body) + [""]
 
 
@@ -193,7 +193,8 @@ def _sensitive(rep: dict) -> list[str]:
         tail = "; ".join(f"{k} {v:.3f}" for k, v in s["tests"].items())
         lines.append(
             f"{i}. {s['source']} layer {s['layer']}: selection {s['selection']:.3f} "
-            f"(length only {s['length_selection']:.3f}); {s['feature']}, {s['classifier']}; "
+            f"(best text baseline {s['baseline_selection']:.3f}); {s['feature']}, "
+            f"{s['classifier']}; "
             f"CV F1 {s['f1']:.3f} ± {s['f1_std']:.3f}, AUROC {s['auroc']:.3f}"
             + (f"; {tail}" if tail else "")
         )
@@ -237,7 +238,8 @@ def detect_markdown(command: str, options: DetectOptions, reports: list[dict]) -
             n for n in first.get("tests", {}) if n.startswith("split_")
         ]
         summary = _summary_rows(rep)
-        lines += [f"## {rep['label']}", ""] + _data(rep)
+        lines += [f"## {rep['label']}", ""] + [x for h in headline(rep) for x in (h, "")]
+        lines += _data(rep)
         lines += _best(rep, summary, tests, target) + _held_out(summary, target)
         lines += _by_length(summary) + _sensitive(rep) + _all_results(rep, tests, target)
     return "\n".join(lines)
