@@ -19,7 +19,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, roc_curve
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -222,12 +222,23 @@ def _cv_metrics(
 
 
 def outer_splits(d: Design) -> list[tuple[str, np.ndarray]]:
-    """The outer splits around the inner selection: each held-out source (cross-source), else
-    the grouped folds."""
-    if d.sources is not None:
-        ok, _ = d.held_out_sources()
-        return [(s, np.flatnonzero(d.sources == s)) for s in ok]
-    return [(f"fold{i + 1}", test) for i, (_, test) in enumerate(d.splits(np.arange(len(d.y))))]
+    """The outer splits around the inner selection: under cross-source each source that can be
+    held out, and a source alone in its class in grouped folds of its own (``SOURCE#foldK``), so
+    both classes are scored; else grouped folds over every prompt."""
+    if d.sources is None:
+        idx = np.arange(len(d.y))
+        return [(f"fold{i + 1}", test) for i, (_, test) in enumerate(d.splits(idx))]
+    ok, alone = d.held_out_sources()
+    out = [(s, np.flatnonzero(d.sources == s)) for s in ok]
+    for s in alone:
+        idx = np.flatnonzero(d.sources == s)
+        groups = d.clusters[idx] if d.clusters is not None else idx
+        k = min(d.folds, len(np.unique(groups)))
+        cv = GroupKFold(k, shuffle=True, random_state=d.seed)
+        out += [
+            (f"{s}#fold{i + 1}", idx[b]) for i, (_, b) in enumerate(cv.split(idx, groups=groups))
+        ]
+    return out
 
 
 def _outer_entry(d: Design, oof: np.ndarray, train, test, s: np.ndarray, dropped: int) -> dict:
@@ -279,7 +290,8 @@ def _outer(X, feature, d: Design) -> tuple[dict, dict, int]:
 
 
 def _held_out_view(entries: dict) -> dict:
-    """A held-out source's entry as the held-out tables read it: its one class's rate on top."""
+    """A held-out source's entry as the held-out tables read it: its one class's rate on top
+    (its ``benign`` / ``jailbreak`` entry kept)."""
     out = {}
     for source, e in entries.items():
         label = "jailbreak" if "jailbreak" in e else "benign"
@@ -287,7 +299,7 @@ def _held_out_view(entries: dict) -> dict:
         out[source] = {
             "label": label,
             "metric": "TPR" if label == "jailbreak" else "FPR",
-            **{k: v for k, v in e.items() if k not in ("benign", "jailbreak")},
+            **e,  # the class-keyed entry too: nested selection reads it
             **side,
         }
     return out

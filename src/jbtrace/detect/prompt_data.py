@@ -3,7 +3,7 @@ matching and the test sets (``--test-split``, ``--test-prompts``, evaluation-onl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.stats import ks_2samp
@@ -13,6 +13,7 @@ from jbtrace.detect import features as F
 from jbtrace.detect.holdout import test_set_prompts
 from jbtrace.errors import UserError
 from jbtrace.prompts import PromptSet, matching, neardup
+from jbtrace.prompts.catalog import EVALUATION_ONLY
 
 LABELS = {"benign": 0, "jailbreak": 1}
 
@@ -152,12 +153,20 @@ def add_tests(lm, p: Prompts, test_sets, test_labels, options, data: dict) -> No
             p.test_y[f"split_{name}"] = c
     offset = 0
     for s in test_sets:
+        # an evaluation-only benchmark is scored as it is: no length filter of the -t sets
+        evaluation_only = s.info.get("role") == EVALUATION_ONLY
         fresh, info = test_set_prompts(
-            lm, s, p.test_clusters[offset : offset + len(s)], set(p.texts), p.clusters, options
+            lm,
+            s,
+            p.test_clusters[offset : offset + len(s)],
+            set(p.texts),
+            p.clusters,
+            replace(options, test_min_tokens=0) if evaluation_only else options,
         )
         offset += len(s)
         data.setdefault("test_sets", {})[s.name] = {
             "label": "jailbreak" if test_labels[s.name] else "benign",
+            "evaluation_only": evaluation_only,
             **info,
         }
         p.test_texts[s.name], p.test_y[s.name] = fresh, test_labels[s.name]

@@ -37,7 +37,7 @@ from jbtrace.prompts import PromptSet, neardup
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("cv", "cross-source")
+PROTOCOLS = ("auto", "cv", "cross-source")
 # layers read when none are asked: all of a shallow model, else evenly spaced
 DEFAULT_MAX_LAYERS = 8
 
@@ -53,7 +53,7 @@ class DetectOptions:
     folds: int = 5
     # fraction of training prompts held out (grouped, stratified), scored once at the end
     test_split: float = 0.0
-    protocol: str = "cv"
+    protocol: str = "auto"  # cross-source where some source can be held out, else cv
     # operating point: threshold flagging this share of held-out benign prompts
     target_fpr: float = 0.01
     # word 5-gram Jaccard at or above which prompts share a cluster
@@ -197,27 +197,39 @@ def _gib(n: float) -> str:
 
 
 def _design(lm, p: Prompts, options, notes: list[str], data: dict) -> Design:
-    """The evaluation design of the training prompts (sources held out under cross-source)."""
+    """The evaluation design of the training prompts (sources held out under cross-source;
+    ``auto`` is cross-source where some source can be held out, else cv)."""
     design = Design(
         y=p.y[p.keep],
         clusters=p.clusters[p.keep],
         lengths=p.full[p.keep],
-        sources=p.sources[p.keep] if options.protocol == "cross-source" else None,
+        sources=p.sources[p.keep],
         classifiers=options.classifiers,
         folds=options.folds,
         seed=options.seed,
         target_fpr=options.target_fpr,
         cp_kwargs={"n_iter_max": options.cp_iters, "device": str(lm.device)},
     )
-    if design.sources is not None:
-        ok, alone = design.held_out_sources()
+    ok, alone = design.held_out_sources()
+    protocol = options.protocol
+    if protocol == "auto":
+        protocol = "cross-source" if ok else "cv"
         if not ok:
-            raise UserError(
-                "--protocol cross-source needs two sources of one class (two benign or two "
-                "jailbreak --prompts sets, or a set whose prompts carry sources)"
-            )
-        notes += [f"source {s} is the only one of its class, so it is not held out" for s in alone]
-        data["held_out_sources"], data["not_held_out"] = ok, alone
+            notes.append("no class has two sources, so the protocol is cv (grouped folds)")
+    data["protocol"] = protocol
+    if protocol == "cv":
+        design.sources = None
+        return design
+    if not ok:
+        raise UserError(
+            "--protocol cross-source needs two sources of one class (two benign or two "
+            "jailbreak --prompts sets, or a set whose prompts carry sources)"
+        )
+    notes += [
+        f"source {s} is the only one of its class: it is held out in grouped folds of its own"
+        for s in alone
+    ]
+    data["held_out_sources"], data["not_held_out"] = ok, alone
     return design
 
 

@@ -39,13 +39,13 @@ def _summary_rows(rep: dict) -> list[dict]:
     return list(best.values())
 
 
-def _preamble(command: str, options: DetectOptions) -> list[str]:
+def _preamble(command: str, options: DetectOptions, protocol: str) -> list[str]:
     target = f"{options.target_fpr:g}"
-    cross = options.protocol == "cross-source"
+    cross = protocol == "cross-source"
     ranking = f"out-of-fold TPR at FPR {target} (the inner contest)"
     left_out = "; then each prompt source left out in turn (trained on the others, scored on it)"
     protocol = (
-        f"Protocol `{options.protocol}`: {options.folds}-fold stratified cross-validation "
+        f"Protocol `{protocol}`: {options.folds}-fold stratified cross-validation "
         "grouped by near-duplicate cluster (word 5-gram Jaccard ≥ "
         f"{options.near_duplicate:g}; seed {options.seed})" + (left_out if cross else "")
     )
@@ -231,7 +231,8 @@ def _all_results(rep: dict, tests: list[str], target: str) -> list[str]:
 def detect_markdown(command: str, options: DetectOptions, reports: list[dict]) -> str:
     """detect.md: the protocol, then per model its data, best detectors and every result."""
     target = f"{options.target_fpr:g}"
-    lines = _preamble(command, options)
+    protocol = reports[0]["data"].get("protocol", options.protocol) if reports else ""
+    lines = _preamble(command, options, protocol)
     for rep in reports:
         first = (rep["rows"] or rep["baseline"])[0]
         tests = list(rep["data"].get("test_sets", {})) + [
