@@ -60,10 +60,14 @@ def outer(rows: list[dict]) -> dict | None:
         if won is None:
             continue
         row, entry = won
-        per[split] = {"winner": candidate(row), "inner_selection": entry["inner_selection"]}
+        per[split] = {
+            "winner": candidate(row),
+            "inner_selection": entry["inner_selection"],
+            "near_duplicates_dropped": entry["near_duplicates_dropped"],
+        }
         for side in counts:
             if side in entry and entry[side]["n"]:
-                per[split][side] = {k: entry[side][k] for k in ("k", "n", "rate")}
+                per[split][side] = _pooled(entry[side]["k"], entry[side]["n"])
                 counts[side][0] += entry[side]["k"]
                 counts[side][1] += entry[side]["n"]
     tpr, fpr = _pooled(*counts["jailbreak"]), _pooled(*counts["benign"])
