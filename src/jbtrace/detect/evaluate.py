@@ -25,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from jbtrace import proportion
+from jbtrace.detect import metrics
 from jbtrace.detect.decompose import CPFeatures
 from jbtrace.errors import UserError
 
@@ -211,6 +212,10 @@ def _cv_metrics(
     for m, values in per.items():
         out[m], out[f"{m}_std"] = float(np.nanmean(values)), float(np.nanstd(values, ddof=1))
     out["oof_auroc"] = float(roc_auc_score(y, oof))
+    groups = d.clusters if d.clusters is not None else np.arange(len(y))
+    out["auroc_interval"] = metrics.auroc_interval(y, oof, groups, d.seed)
+    out["fpr_at_tpr"] = {"0.95": metrics.fpr_at_tpr(y, oof, 0.95)}
+    out["calibration"] = metrics.calibration(y, oof, folds, d.seed)
     out["tpr"], out["fpr"] = rate(flags[y == 1]), rate(flags[y == 0])
     out["tpr_at_fpr"] = {
         p: {**rate(oof[y == 1] >= t), "fpr": rate(oof[y == 0] >= t)["rate"]}
@@ -340,7 +345,6 @@ def evaluate(
         threshold = thresholds[f"{d.target_fpr:g}"]
         scale = platt(d.y, oof[c], d.seed)
         fitted[c] = Fitted(label, kind, rank, c, cp, pipes[c], threshold, scale)
-        probs = calibrated(scale, oof[c])
         held = _held_out_view(outer[c]) if d.sources is not None else {}
         row = {
             "feature": label,
@@ -349,12 +353,13 @@ def evaluate(
             "classifier": c,
             "threshold": threshold,
             **_cv_metrics(d, oof[c], folds, threshold, thresholds),
-            "brier": float(np.mean((probs - d.y) ** 2)),
             "held_out": held,
             "worst_held_out": worst(held),
             "outer_folds": outer[c] if d.sources is None else {},
             "unconverged_fits": warned,
         }
+        # Brier score of probabilities calibrated on other folds than the ones scored
+        row["brier"] = row["calibration"]["brier"]
         # the inner contest: out-of-fold TPR at the target FPR on every training prompt
         row["selection"] = row["tpr_at_fpr"][f"{d.target_fpr:g}"]["rate"]
         rows.append(row)
