@@ -323,7 +323,9 @@ def render_detect_evidence(data: dict) -> list[str]:
     )
     worst = c["worst_eval"]
     out += [
-        f"Margin in pooled outer TPR over the best text baseline: {margin}. Targets "
+        f"Margin in pooled outer TPR over the best text baseline: {margin}, both at thresholds "
+        f"set for 1% FPR; the pooled outer FPR they reach: {_rate_ci(c['outer_fpr'])} for the "
+        f"detector, {_rate_ci(b['outer_fpr'])} for the baseline. Targets "
         f"(not tuned to): FPR ≤ 5% on every evaluation-only set {_met(t['eval_fpr_at_most_5pct'])}"
         f" (worst {worst['set']} {fmt(worst['rate'], 3)}); TPR ≥ 90% on every held-out family "
         f"{_met(t['family_tpr_at_least_90pct'])}; margin ≥ 10 points "

@@ -61,6 +61,8 @@ def headline(rep: dict) -> list[str]:
         lines.append(
             f"Margin in outer TPR over the best text baseline: {m['diff']:+.3f} "
             f"[{m['ci_low']:+.3f}, {m['ci_high']:+.3f}] ({m['method']} 95% interval): the trace "
-            f"detector {verdict(m)}."
+            f"detector {verdict(m)}. Both are at thresholds set for the target FPR; the outer "
+            f"FPR they reach is {_rate(c['outer']['fpr'])} for the detector and "
+            f"{_rate(b['outer']['fpr'])} for the baseline."
         )
     return lines

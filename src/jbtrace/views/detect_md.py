@@ -26,6 +26,13 @@ def _name(row: dict) -> str:
     return f"{row['source']} {row['layer']} {row['feature']} ({row['classifier']})"
 
 
+def _auroc(row: dict) -> str:
+    a = row.get("auroc_interval")
+    if not a:
+        return f"{row['oof_auroc']:.3f}"
+    return f"{a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+
+
 def _worst(row: dict) -> str:
     w = row.get("worst_held_out")
     return f"{w['source']}: {w['metric']} {w['rate']:.3f}" if w else ""
@@ -115,7 +122,8 @@ def _best(rep: dict, summary: list[dict], tests: list[str], target: str) -> list
         "selection",
         "worst held-out",
         f"CV F1 @ FPR {target}",
-        "AUROC",
+        "AUROC [cluster bootstrap]",
+        "FPR @ TPR 0.95",
         *(f"TPR @ FPR {p}" for p in points),
         *(
             f"{n} ({test_sets.get(n, {}).get('label', n.split('_')[-1])[:1].upper()})"
@@ -128,7 +136,8 @@ def _best(rep: dict, summary: list[dict], tests: list[str], target: str) -> list
             f"{r['selection']:.3f}",
             _worst(r),
             f"{r['f1']:.3f} ± {r['f1_std']:.3f}",
-            f"{r['auroc']:.3f}",
+            _auroc(r),
+            _ci(r.get("fpr_at_tpr", {}).get("0.95")),
             *(_ci(r["tpr_at_fpr"][p]) for p in points),
             *(_ci(r.get("tests", {}).get(n)) for n in tests),
         ]
