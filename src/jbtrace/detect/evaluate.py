@@ -7,6 +7,10 @@ are never on both sides. In the source-held-out protocol each source is left out
 the feature transform (CP), scaler, classifier, threshold (from grouped out-of-fold scores of
 the remaining sources) and calibration are fitted without it, and it is scored once; prompts
 of the held-out source that are near-duplicates of a training prompt are dropped first.
+
+The held-out sources (or, under plain cross-validation, grouped outer folds) are the outer
+splits of nested selection: each records every candidate's inner selection score on the rest,
+so that ``nested`` can re-run the ranking without the split and score its winner on it.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 For each (source, layer) of a model, features are captured (see ``features``), then every
 feature (``cp-rR``, ``last``, ``mean``) × classifier pair is evaluated by ``evaluate``:
 stratified folds grouped by near-duplicate cluster, and with ``protocol="cross-source"`` each
-prompt source left out in turn. A length-only baseline (log token count) goes through the
-same protocol. All rates are at one operating point: the threshold that flags ``target_fpr``
-of the out-of-fold benign prompts. Test sets lose every prompt that is a near-duplicate of a
-training prompt before they are scored.
+prompt source left out in turn (``auto``: where a source can be held out), with outer splits
+around the ranking (``nested``). The text baselines (``baselines``: length, surface counts,
+hashed word n-grams) go through the same protocol. All rates are at one operating point: the
+threshold that flags ``target_fpr`` of the out-of-fold benign prompts. Test sets lose every
+prompt that is a near-duplicate of a training prompt before they are scored.
 """
 
 from __future__ import annotations

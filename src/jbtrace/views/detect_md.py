@@ -176,7 +176,7 @@ def _held_out(summary: list[dict], target: str) -> list[str]:
 
 
 def _by_length(summary: list[dict]) -> list[str]:
-    """FPR per prompt-length bin of the two best summary rows."""
+    """FPR per prompt-length bin of the given rows (the best text baseline, the best detector)."""
     body = []
     for r in summary[:2]:
         parts = [("out-of-fold", r.get("fpr_by_length", []))]
@@ -251,5 +251,6 @@ def detect_markdown(command: str, options: DetectOptions, reports: list[dict]) -
         lines += [f"## {rep['label']}", ""] + [x for h in headline(rep) for x in (h, "")]
         lines += _data(rep)
         lines += _best(rep, summary, tests, target) + _held_out(summary, target)
-        lines += _by_length(summary) + _sensitive(rep) + _all_results(rep, tests, target)
+        pair = [ranked(rep["baseline"])[0]] + ranked(rep["rows"])[:1]  # best text, best trace
+        lines += _by_length(pair) + _sensitive(rep) + _all_results(rep, tests, target)
     return "\n".join(lines)
