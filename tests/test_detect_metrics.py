@@ -66,3 +66,23 @@ def test_surface_counts_count_what_they_name():
     assert grams.shape == (3, baselines.NGRAM_FEATURES)
     np.testing.assert_allclose(np.linalg.norm(grams, axis=1), 1, rtol=1e-6)
     assert np.array_equal(grams[0], grams[1]) and not np.array_equal(grams[0], grams[2])
+
+
+def test_difference_of_means_detector_is_one_direction_fitted_on_training_prompts():
+    from jbtrace.detect import evaluate
+    from jbtrace.detect.direction import DiffMeans
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 60)
+    X = rng.standard_normal((120, 8))
+    X[y == 1, 2] += 3.0  # the classes differ along dimension 2 only
+    d = DiffMeans().fit(X, y)
+    assert abs(np.linalg.norm(d.direction_) - 1) < 1e-12 and np.argmax(abs(d.direction_)) == 2
+    np.testing.assert_allclose(d.transform(X)[:, 0], X @ d.direction_)
+    rows, fitted = evaluate.evaluate(
+        X, ("mean", "mean", None), evaluate.Design(y, classifiers=("diffmean",), target_fpr=0.05)
+    )
+    steps = fitted["diffmean"].pipeline.named_steps
+    # the refit's direction is the training prompts' difference of means
+    np.testing.assert_allclose(steps["diffmeans"].direction_, d.direction_)
+    assert rows[0]["oof_auroc"] > 0.95 and rows[0]["selection"] > 0.5

@@ -76,7 +76,11 @@ Rank = Annotated[
 ]
 Classifier = Annotated[
     list[str] | None,
-    typer.Option("--classifier", help="Repeatable: logreg (default), linsvm, rbfsvm, forest."),
+    typer.Option(
+        "--classifier",
+        help="Repeatable: logreg (default), linsvm, rbfsvm, forest, diffmean (projection on the "
+        "difference of class means: a one-dimensional detector).",
+    ),
 ]
 Folds = Annotated[
     int,

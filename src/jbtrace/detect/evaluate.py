@@ -31,9 +31,10 @@ from sklearn.svm import SVC, LinearSVC
 from jbtrace import proportion
 from jbtrace.detect import metrics
 from jbtrace.detect.decompose import CPFeatures
+from jbtrace.detect.direction import DiffMeans
 from jbtrace.errors import UserError
 
-CLASSIFIERS = ("logreg", "linsvm", "rbfsvm", "forest")
+CLASSIFIERS = ("logreg", "linsvm", "rbfsvm", "forest", "diffmean")
 FPR_POINTS = (0.01, 0.05)  # TPR is always reported at these false-positive rates too
 LENGTH_EDGES = (
     0,
@@ -47,7 +48,12 @@ INTERVAL = "Clopper-Pearson exact 95%"
 
 
 def make_classifier(name: str, seed: int) -> Pipeline:
-    """A standardised classifier with a fixed seed."""
+    """A standardised classifier with a fixed seed; ``diffmean`` is the projection onto the
+    difference of class means (raw features), then a one-dimensional logistic regression."""
+    if name == "diffmean":
+        return make_pipeline(
+            DiffMeans(), StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed)
+        )
     clf = {
         "logreg": lambda: LogisticRegression(max_iter=5000, random_state=seed),
         "linsvm": lambda: LinearSVC(max_iter=20000, random_state=seed),
