@@ -325,8 +325,9 @@ def render_detect_evidence(data: dict) -> list[str]:
     out += [
         f"Margin in pooled outer TPR over the best text baseline: {margin}, both at thresholds "
         f"set for 1% FPR; the pooled outer FPR they reach: {_rate_ci(c['outer_fpr'])} for the "
-        f"detector, {_rate_ci(b['outer_fpr'])} for the baseline. Targets "
-        f"(not tuned to): FPR ≤ 5% on every evaluation-only set {_met(t['eval_fpr_at_most_5pct'])}"
+        f"detector, {_rate_ci(b['outer_fpr'])} for the baseline. Targets (point estimates, "
+        "not tuned to; read the intervals above beside them): FPR ≤ 5% on every "
+        f"evaluation-only set {_met(t['eval_fpr_at_most_5pct'])}"
         f" (worst {worst['set']} {fmt(worst['rate'], 3)}); TPR ≥ 90% on every held-out family "
         f"{_met(t['family_tpr_at_least_90pct'])}; margin ≥ 10 points "
         f"{_met(t['margin_at_least_10_points'])}."
