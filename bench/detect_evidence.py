@@ -74,10 +74,13 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=100)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--kind", action="append", default=None)
+    ap.add_argument("--classifier", action="append", default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     prompts = ("benign=builtin:benign",) + tuple(f"jb_{f}=builtin:jailbreak:{f}" for f in FAMILIES)
-    options = detect_options(kind=args.kind, limit=args.limit, max_tokens=args.max_tokens)
+    options = detect_options(
+        kind=args.kind, classifier=args.classifier, limit=args.limit, max_tokens=args.max_tokens
+    )
     load, started = os.getloadavg(), time.perf_counter()
     cpu = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +100,8 @@ def main() -> None:
         "detect": f"jbtrace detect -m {args.model} "
         + " ".join(f"-p {p}" for p in prompts)
         + f" --limit {args.limit} --eval-limit {args.eval_limit} --max-tokens {args.max_tokens}"
-        + "".join(f" --kind {k}" for k in args.kind or ()),
+        + "".join(f" --kind {k}" for k in args.kind or ())
+        + "".join(f" --classifier {c}" for c in args.classifier or ()),
         "model": args.model,
         "machine": {
             "cpu_count": os.cpu_count(),
