@@ -13,7 +13,7 @@ def _rate(e: dict | None) -> str:
 
 
 def _worst(w: dict | None) -> str:
-    return f"; worst {w['split']} {w['rate']:.3f}" if w else ""
+    return f" (worst split {w['split']}: {w['rate']:.3f})" if w else ""
 
 
 def _outer(c: dict) -> str:
@@ -21,7 +21,7 @@ def _outer(c: dict) -> str:
     if not o:
         return "no outer splits (nothing was held out)"
     return (
-        f"TPR {_rate(o['tpr'])}{_worst(o['worst_tpr'])}, "
+        f"TPR {_rate(o['tpr'])}{_worst(o['worst_tpr'])}; "
         f"FPR {_rate(o['fpr'])}{_worst(o['worst_fpr'])}"
     )
 
