@@ -35,7 +35,7 @@ def _side(chosen: dict, side: str) -> dict:
     return {
         split: {
             "winner": e["winner"],
-            "near_copies_dropped": e["near_duplicates_dropped"],
+            "near_copies_out_of_training": e["near_copies_out_of_training"],
             **e[side],
         }
         for split, e in chosen["outer"]["splits"].items()

@@ -119,21 +119,29 @@ def test_held_out_source_reaches_no_fit_and_no_threshold(monkeypatch, kind):
     assert not np.array_equal(plain_scores, mark_scores)  # the held-out source itself was scored
 
 
-def test_held_out_source_loses_near_duplicates_of_training_prompts():
+def test_near_copies_of_a_held_out_source_leave_training(monkeypatch):
     X, y, sources = sourced(n=20)
     clusters = np.arange(len(y))
-    j2 = np.flatnonzero(sources == "j2")
-    clusters[j2[:3]] = clusters[
-        np.flatnonzero(sources == "j1")[:3]
-    ]  # three j2 prompts copy j1 prompts
-    rows, _ = evaluate.evaluate(
-        X, ("mean", "mean", None), Design(y, clusters=clusters, sources=sources)
-    )
-    assert (
-        rows[0]["held_out"]["j2"]["near_duplicates_dropped"] == 3
-        and rows[0]["held_out"]["j2"]["n"] == 17
-    )
-    assert rows[0]["held_out"]["b1"]["near_duplicates_dropped"] == 0
+    j1, j2 = np.flatnonzero(sources == "j1"), np.flatnonzero(sources == "j2")
+    clusters[j2[:3]] = clusters[j1[:3]]  # three j2 prompts copy j1 prompts
+    X = X.copy()
+    X[j1[:3]] = 555.0  # the copies in j1 carry a mark no fit may see while j2 is held out
+    seen = []
+    original = StandardScaler.fit
+
+    def fit(self, Z, *args, **kwargs):
+        seen.append(np.array(Z, copy=True))
+        return original(self, Z, *args, **kwargs)
+
+    monkeypatch.setattr(StandardScaler, "fit", fit)
+    monkeypatch.setattr(Design, "held_out_sources", lambda self: (["j2"], []))
+    design = Design(y, clusters=clusters, sources=sources)
+    outer, scores, _ = evaluate._outer(X, ("mean", "mean", None), design)
+    entry = outer["logreg"]["j2"]
+    # j2 is scored whole; its near-copies in j1 left training (and every fit) meanwhile
+    assert entry["near_copies_out_of_training"] == 3 and entry["jailbreak"]["n"] == 20
+    assert len(scores["logreg"]["j2"]) == 20
+    assert seen and all(not (Z == 555.0).any() for Z in seen)
 
 
 def test_a_source_alone_in_its_class_is_not_held_out():

@@ -22,7 +22,7 @@ def candidates(rng, n_candidates=20, n_splits=6, inner_n=100, outer_n=30) -> lis
             folds[f"fold{s + 1}"] = {
                 "inner_selection": rng.binomial(inner_n, TRUE_TPR) / inner_n,
                 "inner_auroc": float(rng.uniform()),
-                "near_duplicates_dropped": 0,
+                "near_copies_out_of_training": 0,
                 "jailbreak": {"k": k, "n": outer_n, "rate": k / outer_n},
                 "benign": {"k": 0, "n": outer_n, "rate": 0.0},
             }

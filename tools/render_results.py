@@ -309,7 +309,8 @@ def render_detect_evidence(data: dict) -> list[str]:
             other = b[side].get(name, {})
             rows.append(
                 [
-                    f"{what} held out {name} ({e['near_copies_dropped']} near-copies dropped)",
+                    f"{what} held out {name} ({e['near_copies_out_of_training']} near-copies "
+                    "out of training)",
                     f"{_rate_ci(e)}, winner {e['winner']}",
                     f"{_rate_ci(other)}, winner {other.get('winner')}" if other else "–",
                 ]

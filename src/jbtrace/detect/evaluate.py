@@ -6,7 +6,8 @@ grouped by near-duplicate cluster (``StratifiedGroupKFold``), so a prompt and it
 are never on both sides. In the source-held-out protocol each source is left out in turn:
 the feature transform (CP), scaler, classifier, threshold (from grouped out-of-fold scores of
 the remaining sources) and calibration are fitted without it, and it is scored once; prompts
-of the held-out source that are near-duplicates of a training prompt are dropped first.
+of the other sources that are near-duplicates of a held-out prompt leave training first
+(families overlap: a held-out family's near-copies in another family must not train).
 
 The held-out sources (or, under plain cross-validation, grouped outer folds) are the outer
 splits of nested selection: each records every candidate's inner selection score on the rest,
@@ -256,7 +257,7 @@ def outer_splits(d: Design) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _outer_entry(d: Design, oof: np.ndarray, train, test, s: np.ndarray, dropped: int) -> dict:
+def _outer_entry(d: Design, oof: np.ndarray, train, test, s: np.ndarray, removed: int) -> dict:
     """One classifier on one outer split: the inner selection score on the rest, and the split's
     rates at the threshold set on the rest's out-of-fold benign scores."""
     points = _at_points(oof[d.y[train] == 0], d.target_fpr)
@@ -265,7 +266,7 @@ def _outer_entry(d: Design, oof: np.ndarray, train, test, s: np.ndarray, dropped
     entry = {
         "inner_selection": rate(inner_jb >= threshold)["rate"],
         "inner_auroc": float(roc_auc_score(d.y[train], oof)),
-        "near_duplicates_dropped": dropped,
+        "near_copies_out_of_training": removed,
         "threshold": threshold,
     }
     for name, c in (("benign", 0), ("jailbreak", 1)):
@@ -285,21 +286,22 @@ def _outer(X, feature, d: Design) -> tuple[dict, dict, int]:
     """Per classifier, per outer split: fitted, thresholded and ranked without it, scored on it
     (the entries, and the split's scores).
 
-    Prompts of the split that are near-duplicates of a prompt of the rest are dropped first."""
+    Prompts of the rest that are near-duplicates of a prompt of the split leave training first,
+    so the split is scored whole."""
     out, scores, warned = {c: {} for c in d.classifiers}, {c: {} for c in d.classifiers}, 0
     for split, test in outer_splits(d):
         train = np.setdiff1d(np.arange(len(d.y)), test)
-        dropped = 0
+        removed = 0
         if d.clusters is not None:
-            fresh = ~np.isin(d.clusters[test], d.clusters[train])
-            dropped, test = int((~fresh).sum()), test[fresh]
+            copies = np.isin(d.clusters[train], d.clusters[test])
+            removed, train = int(copies.sum()), train[~copies]
         oof, _, w1 = _out_of_fold(X, feature, d, train)
         cp, pipes, w2 = _fit(X, feature, d, train)
         warned += w1 + w2
         empty = {c: np.array([]) for c in d.classifiers}
         test_scores = _score(X, cp, pipes, test) if len(test) else empty
         for c in d.classifiers:
-            out[c][split] = _outer_entry(d, oof[c], train, test, test_scores[c], dropped)
+            out[c][split] = _outer_entry(d, oof[c], train, test, test_scores[c], removed)
             scores[c][split] = test_scores[c]
     return out, scores, warned
 

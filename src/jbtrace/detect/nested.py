@@ -63,7 +63,7 @@ def outer(rows: list[dict]) -> dict | None:
         per[split] = {
             "winner": candidate(row),
             "inner_selection": entry["inner_selection"],
-            "near_duplicates_dropped": entry["near_duplicates_dropped"],
+            "near_copies_out_of_training": entry["near_copies_out_of_training"],
         }
         for side in counts:
             if side in entry and entry[side]["n"]:

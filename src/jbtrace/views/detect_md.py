@@ -160,15 +160,16 @@ def _held_out(summary: list[dict], target: str) -> list[str]:
         ["detector", *(f"{s} ({summary[0]['held_out'][s]['metric']})" for s in held)],
         [[_name(r), *(_ci(r["held_out"].get(s)) for s in held)] for r in summary],
     ) + [""]
-    dropped = {
-        s: e["near_duplicates_dropped"]
+    removed = {
+        s: e["near_copies_out_of_training"]
         for s, e in summary[0]["held_out"].items()
-        if e["near_duplicates_dropped"]
+        if e["near_copies_out_of_training"]
     }
-    if dropped:
+    if removed:
         lines += [
-            "Near-duplicates of training prompts dropped from held-out sources: "
-            + ", ".join(f"{s} {n}" for s, n in dropped.items())
+            "Training prompts that are near-copies of a held-out source's prompts, left out of "
+            "training while it is held out: "
+            + ", ".join(f"{s} {n}" for s, n in removed.items())
             + ".",
             "",
         ]
