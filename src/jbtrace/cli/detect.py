@@ -26,7 +26,7 @@ from jbtrace.cli.common import (
 )
 from jbtrace.cli.report import print_report
 from jbtrace.commands import detect_options, detect_run, score_run
-from jbtrace.commands.detect import DETECT_PROMPTS, DETECT_RUN
+from jbtrace.commands.detect import DETECT_PROMPTS, DETECT_RUN, EVAL_LIMIT, EVAL_SETS
 from jbtrace.commands.options import ModelOptions, PromptOptions, RunOptions
 from jbtrace.commands.report import report_run
 from jbtrace.trace.extract import ExtractOptions
@@ -76,7 +76,11 @@ Rank = Annotated[
 ]
 Classifier = Annotated[
     list[str] | None,
-    typer.Option("--classifier", help="Repeatable: logreg (default), linsvm, rbfsvm, forest."),
+    typer.Option(
+        "--classifier",
+        help="Repeatable: logreg (default), linsvm, rbfsvm, forest, diffmean (projection on the "
+        "difference of class means: a one-dimensional detector).",
+    ),
 ]
 Folds = Annotated[
     int,
@@ -94,9 +98,10 @@ TestSplit = Annotated[
 Protocol = Annotated[
     str,
     typer.Option(
-        help="cv, or cross-source: also leave each prompt source out in turn (each benign and "
-        "each jailbreak --prompts set, and the per-prompt sources of a corpus), train on the rest "
-        "and score it; ranking and --save use the worst held-out source."
+        help="auto (default: cross-source where some source can be held out, else cv), cv "
+        "(grouped folds), or cross-source: each prompt source (each --prompts set, and the "
+        "per-prompt sources of a corpus) left out in turn as the outer split around the "
+        "selection; the recommended detector's reported numbers are these outer ones."
     ),
 ]
 TargetFpr = Annotated[
@@ -149,6 +154,15 @@ SaveAll = Annotated[
 SaveClassifier = Annotated[
     str, typer.Option(help="Classifier of the saved detectors: logreg or linsvm.")
 ]
+EvalSets = Annotated[
+    str,
+    typer.Option(
+        help="Evaluation-only benign sets (builtin:eval:NAME) scored at every detector's "
+        "threshold, never fitted or ranked on: all (default), none, or names, e.g. "
+        "mtbench,ifeval."
+    ),
+]
+EvalLimit = Annotated[int, typer.Option(help="Seeded sample of each evaluation-only set.")]
 TOKENS = ExtractOptions()  # detect reads only the tokenization and batch size of these
 AllowEvalSources = Annotated[
     bool,
@@ -176,7 +190,7 @@ def detect_cmd(
     classifier: Classifier = None,
     folds: Folds = 5,
     test_split: TestSplit = 0.0,
-    protocol: Protocol = "cv",
+    protocol: Protocol = "auto",
     target_fpr: TargetFpr = 0.01,
     near_duplicate: NearDuplicate = 0.8,
     match_length: MatchLength = False,
@@ -189,6 +203,8 @@ def detect_cmd(
     save_all: SaveAll = False,
     save_classifier: SaveClassifier = "logreg",
     allow_eval_sources: AllowEvalSources = False,
+    eval_sets: EvalSets = EVAL_SETS,
+    eval_limit: EvalLimit = EVAL_LIMIT,
 ):
     """Per-layer jailbreak detectors (CP factors, last / mean states) cross-validated: RUN/detect.json|md|png|pdf."""  # noqa: E501
     options = detect_options(
@@ -230,6 +246,8 @@ def detect_cmd(
         note=say,
         plan_note=None if quiet else say,
         allow_eval_sources=allow_eval_sources,
+        eval_sets=eval_sets,
+        eval_limit=eval_limit,
     )
     for path in result.paths:
         out.print(f"wrote {path}", highlight=False)

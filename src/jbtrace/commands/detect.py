@@ -23,6 +23,9 @@ Progress = Callable[[], contextlib.AbstractContextManager] | None
 # detect's defaults beside the common ones: its own run directory, at most 200 prompts per set
 DETECT_RUN = RunOptions(out_dir=Path("runs/detect"))
 DETECT_PROMPTS = PromptOptions(limit=200)
+# evaluation-only benign sets scored by every run (never fitted, ranked or thresholded on)
+EVAL_SETS = "all"
+EVAL_LIMIT = 100
 
 
 @dataclass
@@ -127,13 +130,17 @@ def detect_run(
     note: Note = None,
     plan_note: Note = None,
     allow_eval_sources: bool = False,
+    eval_sets: str | None = EVAL_SETS,
+    eval_limit: int | None = EVAL_LIMIT,
 ) -> DetectResult:
     """The whole of `jbtrace detect`: load the prompt sets and every model, fit and score the
     detectors (``options``: a DetectOptions, see `detect_options`), write RUN/detect.* into
     ``out.out_dir`` and, with ``save``, the best detector. ``label``: NAME=benign|jailbreak for
     the sets. Reports via ``note(line)`` (the prompt sets), ``plan_note(line)`` (each model's
     passes) and ``progress()`` (see `Progress`), opened once the prompts are loaded; an
-    evaluation-only training set is refused unless ``allow_eval_sources``."""
+    evaluation-only training set is refused unless ``allow_eval_sources``. ``eval_sets``
+    (``all``, ``none`` or comma-separated names of ``builtin:eval:NAME``): evaluation-only benign
+    sets scored at each detector's threshold, a seeded ``eval_limit`` of each."""
     from jbtrace.detect import train
     from jbtrace.models import load_model
     from jbtrace.prompts import catalog, load_prompts, parse_prompt_specs
@@ -147,6 +154,12 @@ def detect_run(
         load_prompts(n, s, text_field=prompts.text_field, seed=seed)
         for n, s in parse_prompt_specs(test_prompts or [])
     ]
+    evals = [
+        load_prompts(f"eval:{n}", f"builtin:eval:{n}", limit=eval_limit, seed=seed)
+        for n in eval_set_names(eval_sets)
+    ]
+    tests += [s for s in evals if s.name not in {t.name for t in tests}]
+    labels |= {s.name: "benign" for s in evals}
     reports = []
     with (progress or contextlib.nullcontext)() as start:
         for spec, name in models.labelled():
@@ -162,6 +175,26 @@ def detect_run(
             ).save(save, out.overwrite)
         )
     return DetectResult(reports, options, train_sets + tests, paths)
+
+
+def eval_set_names(spec: str | None) -> list[str]:
+    """Names of the evaluation-only benign sets: ``all``, ``none`` (or None) or a comma list."""
+    from jbtrace.prompts import catalog
+
+    known = [
+        s.name.removeprefix("builtin:eval:")
+        for s in catalog.CATALOG
+        if s.role == catalog.EVALUATION_ONLY and s.name.startswith("builtin:eval:")
+    ]
+    if spec in (None, "", "none"):
+        return []
+    if spec == "all":
+        return known
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise UserError(f"--eval-sets: unknown set {bad[0]!r}: choose from {', '.join(known)}")
+    return names
 
 
 def _save(report, lm, options, train_sets, save, classifier, every_layer, models):

@@ -274,6 +274,7 @@ def from_report(
     detector keeps its cross-validated F1 and AUROC; ``train_texts`` (the loaded training prompts)
     are saved as short hashes so that evaluations can leave them out.
     """
+    from jbtrace.detect import nested
     from jbtrace.detect.ranking import ranked
 
     if classifier not in SAVEABLE:
@@ -306,8 +307,9 @@ def from_report(
         "protocol": options.protocol,
         "chosen": {
             "key": layers[0].key,
-            "selection": chosen["selection"],
+            "selection": chosen["selection"],  # inner: the winner's score in its own contest
             "worst_held_out": chosen["worst_held_out"],
+            "outer": nested.outer([r for r in report.rows if r["classifier"] == classifier]),
             "tpr_at_fpr": chosen["tpr_at_fpr"],
         },
         "training": report.data,

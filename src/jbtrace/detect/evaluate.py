@@ -6,7 +6,12 @@ grouped by near-duplicate cluster (``StratifiedGroupKFold``), so a prompt and it
 are never on both sides. In the source-held-out protocol each source is left out in turn:
 the feature transform (CP), scaler, classifier, threshold (from grouped out-of-fold scores of
 the remaining sources) and calibration are fitted without it, and it is scored once; prompts
-of the held-out source that are near-duplicates of a training prompt are dropped first.
+of the other sources that are near-duplicates of a held-out prompt leave training first
+(families overlap: a held-out family's near-copies in another family must not train).
+
+The held-out sources (or, under plain cross-validation, grouped outer folds) are the outer
+splits of nested selection: each records every candidate's inner selection score on the rest,
+so that ``nested`` can re-run the ranking without the split and score its winner on it.
 """
 
 from __future__ import annotations
@@ -19,16 +24,18 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, roc_curve
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from jbtrace import proportion
+from jbtrace.detect import metrics
 from jbtrace.detect.decompose import CPFeatures
+from jbtrace.detect.direction import DiffMeans
 from jbtrace.errors import UserError
 
-CLASSIFIERS = ("logreg", "linsvm", "rbfsvm", "forest")
+CLASSIFIERS = ("logreg", "linsvm", "rbfsvm", "forest", "diffmean")
 FPR_POINTS = (0.01, 0.05)  # TPR is always reported at these false-positive rates too
 LENGTH_EDGES = (
     0,
@@ -42,7 +49,12 @@ INTERVAL = "Clopper-Pearson exact 95%"
 
 
 def make_classifier(name: str, seed: int) -> Pipeline:
-    """A standardised classifier with a fixed seed."""
+    """A standardised classifier with a fixed seed; ``diffmean`` is the projection onto the
+    difference of class means (raw features), then a one-dimensional logistic regression."""
+    if name == "diffmean":
+        return make_pipeline(
+            DiffMeans(), StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed)
+        )
     clf = {
         "logreg": lambda: LogisticRegression(max_iter=5000, random_state=seed),
         "linsvm": lambda: LinearSVC(max_iter=20000, random_state=seed),
@@ -211,6 +223,10 @@ def _cv_metrics(
     for m, values in per.items():
         out[m], out[f"{m}_std"] = float(np.nanmean(values)), float(np.nanstd(values, ddof=1))
     out["oof_auroc"] = float(roc_auc_score(y, oof))
+    groups = d.clusters if d.clusters is not None else np.arange(len(y))
+    out["auroc_interval"] = metrics.auroc_interval(y, oof, groups, d.seed)
+    out["fpr_at_tpr"] = {"0.95": metrics.fpr_at_tpr(y, oof, 0.95)}
+    out["calibration"] = metrics.calibration(y, oof, folds, d.seed)
     out["tpr"], out["fpr"] = rate(flags[y == 1]), rate(flags[y == 0])
     out["tpr_at_fpr"] = {
         p: {**rate(oof[y == 1] >= t), "fpr": rate(oof[y == 0] >= t)["rate"]}
@@ -221,41 +237,89 @@ def _cv_metrics(
     return out
 
 
-def _held_out(X, feature, d: Design) -> tuple[dict, dict, int]:
-    """Per classifier, per held-out source: its rates at thresholds set without it."""
-    ok, _ = d.held_out_sources()
+def outer_splits(d: Design) -> list[tuple[str, np.ndarray]]:
+    """The outer splits around the inner selection: under cross-source each source that can be
+    held out, and a source alone in its class in grouped folds of its own (``SOURCE#foldK``), so
+    both classes are scored; else grouped folds over every prompt."""
+    if d.sources is None:
+        idx = np.arange(len(d.y))
+        return [(f"fold{i + 1}", test) for i, (_, test) in enumerate(d.splits(idx))]
+    ok, alone = d.held_out_sources()
+    out = [(s, np.flatnonzero(d.sources == s)) for s in ok]
+    for s in alone:
+        idx = np.flatnonzero(d.sources == s)
+        groups = d.clusters[idx] if d.clusters is not None else idx
+        k = min(d.folds, len(np.unique(groups)))
+        cv = GroupKFold(k, shuffle=True, random_state=d.seed)
+        out += [
+            (f"{s}#fold{i + 1}", idx[b]) for i, (_, b) in enumerate(cv.split(idx, groups=groups))
+        ]
+    return out
+
+
+def _outer_entry(d: Design, oof: np.ndarray, train, test, s: np.ndarray, removed: int) -> dict:
+    """One classifier on one outer split: the inner selection score on the rest, and the split's
+    rates at the threshold set on the rest's out-of-fold benign scores."""
+    points = _at_points(oof[d.y[train] == 0], d.target_fpr)
+    threshold = points[f"{d.target_fpr:g}"]
+    inner_jb = oof[d.y[train] == 1]
+    entry = {
+        "inner_selection": rate(inner_jb >= threshold)["rate"],
+        "inner_auroc": float(roc_auc_score(d.y[train], oof)),
+        "near_copies_out_of_training": removed,
+        "threshold": threshold,
+    }
+    for name, c in (("benign", 0), ("jailbreak", 1)):
+        mine = d.y[test] == c
+        if mine.any():
+            entry[name] = {
+                **rate(s[mine] >= threshold),
+                "at_fpr": {p: rate(s[mine] >= t) for p, t in points.items()},
+            }
+            if not c and d.lengths is not None:
+                flags = s[mine] >= threshold
+                entry[name]["fpr_by_length"] = by_length(flags, d.lengths[test][mine])
+    return entry
+
+
+def _outer(X, feature, d: Design) -> tuple[dict, dict, int]:
+    """Per classifier, per outer split: fitted, thresholded and ranked without it, scored on it
+    (the entries, and the split's scores).
+
+    Prompts of the rest that are near-duplicates of a prompt of the split leave training first,
+    so the split is scored whole."""
     out, scores, warned = {c: {} for c in d.classifiers}, {c: {} for c in d.classifiers}, 0
-    for source in ok:
-        inside = d.sources == source
-        train, test = np.flatnonzero(~inside), np.flatnonzero(inside)
-        dropped = 0
+    for split, test in outer_splits(d):
+        train = np.setdiff1d(np.arange(len(d.y)), test)
+        removed = 0
         if d.clusters is not None:
-            fresh = ~np.isin(d.clusters[test], d.clusters[train])
-            dropped, test = int((~fresh).sum()), test[fresh]
-        label = int(d.y[inside][0])
+            copies = np.isin(d.clusters[train], d.clusters[test])
+            removed, train = int(copies.sum()), train[~copies]
         oof, _, w1 = _out_of_fold(X, feature, d, train)
         cp, pipes, w2 = _fit(X, feature, d, train)
         warned += w1 + w2
-        test_scores = (
-            _score(X, cp, pipes, test) if len(test) else {c: np.array([]) for c in d.classifiers}
-        )
-        benign_train = d.y[train] == 0
+        empty = {c: np.array([]) for c in d.classifiers}
+        test_scores = _score(X, cp, pipes, test) if len(test) else empty
         for c in d.classifiers:
-            points = _at_points(oof[c][benign_train], d.target_fpr)
-            s = test_scores[c]
-            entry = {
-                "label": "jailbreak" if label else "benign",
-                "metric": "TPR" if label else "FPR",
-                "near_duplicates_dropped": dropped,
-                **rate(s >= points[f"{d.target_fpr:g}"]),
-                "threshold": points[f"{d.target_fpr:g}"],
-                "at_fpr": {p: rate(s >= t) for p, t in points.items()},
-            }
-            if not label and d.lengths is not None:
-                entry["fpr_by_length"] = by_length(s >= entry["threshold"], d.lengths[test])
-            out[c][source] = entry
-            scores[c][source] = s
+            out[c][split] = _outer_entry(d, oof[c], train, test, test_scores[c], removed)
+            scores[c][split] = test_scores[c]
     return out, scores, warned
+
+
+def _held_out_view(entries: dict) -> dict:
+    """A held-out source's entry as the held-out tables read it: its one class's rate on top
+    (its ``benign`` / ``jailbreak`` entry kept)."""
+    out = {}
+    for source, e in entries.items():
+        label = "jailbreak" if "jailbreak" in e else "benign"
+        side = e.get(label, {**rate(np.array([], bool)), "at_fpr": {}})
+        out[source] = {
+            "label": label,
+            "metric": "TPR" if label == "jailbreak" else "FPR",
+            **e,  # the class-keyed entry too: nested selection reads it
+            **side,
+        }
+    return out
 
 
 def worst(held_out: dict) -> dict | None:
@@ -285,20 +349,15 @@ def evaluate(
     idx = np.arange(len(d.y))
     oof, folds, warned = _out_of_fold(X, feature, d, idx)
     cp, pipes, w = _fit(X, feature, d, idx)
-    warned += w
-    held, _, w = (
-        _held_out(X, feature, d)
-        if d.sources is not None
-        else ({c: {} for c in d.classifiers}, None, 0)
-    )
-    warned += w
+    outer, _, w2 = _outer(X, feature, d)
+    warned += w + w2
     rows, fitted = [], {}
     for c in d.classifiers:
         thresholds = _at_points(oof[c][d.y == 0], d.target_fpr)
         threshold = thresholds[f"{d.target_fpr:g}"]
         scale = platt(d.y, oof[c], d.seed)
         fitted[c] = Fitted(label, kind, rank, c, cp, pipes[c], threshold, scale)
-        probs = calibrated(scale, oof[c])
+        held = _held_out_view(outer[c]) if d.sources is not None else {}
         row = {
             "feature": label,
             "kind": kind,
@@ -306,16 +365,15 @@ def evaluate(
             "classifier": c,
             "threshold": threshold,
             **_cv_metrics(d, oof[c], folds, threshold, thresholds),
-            "brier": float(np.mean((probs - d.y) ** 2)),
-            "held_out": held[c],
-            "worst_held_out": worst(held[c]),
+            "held_out": held,
+            "worst_held_out": worst(held),
+            "outer_folds": outer[c] if d.sources is None else {},
             "unconverged_fits": warned,
         }
-        row["selection"] = (
-            row["worst_held_out"]["correct"]
-            if row["worst_held_out"]
-            else row["tpr_at_fpr"][f"{d.target_fpr:g}"]["rate"]
-        )
+        # Brier score of probabilities calibrated on other folds than the ones scored
+        row["brier"] = row["calibration"]["brier"]
+        # the inner contest: out-of-fold TPR at the target FPR on every training prompt
+        row["selection"] = row["tpr_at_fpr"][f"{d.target_fpr:g}"]["rate"]
         rows.append(row)
     return rows, fitted
 

@@ -3,10 +3,11 @@
 For each (source, layer) of a model, features are captured (see ``features``), then every
 feature (``cp-rR``, ``last``, ``mean``) × classifier pair is evaluated by ``evaluate``:
 stratified folds grouped by near-duplicate cluster, and with ``protocol="cross-source"`` each
-prompt source left out in turn. A length-only baseline (log token count) goes through the
-same protocol. All rates are at one operating point: the threshold that flags ``target_fpr``
-of the out-of-fold benign prompts. Test sets lose every prompt that is a near-duplicate of a
-training prompt before they are scored.
+prompt source left out in turn (``auto``: where a source can be held out), with outer splits
+around the ranking (``nested``). The text baselines (``baselines``: length, surface counts,
+hashed word n-grams) go through the same protocol. All rates are at one operating point: the
+threshold that flags ``target_fpr`` of the out-of-fold benign prompts. Test sets lose every
+prompt that is a near-duplicate of a training prompt before they are scored.
 """
 
 from __future__ import annotations
@@ -17,21 +18,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import ks_2samp
-from sklearn.model_selection import StratifiedGroupKFold
 
 from jbtrace.detect import features as F
+from jbtrace.detect.baselines import baseline_features
 from jbtrace.detect.evaluate import CLASSIFIERS, Design, apply, evaluate
-from jbtrace.detect.holdout import test_set_prompts
+from jbtrace.detect.prompt_data import (  # noqa: F401 (re-exported: detect's prompt helpers)
+    LABELS,
+    Prompts,
+    add_tests,
+    length_summary,
+    prompt_sources,
+    resolve_labels,
+    training_prompts,
+)
 from jbtrace.errors import UserError
 from jbtrace.models import LoadedModel
 from jbtrace.models.tokens import MAX_TOKENS
-from jbtrace.prompts import PromptSet, matching, neardup
+from jbtrace.prompts import PromptSet, neardup
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("cv", "cross-source")
-LABELS = {"benign": 0, "jailbreak": 1}
+PROTOCOLS = ("auto", "cv", "cross-source")
 # layers read when none are asked: all of a shallow model, else evenly spaced
 DEFAULT_MAX_LAYERS = 8
 
@@ -47,7 +54,7 @@ class DetectOptions:
     folds: int = 5
     # fraction of training prompts held out (grouped, stratified), scored once at the end
     test_split: float = 0.0
-    protocol: str = "cv"
+    protocol: str = "auto"  # cross-source where some source can be held out, else cv
     # operating point: threshold flagging this share of held-out benign prompts
     target_fpr: float = 0.01
     # word 5-gram Jaccard at or above which prompts share a cluster
@@ -102,52 +109,6 @@ class DetectOptions:
         """(label, kind, rank) of every feature set: one per CP rank, then last, mean."""
         out = [(f"cp-r{r}", "cp", r) for r in self.ranks] if "cp" in self.kinds else []
         return out + [(k, k, None) for k in self.kinds if k != "cp"]
-
-
-# ---------------------------------------------------------------- labels and prompt selection
-
-
-def resolve_labels(names: list[str], explicit: dict[str, str], training: bool) -> dict[str, int]:
-    """0 (benign) or 1 (jailbreak) per set: --label, else the name's prefix, else (two) order."""
-    bad = [v for v in explicit.values() if v not in LABELS]
-    if bad:
-        raise UserError(f"--label value {bad[0]!r}: use NAME=benign or NAME=jailbreak")
-    out = {}
-    for name in names:
-        lowered = name.lower()
-        if name in explicit:
-            out[name] = LABELS[explicit[name]]
-        elif lowered.startswith(("benign", "harmless")):
-            out[name] = 0
-        elif lowered.startswith(("jailbreak", "jb", "attack")):
-            out[name] = 1
-    missing = [n for n in names if n not in out]
-    if missing and training and len(names) == 2 and not out:
-        return {names[0]: 0, names[1]: 1}
-    if missing:
-        raise UserError(
-            f"cannot tell whether prompt set {missing[0]!r} is benign or jailbreak: "
-            f"name it benign*/jailbreak* or pass --label {missing[0]}=benign|jailbreak"
-        )
-    if training and set(out.values()) != {0, 1}:
-        raise UserError("training needs at least one benign and one jailbreak prompt set")
-    return out
-
-
-def length_summary(lengths: np.ndarray, y: np.ndarray) -> dict:
-    """Median and quartiles of token counts per class, and a two-sample KS test between them."""
-    out = {
-        name: {
-            "n": int((y == c).sum()),
-            "median": float(np.median(lengths[y == c])),
-            "q25": float(np.percentile(lengths[y == c], 25)),
-            "q75": float(np.percentile(lengths[y == c], 75)),
-        }
-        for name, c in LABELS.items()
-    }
-    ks = ks_2samp(lengths[y == 0], lengths[y == 1])
-    out["ks_statistic"], out["ks_pvalue"] = float(ks.statistic), float(ks.pvalue)
-    return out
 
 
 # ---------------------------------------------------------------- one model, end to end
@@ -232,135 +193,44 @@ def _split_sets(train_sets, test_sets, labels):
     return train_labels, test_labels
 
 
-def prompt_sources(sets: list[PromptSet]) -> np.ndarray:
-    """Source of each prompt: the set's name, or NAME/GROUP for a set whose prompts carry groups."""
-    return np.array(
-        [f"{s.name}/{g}" if s.groups else s.name for s in sets for g in s.group_labels()]
-    )
-
-
-def _check_counts(y: np.ndarray, folds: int, what: str) -> None:
-    least = min(int((y == 0).sum()), int((y == 1).sum()))
-    if least < folds:
-        raise UserError(f"{what}: {least} prompts in the smaller class, fewer than --folds {folds}")
-
-
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
-def _near_duplicate_summary(clusters: np.ndarray, threshold: float) -> dict:
-    sizes = np.bincount(np.unique(clusters, return_inverse=True)[1])
-    return {
-        "threshold": threshold,
-        "ngram": neardup.NGRAM,
-        "clusters": int(len(sizes)),
-        "prompts_in_shared_clusters": int(sizes[sizes > 1].sum()),
-    }
-
-
-@dataclass
-class _Prompts:
-    """The loaded training prompts, which of them train, and the test prompts to score."""
-
-    texts: list[str]  # every training prompt loaded
-    y: np.ndarray  # label per loaded prompt
-    sources: np.ndarray  # source per loaded prompt
-    full: np.ndarray  # full token count per loaded prompt
-    clusters: np.ndarray  # near-duplicate cluster per loaded prompt
-    test_clusters: np.ndarray  # near-duplicate cluster per test-set prompt (same numbering)
-    keep: np.ndarray  # the loaded prompts that train (after length matching and --test-split)
-    test_texts: dict[str, list[str]] = field(default_factory=dict)
-    test_y: dict[str, int] = field(default_factory=dict)
-
-
-def _training_prompts(lm, train_sets, test_sets, train_labels, options) -> tuple[_Prompts, dict]:
-    """Labels, lengths, near-duplicate clusters and length matching of the training prompts."""
-    texts = [t for s in train_sets for t in s.texts]
-    y_all = np.concatenate([np.full(len(s), train_labels[s.name]) for s in train_sets])
-    sources = prompt_sources(train_sets)
-    full = F.tokenize(lm, texts, options.max_tokens, options.chat_template).full_lengths
-    # one clustering over training and test prompts: equal ids mean near-duplicates across sets
-    clusters = neardup.clusters(
-        texts + [t for s in test_sets for t in s.texts], options.near_duplicate
-    )
-    train_clusters = clusters[: len(texts)]
-    keep = (
-        matching.match_lengths(full, y_all == 1, options.seed)
-        if options.match_length
-        else np.arange(len(texts))
-    )
-    _check_counts(
-        y_all[keep],
-        options.folds,
-        "length-matched training set" if options.match_length else "training set",
-    )
-    data = {
-        "train_sets": {
-            s.name: {
-                "label": "jailbreak" if train_labels[s.name] else "benign",
-                "n": len(s),
-                "source": s.source,
-                "sources": sorted(set(prompt_sources([s]))),
-            }
-            for s in train_sets
-        },
-        "length_matching": matching.PROCEDURE if options.match_length else None,
-        "near_duplicates": _near_duplicate_summary(train_clusters[keep], options.near_duplicate),
-        "lengths_loaded": length_summary(full, y_all),
-        "lengths_used": length_summary(full[keep], y_all[keep]),
-    }
-    prompts = _Prompts(texts, y_all, sources, full, train_clusters, clusters[len(texts) :], keep)
-    return prompts, data
-
-
-def _add_tests(lm, p: _Prompts, test_sets, test_labels, options, data: dict) -> None:
-    """The --test-split hold-out (taken from ``p.keep``) and the test sets, into ``p``."""
-    if options.test_split:
-        cv = StratifiedGroupKFold(
-            max(2, round(1 / options.test_split)), shuffle=True, random_state=options.seed
-        )
-        part, hold = next(cv.split(p.keep, p.y[p.keep], p.clusters[p.keep]))
-        p.keep, hold = p.keep[part], p.keep[hold]
-        _check_counts(p.y[p.keep], options.folds, "training set after --test-split")
-        for name, c in LABELS.items():
-            p.test_texts[f"split_{name}"] = [p.texts[i] for i in hold if p.y[i] == c]
-            p.test_y[f"split_{name}"] = c
-    offset = 0
-    for s in test_sets:
-        fresh, info = test_set_prompts(
-            lm, s, p.test_clusters[offset : offset + len(s)], set(p.texts), p.clusters, options
-        )
-        offset += len(s)
-        data.setdefault("test_sets", {})[s.name] = {
-            "label": "jailbreak" if test_labels[s.name] else "benign",
-            **info,
-        }
-        p.test_texts[s.name], p.test_y[s.name] = fresh, test_labels[s.name]
-
-
-def _design(lm, p: _Prompts, options, notes: list[str], data: dict) -> Design:
-    """The evaluation design of the training prompts (sources held out under cross-source)."""
+def _design(lm, p: Prompts, options, notes: list[str], data: dict) -> Design:
+    """The evaluation design of the training prompts (sources held out under cross-source;
+    ``auto`` is cross-source where some source can be held out, else cv)."""
     design = Design(
         y=p.y[p.keep],
         clusters=p.clusters[p.keep],
         lengths=p.full[p.keep],
-        sources=p.sources[p.keep] if options.protocol == "cross-source" else None,
+        sources=p.sources[p.keep],
         classifiers=options.classifiers,
         folds=options.folds,
         seed=options.seed,
         target_fpr=options.target_fpr,
         cp_kwargs={"n_iter_max": options.cp_iters, "device": str(lm.device)},
     )
-    if design.sources is not None:
-        ok, alone = design.held_out_sources()
+    ok, alone = design.held_out_sources()
+    protocol = options.protocol
+    if protocol == "auto":
+        protocol = "cross-source" if ok else "cv"
         if not ok:
-            raise UserError(
-                "--protocol cross-source needs two sources of one class (two benign or two "
-                "jailbreak --prompts sets, or a set whose prompts carry sources)"
-            )
-        notes += [f"source {s} is the only one of its class, so it is not held out" for s in alone]
-        data["held_out_sources"], data["not_held_out"] = ok, alone
+            notes.append("no class has two sources, so the protocol is cv (grouped folds)")
+    data["protocol"] = protocol
+    if protocol == "cv":
+        design.sources = None
+        return design
+    if not ok:
+        raise UserError(
+            "--protocol cross-source needs two sources of one class (two benign or two "
+            "jailbreak --prompts sets, or a set whose prompts carry sources)"
+        )
+    notes += [
+        f"source {s} is the only one of its class: it is held out in grouped folds of its own"
+        for s in alone
+    ]
+    data["held_out_sources"], data["not_held_out"] = ok, alone
     return design
 
 
@@ -435,8 +305,8 @@ def detect_model(
     started = time.perf_counter()
     notes: list[str] = []
     train_labels, test_labels = _split_sets(train_sets, test_sets, labels or {})
-    p, data = _training_prompts(lm, train_sets, test_sets, train_labels, options)
-    _add_tests(lm, p, test_sets, test_labels, options, data)
+    p, data = training_prompts(lm, train_sets, test_sets, train_labels, options)
+    add_tests(lm, p, test_sets, test_labels, options, data)
     chosen = [p.texts[i] for i in p.keep]
     spans, start = {}, len(chosen)
     for name, fresh in p.test_texts.items():
@@ -456,11 +326,8 @@ def detect_model(
     )
     test_lengths = {name: enc.full_lengths[sp] for name, sp in spans.items()}
     score = _Scorer(report, design, len(p.keep), spans, p.test_y, test_lengths, options.keep_fitted)
-    score(
-        np.log(enc.full_lengths.astype(float))[:, None],
-        ("length", "length", None),
-        {"model": lm.name},
-    )
+    for name, X in baseline_features(chosen, enc.full_lengths).items():
+        score(X, (name, name, None), {"model": lm.name})
     for i, group in enumerate(passes):
         tick = (
             progress_start(f"{lm.name} features {i + 1}/{len(passes)}", len(chosen))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from jbtrace.detect.evaluate import INTERVAL
 from jbtrace.detect.ranking import ranked
 from jbtrace.detect.train import DetectOptions
+from jbtrace.views.detect_headline import headline
 
 
 def _ci(entry: dict | None) -> str:
@@ -20,9 +21,16 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def _name(row: dict) -> str:
-    if row["feature"] == "length":
-        return f"length only ({row['classifier']})"
+    if not row.get("source"):
+        return f"text baseline: {row['feature']} ({row['classifier']})"
     return f"{row['source']} {row['layer']} {row['feature']} ({row['classifier']})"
+
+
+def _auroc(row: dict) -> str:
+    a = row.get("auroc_interval")
+    if not a:
+        return f"{row['oof_auroc']:.3f}"
+    return f"{a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
 
 
 def _worst(row: dict) -> str:
@@ -31,24 +39,20 @@ def _worst(row: dict) -> str:
 
 
 def _summary_rows(rep: dict) -> list[dict]:
-    """The best length-only row, then the best detector of each (source, feature), best first."""
+    """The best row of each text baseline, then the best detector of each (source, feature)."""
     best = {}
-    for row in ranked(rep["rows"]):
-        best.setdefault((row["source"], row["feature"]), row)
-    return [ranked(rep["baseline"])[0], *best.values()]
+    for row in ranked(rep["baseline"]) + ranked(rep["rows"]):
+        best.setdefault((row.get("source"), row["feature"]), row)
+    return list(best.values())
 
 
-def _preamble(command: str, options: DetectOptions) -> list[str]:
+def _preamble(command: str, options: DetectOptions, protocol: str) -> list[str]:
     target = f"{options.target_fpr:g}"
-    cross = options.protocol == "cross-source"
-    ranking = (
-        "worst held-out source (share of correct decisions)"
-        if cross
-        else f"out-of-fold TPR at FPR {target}"
-    )
+    cross = protocol == "cross-source"
+    ranking = f"out-of-fold TPR at FPR {target} (the inner contest)"
     left_out = "; then each prompt source left out in turn (trained on the others, scored on it)"
     protocol = (
-        f"Protocol `{options.protocol}`: {options.folds}-fold stratified cross-validation "
+        f"Protocol `{protocol}`: {options.folds}-fold stratified cross-validation "
         "grouped by near-duplicate cluster (word 5-gram Jaccard ≥ "
         f"{options.near_duplicate:g}; seed {options.seed})" + (left_out if cross else "")
     )
@@ -58,7 +62,10 @@ def _preamble(command: str, options: DetectOptions) -> list[str]:
         f"threshold is set without it. Intervals are {INTERVAL} for proportions; F1 / accuracy "
         f"/ AUROC are mean ± std over folds. Ranking: {ranking}, not in-distribution F1. "
         "Probabilities are calibrated by a sigmoid fitted on out-of-fold scores "
-        "(Brier score in detect.json)."
+        "(Brier score in detect.json). The number reported for the recommended detector is the "
+        "outer one: for each "
+        + ("held-out source" if cross else "grouped outer fold")
+        + " the whole selection is re-run on the rest and its winner scored on it."
     )
     matched = " Training prompts are length-matched." if options.match_length else ""
     return ["# jbtrace detect", "", f"`{command}`", "", protocol + point + matched, ""]
@@ -115,7 +122,8 @@ def _best(rep: dict, summary: list[dict], tests: list[str], target: str) -> list
         "selection",
         "worst held-out",
         f"CV F1 @ FPR {target}",
-        "AUROC",
+        "AUROC [cluster bootstrap]",
+        "FPR @ TPR 0.95",
         *(f"TPR @ FPR {p}" for p in points),
         *(
             f"{n} ({test_sets.get(n, {}).get('label', n.split('_')[-1])[:1].upper()})"
@@ -128,13 +136,14 @@ def _best(rep: dict, summary: list[dict], tests: list[str], target: str) -> list
             f"{r['selection']:.3f}",
             _worst(r),
             f"{r['f1']:.3f} ± {r['f1_std']:.3f}",
-            f"{r['auroc']:.3f}",
+            _auroc(r),
+            _ci(r.get("fpr_at_tpr", {}).get("0.95")),
             *(_ci(r["tpr_at_fpr"][p]) for p in points),
             *(_ci(r.get("tests", {}).get(n)) for n in tests),
         ]
         for r in summary
     ]
-    title = "### Best detector per feature, beside the length-only baseline"
+    title = "### Best detector per feature, beside the text baselines"
     return [title, ""] + _table(header, body) + [""]
 
 
@@ -151,15 +160,16 @@ def _held_out(summary: list[dict], target: str) -> list[str]:
         ["detector", *(f"{s} ({summary[0]['held_out'][s]['metric']})" for s in held)],
         [[_name(r), *(_ci(r["held_out"].get(s)) for s in held)] for r in summary],
     ) + [""]
-    dropped = {
-        s: e["near_duplicates_dropped"]
+    removed = {
+        s: e["near_copies_out_of_training"]
         for s, e in summary[0]["held_out"].items()
-        if e["near_duplicates_dropped"]
+        if e["near_copies_out_of_training"]
     }
-    if dropped:
+    if removed:
         lines += [
-            "Near-duplicates of training prompts dropped from held-out sources: "
-            + ", ".join(f"{s} {n}" for s, n in dropped.items())
+            "Training prompts that are near-copies of a held-out source's prompts, left out of "
+            "training while it is held out: "
+            + ", ".join(f"{s} {n}" for s, n in removed.items())
             + ".",
             "",
         ]
@@ -167,7 +177,7 @@ def _held_out(summary: list[dict], target: str) -> list[str]:
 
 
 def _by_length(summary: list[dict]) -> list[str]:
-    """FPR per prompt-length bin of the two best summary rows."""
+    """FPR per prompt-length bin of the given rows (the best text baseline, the best detector)."""
     body = []
     for r in summary[:2]:
         parts = [("out-of-fold", r.get("fpr_by_length", []))]
@@ -193,7 +203,8 @@ def _sensitive(rep: dict) -> list[str]:
         tail = "; ".join(f"{k} {v:.3f}" for k, v in s["tests"].items())
         lines.append(
             f"{i}. {s['source']} layer {s['layer']}: selection {s['selection']:.3f} "
-            f"(length only {s['length_selection']:.3f}); {s['feature']}, {s['classifier']}; "
+            f"(best text baseline {s['baseline_selection']:.3f}); {s['feature']}, "
+            f"{s['classifier']}; "
             f"CV F1 {s['f1']:.3f} ± {s['f1_std']:.3f}, AUROC {s['auroc']:.3f}"
             + (f"; {tail}" if tail else "")
         )
@@ -230,14 +241,17 @@ def _all_results(rep: dict, tests: list[str], target: str) -> list[str]:
 def detect_markdown(command: str, options: DetectOptions, reports: list[dict]) -> str:
     """detect.md: the protocol, then per model its data, best detectors and every result."""
     target = f"{options.target_fpr:g}"
-    lines = _preamble(command, options)
+    protocol = reports[0]["data"].get("protocol", options.protocol) if reports else ""
+    lines = _preamble(command, options, protocol)
     for rep in reports:
         first = (rep["rows"] or rep["baseline"])[0]
         tests = list(rep["data"].get("test_sets", {})) + [
             n for n in first.get("tests", {}) if n.startswith("split_")
         ]
         summary = _summary_rows(rep)
-        lines += [f"## {rep['label']}", ""] + _data(rep)
+        lines += [f"## {rep['label']}", ""] + [x for h in headline(rep) for x in (h, "")]
+        lines += _data(rep)
         lines += _best(rep, summary, tests, target) + _held_out(summary, target)
-        lines += _by_length(summary) + _sensitive(rep) + _all_results(rep, tests, target)
+        pair = [ranked(rep["baseline"])[0]] + ranked(rep["rows"])[:1]  # best text, best trace
+        lines += _by_length(pair) + _sensitive(rep) + _all_results(rep, tests, target)
     return "\n".join(lines)

@@ -189,10 +189,9 @@ def save(fig: Figure, base: str | Path, svg: bool = False) -> list[Path]:
 def detect_curves(reports: list[dict]) -> Figure:
     """Selection score against layer: one panel per model, one line per (source, feature kind).
 
-    The selection score is what detectors are ranked by (the share of correct decisions on the
-    worst held-out source under ``cross-source``, else the out-of-fold TPR at the target FPR).
+    The selection score is what detectors are ranked by (the out-of-fold TPR at the target FPR).
     Each point is the best classifier at that layer for that feature; the dashed grey line is
-    the best length-only baseline (log token count) on the same score.
+    the best text baseline (length, surface counts or word n-grams) on the same score.
     """
     if not reports:
         raise UserError("no detector results to draw")
@@ -242,7 +241,7 @@ def detect_curves(reports: list[dict]) -> Figure:
             color="0.4",
             ls=(0, (4, 3)),
             lw=1.2,
-            label=f"length only ({length['classifier']})",
+            label=f"text baseline: {length['feature']} ({length['classifier']})",
         )
         ax.set_title(rep["label"], fontsize=10)
         ax.set_xlabel("Layer")

@@ -11,6 +11,7 @@ import json
 import numpy as np
 
 from jbtrace.trace import store
+from jbtrace.views.detect_headline import headline
 from jbtrace.views.report_maps import compact
 
 SAMPLE_ROWS = 6  # guard rows shown side by side per set
@@ -154,7 +155,8 @@ def compare_section(result: dict | None) -> dict | None:
 
 
 def detect_section(result: dict | None) -> dict | None:
-    """Per model: the most sensitive layers, the length-only baseline and F1-by-layer curves."""
+    """Per model: the headline, the most sensitive layers, the text baselines and F1-by-layer
+    curves."""
     if not result:
         return None
     models = []
@@ -187,6 +189,7 @@ def detect_section(result: dict | None) -> dict | None:
                 "tests": tests,
                 "curves": lines,
                 "length_f1": baseline["f1"] if baseline else None,
+                "headline": headline(rep),
             }
         )
     return {
