@@ -175,6 +175,7 @@ def render_attention_memory(data: dict) -> list[str]:
 
 def render_engine(data: dict) -> list[str]:
     keys = ["model", "prompts", "real_tokens", "max_tokens", "workers", "repeats"]
+    keys += [k for k in ("shards", "threads_per_worker") if k in data]
     out = table(["setting", "value"], [[k, data[k]] for k in keys])
     rows = [
         [
@@ -187,8 +188,9 @@ def render_engine(data: dict) -> list[str]:
         for name in data["seconds"]
     ]
     out += table(["engine", "seconds per repeat", "median s", "prompts/s", "Ray / local"], rows)
-    others = ["cluster_start_s", "overhead_per_shard_s", "max_abs_mean_difference_vs_local"]
-    return out + table(["measure", "value"], [[k, data[k]] for k in others])
+    others = ["cluster_start_s", "scale_out_ratio", "scale_out_goal", "ray_worker_overhead_s"]
+    others += ["overhead_per_shard_s", "max_abs_mean_difference_vs_local", "loadavg_1min"]
+    return out + table(["measure", "value"], [[k, data[k]] for k in others if k in data])
 
 
 def render_guard_overhead(data: dict) -> list[str]:
