@@ -10,7 +10,7 @@ before the timed runs) and what one Ray worker costs over the local run doing th
 interleaved so that a burst of load on a shared machine hits all of them; the load average is
 recorded. The stores are checked equal (max |difference| of the means).
 
-    python bench/engine.py                                   # tiny:llama, 1024 prompts, 2 workers
+    python bench/engine.py                                   # tiny:llama, 8192 prompts, 2 workers
     python bench/engine.py --prompts 2048 --workers 2 --max-tokens 128 --repeats 3
 """
 
@@ -31,7 +31,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="tiny:llama")
-    parser.add_argument("--prompts", type=int, default=1024, help="total over the two sets")
+    parser.add_argument("--prompts", type=int, default=8192, help="total over the two sets")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--max-words", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
