@@ -40,3 +40,25 @@ def rate(flags, method: str, level: float = LEVEL) -> dict:
         "ci_high": high,
         "method": method,
     }
+
+
+def cluster_bootstrap(statistic, groups, seed: int = 0, resamples: int = 200):
+    """Percentile bootstrap interval (``LEVEL``) of ``statistic(rows)``, resampling whole groups
+    (near-duplicate clusters, say) with replacement: (low, high) arrays, NaN where a resample
+    leaves the statistic undefined; None with fewer than two groups."""
+    from scipy.stats import bootstrap
+
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    if len(members) < 2:
+        return None
+    result = bootstrap(
+        (np.arange(len(members)),),
+        lambda picked: statistic(np.concatenate([members[int(g)] for g in picked])),
+        vectorized=False,
+        n_resamples=resamples,
+        confidence_level=LEVEL,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    return result.confidence_interval.low, result.confidence_interval.high

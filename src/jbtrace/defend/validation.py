@@ -27,6 +27,7 @@ import numpy as np
 
 from jbtrace.defend import verdict as V
 from jbtrace.errors import UserError
+from jbtrace.proportion import cluster_bootstrap
 
 PYRIT = "pyrit"
 REFUSAL_FILES = (
@@ -196,31 +197,18 @@ METRICS = ("accuracy", "kappa", "precision", "recall", "specificity")
 
 def intervals(y, pred, cluster, seed: int = 0, resamples: int = RESAMPLES) -> dict:
     """Percentile bootstrap 95% intervals of each metric, resampling clusters of rows."""
-    from scipy.stats import bootstrap
-
     y, pred = np.asarray(y, bool), np.asarray(pred, bool)
-    ids = np.unique(cluster)
-    members = [np.flatnonzero(cluster == c) for c in ids]
 
-    def statistic(chosen):
-        rows = np.concatenate([members[int(k)] for k in chosen])
+    def statistic(rows):
         found = agreement(y[rows], pred[rows])
         return np.array([np.nan if found[m] is None else found[m] for m in METRICS])
 
-    if len(ids) < 2:
+    bounds = cluster_bootstrap(statistic, cluster, seed, resamples)
+    if bounds is None:
         return {m: [None, None] for m in METRICS}
-    res = bootstrap(
-        (np.arange(len(ids)),),
-        statistic,
-        vectorized=False,
-        n_resamples=resamples,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
-    low, high = res.confidence_interval
     return {
         m: [None if np.isnan(a) else float(a), None if np.isnan(b) else float(b)]
-        for m, a, b in zip(METRICS, low, high, strict=True)
+        for m, a, b in zip(METRICS, *bounds, strict=True)
     }
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import expit
-from scipy.stats import bootstrap
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -20,27 +19,17 @@ RELIABILITY_BINS = 10
 def auroc_interval(y, scores, groups, seed: int = 0, resamples: int = RESAMPLES) -> dict:
     """AUROC and its percentile 95% interval from resampling whole groups with replacement."""
     y, scores = np.asarray(y), np.asarray(scores, float)
-    _, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
 
-    def statistic(picked):
-        idx = np.concatenate([members[int(g)] for g in picked])
+    def statistic(idx):
         return roc_auc_score(y[idx], scores[idx]) if len(set(y[idx])) == 2 else np.nan
 
-    result = bootstrap(
-        (np.arange(len(members)),),
-        statistic,
-        n_resamples=resamples,
-        vectorized=False,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
-    low, high = result.confidence_interval
+    bounds = proportion.cluster_bootstrap(statistic, groups, seed, resamples)
+    low, high = bounds if bounds is not None else (np.nan, np.nan)
     return {
         "auroc": float(roc_auc_score(y, scores)),
         "ci_low": float(low),
         "ci_high": float(high),
-        "method": f"percentile bootstrap over {len(members)} near-duplicate clusters",
+        "method": f"percentile bootstrap over {len(np.unique(groups))} near-duplicate clusters",
     }
 
 
